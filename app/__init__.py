@@ -1,0 +1,1 @@
+"""selfinstruct service: HTTP API, settings, database, orchestration of runs and jobs, CLI."""

@@ -1,0 +1,1 @@
+"""HTTP layer: thin routes that resolve dependencies and call one service function."""

@@ -1,0 +1,18 @@
+"""Gathers the routers: `/v1/...` behind the write token, health and metrics outside it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from app.api.deps import require_token_for_writes
+from app.api.routes import datasets, health, tasks
+
+api_router = APIRouter(
+    prefix="/v1",
+    dependencies=[Depends(require_token_for_writes)],
+    responses={401: {"description": "Missing or wrong bearer token on a state-changing route."}},
+)
+api_router.include_router(datasets.router)
+api_router.include_router(tasks.router)
+
+health_router = health.router

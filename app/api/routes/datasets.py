@@ -1,0 +1,119 @@
+"""Datasets and their seeds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response, status
+
+from app.api.deps import DatasetDep, SessionDep, SettingsDep
+from app.errors import InvalidInput
+from app.schemas import (
+    DatasetCreate,
+    DatasetPublic,
+    DatasetsPublic,
+    ErrorResponse,
+    SeedImportResult,
+)
+from app.services import datasets as svc
+from app.services import seeds as seed_svc
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "Unknown dataset."},
+}
+
+_SEED_SCHEMA = {"type": "array", "items": {"$ref": "#/components/schemas/SeedTask"}}
+SEED_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "Seed tasks in the Self-Instruct `seed_tasks.jsonl` format.",
+        "content": {
+            "application/json": {"schema": _SEED_SCHEMA},
+            "application/x-ndjson": {
+                "schema": {"type": "string", "description": "One seed task per line."}
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, responses={409: {"model": ErrorResponse}})
+def create_dataset(session: SessionDep, body: DatasetCreate) -> DatasetPublic:
+    """Create an empty dataset."""
+    dataset = svc.create_dataset(session=session, data=body)
+    return svc.dataset_public(session=session, dataset=dataset)
+
+
+@router.get("")
+def list_datasets(session: SessionDep) -> DatasetsPublic:
+    """List datasets with their task counts."""
+    data = svc.list_datasets(session=session)
+    return DatasetsPublic(data=data, count=len(data))
+
+
+@router.get("/{name}", responses=ERRORS)
+def read_dataset(session: SessionDep, dataset: DatasetDep) -> DatasetPublic:
+    """Read one dataset with its task counts."""
+    return svc.dataset_public(session=session, dataset=dataset)
+
+
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**ERRORS, 409: {"model": ErrorResponse}},
+)
+def delete_dataset(session: SessionDep, dataset: DatasetDep) -> Response:
+    """Delete a dataset with all its tasks and runs."""
+    svc.delete_dataset(session=session, dataset=dataset)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _seed_body(request: Request) -> tuple[bytes, str]:
+    """The raw seed payload and its kind ('json' or 'jsonl'), whichever way it was sent."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidInput("Multipart seed upload needs a file in the field 'file'.")
+        raw = await upload.read()
+        return raw, "json" if raw.lstrip()[:1] == b"[" else "jsonl"
+    raw = await request.body()
+    if content_type == "application/json":
+        return raw, "json"
+    if content_type in {
+        "application/x-ndjson",
+        "application/jsonl",
+        "application/jsonlines",
+        "text/plain",
+        "",
+    }:
+        return raw, "jsonl"
+    raise InvalidInput(
+        f"Unsupported content type '{content_type}'; send application/json (an array), "
+        "application/x-ndjson (JSONL) or multipart/form-data with a 'file'."
+    )
+
+
+@router.post(
+    "/{name}/seeds",
+    openapi_extra=SEED_BODY,
+    responses={**ERRORS, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+async def import_seeds(
+    request: Request, session: SessionDep, settings: SettingsDep, dataset: DatasetDep
+) -> SeedImportResult:
+    """Import seed tasks; the whole file is refused if any line is invalid. Same id updates."""
+    raw, kind = await _seed_body(request)
+    parse = seed_svc.parse_json_array if kind == "json" else seed_svc.parse_jsonl
+    seeds = parse(raw, max_tasks=settings.seed_import_max_tasks)
+    return seed_svc.import_seeds(session=session, dataset=dataset, seeds=seeds)

@@ -1,0 +1,81 @@
+"""Tasks: browse a dataset's pool with filters, read one task, export JSONL."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from app.api.deps import DatasetDep, EngineDep, SessionDep, SettingsDep
+from app.errors import InvalidInput
+from app.models import TaskOrigin, TaskStatus
+from app.schemas import ErrorResponse, ExportFormat, TaskPublic, TasksPublic
+from app.services import tasks as svc
+from app.services.export import export_chunks
+
+router = APIRouter(tags=["tasks"])
+
+
+@router.get("/datasets/{name}/tasks", responses={404: {"model": ErrorResponse}})
+def list_tasks(
+    session: SessionDep,
+    settings: SettingsDep,
+    dataset: DatasetDep,
+    origin: TaskOrigin | None = None,
+    status: TaskStatus | None = None,
+    run_id: int | None = None,
+    is_classification: bool | None = None,
+    contains: Annotated[
+        str | None, Query(max_length=500, description="Case-insensitive text in the instruction.")
+    ] = None,
+    after: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1)] = 100,
+) -> TasksPublic:
+    """List a dataset's tasks, oldest first, with filters and cursor pagination."""
+    if limit > settings.page_size_max:
+        raise InvalidInput(f"limit must be at most {settings.page_size_max}.")
+    filters = svc.TaskFilters(
+        origin=origin,
+        status=status,
+        run_id=run_id,
+        is_classification=is_classification,
+        contains=contains,
+    )
+    return svc.list_tasks(
+        session=session, dataset=dataset, filters=filters, after=after, limit=limit
+    )
+
+
+@router.get("/tasks/{task_id}", responses={404: {"model": ErrorResponse}})
+def read_task(session: SessionDep, task_id: int) -> TaskPublic:
+    """Read one task with its verdict, nearest neighbours and lineage."""
+    task, dataset = svc.get_task(session=session, task_id=task_id)
+    return svc.task_public(task=task, dataset_name=dataset.name)
+
+
+@router.get(
+    "/datasets/{name}/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/x-ndjson": {}}, "description": "One JSON object a line."},
+        404: {"model": ErrorResponse},
+    },
+)
+def export_dataset(
+    engine: EngineDep,
+    dataset: DatasetDep,
+    format: ExportFormat = ExportFormat.self_instruct,
+    include_seeds: bool = False,
+) -> StreamingResponse:
+    """Stream accepted tasks as JSONL in the chosen format."""
+    assert dataset.id is not None
+    chunks = export_chunks(
+        engine=engine, dataset_id=dataset.id, fmt=format, include_seeds=include_seeds
+    )
+    filename = f"{dataset.name}-{format.value}.jsonl"
+    return StreamingResponse(
+        chunks,
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

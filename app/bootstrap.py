@@ -1,0 +1,37 @@
+"""First-start work: the `default` dataset with the starter seeds, so a new user can generate."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from app.models import Dataset
+from app.services.datasets import DEFAULT_DATASET
+from app.services.seeds import import_seeds, starter_seeds
+from app.settings import Settings
+
+log = logging.getLogger("selfinstruct")
+
+
+def ensure_default_dataset(*, engine: Engine, settings: Settings) -> None:
+    if not settings.load_starter_seeds:
+        return
+    with Session(engine, expire_on_commit=False) as session:
+        if session.exec(select(Dataset.id).where(Dataset.name == DEFAULT_DATASET)).first():
+            return
+        dataset = Dataset(
+            name=DEFAULT_DATASET,
+            description="Starter pool: the project's own English and Chinese seed tasks.",
+            language="en",
+        )
+        session.add(dataset)
+        try:
+            session.flush()
+        except IntegrityError:  # another process created it first
+            session.rollback()
+            return
+        result = import_seeds(session=session, dataset=dataset, seeds=starter_seeds())
+        log.info("created dataset 'default' with %d starter seeds", result.created)

@@ -1,0 +1,114 @@
+"""The `selfinstruct` command: the same services as the HTTP API, from a shell."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlmodel import Session
+
+from app.db import check_migrated, make_engine, migrate
+from app.errors import ServiceError
+from app.schemas import ExportFormat
+from app.services.datasets import get_dataset
+from app.services.export import export_chunks
+from app.services.seeds import import_seeds, parse_json_array, parse_jsonl
+from app.settings import get_settings
+
+cli = typer.Typer(help="Grow instruction-tuning data with Self-Instruct.", no_args_is_help=True)
+seeds_cli = typer.Typer(help="Manage seed tasks.", no_args_is_help=True)
+cli.add_typer(seeds_cli, name="seeds")
+
+
+def _fail(exc: ServiceError) -> None:
+    typer.echo(f"error: {exc.detail}", err=True)
+    for item in exc.errors:
+        where = f"line {item.line}" if item.line is not None else "body"
+        typer.echo(f"  {where}: {item.field + ': ' if item.field else ''}{item.reason}", err=True)
+    raise typer.Exit(code=2)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind.")] = None,
+) -> None:
+    """Start the HTTP API (the docs are at /docs)."""
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
+
+
+@cli.command("migrate")
+def migrate_cmd() -> None:
+    """Apply database migrations up to the current schema."""
+    settings = get_settings()
+    migrate(settings)
+    typer.echo(f"database is at the current schema ({settings.db_url.split('@')[-1]})")
+
+
+@seeds_cli.command("import")
+def seeds_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSONL or JSON file.")],
+    dataset: Annotated[str, typer.Option(help="Target dataset.")] = "default",
+) -> None:
+    """Import a Self-Instruct seed file; nothing is stored if any line is invalid."""
+    settings = get_settings()
+    engine = make_engine(settings)
+    check_migrated(settings, engine)
+    raw = file.read_bytes()
+    parse = parse_json_array if raw.lstrip()[:1] == b"[" else parse_jsonl
+    try:
+        seeds = parse(raw, max_tasks=settings.seed_import_max_tasks)
+        with Session(engine, expire_on_commit=False) as session:
+            target = get_dataset(session=session, name=dataset)
+            result = import_seeds(session=session, dataset=target, seeds=seeds)
+    except ServiceError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"{result.created} created, {result.updated} updated in '{result.dataset}'")
+
+
+@cli.command()
+def export(
+    dataset: Annotated[str, typer.Option(help="Dataset to export.")] = "default",
+    format: Annotated[ExportFormat, typer.Option(help="Output format.")] = (
+        ExportFormat.self_instruct
+    ),
+    include_seeds: Annotated[bool, typer.Option(help="Add the seed tasks.")] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File; stdout if absent.")
+    ] = None,
+) -> None:
+    """Write accepted tasks as JSONL."""
+    settings = get_settings()
+    engine = make_engine(settings)
+    check_migrated(settings, engine)
+    try:
+        with Session(engine) as session:
+            dataset_id = get_dataset(session=session, name=dataset).id
+    except ServiceError as exc:
+        _fail(exc)
+        return
+    assert dataset_id is not None
+    chunks = export_chunks(
+        engine=engine, dataset_id=dataset_id, fmt=format, include_seeds=include_seeds
+    )
+    if output is None:
+        for chunk in chunks:
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.flush()
+        return
+    with output.open("wb") as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+    typer.echo(f"wrote {output}", err=True)
+
+
+def main() -> None:
+    cli()

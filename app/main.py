@@ -1,0 +1,53 @@
+"""Builds the FastAPI application; nothing else happens here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.main import api_router, health_router
+from app.bootstrap import ensure_default_dataset
+from app.db import check_migrated, make_engine
+from app.errors import install_error_handlers
+from app.limits import BodyLimitMiddleware
+from app.metrics import MetricsMiddleware
+from app.settings import Settings, get_settings
+
+DESCRIPTION = """
+Grow instruction-tuning data from a small seed pool with the Self-Instruct method, keep every
+candidate with the reason it was accepted or rejected, and export JSONL for fine-tuning.
+
+State-changing routes need `Authorization: Bearer <token>` when `SELFINSTRUCT_API_TOKEN` is set.
+Errors are JSON: `{"detail": ..., "code": ..., "errors": [{"line", "field", "reason"}]}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings)
+        check_migrated(settings, engine)
+        ensure_default_dataset(engine=engine, settings=settings)
+        app.state.engine = engine
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="selfinstruct",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware)
+    app.include_router(health_router)
+    app.include_router(api_router)
+    return app

@@ -1,0 +1,221 @@
+"""Database tables. They stay inside `app/`; clients see the classes in `app/schemas.py`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+# Constraint names are explicit so Alembic revisions are stable across SQLite and PostgreSQL.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timestamps come back timezone-aware in UTC; SQLite alone would return naive values."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def _ts(**kwargs: Any) -> Any:
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, **kwargs)
+
+
+class TaskOrigin(StrEnum):
+    seed = "seed"
+    generated = "generated"
+    edited = "edited"
+
+
+class TaskStatus(StrEnum):
+    accepted = "accepted"
+    rejected = "rejected"
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class JobStatus(StrEnum):
+    validating_files = "validating_files"
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class Dataset(SQLModel, table=True):
+    """A named pool: seeds, tasks, runs and jobs belong to exactly one."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, sa_column_kwargs={"unique": True}, nullable=False)
+    description: str = Field(default="", max_length=2000)
+    language: str = Field(default="en", max_length=16)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class Task(SQLModel, table=True):
+    """A seed or a candidate, accepted or rejected, with why and where it came from."""
+
+    __table_args__ = (
+        sa.UniqueConstraint("dataset_id", "seed_id", name="uq_task_dataset_seed"),
+        sa.Index("ix_task_dataset_origin_status", "dataset_id", "origin", "status", "id"),
+        sa.Index("ix_task_run", "run_id", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("dataset.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    seed_id: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=200)
+    instruction: str = Field(sa_type=sa.Text, nullable=False)
+    instances: list[dict[str, str]] = Field(default_factory=list, sa_type=JSONType)
+    is_classification: bool | None = Field(default=None)
+    origin: str = Field(default=TaskOrigin.seed, max_length=16)
+    status: str = Field(default=TaskStatus.accepted, max_length=16)
+    rejection_reason: str | None = Field(default=None, max_length=64)
+    rejection_detail: str | None = Field(default=None, sa_type=sa.Text)
+    max_rouge: float | None = Field(default=None)
+    nearest: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSONType)
+    run_id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("run.id", ondelete="SET NULL"), nullable=True
+        ),
+    )
+    lineage: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    edited_from_id: int | None = Field(default=None)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class Run(SQLModel, table=True):
+    """A generation run: parameters in, counters out, claimed by one worker at a time."""
+
+    __table_args__ = (sa.Index("ix_run_status", "status", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("dataset.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    strategy: str = Field(default="self_instruct", max_length=32)
+    backend: str = Field(default="local", max_length=32)
+    model: str = Field(default="", max_length=200)
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    target: int = Field(default=0)
+    status: str = Field(default=RunStatus.queued, max_length=16)
+    requests: int = Field(default=0)
+    failed_requests: int = Field(default=0)
+    prompt_tokens: int = Field(default=0)
+    completion_tokens: int = Field(default=0)
+    cost: float = Field(default=0.0)
+    candidates: int = Field(default=0)
+    accepted: int = Field(default=0)
+    rejected: int = Field(default=0)
+    rejected_by_reason: dict[str, int] = Field(default_factory=dict, sa_type=JSONType)
+    instances: int = Field(default=0)
+    state: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    worker_id: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = _ts()
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = _ts()
+
+
+class FineTuneJob(SQLModel, table=True):
+    """An OpenAI-shaped fine-tune job, claimed by a (possibly remote) GPU worker."""
+
+    __tablename__ = "finetune_job"
+    __table_args__ = (sa.Index("ix_finetune_job_status", "status", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    dataset_id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("dataset.id", ondelete="SET NULL"), nullable=True
+        ),
+    )
+    model: str = Field(max_length=200)
+    training_file: str | None = Field(default=None, max_length=64)
+    validation_file: str | None = Field(default=None, max_length=64)
+    suffix: str | None = Field(default=None, max_length=64)
+    seed: int | None = Field(default=None)
+    method: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    status: str = Field(default=JobStatus.validating_files, max_length=32)
+    fine_tuned_model: str | None = Field(default=None, max_length=200)
+    trained_tokens: int | None = Field(default=None)
+    error: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    progress: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    data_stats: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    worker_id: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = _ts()
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class FineTuneEvent(SQLModel, table=True):
+    __tablename__ = "finetune_event"
+    __table_args__ = (sa.Index("ix_finetune_event_job", "job_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(
+        sa_column=sa.Column(
+            sa.String(64), sa.ForeignKey("finetune_job.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    level: str = Field(default="info", max_length=16)
+    message: str = Field(sa_type=sa.Text)
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    created_at: datetime = _ts()
+
+
+class FineTuneCheckpoint(SQLModel, table=True):
+    __tablename__ = "finetune_checkpoint"
+    __table_args__ = (sa.Index("ix_finetune_checkpoint_job", "job_id", "step"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(
+        sa_column=sa.Column(
+            sa.String(64), sa.ForeignKey("finetune_job.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    step: int
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    path: str = Field(max_length=1000)
+    created_at: datetime = _ts()

@@ -1,0 +1,157 @@
+"""What clients send and receive. Table models never leave `app/`; these classes are the API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+
+from app.models import TaskOrigin, TaskStatus
+
+DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+
+class ErrorItem(BaseModel):
+    line: int | None = Field(default=None, description="1-based line (or array index + 1).")
+    field: str | None = Field(default=None, description="The offending field, dotted.")
+    reason: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error body has this shape; `errors` lists each problem when there are several."""
+
+    detail: str
+    code: str
+    errors: list[ErrorItem] = Field(default_factory=list)
+
+
+# --- datasets ---
+
+
+class DatasetCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=DATASET_NAME_PATTERN, description="Unique; letters, digits, _ . -")
+    description: str = Field(default="", max_length=2000)
+    language: str = Field(
+        default="en",
+        pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$",
+        description="Main language of the pool (BCP 47, e.g. `en`, `zh`); heuristics use it.",
+    )
+
+
+class DatasetPublic(BaseModel):
+    name: str
+    description: str
+    language: str
+    created_at: datetime
+    updated_at: datetime
+    seeds: int = Field(description="Seed tasks in the pool.")
+    accepted: int = Field(description="Accepted generated or edited tasks.")
+    rejected: int = Field(description="Rejected candidates kept for review.")
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    count: int
+
+
+# --- seeds ---
+
+
+class Instance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: StrictStr
+    output: StrictStr
+
+
+class SeedTask(BaseModel):
+    """One line of a Self-Instruct `seed_tasks.jsonl`; unknown keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: StrictStr | int
+    name: StrictStr = ""
+    instruction: StrictStr
+    instances: list[Instance]
+    is_classification: StrictBool
+
+    @field_validator("id")
+    @classmethod
+    def _id_text(cls, value: str | int) -> str:
+        text = str(value).strip()
+        if not text:
+            raise ValueError("must not be empty")
+        if len(text) > 200:
+            raise ValueError("must be at most 200 characters")
+        return text
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+
+class SeedImportResult(BaseModel):
+    dataset: str
+    received: int = Field(description="Tasks in the request.")
+    created: int = Field(description="New seed tasks.")
+    updated: int = Field(description="Seed tasks whose id already existed and were replaced.")
+
+
+# --- tasks ---
+
+
+class TaskPublic(BaseModel):
+    id: int
+    dataset: str
+    seed_id: str | None
+    name: str | None
+    instruction: str
+    instances: list[dict[str, str]]
+    is_classification: bool | None
+    origin: TaskOrigin
+    status: TaskStatus
+    rejection_reason: str | None
+    rejection_detail: str | None
+    max_rouge: float | None = Field(description="Highest ROUGE-L F1 against the pool.")
+    nearest: list[dict[str, Any]] = Field(description="Nearest pool tasks with their scores.")
+    run_id: int | None
+    lineage: dict[str, Any]
+    edited_from_id: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TasksPublic(BaseModel):
+    data: list[TaskPublic]
+    has_more: bool
+    next_cursor: str | None = Field(description="Pass as `after` to get the next page.")
+
+
+# --- export ---
+
+
+class ExportFormat(StrEnum):
+    self_instruct = "self_instruct"
+    alpaca = "alpaca"
+    openai_messages = "openai_messages"
+    prompt_completion = "prompt_completion"
+
+
+# --- health ---
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    database: str
+    schema_revision: str | None

@@ -1,0 +1,1 @@
+"""Domain functions over a session: keyword-only, one concept per module, no HTTP."""

@@ -1,0 +1,1 @@
+"""Novelty index, heuristics and instance filters; no database, no HTTP, no LLM."""
