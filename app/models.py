@@ -87,6 +87,8 @@ class Task(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("dataset_id", "seed_id", name="uq_task_dataset_seed"),
         sa.Index("ix_task_dataset_origin_status", "dataset_id", "origin", "status", "id"),
+        # Export and review read a dataset's accepted tasks in id order without sorting.
+        sa.Index("ix_task_dataset_status_id", "dataset_id", "status", "id"),
         sa.Index("ix_task_run", "run_id", "id"),
     )
 

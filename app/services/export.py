@@ -2,58 +2,98 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
 from app.models import Task, TaskOrigin, TaskStatus
 from app.schemas import ExportFormat
 
 ROWS_PER_FETCH = 2000
-LINES_PER_CHUNK = 1000
-
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _user_text(instruction: str, task_input: str) -> str:
     return f"{instruction}\n\n{task_input}" if task_input.strip() else instruction
 
 
-def _self_instruct(row: Any) -> Iterator[dict[str, Any]]:
-    yield {
-        "id": row.seed_id or f"task_{row.id}",
-        "name": row.name or "",
-        "instruction": row.instruction,
-        "instances": row.instances or [],
-        "is_classification": bool(row.is_classification),
-    }
+# A row is (id, seed_id, name, instruction, instances_json, is_classification); formatters
+# take it unpacked and return every line's object, because per-row overhead is the cost here.
+Formatter = Callable[
+    [int, str | None, str | None, str, list[dict[str, str]], bool | None], list[dict[str, Any]]
+]
 
 
-def _alpaca(row: Any) -> Iterator[dict[str, Any]]:
-    for inst in row.instances or []:
-        yield {"instruction": row.instruction, "input": inst["input"], "output": inst["output"]}
+def _self_instruct(
+    task_id: int,
+    seed_id: str | None,
+    name: str | None,
+    instruction: str,
+    instances: list[dict[str, str]],
+    is_classification: bool | None,
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": seed_id or f"task_{task_id}",
+            "name": name or "",
+            "instruction": instruction,
+            "instances": instances,
+            "is_classification": bool(is_classification),
+        }
+    ]
 
 
-def _messages(row: Any) -> Iterator[dict[str, Any]]:
-    for inst in row.instances or []:
-        yield {
+def _alpaca(
+    task_id: int,
+    seed_id: str | None,
+    name: str | None,
+    instruction: str,
+    instances: list[dict[str, str]],
+    is_classification: bool | None,
+) -> list[dict[str, Any]]:
+    return [
+        {"instruction": instruction, "input": inst["input"], "output": inst["output"]}
+        for inst in instances
+    ]
+
+
+def _messages(
+    task_id: int,
+    seed_id: str | None,
+    name: str | None,
+    instruction: str,
+    instances: list[dict[str, str]],
+    is_classification: bool | None,
+) -> list[dict[str, Any]]:
+    return [
+        {
             "messages": [
-                {"role": "user", "content": _user_text(row.instruction, inst["input"])},
+                {"role": "user", "content": _user_text(instruction, inst["input"])},
                 {"role": "assistant", "content": inst["output"]},
             ]
         }
+        for inst in instances
+    ]
 
 
-def _prompt_completion(row: Any) -> Iterator[dict[str, Any]]:
-    for inst in row.instances or []:
-        yield {"prompt": _user_text(row.instruction, inst["input"]), "completion": inst["output"]}
+def _prompt_completion(
+    task_id: int,
+    seed_id: str | None,
+    name: str | None,
+    instruction: str,
+    instances: list[dict[str, str]],
+    is_classification: bool | None,
+) -> list[dict[str, Any]]:
+    return [
+        {"prompt": _user_text(instruction, inst["input"]), "completion": inst["output"]}
+        for inst in instances
+    ]
 
 
-FORMATTERS: dict[ExportFormat, Callable[[Any], Iterator[dict[str, Any]]]] = {
+FORMATTERS: dict[ExportFormat, Formatter] = {
     ExportFormat.self_instruct: _self_instruct,
     ExportFormat.alpaca: _alpaca,
     ExportFormat.openai_messages: _messages,
@@ -63,25 +103,48 @@ FORMATTERS: dict[ExportFormat, Callable[[Any], Iterator[dict[str, Any]]]] = {
 
 def export_query(*, dataset_id: int, include_seeds: bool) -> sa.Select:  # type: ignore[type-arg]
     """Accepted tasks of a dataset, oldest first; seeds only when asked for."""
-    origins = [TaskOrigin.generated, TaskOrigin.edited]
+    # Plain strings: the raw DBAPI cursor below binds them without SQLAlchemy's type handling.
+    origins = [TaskOrigin.generated.value, TaskOrigin.edited.value]
     if include_seeds:
-        origins.append(TaskOrigin.seed)
+        origins.append(TaskOrigin.seed.value)
     return (
         sa.select(
             col(Task.id),
             col(Task.seed_id),
             col(Task.name),
             col(Task.instruction),
-            col(Task.instances),
+            # Raw JSON text: decoding it ourselves with orjson is several times faster.
+            sa.cast(col(Task.instances), sa.Text).label("instances"),
             col(Task.is_classification),
         )
         .where(
             col(Task.dataset_id) == dataset_id,
-            col(Task.status) == TaskStatus.accepted,
+            col(Task.status) == TaskStatus.accepted.value,
             col(Task.origin).in_(origins),
         )
         .order_by(col(Task.id))
     )
+
+
+def _row_batches(conn: Connection, query: sa.Select) -> Iterator[list[Any]]:  # type: ignore[type-arg]
+    """Plain DBAPI tuples in batches: SQLAlchemy's per-row result processing halves throughput.
+
+    PostgreSQL gets a named (server-side) cursor so the server, not this process, holds the rows.
+    """
+    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    dbapi_conn: Any = conn.connection.dbapi_connection
+    if conn.dialect.name == "postgresql":
+        cursor = dbapi_conn.cursor(name="selfinstruct_export")
+        params: Any = compiled.params
+    else:
+        cursor = dbapi_conn.cursor()
+        params = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    try:
+        cursor.execute(str(compiled), params)
+        while batch := cursor.fetchmany(ROWS_PER_FETCH):
+            yield batch
+    finally:
+        cursor.close()
 
 
 def export_chunks(
@@ -90,16 +153,16 @@ def export_chunks(
     """Yield JSONL in chunks; owns its connection because it outlives the request's session."""
     formatter = FORMATTERS[fmt]
     query = export_query(dataset_id=dataset_id, include_seeds=include_seeds)
+    dumps, loads = orjson.dumps, orjson.loads
     with engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=ROWS_PER_FETCH).execute(
-            query
-        )
-        lines: list[str] = []
-        for row in result:
-            for obj in formatter(row):
-                lines.append(_dumps(obj))
-            if len(lines) >= LINES_PER_CHUNK:
-                yield ("\n".join(lines) + "\n").encode()
-                lines = []
-        if lines:
-            yield ("\n".join(lines) + "\n").encode()
+        for rows in _row_batches(conn, query):
+            lines = [
+                dumps(obj)
+                for task_id, seed_id, name, instruction, raw, is_cls in rows
+                for obj in formatter(
+                    task_id, seed_id, name, instruction, loads(raw) if raw else [], is_cls
+                )
+            ]
+            if lines:
+                lines.append(b"")
+                yield b"\n".join(lines)

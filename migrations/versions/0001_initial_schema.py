@@ -230,11 +230,15 @@ def upgrade() -> None:
             "ix_task_dataset_origin_status", ["dataset_id", "origin", "status", "id"], unique=False
         )
         batch_op.create_index("ix_task_run", ["run_id", "id"], unique=False)
+        batch_op.create_index(
+            "ix_task_dataset_status_id", ["dataset_id", "status", "id"], unique=False
+        )
 
 
 def downgrade() -> None:
 
     with op.batch_alter_table("task", schema=None) as batch_op:
+        batch_op.drop_index("ix_task_dataset_status_id")
         batch_op.drop_index("ix_task_run")
         batch_op.drop_index("ix_task_dataset_origin_status")
 
