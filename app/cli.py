@@ -110,6 +110,123 @@ def export(
     typer.echo(f"wrote {output}", err=True)
 
 
+@cli.command()
+def worker(
+    once: Annotated[bool, typer.Option(help="Exit when no run is waiting.")] = False,
+) -> None:
+    """Claim and execute queued runs (start as many as you like, on any machine)."""
+    import asyncio
+
+    from app.worker import Worker
+
+    settings = get_settings()
+    engine = make_engine(settings)
+    check_migrated(settings, engine)
+    runner = Worker(engine=engine, settings=settings)
+    typer.echo(f"worker {runner.worker_id} waiting for runs", err=True)
+    try:
+        asyncio.run(runner.run_forever(once=once))
+    except KeyboardInterrupt:
+        runner.stop()
+
+
+@cli.command()
+def generate(
+    target: Annotated[int, typer.Option(help="Accepted instructions to reach.")],
+    dataset: Annotated[str, typer.Option(help="Dataset to grow.")] = "default",
+    model: Annotated[str | None, typer.Option(help="A model id from GET /v1/models.")] = None,
+    strategy: Annotated[str, typer.Option(help="self_instruct, alpaca or template.")] = (
+        "self_instruct"
+    ),
+    params: Annotated[
+        str | None, typer.Option(help="More run parameters as JSON, as POST /v1/.../runs takes.")
+    ] = None,
+) -> None:
+    """Run a generation here, with a live progress bar, through the same code as the API."""
+    import asyncio
+    import json
+    import threading
+
+    from pydantic import ValidationError
+
+    from app.pipeline import execute_run
+    from app.run_schemas import RunCreate
+    from app.services.runs import create_run
+    from app.worker import Worker, claim_run
+
+    settings = get_settings()
+    engine = make_engine(settings)
+    check_migrated(settings, engine)
+    body: dict[str, object] = {"target": target, "strategy": strategy, **json.loads(params or "{}")}
+    if model:
+        body["model"] = model
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            target_ds = get_dataset(session=session, name=dataset)
+            run = create_run(
+                session=session,
+                settings=settings,
+                dataset=target_ds,
+                body=RunCreate.model_validate(body),
+            )
+    except ValidationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    except ServiceError as exc:
+        _fail(exc)
+        return
+    assert run.id is not None
+    runner = Worker(engine=engine, settings=settings)
+    if (
+        claim_run(
+            engine,
+            worker_id=runner.worker_id,
+            run_id=run.id,
+            lease_seconds=settings.worker_lease_seconds,
+        )
+        is None
+    ):
+        typer.echo(f"run {run.id} was taken by another worker; follow it over HTTP", err=True)
+        return
+    done = threading.Event()
+    thread = threading.Thread(
+        target=lambda: (
+            asyncio.run(
+                execute_run(engine=engine, settings=settings, run_id=run.id, worker=runner)
+            ),
+            done.set(),
+        )
+    )
+    thread.start()
+    _progress(engine, run.id, target, done)
+    thread.join()
+    with Session(engine) as session:
+        from app.models import Run
+
+        final = session.get(Run, run.id)
+    assert final is not None
+    typer.echo(
+        f"run {run.id} {final.status}: {final.accepted} accepted, {final.rejected} "
+        f"rejected ({final.state.get('stop_reason')}){' - ' + final.error if final.error else ''}"
+    )
+    if final.status != "succeeded":
+        raise typer.Exit(code=1)
+
+
+def _progress(engine: object, run_id: int, target: int, done: object) -> None:
+    from app.models import Run
+
+    shown = 0
+    with typer.progressbar(length=target, label=f"run {run_id}") as bar:
+        while not done.is_set():  # type: ignore[attr-defined]
+            with Session(engine) as session:  # type: ignore[arg-type]
+                run = session.get(Run, run_id)
+                accepted = run.accepted if run else 0
+            bar.update(accepted - shown)
+            shown = accepted
+            done.wait(0.5)  # type: ignore[attr-defined]
+
+
 def main() -> None:
     cli()
 

@@ -14,6 +14,7 @@ from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
 from app.metrics import MetricsMiddleware
 from app.settings import Settings, get_settings
+from app.worker import Worker
 
 DESCRIPTION = """
 Grow instruction-tuning data from a small seed pool with the Self-Instruct method, keep every
@@ -33,9 +34,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         check_migrated(settings, engine)
         ensure_default_dataset(engine=engine, settings=settings)
         app.state.engine = engine
+        worker = Worker(engine=engine, settings=settings) if settings.embedded_worker else None
+        thread = worker.start_thread() if worker else None
         try:
             yield
         finally:
+            if worker and thread:
+                worker.stop()
+                thread.join(timeout=10)
             engine.dispose()
 
     app = FastAPI(

@@ -221,3 +221,38 @@ class FineTuneCheckpoint(SQLModel, table=True):
     metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
     path: str = Field(max_length=1000)
     created_at: datetime = _ts()
+
+
+class RunEvent(SQLModel, table=True):
+    """Progress of a run, in order; the event stream reads these so any process can serve it."""
+
+    __tablename__ = "run_event"
+    __table_args__ = (sa.Index("ix_run_event_run", "run_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("run.id", ondelete="CASCADE"), nullable=False)
+    )
+    kind: str = Field(max_length=32)
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    created_at: datetime = _ts()
+
+
+class StoredFile(SQLModel, table=True):
+    """An uploaded (or frozen) JSONL file; the bytes live under the data dir, named by id only."""
+
+    __tablename__ = "file"
+
+    id: str = Field(primary_key=True, max_length=64)
+    purpose: str = Field(max_length=32)
+    filename: str = Field(max_length=255)
+    bytes: int
+    sha256: str = Field(max_length=64)
+    lines: int = Field(default=0)
+    dataset_id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("dataset.id", ondelete="SET NULL"), nullable=True
+        ),
+    )
+    created_at: datetime = _ts()

@@ -4,11 +4,39 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_TOKENS = {"changethis", "changeme", "secret", "token", "password"}
+BUNDLED_MODEL_ID = "SmolLM2-135M-Instruct"
+
+
+class EndpointConfig(BaseModel):
+    """An OpenAI-compatible server runs may use; clients pick models, never URLs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    base_url: str
+    api_key: SecretStr | None = None
+    models: list[str] = Field(min_length=1, description="Model ids this endpoint serves.")
+    mode: Literal["completion", "chat"] = Field(
+        default="completion", description="Raw continuation (/v1/completions) or chat."
+    )
+    max_concurrency: int = Field(default=8, ge=1, le=1024)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=5, ge=0, le=100)
+
+
+class Price(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_per_1k: float = Field(ge=0)
+    completion_per_1k: float = Field(ge=0)
 
 
 class Settings(BaseSettings):
@@ -50,6 +78,42 @@ class Settings(BaseSettings):
         description="Create dataset `default` with the bundled starter seeds when it is missing.",
     )
 
+    # --- generation ---
+    endpoints: list[EndpointConfig] = Field(
+        default_factory=list,
+        description='OpenAI-compatible servers as JSON, e.g. [{"name": "vllm", "base_url": '
+        '"http://10.0.0.5:8000/v1", "models": ["Qwen2.5-7B-Instruct"]}]',
+    )
+    prices: dict[str, Price] = Field(
+        default_factory=dict,
+        description='Per-model prices per 1K tokens as JSON, e.g. {"gpt-4o-mini": '
+        '{"prompt_per_1k": 0.00015, "completion_per_1k": 0.0006}}',
+    )
+    local_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads for the bundled model; empty = all cores."
+    )
+    max_active_runs_per_dataset: int = Field(
+        default=4, ge=1, description="Queued or running runs one dataset may have at once."
+    )
+    max_run_target: int = Field(default=100_000, ge=1, description="Largest `target` a run takes.")
+
+    # --- fine-tuning ---
+    max_training_examples: int = Field(
+        default=200_000, ge=1, description="Most examples one training file may hold."
+    )
+    finetune_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where fine-tune workers train by default."
+    )
+
+    # --- workers ---
+    embedded_worker: bool = Field(
+        default=True, description="Run a generation worker inside the API process."
+    )
+    worker_lease_seconds: float = Field(
+        default=30.0, gt=0, description="How long a claimed run stays claimed without a renewal."
+    )
+    worker_poll_seconds: float = Field(default=1.0, gt=0, description="Idle wait between claims.")
+
     # --- lists ---
     page_size_max: int = Field(default=1000, gt=0, description="Largest `limit` a list accepts.")
 
@@ -63,6 +127,20 @@ class Settings(BaseSettings):
                 "SELFINSTRUCT_API_TOKEN is a placeholder; set a random value, "
                 "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
+        return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_models(cls, value: list[EndpointConfig]) -> list[EndpointConfig]:
+        seen: dict[str, str] = {}
+        for endpoint in value:
+            for model in endpoint.models:
+                if model == BUNDLED_MODEL_ID or model in seen:
+                    raise ValueError(
+                        f"model id '{model}' of endpoint '{endpoint.name}' is already served by "
+                        f"'{seen.get(model, 'the bundled model')}'; model ids must be unique"
+                    )
+                seen[model] = endpoint.name
         return value
 
     @model_validator(mode="after")

@@ -235,7 +235,49 @@ def upgrade() -> None:
         )
 
 
+    op.create_table(
+        "run_event",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("run_id", sa.Integer(), nullable=False),
+        sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column(
+            "data",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["run_id"], ["run.id"], name=op.f("fk_run_event_run_id_run"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_run_event")),
+    )
+    with op.batch_alter_table("run_event", schema=None) as batch_op:
+        batch_op.create_index("ix_run_event_run", ["run_id", "id"], unique=False)
+
+
+    op.create_table(
+        "file",
+        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("purpose", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("filename", sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
+        sa.Column("bytes", sa.Integer(), nullable=False),
+        sa.Column("sha256", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("lines", sa.Integer(), nullable=False),
+        sa.Column("dataset_id", sa.Integer(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["dataset_id"], ["dataset.id"], name=op.f("fk_file_dataset_id_dataset"),
+            ondelete="SET NULL",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_file")),
+    )
+
+
 def downgrade() -> None:
+    op.drop_table("file")
+    with op.batch_alter_table("run_event", schema=None) as batch_op:
+        batch_op.drop_index("ix_run_event_run")
+    op.drop_table("run_event")
 
     with op.batch_alter_table("task", schema=None) as batch_op:
         batch_op.drop_index("ix_task_dataset_status_id")

@@ -17,6 +17,8 @@ from app.schemas import (
 )
 from app.services import datasets as svc
 from app.services import seeds as seed_svc
+from app.services import stats as stats_svc
+from app.services.stats import DatasetStats
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -117,3 +119,9 @@ async def import_seeds(
     parse = seed_svc.parse_json_array if kind == "json" else seed_svc.parse_jsonl
     seeds = parse(raw, max_tasks=settings.seed_import_max_tasks)
     return seed_svc.import_seeds(session=session, dataset=dataset, seeds=seeds)
+
+
+@router.get("/{name}/stats", responses=ERRORS)
+def dataset_stats(session: SessionDep, dataset: DatasetDep) -> DatasetStats:
+    """The dataset's shape: sizes, lengths, ROUGE-L to the nearest seed, rejections, verbs."""
+    return stats_svc.dataset_stats(session=session, dataset=dataset)

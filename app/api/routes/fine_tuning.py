@@ -1,0 +1,171 @@
+"""OpenAI-compatible files and fine-tuning jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
+from fastapi.responses import FileResponse
+from sse_starlette.sse import EventSourceResponse
+
+from app.api.deps import EngineDep, SessionDep, SettingsDep
+from app.finetune_schemas import (
+    FileObject,
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobCreate,
+    FineTuningJobEvent,
+    Page,
+)
+from app.models import FineTuneJob
+from app.schemas import ErrorResponse
+from app.services import files as file_svc
+from app.services import finetune as svc
+
+router = APIRouter(tags=["fine-tuning"])
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+UPLOAD_CHUNK = 1 << 20
+
+
+@router.post("/files", responses={422: {"model": ErrorResponse}})
+async def upload_file(
+    session: SessionDep,
+    settings: SettingsDep,
+    file: UploadFile,
+    purpose: Annotated[str, Form()] = "fine-tune",
+) -> FileObject:
+    """Upload a JSONL training file (chat `messages` format)."""
+
+    async def read_all() -> list[bytes]:
+        chunks = []
+        while chunk := await file.read(UPLOAD_CHUNK):
+            chunks.append(chunk)
+        return chunks
+
+    record = file_svc.store_file(
+        session=session,
+        settings=settings,
+        chunks=await read_all(),
+        filename=file.filename or "upload.jsonl",
+        purpose=purpose,
+    )
+    return FileObject(**svc.file_public(record))
+
+
+@router.get("/files/{file_id}", responses=ERRORS)
+def read_file(session: SessionDep, file_id: str) -> FileObject:
+    """Read a file's metadata."""
+    return FileObject(**svc.file_public(file_svc.get_file(session=session, file_id=file_id)))
+
+
+@router.get("/files/{file_id}/content", response_class=FileResponse, responses=ERRORS)
+def file_content(session: SessionDep, settings: SettingsDep, file_id: str) -> FileResponse:
+    """Download a file's bytes."""
+    record = file_svc.get_file(session=session, file_id=file_id)
+    return FileResponse(
+        file_svc.file_path(settings, record.id),
+        media_type="application/jsonl",
+        filename=record.filename,
+    )
+
+
+def job_by_id(session: SessionDep, job_id: str) -> FineTuneJob:
+    return svc.get_job(session=session, job_id=job_id)
+
+
+JobDep = Annotated[FineTuneJob, Depends(job_by_id)]
+
+
+@router.post("/fine_tuning/jobs", responses={**ERRORS, 422: {"model": ErrorResponse}})
+def create_job(
+    session: SessionDep, settings: SettingsDep, body: FineTuningJobCreate
+) -> FineTuningJob:
+    """Create a job from a file or a dataset; a bad file fails it at validating_files."""
+    job = svc.create_job(session=session, settings=settings, body=body)
+    return svc.job_public(session=session, job=job)
+
+
+@router.get("/fine_tuning/jobs")
+def list_jobs(
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> Page[FineTuningJob]:
+    """List jobs, newest first."""
+    jobs, more = svc.list_jobs(session=session, after=after, limit=limit)
+    return Page[FineTuningJob](
+        data=[svc.job_public(session=session, job=j) for j in jobs], has_more=more
+    )
+
+
+@router.get("/fine_tuning/jobs/{job_id}", responses=ERRORS)
+def read_job(session: SessionDep, job: JobDep) -> FineTuningJob:
+    """Read a job with its status, progress and training data."""
+    return svc.job_public(session=session, job=job)
+
+
+@router.post("/fine_tuning/jobs/{job_id}/cancel", responses=ERRORS)
+def cancel_job(session: SessionDep, job: JobDep) -> FineTuningJob:
+    """Cancel a job; idempotent, and final states never change."""
+    return svc.job_public(session=session, job=svc.cancel_job(session=session, job=job))
+
+
+@router.get("/fine_tuning/jobs/{job_id}/checkpoints", responses=ERRORS)
+def list_checkpoints(session: SessionDep, job: JobDep) -> Page[FineTuningJobCheckpoint]:
+    """Checkpoints with step, training loss and validation loss, newest first."""
+    data = [svc.checkpoint_public(job, c) for c in svc.list_checkpoints(session=session, job=job)]
+    return Page[FineTuningJobCheckpoint](data=data, has_more=False)
+
+
+@router.get("/fine_tuning/jobs/{job_id}/events", responses=ERRORS)
+async def list_events(
+    request: Request,
+    session: SessionDep,
+    engine: EngineDep,
+    job: JobDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+    stream: bool = False,
+) -> Any:
+    """Job events, newest first; `stream=true` (or Accept: text/event-stream) follows them live."""
+    if stream or "text/event-stream" in request.headers.get("accept", ""):
+        return EventSourceResponse(_follow(request, engine, job.id))
+    events, more = svc.list_events(session=session, job=job, after=after, limit=limit)
+    return Page[FineTuningJobEvent](data=[svc.event_public(e) for e in events], has_more=more)
+
+
+async def _follow(request: Request, engine: Any, job_id: str) -> AsyncIterator[dict[str, str]]:
+    from sqlmodel import Session, col, select
+
+    from app.models import FineTuneEvent
+
+    last = 0
+
+    def read() -> tuple[list[FineTuneEvent], str]:
+        with Session(engine) as session:
+            rows = list(
+                session.exec(
+                    select(FineTuneEvent)
+                    .where(FineTuneEvent.job_id == job_id, col(FineTuneEvent.id) > last)
+                    .order_by(col(FineTuneEvent.id))
+                )
+            )
+            state = session.get(FineTuneJob, job_id)
+            return rows, state.status if state else "failed"
+
+    while not await request.is_disconnected():
+        rows, state = await asyncio.to_thread(read)
+        for event in rows:
+            assert event.id is not None
+            last = event.id
+            yield {
+                "id": str(event.id),
+                "event": "event",
+                "data": json.dumps(svc.event_public(event).model_dump(), ensure_ascii=False),
+            }
+        if not rows and state in svc.FINAL:
+            return
+        await asyncio.sleep(0.5)

@@ -1,0 +1,32 @@
+"""The models runs can use, in OpenAI's list shape so `client.models.list()` works."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+
+from app.api.deps import SettingsDep
+from app.llm import ModelEntry, catalogue, probe
+from app.run_schemas import ModelPublic, ModelsPublic
+
+router = APIRouter(tags=["models"])
+CREATED = 1_735_689_600  # a fixed epoch second: the catalogue has no creation history
+
+
+@router.get("/models")
+async def list_models(settings: SettingsDep) -> ModelsPublic:
+    """List the bundled model and configured endpoints' models, each with its reachability."""
+    entries = catalogue(settings)
+    reachable = await asyncio.gather(*(probe(settings, e) for e in entries))
+    return ModelsPublic(data=[_public(e, ok) for e, ok in zip(entries, reachable, strict=True)])
+
+
+def _public(entry: ModelEntry, reachable: bool) -> ModelPublic:
+    return ModelPublic(
+        id=entry.id,
+        created=CREATED,
+        owned_by=entry.owned_by,
+        backend=entry.backend,
+        reachable=reachable,
+    )

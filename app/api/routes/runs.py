@@ -1,0 +1,117 @@
+"""Generation runs: start, watch (counters and a server-sent event stream), cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, status
+from sse_starlette.sse import EventSourceResponse
+
+from app.api.deps import DatasetDep, EngineDep, SessionDep, SettingsDep
+from app.models import Dataset, Run
+from app.run_schemas import RunCreate, RunPublic, RunsPublic
+from app.schemas import ErrorResponse
+from app.services import runs as svc
+
+router = APIRouter(tags=["runs"])
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+FINAL = {s.value for s in svc.FINAL}
+
+
+def run_by_id(session: SessionDep, run_id: int) -> Run:
+    return svc.get_run(session=session, run_id=run_id)
+
+
+RunDep = Annotated[Run, Depends(run_by_id)]
+
+
+def _public(session: SessionDep, run: Run) -> RunPublic:
+    dataset = session.get(Dataset, run.dataset_id)
+    assert dataset is not None
+    return svc.run_public(run=run, dataset_name=dataset.name)
+
+
+@router.post(
+    "/datasets/{name}/runs",
+    status_code=status.HTTP_201_CREATED,
+    responses={**ERRORS, 409: {"model": ErrorResponse}, 413: {"model": ErrorResponse}},
+)
+def create_run(
+    session: SessionDep, settings: SettingsDep, dataset: DatasetDep, body: RunCreate
+) -> RunPublic:
+    """Queue a generation run; a worker picks it up at once."""
+    run = svc.create_run(session=session, settings=settings, dataset=dataset, body=body)
+    return svc.run_public(run=run, dataset_name=dataset.name)
+
+
+@router.get("/datasets/{name}/runs", responses=ERRORS)
+def list_runs(session: SessionDep, dataset: DatasetDep) -> RunsPublic:
+    """List a dataset's runs, newest first."""
+    runs = svc.list_runs(session=session, dataset=dataset)
+    data = [svc.run_public(run=r, dataset_name=dataset.name) for r in runs]
+    return RunsPublic(data=data, count=len(data))
+
+
+@router.get("/runs/{run_id}", responses=ERRORS)
+def read_run(session: SessionDep, run: RunDep) -> RunPublic:
+    """Read a run's status and counters."""
+    return _public(session, run)
+
+
+@router.post("/runs/{run_id}/cancel", responses=ERRORS)
+def cancel_run(session: SessionDep, run: RunDep) -> RunPublic:
+    """Cancel a run; its worker stops within one batch. Idempotent."""
+    return _public(session, svc.cancel_run(session=session, run=run))
+
+
+@router.get(
+    "/runs/{run_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        **ERRORS,
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "status, candidate, counters and end events.",
+        },
+    },
+)
+async def run_events(
+    request: Request,
+    engine: EngineDep,
+    run: RunDep,
+    last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
+    poll_seconds: float = 0.5,
+) -> EventSourceResponse:
+    """Stream the run's progress as server-sent events until it ends (resumes: Last-Event-ID)."""
+    assert run.id is not None
+    run_id = run.id
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    poll = min(max(poll_seconds, 0.05), 5.0)
+
+    async def stream() -> AsyncIterator[dict[str, str]]:
+        nonlocal after
+        while not await request.is_disconnected():
+            events = await asyncio.to_thread(svc.events_after, engine, run_id=run_id, after=after)
+            for event in events:
+                assert event.id is not None
+                after = event.id
+                yield {
+                    "id": str(event.id),
+                    "event": event.kind,
+                    "data": json.dumps(svc.event_public(event), ensure_ascii=False),
+                }
+            if not events:
+                state = await asyncio.to_thread(svc.run_status, engine, run_id=run_id)
+                if state is None or state in FINAL:
+                    # One last read: the end event is written with the final status.
+                    if not await asyncio.to_thread(
+                        svc.events_after, engine, run_id=run_id, after=after
+                    ):
+                        return
+                    continue
+                await asyncio.sleep(poll)
+
+    return EventSourceResponse(stream(), ping=15)

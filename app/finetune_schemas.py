@@ -1,0 +1,180 @@
+"""OpenAI's fine-tuning and files shapes, so the `openai` SDK works with only `base_url` changed,
+plus our extensions (a dataset instead of a file, LoRA, progress) in the same objects."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+T = TypeVar("T")
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["processed"] = "processed"
+    sha256: str
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: int | Literal["auto"] = Field("auto", description="1-50; auto = 3.")
+    batch_size: int | Literal["auto"] = Field("auto", description="1-256; auto = 8.")
+    learning_rate_multiplier: float | Literal["auto"] = Field(
+        "auto", description="Scales the base learning rate; 0 < m <= 10; auto = 1."
+    )
+
+    @model_validator(mode="after")
+    def _possible(self) -> Hyperparameters:
+        if isinstance(self.n_epochs, int) and not 1 <= self.n_epochs <= 50:
+            raise ValueError("n_epochs must be between 1 and 50")
+        if isinstance(self.batch_size, int) and not 1 <= self.batch_size <= 256:
+            raise ValueError("batch_size must be between 1 and 256")
+        lrm = self.learning_rate_multiplier
+        if isinstance(lrm, float | int) and not 0 < lrm <= 10:
+            raise ValueError("learning_rate_multiplier must be greater than 0 and at most 10")
+        return self
+
+    def resolved(self) -> dict[str, Any]:
+        return {
+            "n_epochs": 3 if self.n_epochs == "auto" else self.n_epochs,
+            "batch_size": 8 if self.batch_size == "auto" else self.batch_size,
+            "learning_rate_multiplier": (
+                1.0 if self.learning_rate_multiplier == "auto" else self.learning_rate_multiplier
+            ),
+        }
+
+
+class Supervised(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class Method(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["supervised"] = "supervised"
+    supervised: Supervised = Field(default_factory=Supervised)
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1, le=256)
+    alpha: int = Field(32, ge=1, le=1024)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
+    )
+
+
+class FineTuningJobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="A base model from GET /v1/models or a fine-tuned one.")
+    training_file: str | None = Field(None, description="A file id from POST /v1/files.")
+    validation_file: str | None = None
+    dataset: str | None = Field(
+        None, description="Instead of a file: freeze this dataset's accepted tasks (and seeds)."
+    )
+    suffix: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,40}$")
+    seed: int | None = None
+    method: Method | None = None
+    hyperparameters: Hyperparameters | None = Field(
+        None, description="Legacy place; prefer method."
+    )
+    lora: LoraSettings | None = Field(None, description="LoRA instead of full fine-tuning.")
+    max_seq_len: int = Field(1024, ge=32, le=32768)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FineTuningJobCreate:
+        if (self.training_file is None) == (self.dataset is None):
+            raise ValueError("give exactly one of training_file and dataset")
+        if self.method is not None and self.hyperparameters is not None:
+            raise ValueError("give hyperparameters inside method, or at the top level, not both")
+        return self
+
+    def hyper(self) -> Hyperparameters:
+        if self.method is not None:
+            return self.method.supervised.hyperparameters
+        return self.hyperparameters or Hyperparameters()
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total_steps: int | None = None
+    epoch: int | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    train_loss: float | None = None
+    valid_loss: float | None = None
+
+
+class TrainingData(BaseModel):
+    examples: int | None = None
+    tokens: int | None = None
+    sha256: str | None = None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None
+    model: str
+    fine_tuned_model: str | None
+    organization_id: str = "selfinstruct"
+    result_files: list[str] = Field(default_factory=list)
+    status: str
+    validation_file: str | None
+    training_file: str | None
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    trained_tokens: int | None
+    error: JobError | None
+    seed: int
+    suffix: str | None
+    # --- extensions ---
+    dataset: str | None = None
+    progress: Progress
+    training_data: TrainingData
+
+
+class FineTuningJobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    data: dict[str, Any]
+    type: Literal["message", "metrics"] = "message"
+
+
+class FineTuningJobCheckpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    step_number: int
+    metrics: dict[str, float | None]
+    fine_tuning_job_id: str
+
+
+class Page(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool

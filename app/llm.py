@@ -1,0 +1,104 @@
+"""The model catalogue: which models runs may use, and the backend that serves each.
+
+Clients name a model id; only settings map ids to URLs, so no request can make the server
+call an arbitrary host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+import generators.local
+import generators.openai_compat  # noqa: F401  (registers the "openai" backend)
+from app.errors import NotFound
+from app.settings import BUNDLED_MODEL_ID, EndpointConfig, Settings
+from generators.base import Backend, create_backend
+from generators.pricing import DEFAULT_PRICES, PriceTable
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: str
+    backend: Literal["local", "openai"]
+    endpoint: EndpointConfig | None = None
+    mode: Literal["completion", "chat"] = "completion"
+
+    @property
+    def owned_by(self) -> str:
+        return "selfinstruct" if self.endpoint is None else self.endpoint.name
+
+
+def catalogue(settings: Settings) -> list[ModelEntry]:
+    entries = [ModelEntry(id=BUNDLED_MODEL_ID, backend="local")]
+    for endpoint in settings.endpoints:
+        entries += [
+            ModelEntry(id=m, backend="openai", endpoint=endpoint, mode=endpoint.mode)
+            for m in endpoint.models
+        ]
+    return entries
+
+
+def find_model(settings: Settings, model_id: str) -> ModelEntry:
+    for entry in catalogue(settings):
+        if entry.id == model_id:
+            return entry
+    known = ", ".join(e.id for e in catalogue(settings))
+    raise NotFound(f"Model '{model_id}' is not available; GET /v1/models lists them ({known}).")
+
+
+_backends: dict[tuple[int, str], Backend] = {}
+_lock = threading.Lock()
+
+
+def backend_for(settings: Settings, entry: ModelEntry) -> Backend:
+    """One backend per model and event loop: httpx clients must not cross event loops."""
+    key = (id(asyncio.get_running_loop()), entry.id)
+    with _lock:
+        backend = _backends.get(key)
+        if backend is None:
+            backend = _build(settings, entry)
+            _backends[key] = backend
+        return backend
+
+
+def forget_backends_of_this_loop() -> None:
+    loop_id = id(asyncio.get_running_loop())
+    with _lock:
+        for key in [k for k in _backends if k[0] == loop_id]:
+            del _backends[key]
+
+
+def _build(settings: Settings, entry: ModelEntry) -> Backend:
+    if entry.endpoint is None:
+        return create_backend(
+            "local", {"model_id": BUNDLED_MODEL_ID, "n_threads": settings.local_threads}
+        )
+    ep = entry.endpoint
+    return create_backend(
+        "openai",
+        {
+            "base_url": ep.base_url,
+            "api_key": ep.api_key,
+            "model": entry.id,
+            "timeout_s": ep.timeout_s,
+            "max_concurrency": ep.max_concurrency,
+            "max_retries": ep.max_retries,
+            "requests_per_minute": ep.requests_per_minute,
+            "tokens_per_minute": ep.tokens_per_minute,
+        },
+    )
+
+
+def price_table(settings: Settings) -> PriceTable:
+    return DEFAULT_PRICES.merged({k: v.model_dump() for k, v in settings.prices.items()})
+
+
+async def probe(settings: Settings, entry: ModelEntry, timeout_s: float = 3.0) -> bool:
+    """Whether the model answers now; never raises, never waits long."""
+    try:
+        return await asyncio.wait_for(backend_for(settings, entry).check(), timeout=timeout_s)
+    except Exception:
+        return False

@@ -1,0 +1,586 @@
+"""The generation loop: sample examples → prompt → LLM → parse → filter → store, batch by batch.
+
+Plain functions over the database. Every batch's verdicts are written in one transaction with
+the run's counters and events, so a crash loses at most the batch in flight and the counters
+always equal the rows. On resume, the pool (and its novelty index) is rebuilt from the database,
+so no accepted task is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from app.llm import backend_for, find_model, price_table
+from app.models import Dataset, Run, RunEvent, RunStatus, Task, TaskOrigin, TaskStatus, utcnow
+from app.run_schemas import RunCreate
+from app.settings import Settings
+from app.strategies import (
+    Candidate,
+    Pool,
+    candidates_from,
+    prompt_jobs,
+    template_candidates,
+    template_space,
+)
+from app.worker import renew_lease
+from filters.heuristics import check_instruction
+from filters.instances import filter_instances
+from generators.base import Backend, Generation, SamplingParams
+from generators.errors import GeneratorError
+from generators.parsing import parse_classification_answer, parse_instances
+from generators.prompts import (
+    CLASSIFICATION_INSTANCE_SAMPLING,
+    CLASSIFICATION_SAMPLING,
+    INSTANCE_SAMPLING,
+    PromptExample,
+    build_classification_prompt,
+    build_instance_prompt,
+    to_chat_messages,
+)
+
+if TYPE_CHECKING:
+    from app.worker import Worker
+
+log = logging.getLogger("selfinstruct.pipeline")
+
+MAX_FAILED_BATCHES = 3  # consecutive batches whose every request failed after retries
+MAX_IDLE_BATCHES = 25  # consecutive batches that accepted nothing
+NEIGHBOURS = 10
+
+
+@dataclass
+class Spend:
+    """Requests and tokens of one step, added to the run's counters in the batch transaction."""
+
+    requests: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    last_error: str | None = None
+
+
+@dataclass
+class Verdict:
+    candidate: Candidate
+    status: TaskStatus
+    reason: str | None = None
+    detail: str | None = None
+    max_rouge: float | None = None
+    nearest: list[dict[str, Any]] = field(default_factory=list)
+    is_classification: bool | None = None
+    instances: list[dict[str, str]] = field(default_factory=list)
+    index_key: Any = None  # where an accepted candidate sits in the index until it is stored
+
+
+class RunContext:
+    """What one execution of a run needs; rebuilt from the database on every (re)start."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        settings: Settings,
+        run: Run,
+        dataset: Dataset,
+        backend: Backend,
+        worker: Worker | None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.run_id: int = run.id  # type: ignore[assignment]
+        self.dataset_id: int = dataset.id  # type: ignore[assignment]
+        self.params = RunCreate.model_validate(run.params)
+        self.language = self.params.language or (
+            "zh" if dataset.language.startswith("zh") else "en"
+        )
+        self.heuristics = self.params.filters.heuristics.model_copy(
+            update={"language": self.language}
+        )
+        self.backend = backend
+        self.chat = find_model(settings, run.model).mode == "chat"
+        self.prices = price_table(settings)
+        self.worker = worker
+        self.pool = load_pool(engine, dataset_id=self.dataset_id)
+        self.lineage = {
+            "model": run.model,
+            "strategy": self.params.strategy,
+            "sampling": self.params.sampling.model_dump(),
+            "run_id": self.run_id,
+        }
+
+    # --- LLM calls ---
+
+    async def complete(
+        self, texts: list[str], sampling: dict[str, Any], stop: tuple[str, ...], spend: Spend
+    ) -> list[Generation | None]:
+        """Complete each text; a failed request (after the backend's retries) becomes None."""
+        if not texts:
+            return []
+        prompts: list[Any] = (
+            [to_chat_messages(t, language=self.language) for t in texts] if self.chat else texts
+        )
+        params = SamplingParams(**sampling, stop=stop)
+        results = await self.backend.generate(prompts, params, return_exceptions=True)
+        out: list[Generation | None] = []
+        for result in results:
+            spend.requests += 1
+            if isinstance(result, GeneratorError):
+                spend.failed += 1
+                spend.last_error = str(result)
+                out.append(None)
+                continue
+            assert isinstance(result, Generation)
+            spend.prompt_tokens += result.prompt_tokens
+            spend.completion_tokens += result.completion_tokens
+            spend.cost += self.prices.cost_of(result)
+            out.append(result)
+        return out
+
+    def sampling(self) -> dict[str, Any]:
+        s = self.params.sampling
+        return {
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+            "presence_penalty": s.presence_penalty,
+            "frequency_penalty": s.frequency_penalty,
+            "seed": self.params.seed,
+        }
+
+
+def load_pool(engine: Engine, *, dataset_id: int) -> Pool:
+    pool = Pool()
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Task.id, Task.instruction, Task.instances, Task.origin)
+            .where(Task.dataset_id == dataset_id, Task.status == TaskStatus.accepted.value)
+            .order_by(col(Task.id))
+        )
+        for task_id, instruction, instances, origin in rows:
+            first = instances[0] if instances else {}
+            example = PromptExample(
+                id=str(task_id),
+                instruction=instruction,
+                input=first.get("input", ""),
+                output=first.get("output", ""),
+            )
+            pool.add(example, seed=origin == TaskOrigin.seed.value)
+    return pool
+
+
+# --- filtering ---
+
+
+def screen(ctx: RunContext, candidates: list[Candidate]) -> tuple[list[Verdict], list[Candidate]]:
+    """Heuristics and novelty against the pool as it is; survivors go on to the model steps."""
+    rejected, survivors, seen = [], [], set()
+    threshold = ctx.params.filters.rouge_threshold
+    for cand in candidates:
+        cand.instruction = cand.instruction.strip()
+        verdict = check_instruction(cand.instruction, ctx.heuristics)
+        if not verdict.ok:
+            rejected.append(Verdict(cand, TaskStatus.rejected, verdict.reason, verdict.detail))
+            continue
+        nearest = ctx.pool.index.nearest(cand.instruction, k=NEIGHBOURS)
+        best = nearest[0][1] if nearest else 0.0
+        if best > threshold:  # saves the model calls for a candidate that cannot pass
+            rejected.append(
+                Verdict(
+                    cand,
+                    TaskStatus.rejected,
+                    "too_similar",
+                    f"ROUGE-L {best:.3f} > {threshold}",
+                    max_rouge=best,
+                    nearest=_neighbours(nearest),
+                )
+            )
+            continue
+        if cand.instruction in seen:  # the same line twice in one batch
+            rejected.append(
+                Verdict(
+                    cand,
+                    TaskStatus.rejected,
+                    "duplicate_in_batch",
+                    "the batch produced this instruction twice",
+                )
+            )
+            continue
+        seen.add(cand.instruction)
+        survivors.append(cand)
+    return rejected, survivors
+
+
+async def classify(ctx: RunContext, survivors: list[Candidate], spend: Spend) -> list[bool | None]:
+    if not ctx.params.classify:
+        return [None] * len(survivors)
+    prompts = [build_classification_prompt(c.instruction, language=ctx.language) for c in survivors]
+    if not prompts:
+        return []
+    gens = await ctx.complete(
+        [p.text for p in prompts],
+        CLASSIFICATION_SAMPLING.as_dict(),
+        prompts[0].stop_sequences,
+        spend,
+    )
+    return [parse_classification_answer(g.text) if g else None for g in gens]
+
+
+async def make_instances(
+    ctx: RunContext, survivors: list[Candidate], labels: list[bool | None], spend: Spend
+) -> list[list[dict[str, str]] | None]:
+    """Instances per survivor: output-first for classification tasks, input-first otherwise."""
+    out: list[list[dict[str, str]] | None] = [c.instances for c in survivors]
+    if not ctx.params.generate_instances:
+        return out
+    todo = [i for i, c in enumerate(survivors) if c.instances is None]
+    for output_first in (True, False):
+        group = [i for i in todo if bool(labels[i]) is output_first]
+        if not group:
+            continue
+        prompts = [
+            build_instance_prompt(
+                survivors[i].instruction,
+                is_classification=output_first,
+                language=ctx.language,
+                max_instances=ctx.params.filters.max_instances,
+            )
+            for i in group
+        ]
+        sampling = CLASSIFICATION_INSTANCE_SAMPLING if output_first else INSTANCE_SAMPLING
+        gens = await ctx.complete(
+            [p.text for p in prompts], sampling.as_dict(), prompts[0].stop_sequences, spend
+        )
+        for i, gen in zip(group, gens, strict=True):
+            out[i] = (
+                parse_instances(
+                    gen.text, output_first=output_first, finish_reason=gen.finish_reason
+                )
+                if gen
+                else None
+            )
+    return out
+
+
+def decide(
+    ctx: RunContext,
+    survivors: list[Candidate],
+    labels: list[bool | None],
+    instances: list[list[dict[str, str]] | None],
+    room: int,
+) -> list[Verdict]:
+    """Final verdicts in order; accepted ones join the index at once so later ones see them."""
+    verdicts = []
+    threshold = ctx.params.filters.rouge_threshold
+    for cand, label, raw in zip(survivors, labels, instances, strict=True):
+        kept: list[dict[str, str]] = []
+        if raw is not None:
+            result = filter_instances(raw, max_instances=ctx.params.filters.max_instances)
+            kept = result.kept
+        needs_instances = ctx.params.generate_instances or cand.instances is not None
+        nearest = ctx.pool.index.nearest(cand.instruction, k=NEIGHBOURS)
+        best = nearest[0][1] if nearest else 0.0
+        v = Verdict(
+            cand,
+            TaskStatus.rejected,
+            max_rouge=best,
+            is_classification=label,
+            nearest=_neighbours(nearest),
+            instances=kept,
+        )
+        if best > threshold:
+            v.reason, v.detail = "too_similar", f"ROUGE-L {best:.3f} > {threshold}"
+        elif raw is None and needs_instances:
+            v.reason, v.detail = "instance_generation_failed", "the model gave no usable answer"
+        elif needs_instances and not kept:
+            v.reason, v.detail = "no_valid_instances", "every generated instance was filtered out"
+        elif room <= 0:
+            v.reason, v.detail = "over_target", "the run reached its target in this batch"
+        else:
+            v.status, room = TaskStatus.accepted, room - 1
+        verdicts.append(v)
+        if v.status == TaskStatus.accepted:
+            # Join the pool now: later candidates of this batch are compared with it.
+            v.index_key = ("pending", ctx.run_id, len(verdicts))
+            ctx.pool.index.add(v.index_key, cand.instruction)
+    return verdicts
+
+
+def _neighbours(nearest: list[Any]) -> list[dict[str, Any]]:
+    """Neighbours as stored; a candidate accepted earlier in this batch still has a pending key,
+    which `store_batch` replaces with its task id."""
+    return [{"task_id": key, "score": float(score)} for key, score in nearest]
+
+
+# --- persistence ---
+
+
+def store_batch(ctx: RunContext, verdicts: list[Verdict], spend: Spend) -> tuple[int, int]:
+    """One transaction: task rows, run counters and events. Returns (accepted, rejected)."""
+    accepted = [v for v in verdicts if v.status == TaskStatus.accepted]
+    reasons = Counter(v.reason for v in verdicts if v.status == TaskStatus.rejected)
+    with Session(ctx.engine, expire_on_commit=False) as session:
+        run = session.exec(select(Run).where(Run.id == ctx.run_id).with_for_update()).one()
+        if run.status != RunStatus.running:  # cancelled while the batch was in flight
+            for v in accepted:
+                ctx.pool.index.remove(v.index_key)
+            return 0, 0
+        rows = []
+        for v in verdicts:
+            row = Task(
+                dataset_id=ctx.dataset_id,
+                instruction=v.candidate.instruction,
+                instances=v.instances,
+                is_classification=v.is_classification,
+                origin=TaskOrigin.generated,
+                status=v.status,
+                rejection_reason=v.reason,
+                rejection_detail=v.detail,
+                max_rouge=v.max_rouge,
+                nearest=v.nearest,
+                run_id=ctx.run_id,
+                lineage=v.candidate.lineage,
+            )
+            session.add(row)
+            rows.append((v, row))
+        session.flush()
+        stored_ids = {v.index_key: row.id for v, row in rows if v.index_key is not None}
+        for _, row in rows:
+            if any(isinstance(n["task_id"], tuple) for n in row.nearest):
+                row.nearest = [
+                    {**n, "task_id": stored_ids.get(n["task_id"])}
+                    if isinstance(n["task_id"], tuple) else n
+                    for n in row.nearest
+                ]
+                session.add(row)
+        for v, row in rows:
+            session.add(
+                RunEvent(
+                    run_id=ctx.run_id,
+                    kind="candidate",
+                    data={
+                        "task_id": row.id,
+                        "instruction": row.instruction,
+                        "status": v.status.value,
+                        "reason": v.reason,
+                        "score": v.max_rouge,
+                    },
+                )
+            )
+        merged = Counter(run.rejected_by_reason)
+        merged.update({k: n for k, n in reasons.items() if k})
+        run.rejected_by_reason = dict(merged)
+        run.requests += spend.requests
+        run.failed_requests += spend.failed
+        run.prompt_tokens += spend.prompt_tokens
+        run.completion_tokens += spend.completion_tokens
+        run.cost += spend.cost
+        run.candidates += len(verdicts)
+        run.accepted += len(accepted)
+        run.rejected += len(verdicts) - len(accepted)
+        run.instances += sum(len(v.instances) for v in accepted)
+        run.state = {**run.state, "batches": run.state.get("batches", 0) + 1}
+        run.updated_at = utcnow()
+        session.add(run)
+        session.add(RunEvent(run_id=ctx.run_id, kind="counters", data=_counter_data(run)))
+        session.commit()
+        for v, row in rows:
+            if v.status == TaskStatus.accepted:
+                first = v.instances[0] if v.instances else {}
+                example = PromptExample(
+                    id=str(row.id),
+                    instruction=row.instruction,
+                    input=first.get("input", ""),
+                    output=first.get("output", ""),
+                )
+                ctx.pool.machine.append(example)
+    # The stored id replaces the pending key, so neighbours name real tasks.
+    for v, row in rows:
+        if v.status == TaskStatus.accepted:
+            ctx.pool.index.remove(v.index_key)
+            ctx.pool.index.add(row.id, row.instruction)
+    return len(accepted), len(verdicts) - len(accepted)
+
+
+def _counter_data(run: Run) -> dict[str, Any]:
+    return {
+        k: getattr(run, k)
+        for k in (
+            "requests",
+            "failed_requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost",
+            "candidates",
+            "accepted",
+            "rejected",
+            "rejected_by_reason",
+            "instances",
+        )
+    }
+
+
+def finish(
+    engine: Engine, *, run_id: int, status: RunStatus, stop_reason: str, error: str | None = None
+) -> None:
+    with Session(engine, expire_on_commit=False) as session:
+        run = session.exec(select(Run).where(Run.id == run_id).with_for_update()).one()
+        if run.status != RunStatus.running:
+            return
+        run.status = status
+        run.error = error
+        run.finished_at = utcnow()
+        run.updated_at = run.finished_at
+        run.lease_expires_at = None
+        run.state = {**run.state, "stop_reason": stop_reason}
+        session.add(run)
+        session.add(
+            RunEvent(
+                run_id=run_id,
+                kind="end",
+                data={
+                    "status": status.value,
+                    "stop_reason": stop_reason,
+                    "error": error,
+                    **_counter_data(run),
+                },
+            )
+        )
+        session.commit()
+
+
+def stop_reason(run: Run) -> str | None:
+    params = RunCreate.model_validate(run.params)
+    if run.accepted >= run.target:
+        return "target_reached"
+    caps = params.caps
+    if caps.max_requests is not None and run.requests >= caps.max_requests:
+        return "max_requests"
+    if caps.max_tokens is not None and run.prompt_tokens + run.completion_tokens >= caps.max_tokens:
+        return "max_tokens"
+    if caps.max_cost is not None and run.cost >= caps.max_cost:
+        return "max_cost"
+    return None
+
+
+def _reload(engine: Engine, run_id: int) -> Run:
+    with Session(engine, expire_on_commit=False) as session:
+        return session.exec(select(Run).where(Run.id == run_id)).one()
+
+
+async def execute_run(
+    *, engine: Engine, settings: Settings, run_id: int, worker: Worker | None = None
+) -> None:
+    """Drive a claimed run to a final state; returns early if it is cancelled or taken over."""
+    run = _reload(engine, run_id)
+    with Session(engine) as session:
+        dataset = session.exec(select(Dataset).where(Dataset.id == run.dataset_id)).one()
+    try:
+        backend = backend_for(settings, find_model(settings, run.model))
+        ctx = RunContext(
+            engine=engine,
+            settings=settings,
+            run=run,
+            dataset=dataset,
+            backend=backend,
+            worker=worker,
+        )
+    except Exception as exc:  # unknown model after a settings change, bad params...
+        finish(
+            engine,
+            run_id=run_id,
+            status=RunStatus.failed,
+            stop_reason="setup_failed",
+            error=str(exc),
+        )
+        return
+    failed_batches = idle_batches = 0
+    worker_id = worker.worker_id if worker else run.worker_id or ""
+    while True:
+        run = _reload(engine, run_id)
+        if run.status != RunStatus.running or (worker and worker.stopping):
+            return
+        reason = stop_reason(run)
+        if reason:
+            finish(engine, run_id=run_id, status=RunStatus.succeeded, stop_reason=reason)
+            return
+        if worker and not renew_lease(
+            engine, run_id=run_id, worker_id=worker_id, lease_seconds=settings.worker_lease_seconds
+        ):
+            return
+        batch_no = int(run.state.get("batches", 0))
+        rng = random.Random(f"{ctx.params.seed}:{run_id}:{batch_no}")
+        spend = Spend()
+        try:
+            candidates = await gather_candidates(ctx, rng, spend)
+            rejected, survivors = screen(ctx, candidates)
+            labels = await classify(ctx, survivors, spend)
+            instances = await make_instances(ctx, survivors, labels, spend)
+            verdicts = rejected + decide(
+                ctx, survivors, labels, instances, room=run.target - run.accepted
+            )
+        except Exception as exc:
+            log.exception("run %s failed in batch %s", run_id, batch_no)
+            finish(
+                engine,
+                run_id=run_id,
+                status=RunStatus.failed,
+                stop_reason="error",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return
+        accepted, _ = store_batch(ctx, verdicts, spend)
+        failed_batches = (
+            failed_batches + 1 if spend.requests and spend.failed == spend.requests else 0
+        )
+        idle_batches = 0 if accepted else idle_batches + 1
+        if failed_batches >= MAX_FAILED_BATCHES:
+            finish(
+                engine,
+                run_id=run_id,
+                status=RunStatus.failed,
+                stop_reason="backend_failing",
+                error=f"{MAX_FAILED_BATCHES} batches in a row failed after retries; "
+                f"last error: {spend.last_error}",
+            )
+            return
+        if idle_batches >= MAX_IDLE_BATCHES or _templates_exhausted(ctx, run):
+            finish(
+                engine,
+                run_id=run_id,
+                status=RunStatus.failed,
+                stop_reason="stalled",
+                error=f"no candidate was accepted in {idle_batches} batches in a row; "
+                "loosen the filters, add seeds or change the model",
+            )
+            return
+
+
+def _templates_exhausted(ctx: RunContext, run: Run) -> bool:
+    spec = ctx.params.template
+    return spec is not None and run.candidates >= 20 * template_space(spec)
+
+
+async def gather_candidates(ctx: RunContext, rng: random.Random, spend: Spend) -> list[Candidate]:
+    if ctx.params.strategy == "template":
+        assert ctx.params.template is not None
+        return template_candidates(
+            ctx.params.template,
+            n=ctx.params.prompt.prompts_per_batch * 4,
+            rng=rng,
+            lineage=ctx.lineage,
+        )
+    jobs = prompt_jobs(pool=ctx.pool, params=ctx.params, language=ctx.language, rng=rng)
+    gens = await ctx.complete([j.text for j in jobs], ctx.sampling(), jobs[0].stop, spend)
+    out: list[Candidate] = []
+    for job, gen in zip(jobs, gens, strict=True):
+        if gen is not None:
+            out += candidates_from(job, gen, ctx.lineage)
+    return out

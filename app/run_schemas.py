@@ -1,0 +1,172 @@
+"""What clients send to start a run and what they read back. Every field has a default, so
+`{"target": 20}` alone starts a paper-faithful run on the bundled model."""
+
+from __future__ import annotations
+
+import string
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.models import RunStatus
+from app.settings import BUNDLED_MODEL_ID
+from filters.heuristics import HeuristicConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingOptions(_Strict):
+    """Bootstrap sampling; the paper's values are the defaults."""
+
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.5, gt=0.0, le=1.0)
+    presence_penalty: float = Field(2.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    max_tokens: int = Field(1024, ge=16, le=32768, description="Per bootstrap completion.")
+
+
+class PromptMix(_Strict):
+    """How each bootstrap prompt is assembled."""
+
+    examples_per_prompt: int = Field(8, ge=1, le=32, description="Instructions shown.")
+    machine_examples: int = Field(2, ge=0, le=32, description="At most this many generated.")
+    prompts_per_batch: int = Field(5, ge=1, le=64)
+    header: str | None = Field(None, max_length=4000, description="Replaces the default header.")
+    numbering: str = Field("{n}.", max_length=32, description="Label style; must contain {n}.")
+    stop_at: int = Field(16, ge=3, le=200, description="The model stops before this item.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PromptMix:
+        if self.machine_examples > self.examples_per_prompt:
+            raise ValueError("machine_examples must not exceed examples_per_prompt")
+        if self.numbering.count("{n}") != 1:
+            raise ValueError("numbering must contain '{n}' exactly once, e.g. '{n}.'")
+        if self.stop_at <= self.examples_per_prompt + 1:
+            raise ValueError("stop_at must be greater than examples_per_prompt + 1")
+        return self
+
+
+class FilterOptions(_Strict):
+    rouge_threshold: float = Field(
+        0.7, ge=0.0, le=1.0, description="Reject when ROUGE-L to the pool is greater than this."
+    )
+    heuristics: HeuristicConfig = Field(default_factory=HeuristicConfig)
+    max_instances: int = Field(5, ge=1, le=20, description="Instances kept per task.")
+
+
+class Caps(_Strict):
+    """Budget caps; the run stops with status `succeeded` and says which cap it hit."""
+
+    max_requests: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description="Prompt plus completion tokens.")
+    max_cost: float | None = Field(None, gt=0, description="In the price table's currency.")
+
+
+class TemplateSpec(_Strict):
+    """Instruction templates with `{slot}` placeholders filled from value lists."""
+
+    templates: list[str] = Field(min_length=1, max_length=1000)
+    values: dict[str, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _slots_have_values(self) -> TemplateSpec:
+        for template in self.templates:
+            try:
+                slots = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+            except ValueError as exc:
+                raise ValueError(f"template {template!r} is malformed: {exc}") from exc
+            missing = sorted(s for s in slots if not self.values.get(s))
+            if missing:
+                raise ValueError(f"template {template!r} uses slots with no values: {missing}")
+        return self
+
+
+class RunCreate(_Strict):
+    target: int = Field(ge=1, description="Accepted instructions to reach.")
+    strategy: Literal["self_instruct", "alpaca", "template"] = "self_instruct"
+    model: str = Field(BUNDLED_MODEL_ID, description="Any id from GET /v1/models.")
+    sampling: SamplingOptions = Field(default_factory=SamplingOptions)
+    prompt: PromptMix = Field(default_factory=PromptMix)
+    filters: FilterOptions = Field(default_factory=FilterOptions)
+    caps: Caps = Field(default_factory=Caps)
+    classify: bool = Field(True, description="Ask the model whether each task is classification.")
+    generate_instances: bool = Field(True, description="Generate input/output instances.")
+    language: str | None = Field(
+        None, pattern=r"^(en|zh)$", description="Prompt language; default: the dataset's."
+    )
+    topic: str | None = Field(
+        None,
+        max_length=2000,
+        description="Pick each prompt's examples among the pool tasks nearest to this text.",
+    )
+    alpaca_tasks: int = Field(20, ge=4, le=100, description="Tasks asked for per alpaca prompt.")
+    template: TemplateSpec | None = None
+    seed: int = Field(0, description="Random seed for example sampling.")
+
+    @model_validator(mode="after")
+    def _strategy_needs(self) -> RunCreate:
+        if self.strategy == "template" and self.template is None:
+            raise ValueError("strategy 'template' needs a `template` with templates and values")
+        return self
+
+
+class RunCounters(BaseModel):
+    requests: int
+    failed_requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    candidates: int
+    accepted: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    instances: int
+
+
+class RunPublic(BaseModel):
+    id: int
+    dataset: str
+    status: RunStatus
+    strategy: str
+    model: str
+    target: int
+    params: dict[str, Any]
+    counters: RunCounters
+    stop_reason: str | None = Field(description="Why a finished run stopped (target, a cap...).")
+    error: str | None
+    worker_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class RunsPublic(BaseModel):
+    data: list[RunPublic]
+    count: int
+
+
+class RunEventPublic(BaseModel):
+    id: int
+    run_id: int
+    kind: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class ModelPublic(BaseModel):
+    """OpenAI's model object, plus where it runs and whether it answers now."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    backend: str
+    reachable: bool
+
+
+class ModelsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelPublic]

@@ -1,0 +1,306 @@
+"""Fine-tune jobs: create (freezing the data and validating it), read, list, cancel, events."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from app.errors import NotFound
+from app.finetune_schemas import (
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobCreate,
+    FineTuningJobEvent,
+    JobError,
+    Progress,
+    TrainingData,
+)
+from app.models import (
+    Dataset,
+    FineTuneCheckpoint,
+    FineTuneEvent,
+    FineTuneJob,
+    JobStatus,
+    StoredFile,
+    utcnow,
+)
+from app.schemas import ExportFormat
+from app.services.datasets import get_dataset
+from app.services.export import export_chunks
+from app.services.files import file_path, get_file, store_file
+from app.settings import BUNDLED_MODEL_ID, Settings
+from training.data import read_chat_jsonl
+from training.errors import TrainingDataError
+
+FINAL = frozenset({JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value})
+
+
+def _epoch(value: Any) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+def base_model_exists(session: Session, model: str) -> bool:
+    if model == BUNDLED_MODEL_ID:
+        return True
+    return (
+        session.exec(
+            select(FineTuneJob.id).where(
+                FineTuneJob.fine_tuned_model == model,
+                FineTuneJob.status == JobStatus.succeeded.value,
+            )
+        ).first()
+        is not None
+    )
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(FineTuneEvent(job_id=job_id, level=level, message=message, data=data or {}))
+
+
+def create_job(*, session: Session, settings: Settings, body: FineTuningJobCreate) -> FineTuneJob:
+    """Record the job, freeze its data, validate it; a bad file fails the job, not the request."""
+    if not base_model_exists(session, body.model):
+        raise NotFound(
+            f"Model '{body.model}' cannot be fine-tuned here; use '{BUNDLED_MODEL_ID}' or a "
+            "fine_tuned_model of a succeeded job."
+        )
+    dataset: Dataset | None = None
+    if body.dataset is not None:
+        dataset = get_dataset(session=session, name=body.dataset)
+        assert dataset.id is not None
+        frozen = (
+            store_file(
+                session=session,
+                settings=settings,
+                purpose="fine-tune",
+                dataset_id=dataset.id,
+                filename=f"{dataset.name}-openai_messages.jsonl",
+                chunks=export_chunks(
+                    engine=session.get_bind(),
+                    dataset_id=dataset.id,  # type: ignore[arg-type]
+                    fmt=ExportFormat.openai_messages,
+                    include_seeds=True,
+                ),
+            )
+            if _has_tasks(session, dataset)
+            else None
+        )
+        training_file = frozen.id if frozen else None
+    else:
+        training_file = get_file(session=session, file_id=body.training_file or "").id
+    if body.validation_file is not None:
+        get_file(session=session, file_id=body.validation_file)
+    hyper = body.hyper().resolved()
+    job = FineTuneJob(
+        id=f"ftjob-{secrets.token_hex(12)}",
+        dataset_id=dataset.id if dataset else None,
+        model=body.model,
+        training_file=training_file,
+        validation_file=body.validation_file,
+        suffix=body.suffix,
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": hyper},
+            "lora": body.lora.model_dump() if body.lora else None,
+            "max_seq_len": body.max_seq_len,
+            "max_steps": body.max_steps,
+        },
+        hyperparameters=hyper,
+        status=JobStatus.validating_files,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, "Validating training file")
+    _validate(session, settings, job)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def _has_tasks(session: Session, dataset: Dataset) -> bool:
+    from app.models import Task, TaskStatus
+
+    return (
+        session.exec(
+            select(Task.id).where(Task.dataset_id == dataset.id, Task.status == TaskStatus.accepted)
+        ).first()
+        is not None
+    )
+
+
+def _validate(session: Session, settings: Settings, job: FineTuneJob) -> None:
+    if job.training_file is None:
+        _fail(
+            session,
+            job,
+            "invalid_training_file",
+            "The dataset has no accepted tasks to train on.",
+            "dataset",
+        )
+        return
+    stats: dict[str, Any] = {}
+    for param, file_id in (
+        ("training_file", job.training_file),
+        ("validation_file", job.validation_file),
+    ):
+        if file_id is None:
+            continue
+        try:
+            examples, sha = read_chat_jsonl(file_path(settings, file_id))
+        except TrainingDataError as exc:
+            _fail(session, job, f"invalid_{param}", f"{file_id}: {exc}", param)
+            return
+        if len(examples) > settings.max_training_examples:
+            _fail(
+                session,
+                job,
+                f"invalid_{param}",
+                f"{file_id} has {len(examples)} examples; the limit is "
+                f"{settings.max_training_examples} (SELFINSTRUCT_MAX_TRAINING_EXAMPLES).",
+                param,
+            )
+            return
+        if param == "training_file":
+            stats = {"examples": len(examples), "sha256": sha}
+    job.data_stats = stats
+    job.status = JobStatus.queued
+    add_event(
+        session, job.id, f"Files validated: {stats['examples']} training examples", data=stats
+    )
+
+
+def _fail(session: Session, job: FineTuneJob, code: str, message: str, param: str | None) -> None:
+    job.status = JobStatus.failed
+    job.error = {"code": code, "message": message, "param": param}
+    job.finished_at = utcnow()
+    add_event(session, job.id, message, level="error", data={"code": code})
+
+
+def get_job(*, session: Session, job_id: str) -> FineTuneJob:
+    job = session.get(FineTuneJob, job_id)
+    if job is None:
+        raise NotFound(f"Fine-tuning job '{job_id}' does not exist.")
+    return job
+
+
+def list_jobs(*, session: Session, after: str | None, limit: int) -> tuple[list[FineTuneJob], bool]:
+    query = select(FineTuneJob).order_by(
+        col(FineTuneJob.created_at).desc(), col(FineTuneJob.id).desc()
+    )
+    if after:
+        anchor = get_job(session=session, job_id=after)
+        query = query.where(
+            (col(FineTuneJob.created_at) < anchor.created_at)
+            | (
+                (col(FineTuneJob.created_at) == anchor.created_at)
+                & (col(FineTuneJob.id) < anchor.id)
+            )
+        )
+    rows = list(session.exec(query.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def cancel_job(*, session: Session, job: FineTuneJob) -> FineTuneJob:
+    """Idempotent; final states never change. The worker stops within one optimizer step."""
+    if job.status in FINAL:
+        return job
+    job.status = JobStatus.cancelled
+    job.finished_at = utcnow()
+    add_event(session, job.id, "Job cancelled")
+    session.add(job)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def list_events(
+    *, session: Session, job: FineTuneJob, after: str | None, limit: int
+) -> tuple[list[FineTuneEvent], bool]:
+    """Newest first, as OpenAI lists them; `after` is an event id from a previous page."""
+    query = select(FineTuneEvent).where(FineTuneEvent.job_id == job.id)
+    if after:
+        query = query.where(col(FineTuneEvent.id) < int(after.removeprefix("ftevent-") or 0))
+    rows = list(session.exec(query.order_by(col(FineTuneEvent.id).desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def list_checkpoints(*, session: Session, job: FineTuneJob) -> list[FineTuneCheckpoint]:
+    return list(
+        session.exec(
+            select(FineTuneCheckpoint)
+            .where(FineTuneCheckpoint.job_id == job.id)
+            .order_by(col(FineTuneCheckpoint.step).desc())
+        )
+    )
+
+
+def job_public(*, session: Session, job: FineTuneJob) -> FineTuningJob:
+    dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
+    stats = job.data_stats or {}
+    return FineTuningJob(
+        id=job.id,
+        created_at=_epoch(job.created_at) or 0,
+        finished_at=_epoch(job.finished_at),
+        model=job.model,
+        fine_tuned_model=job.fine_tuned_model,
+        status=job.status,
+        validation_file=job.validation_file,
+        training_file=job.training_file,
+        hyperparameters=job.hyperparameters,
+        method=job.method,
+        trained_tokens=job.trained_tokens,
+        error=JobError(**job.error) if job.error else None,
+        seed=job.seed or 0,
+        suffix=job.suffix,
+        dataset=dataset.name if dataset else None,
+        progress=Progress(
+            **{k: v for k, v in (job.progress or {}).items() if k in Progress.model_fields}
+        ),
+        training_data=TrainingData(
+            examples=stats.get("examples"), tokens=stats.get("tokens"), sha256=stats.get("sha256")
+        ),
+    )
+
+
+def event_public(event: FineTuneEvent) -> FineTuningJobEvent:
+    return FineTuningJobEvent(
+        id=f"ftevent-{event.id}",
+        created_at=_epoch(event.created_at) or 0,
+        level=event.level,
+        message=event.message,
+        data=event.data,
+        type="metrics" if "train_loss" in event.data else "message",
+    )
+
+
+def checkpoint_public(job: FineTuneJob, ckpt: FineTuneCheckpoint) -> FineTuningJobCheckpoint:
+    return FineTuningJobCheckpoint(
+        id=f"ftckpt-{ckpt.id}",
+        created_at=_epoch(ckpt.created_at) or 0,
+        fine_tuned_model_checkpoint=f"ft:{job.model}:{job.suffix or 'selfinstruct'}:"
+        f"{job.id}:ckpt-step-{ckpt.step}",
+        step_number=ckpt.step,
+        metrics=ckpt.metrics,
+        fine_tuning_job_id=job.id,
+    )
+
+
+def file_public(record: StoredFile) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "bytes": record.bytes,
+        "created_at": _epoch(record.created_at),
+        "filename": record.filename,
+        "purpose": record.purpose,
+        "sha256": record.sha256,
+    }

@@ -1,0 +1,145 @@
+"""Runs: create, read, cancel, and the event log that the stream and the dashboard read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, func, select
+
+from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from app.llm import find_model
+from app.models import Dataset, Run, RunEvent, RunStatus, utcnow
+from app.run_schemas import RunCounters, RunCreate, RunEventPublic, RunPublic
+from app.settings import Settings
+
+FINAL = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled})
+ACTIVE = (RunStatus.queued.value, RunStatus.running.value)
+
+
+def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: RunCreate) -> Run:
+    entry = find_model(settings, body.model)
+    if body.target > settings.max_run_target:
+        raise PayloadTooLarge(
+            f"target {body.target} is above the limit of {settings.max_run_target} "
+            "(SELFINSTRUCT_MAX_RUN_TARGET)."
+        )
+    active = session.exec(
+        select(func.count()).where(Run.dataset_id == dataset.id, col(Run.status).in_(ACTIVE))
+    ).one()
+    if active >= settings.max_active_runs_per_dataset:
+        raise Conflict(
+            f"Dataset '{dataset.name}' already has {active} queued or running runs "
+            f"(SELFINSTRUCT_MAX_ACTIVE_RUNS_PER_DATASET); wait for one or cancel it."
+        )
+    if body.strategy == "template" and body.topic:
+        raise InvalidInput("topic: template runs fill slots and show no examples; drop `topic`.")
+    assert dataset.id is not None
+    run = Run(
+        dataset_id=dataset.id,
+        strategy=body.strategy,
+        backend=entry.backend,
+        model=entry.id,
+        params=body.model_dump(mode="json"),
+        target=body.target,
+        status=RunStatus.queued,
+    )
+    session.add(run)
+    session.flush()
+    assert run.id is not None
+    session.add(RunEvent(run_id=run.id, kind="status", data={"status": RunStatus.queued.value}))
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+def get_run(*, session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"Run {run_id} does not exist.")
+    return run
+
+
+def list_runs(*, session: Session, dataset: Dataset) -> list[Run]:
+    return list(
+        session.exec(select(Run).where(Run.dataset_id == dataset.id).order_by(col(Run.id).desc()))
+    )
+
+
+def cancel_run(*, session: Session, run: Run) -> Run:
+    """Idempotent: a finished run is returned as it is; the worker stops within one batch."""
+    if run.status in FINAL:
+        return run
+    run.status = RunStatus.cancelled
+    run.finished_at = utcnow()
+    run.updated_at = run.finished_at
+    run.state = {**run.state, "stop_reason": "cancelled"}
+    session.add(run)
+    assert run.id is not None
+    session.add(RunEvent(run_id=run.id, kind="status", data={"status": "cancelled"}))
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+def events_after(engine: Engine, *, run_id: int, after: int, limit: int = 500) -> list[RunEvent]:
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(RunEvent)
+                .where(RunEvent.run_id == run_id, col(RunEvent.id) > after)
+                .order_by(col(RunEvent.id))
+                .limit(limit)
+            )
+        )
+
+
+def run_status(engine: Engine, *, run_id: int) -> str | None:
+    with Session(engine) as session:
+        return session.exec(select(Run.status).where(Run.id == run_id)).first()
+
+
+def counters(run: Run) -> RunCounters:
+    return RunCounters(
+        requests=run.requests,
+        failed_requests=run.failed_requests,
+        prompt_tokens=run.prompt_tokens,
+        completion_tokens=run.completion_tokens,
+        cost=run.cost,
+        candidates=run.candidates,
+        accepted=run.accepted,
+        rejected=run.rejected,
+        rejected_by_reason=dict(run.rejected_by_reason),
+        instances=run.instances,
+    )
+
+
+def run_public(*, run: Run, dataset_name: str) -> RunPublic:
+    assert run.id is not None
+    return RunPublic(
+        id=run.id,
+        dataset=dataset_name,
+        status=RunStatus(run.status),
+        strategy=run.strategy,
+        model=run.model,
+        target=run.target,
+        params=run.params,
+        counters=counters(run),
+        stop_reason=run.state.get("stop_reason"),
+        error=run.error,
+        worker_id=run.worker_id,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+    )
+
+
+def event_public(event: RunEvent) -> dict[str, Any]:
+    assert event.id is not None
+    return RunEventPublic(
+        id=event.id,
+        run_id=event.run_id,
+        kind=event.kind,
+        data=event.data,
+        created_at=event.created_at,
+    ).model_dump(mode="json")

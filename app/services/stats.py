@@ -1,0 +1,98 @@
+"""The dataset's shape, as the Self-Instruct paper reports it (Table 1 and its figures)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from statistics import mean
+
+from pydantic import BaseModel, Field
+from sqlmodel import Session, select
+
+from app.models import Dataset, Run, Task, TaskOrigin, TaskStatus
+from filters.novelty import NoveltyIndex
+from filters.tokenize import count_cjk, is_cjk
+
+HISTOGRAM_BINS = 10
+TOP_VERBS = 20
+
+
+class HistogramBin(BaseModel):
+    low: float
+    high: float
+    count: int
+
+
+class DatasetStats(BaseModel):
+    instructions: int = Field(description="Accepted generated and edited instructions.")
+    classification: int
+    non_classification: int
+    instances: int
+    empty_inputs: int = Field(description="Instances whose input is empty.")
+    mean_instruction_words: float = Field(description="Words; each CJK character is a word.")
+    mean_input_words: float
+    mean_output_words: float
+    rouge_to_nearest_seed: list[HistogramBin] = Field(
+        description="Each generated instruction's ROUGE-L to its most similar seed."
+    )
+    rejected_by_reason: dict[str, int]
+    leading_verbs: list[tuple[str, int]] = Field(description="Most common first words.")
+    seeds: int
+
+
+def words(text: str) -> int:
+    """Whitespace words, where each CJK character counts as one word (Chinese has no spaces)."""
+    cjk = count_cjk(text)
+    latin = "".join(" " if is_cjk(ch) else ch for ch in text) if cjk else text
+    return len(latin.split()) + cjk
+
+
+def leading_word(text: str) -> str:
+    stripped = text.strip()
+    if not stripped:
+        return ""
+    if is_cjk(stripped[0]):
+        return stripped[:2]  # Chinese verbs are mostly two characters: 写出, 解释, 判断
+    return stripped.split()[0].strip(".,:;!?\"'()").lower()
+
+
+def dataset_stats(*, session: Session, dataset: Dataset) -> DatasetStats:
+    rows = session.exec(
+        select(Task.instruction, Task.instances, Task.is_classification, Task.origin).where(
+            Task.dataset_id == dataset.id, Task.status == TaskStatus.accepted.value
+        )
+    ).all()
+    seeds = [r for r in rows if r[3] == TaskOrigin.seed.value]
+    tasks = [r for r in rows if r[3] != TaskOrigin.seed.value]
+    instances = [inst for r in tasks for inst in (r[1] or [])]
+    seed_index = NoveltyIndex((i, r[0]) for i, r in enumerate(seeds))
+    bins = [0] * HISTOGRAM_BINS
+    for r in tasks:
+        score = seed_index.max_score(r[0])
+        bins[min(int(score * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)] += 1
+    reasons: Counter[str] = Counter()
+    for counts in session.exec(select(Run.rejected_by_reason).where(Run.dataset_id == dataset.id)):
+        reasons.update(counts)
+    verbs = Counter(leading_word(r[0]) for r in tasks)
+    verbs.pop("", None)
+    return DatasetStats(
+        instructions=len(tasks),
+        classification=sum(1 for r in tasks if r[2]),
+        non_classification=sum(1 for r in tasks if not r[2]),
+        instances=len(instances),
+        empty_inputs=sum(1 for i in instances if not i.get("input", "").strip()),
+        mean_instruction_words=_mean(words(r[0]) for r in tasks),
+        mean_input_words=_mean(words(i.get("input", "")) for i in instances),
+        mean_output_words=_mean(words(i.get("output", "")) for i in instances),
+        rouge_to_nearest_seed=[
+            HistogramBin(low=b / HISTOGRAM_BINS, high=(b + 1) / HISTOGRAM_BINS, count=n)
+            for b, n in enumerate(bins)
+        ],
+        rejected_by_reason=dict(reasons.most_common()),
+        leading_verbs=verbs.most_common(TOP_VERBS),
+        seeds=len(seeds),
+    )
+
+
+def _mean(values: object) -> float:
+    data = list(values)  # type: ignore[call-overload]
+    return round(mean(data), 2) if data else 0.0

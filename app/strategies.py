@@ -1,0 +1,192 @@
+"""Strategies: from the pool to candidate instructions. One function per way of constructing.
+
+`self_instruct` and `alpaca` ask the model to continue a list of pool tasks; `template` fills
+instruction templates from value lists without a model. A `topic` narrows the examples any
+prompt shows to the pool tasks nearest to it, which steers generation toward a domain.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.run_schemas import RunCreate, TemplateSpec
+from filters.novelty import NoveltyIndex
+from generators.base import Generation
+from generators.parsing import parse_alpaca_completion, parse_bootstrap_completion
+from generators.prompts import (
+    PromptExample,
+    build_alpaca_prompt,
+    build_bootstrap_prompt,
+    sample_prompt_examples,
+)
+
+TOPIC_NEIGHBOURS = 64  # pool tasks a topic keeps to sample examples from
+
+
+@dataclass
+class Pool:
+    """The dataset's accepted tasks as the pipeline sees them; grows as candidates are accepted."""
+
+    seeds: list[PromptExample] = field(default_factory=list)
+    machine: list[PromptExample] = field(default_factory=list)
+    index: NoveltyIndex = field(default_factory=NoveltyIndex)
+
+    def add(self, example: PromptExample, *, seed: bool) -> None:
+        (self.seeds if seed else self.machine).append(example)
+        self.index.add(int(example.id), example.instruction)
+
+
+@dataclass(frozen=True)
+class PromptJob:
+    """One completion request and what is needed to read and trace its answer."""
+
+    text: str
+    stop: tuple[str, ...]
+    kind: str  # "bootstrap" | "alpaca"
+    example_ids: tuple[str, ...]
+    template_version: str
+    next_number: int
+    numbering: str = "{n}."
+    stop_at: int | None = None
+
+
+@dataclass
+class Candidate:
+    instruction: str
+    lineage: dict[str, Any]
+    instances: list[dict[str, str]] | None = None  # alpaca tasks arrive with one
+
+
+def _examples(pool: Pool, topic: str | None) -> tuple[list[PromptExample], list[PromptExample]]:
+    """Seeds and machine tasks to sample from; with a topic, only those nearest to it."""
+    if not topic:
+        return pool.seeds, pool.machine
+    near = {str(key) for key, score in pool.index.nearest(topic, k=TOPIC_NEIGHBOURS) if score > 0}
+    seeds = [e for e in pool.seeds if e.id in near]
+    machine = [e for e in pool.machine if e.id in near]
+    # A topic that shares no words with the pool would leave nothing to show: use everything.
+    return (seeds or pool.seeds), (machine if seeds else pool.machine)
+
+
+def prompt_jobs(
+    *, pool: Pool, params: RunCreate, language: str, rng: random.Random
+) -> list[PromptJob]:
+    seeds, machine = _examples(pool, params.topic)
+    jobs = []
+    for _ in range(params.prompt.prompts_per_batch):
+        if params.strategy == "alpaca":
+            chosen = sample_prompt_examples(
+                [s for s in seeds if s.output],
+                [m for m in machine if m.output],
+                n_total=3,
+                n_machine=1,
+                rng=rng,
+            )
+            alpaca = build_alpaca_prompt(
+                chosen, num_tasks=params.alpaca_tasks + len(chosen), language=language
+            )
+            jobs.append(
+                PromptJob(
+                    text=alpaca.text,
+                    stop=alpaca.stop_sequences,
+                    kind="alpaca",
+                    example_ids=alpaca.example_ids,
+                    template_version=alpaca.template_version,
+                    next_number=alpaca.next_number,
+                )
+            )
+            continue
+        chosen = sample_prompt_examples(
+            seeds,
+            machine,
+            n_total=params.prompt.examples_per_prompt,
+            n_machine=params.prompt.machine_examples,
+            rng=rng,
+        )
+        boot = build_bootstrap_prompt(
+            chosen,
+            language=language,
+            header=params.prompt.header,
+            numbering=params.prompt.numbering,
+            stop_at=params.prompt.stop_at,
+        )
+        jobs.append(
+            PromptJob(
+                text=boot.text,
+                stop=boot.stop_sequences,
+                kind="bootstrap",
+                example_ids=boot.example_ids,
+                template_version=boot.template_version,
+                next_number=boot.next_number,
+                numbering=boot.numbering,
+                stop_at=boot.stop_at,
+            )
+        )
+    return jobs
+
+
+def candidates_from(
+    job: PromptJob, generation: Generation, lineage: dict[str, Any]
+) -> list[Candidate]:
+    """Parse one completion into candidates, each carrying the lineage of its prompt."""
+    base = {
+        **lineage,
+        "example_task_ids": list(job.example_ids),
+        "template_version": job.template_version,
+        "request_id": generation.request_id,
+        "finish_reason": generation.finish_reason,
+    }
+    if job.kind == "alpaca":
+        tasks = parse_alpaca_completion(generation.text, finish_reason=generation.finish_reason)
+        return [
+            Candidate(
+                instruction=t["instruction"],
+                lineage=base,
+                instances=[{"input": t["input"], "output": t["output"]}],
+            )
+            for t in tasks
+        ]
+    items = parse_bootstrap_completion(
+        generation.text,
+        next_number=job.next_number,
+        finish_reason=generation.finish_reason,
+        numbering=job.numbering,
+        stop_at=job.stop_at,
+    )
+    return [Candidate(instruction=text, lineage=base) for text in items]
+
+
+def template_candidates(
+    spec: TemplateSpec, *, n: int, rng: random.Random, lineage: dict[str, Any]
+) -> list[Candidate]:
+    """Fill `n` random templates; duplicates are left for the novelty filter to reject."""
+    out = []
+    for _ in range(n):
+        template = rng.choice(spec.templates)
+        slots = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+        values = {slot: rng.choice(spec.values[slot]) for slot in dict.fromkeys(slots)}
+        out.append(
+            Candidate(
+                instruction=template.format(**values),
+                lineage={
+                    **lineage,
+                    "template": template,
+                    "slots": values,
+                    "template_version": "template-v1",
+                },
+            )
+        )
+    return out
+
+
+def template_space(spec: TemplateSpec) -> int:
+    """How many distinct instructions the templates can make, to stop when all were tried."""
+    total = 0
+    for template in spec.templates:
+        slots = list(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(template) if f))
+        total += math.prod(len(spec.values[s]) for s in slots)
+    return total

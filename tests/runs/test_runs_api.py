@@ -1,0 +1,234 @@
+"""A user starts generation runs over HTTP and watches them reach their target."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+
+from fastapi.testclient import TestClient
+
+from tests.factories import seed
+from tests.generators.fakes import Reply
+from tests.runs.conftest import STUB_MODEL, wait_for_run
+from tests.runs.stub_llm import StubLLM
+
+
+def _tasks(client: TestClient, dataset: str = "default", **params: object) -> list[dict]:  # type: ignore[type-arg]
+    return client.get(f"/v1/datasets/{dataset}/tasks", params={"limit": 1000, **params}).json()[
+        "data"
+    ]
+
+
+def test_run_reaches_target_with_counters_equal_to_rows(api: TestClient) -> None:
+    created = api.post("/v1/datasets/default/runs", json={"target": 6, "model": STUB_MODEL})
+    assert created.status_code == 201, created.text
+    run = wait_for_run(api, created.json()["id"])
+    assert run["status"] == "succeeded"
+    assert run["stop_reason"] == "target_reached"
+    counters = run["counters"]
+    generated = _tasks(api, run_id=run["id"])
+    accepted = [t for t in generated if t["status"] == "accepted"]
+    rejected = [t for t in generated if t["status"] == "rejected"]
+    assert counters["accepted"] == len(accepted) == 6
+    assert counters["rejected"] == len(rejected)
+    assert counters["candidates"] == len(generated)
+    assert counters["rejected_by_reason"] == dict(Counter(t["rejection_reason"] for t in rejected))
+    assert counters["instances"] == sum(len(t["instances"]) for t in accepted)
+    assert counters["requests"] > 0 and counters["prompt_tokens"] > 0
+    for task in accepted:
+        assert task["origin"] == "generated"
+        assert task["instances"], task
+        assert task["max_rouge"] is not None and task["max_rouge"] <= 0.7
+        assert task["nearest"] and task["nearest"][0]["score"] == task["max_rouge"]
+        lineage = task["lineage"]
+        assert lineage["model"] == STUB_MODEL
+        assert lineage["template_version"].startswith("bootstrap-v1")
+        assert len(lineage["example_task_ids"]) == 8
+        assert lineage["sampling"]["temperature"] == 0.7
+    instructions = [t["instruction"] for t in accepted]
+    assert len(set(instructions)) == len(instructions)
+    exported = api.get("/v1/datasets/default/export", params={"format": "alpaca"}).text
+    assert len(exported.splitlines()) == counters["instances"]
+
+
+def test_defaults_are_the_papers(api: TestClient) -> None:
+    created = api.post("/v1/datasets/default/runs", json={"target": 20})
+    assert created.status_code == 201
+    params = created.json()["params"]
+    assert created.json()["model"] == "SmolLM2-135M-Instruct"
+    assert params["strategy"] == "self_instruct"
+    assert params["sampling"] == {
+        "temperature": 0.7,
+        "top_p": 0.5,
+        "presence_penalty": 2.0,
+        "frequency_penalty": 0.0,
+        "max_tokens": 1024,
+    }
+    assert params["prompt"]["examples_per_prompt"] == 8
+    assert params["prompt"]["machine_examples"] == 2
+    assert params["prompt"]["prompts_per_batch"] == 5
+    assert params["prompt"]["stop_at"] == 16
+    assert params["filters"]["rouge_threshold"] == 0.7
+    cancelled = api.post(f"/v1/runs/{created.json()['id']}/cancel")
+    assert cancelled.json()["status"] == "cancelled"
+
+
+def test_impossible_runs_are_refused(api: TestClient) -> None:
+    def post(body: dict) -> tuple[int, dict]:  # type: ignore[type-arg]
+        r = api.post("/v1/datasets/default/runs", json=body)
+        return r.status_code, r.json()
+
+    assert post({"target": 0})[0] == 422
+    status, body = post({"target": 5, "colour": "red"})
+    assert status == 422 and "colour" in body["detail"]
+    status, body = post({"target": 5, "prompt": {"examples_per_prompt": 4, "machine_examples": 5}})
+    assert status == 422 and "machine_examples" in body["detail"]
+    status, body = post({"target": 5, "sampling": {"top_p": 0}})
+    assert status == 422 and "top_p" in body["detail"]
+    status, body = post({"target": 5, "model": "gpt-imaginary"})
+    assert status == 404 and "GET /v1/models" in body["detail"]
+    assert post({"target": 5, "strategy": "template"})[0] == 422
+    assert post({"target": 10**9})[0] == 413
+    assert api.post("/v1/datasets/nope/runs", json={"target": 1}).status_code == 404
+    assert api.get("/v1/datasets/default/runs").json()["count"] == 0
+
+
+def test_cancel_stops_within_one_batch_and_is_idempotent(api: TestClient, stub: StubLLM) -> None:
+    run_id = api.post(
+        "/v1/datasets/default/runs", json={"target": 10_000, "model": STUB_MODEL}
+    ).json()["id"]
+    for _ in range(200):
+        if api.get(f"/v1/runs/{run_id}").json()["counters"]["accepted"] > 0:
+            break
+        time.sleep(0.05)
+    first = api.post(f"/v1/runs/{run_id}/cancel").json()
+    assert first["status"] == "cancelled"
+    time.sleep(1.0)
+    later = api.get(f"/v1/runs/{run_id}").json()
+    assert later["status"] == "cancelled"
+    assert later["counters"]["candidates"] - first["counters"]["candidates"] <= 40
+    assert len(_tasks(api, run_id=run_id)) == later["counters"]["candidates"]
+    assert api.post(f"/v1/runs/{run_id}/cancel").json()["status"] == "cancelled"
+
+
+def test_caps_stop_the_run_and_say_which(api: TestClient) -> None:
+    run_id = api.post(
+        "/v1/datasets/default/runs",
+        json={"target": 10_000, "model": STUB_MODEL, "caps": {"max_requests": 3}},
+    ).json()["id"]
+    run = wait_for_run(api, run_id)
+    assert run["status"] == "succeeded"
+    assert run["stop_reason"] == "max_requests"
+    assert run["counters"]["requests"] >= 3
+    run_id = api.post(
+        "/v1/datasets/default/runs",
+        json={"target": 10_000, "model": STUB_MODEL, "caps": {"max_tokens": 50}},
+    ).json()["id"]
+    assert wait_for_run(api, run_id)["stop_reason"] == "max_tokens"
+
+
+def test_failing_backend_is_counted_and_fails_the_run_clearly(
+    api: TestClient, stub: StubLLM
+) -> None:
+    stub.enqueue(*[Reply(status=500, body={"error": {"message": "boom"}})] * 200)
+    run = wait_for_run(
+        api,
+        api.post("/v1/datasets/default/runs", json={"target": 3, "model": STUB_MODEL}).json()["id"],
+    )
+    assert run["status"] == "failed"
+    assert run["stop_reason"] == "backend_failing"
+    assert "500" in run["error"]
+    assert run["counters"]["failed_requests"] == run["counters"]["requests"] >= 3
+    assert run["counters"]["accepted"] == 0
+
+
+def test_garbage_text_never_crashes_the_run(api: TestClient, stub: StubLLM) -> None:
+    from tests.generators.fakes import completion_body
+
+    stub.enqueue(
+        *[Reply(body=completion_body("%%%% ### \x00 ~~")) for _ in range(5)],
+        Reply(body=b"{not json"),
+        Reply(body={"choices": []}),
+    )
+    run = wait_for_run(
+        api,
+        api.post("/v1/datasets/default/runs", json={"target": 3, "model": STUB_MODEL}).json()["id"],
+    )
+    assert run["status"] == "succeeded"
+    assert run["counters"]["accepted"] == 3
+
+
+def test_event_stream_reports_verdicts_and_the_end(api: TestClient) -> None:
+    run_id = api.post("/v1/datasets/default/runs", json={"target": 2, "model": STUB_MODEL}).json()[
+        "id"
+    ]
+    kinds: list[str] = []
+    candidates: list[dict] = []  # type: ignore[type-arg]
+    with api.stream("GET", f"/v1/runs/{run_id}/events", params={"poll_seconds": 0.05}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+                kinds.append(event)
+            elif line.startswith("data:") and event == "candidate":
+                candidates.append(json.loads(line.split(":", 1)[1])["data"])
+    assert kinds[0] == "status" and kinds[-1] == "end"
+    assert "counters" in kinds
+    assert sum(c["status"] == "accepted" for c in candidates) == 2
+    assert all("score" in c and "reason" in c for c in candidates)
+
+
+def test_chinese_seeds_produce_chinese_tasks(api: TestClient) -> None:
+    api.post("/v1/datasets", json={"name": "zh", "language": "zh"})
+    seeds = [
+        seed(instruction=f"请用一句话介绍{city}的历史。")
+        for city in ["北京", "上海", "西安", "南京", "成都", "杭州", "广州", "苏州", "重庆"]
+    ]
+    api.post("/v1/datasets/zh/seeds", json=seeds)
+    run = wait_for_run(
+        api, api.post("/v1/datasets/zh/runs", json={"target": 3, "model": STUB_MODEL}).json()["id"]
+    )
+    assert run["status"] == "succeeded", run
+    accepted = _tasks(api, "zh", run_id=run["id"], status="accepted")
+    assert len(accepted) == 3
+    assert all("\u4e00" <= t["instruction"][0] <= "\u9fff" for t in accepted)
+    assert "non_ascii_start" not in run["counters"]["rejected_by_reason"]
+    assert accepted[0]["lineage"]["template_version"].endswith(":zh")
+
+
+def test_template_strategy_and_topic(api: TestClient) -> None:
+    body = {
+        "target": 4,
+        "model": STUB_MODEL,
+        "strategy": "template",
+        "classify": False,
+        "template": {
+            "templates": ["Give three tips for {activity} in {season} weather."],
+            "values": {
+                "activity": ["running", "cycling", "sailing", "climbing"],
+                "season": ["winter", "summer", "autumn"],
+            },
+        },
+        "filters": {"rouge_threshold": 0.9},
+    }
+    run = wait_for_run(api, api.post("/v1/datasets/default/runs", json=body).json()["id"])
+    assert run["status"] == "succeeded", run
+    accepted = _tasks(api, run_id=run["id"], status="accepted")
+    assert all(t["instruction"].startswith("Give three tips for") for t in accepted)
+    assert accepted[0]["lineage"]["slots"]["season"] in {"winter", "summer", "autumn"}
+
+    topic = wait_for_run(
+        api,
+        api.post(
+            "/v1/datasets/default/runs",
+            json={"target": 2, "model": STUB_MODEL, "topic": "email to a customer"},
+        ).json()["id"],
+    )
+    task = _tasks(api, run_id=topic["id"], status="accepted")[0]
+    shown = [
+        api.get(f"/v1/tasks/{i}").json()["instruction"].lower()
+        for i in task["lineage"]["example_task_ids"]
+    ]
+    assert any("email" in s or "customer" in s for s in shown)

@@ -1,0 +1,158 @@
+"""End to end with real parts: the bundled model in process, a real llama.cpp server, and a
+serving process killed with SIGKILL in the middle of a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from generators.llama_server import serve_llama_cpp
+from tests.conftest import _wipe
+from tests.pg import free_port
+from tests.runs.conftest import STUB_MODEL, stub_settings, wait_for_run
+from tests.runs.stub_llm import StubLLM
+
+SMALL_RUN = {
+    "target": 1,
+    "sampling": {"max_tokens": 160},
+    "prompt": {"prompts_per_batch": 2},
+    "seed": 3,
+}
+
+
+def _counts_match_rows(client: TestClient | httpx.Client, run: dict) -> None:  # type: ignore[type-arg]
+    rows = client.get(
+        f"/v1/datasets/{run['dataset']}/tasks", params={"run_id": run["id"], "limit": 1000}
+    ).json()["data"]
+    c = run["counters"]
+    assert c["candidates"] == len(rows)
+    assert c["accepted"] == sum(r["status"] == "accepted" for r in rows)
+    rejected = Counter(r["rejection_reason"] for r in rows if r["status"] == "rejected")
+    assert c["rejected_by_reason"] == dict(rejected)
+    accepted = [r["instruction"] for r in rows if r["status"] == "accepted"]
+    assert len(accepted) == len(set(accepted))
+
+
+@pytest.mark.slow
+def test_bundled_model_grows_the_default_pool(settings: Settings) -> None:
+    _wipe(settings.db_url)
+    with TestClient(create_app(settings)) as client:
+        run_id = client.post("/v1/datasets/default/runs", json=SMALL_RUN).json()["id"]
+        run = wait_for_run(client, run_id, timeout_s=900)
+        assert run["status"] == "succeeded", run
+        assert run["counters"]["accepted"] == 1
+        assert run["counters"]["completion_tokens"] > 0
+        _counts_match_rows(client, run)
+        task = client.get(
+            "/v1/datasets/default/tasks", params={"run_id": run_id, "status": "accepted"}
+        ).json()["data"][0]
+        assert task["lineage"]["model"] == "SmolLM2-135M-Instruct"
+        assert task["instances"] and task["instances"][0]["output"]
+    _wipe(settings.db_url)
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[str]:
+    with serve_llama_cpp(model_alias="smollm2-llamacpp") as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_run_through_a_real_llama_cpp_server(
+    settings_factory: Callable[..., Settings], llama_server: str
+) -> None:
+    settings = settings_factory(
+        endpoints=[{"name": "llamacpp", "base_url": llama_server, "models": ["smollm2-llamacpp"]}]
+    )
+    _wipe(settings.db_url)
+    with TestClient(create_app(settings)) as client:
+        models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        assert models["smollm2-llamacpp"]["reachable"] is True
+        run_id = client.post(
+            "/v1/datasets/default/runs", json={**SMALL_RUN, "model": "smollm2-llamacpp"}
+        ).json()["id"]
+        run = wait_for_run(client, run_id, timeout_s=900)
+        assert run["status"] == "succeeded", run
+        _counts_match_rows(client, run)
+    _wipe(settings.db_url)
+
+
+def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_ready(base: str) -> None:
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become ready")
+
+
+def test_kill9_mid_run_then_restart_finishes_consistently(
+    settings_factory: Callable[..., Settings], stub: StubLLM, tmp_path: Path
+) -> None:
+    settings = stub_settings(settings_factory, stub)
+    _wipe(settings.db_url)
+    stub.delay_s = 0.05
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.db_url,
+        "SELFINSTRUCT_DATA_DIR": str(tmp_path),
+        "SELFINSTRUCT_ENDPOINTS": json.dumps(
+            [{"name": "stub", "base_url": stub.base_url, "models": [STUB_MODEL]}]
+        ),
+        "SELFINSTRUCT_WORKER_LEASE_SECONDS": "2",
+        "SELFINSTRUCT_WORKER_POLL_SECONDS": "0.1",
+    }
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = _serve(env, port, tmp_path / "server.log")
+    try:
+        _wait_ready(base)
+        run_id = httpx.post(
+            f"{base}/v1/datasets/default/runs", json={"target": 40, "model": STUB_MODEL}
+        ).json()["id"]
+        for _ in range(600):
+            if httpx.get(f"{base}/v1/runs/{run_id}").json()["counters"]["accepted"] >= 8:
+                break
+            time.sleep(0.05)
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+        server = _serve(env, port, tmp_path / "server.log")
+        _wait_ready(base)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            mid = client.get(f"/v1/runs/{run_id}").json()
+            assert 8 <= mid["counters"]["accepted"] < 40, mid
+            deadline = time.monotonic() + 120
+            while (run := client.get(f"/v1/runs/{run_id}").json())["status"] == "running":
+                assert time.monotonic() < deadline, run
+                time.sleep(0.2)
+            assert run["status"] == "succeeded", run
+            assert run["counters"]["accepted"] == 40
+            _counts_match_rows(client, run)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        _wipe(settings.db_url)
