@@ -48,6 +48,13 @@ class PayloadTooLarge(ServiceError):
     code = "payload_too_large"
 
 
+class UpstreamError(ServiceError):
+    """A model server failed after its retries; the client's request itself was fine."""
+
+    status_code = 502
+    code = "upstream_error"
+
+
 class Unauthorized(ServiceError):
     status_code = 401
     code = "unauthorized"

@@ -11,9 +11,13 @@ import threading
 from dataclasses import dataclass
 from typing import Literal
 
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
 import generators.local
 import generators.openai_compat  # noqa: F401  (registers the "openai" backend)
 from app.errors import NotFound
+from app.models import FineTuneJob, JobStatus
 from app.settings import BUNDLED_MODEL_ID, EndpointConfig, Settings
 from generators.base import Backend, create_backend
 from generators.pricing import DEFAULT_PRICES, PriceTable
@@ -25,27 +29,50 @@ class ModelEntry:
     backend: Literal["local", "openai"]
     endpoint: EndpointConfig | None = None
     mode: Literal["completion", "chat"] = "completion"
+    model_path: str | None = None  # a fine-tuned model's Hugging Face directory
+    created: int | None = None
 
     @property
     def owned_by(self) -> str:
+        if self.model_path is not None:
+            return "selfinstruct:fine-tune"
         return "selfinstruct" if self.endpoint is None else self.endpoint.name
 
 
-def catalogue(settings: Settings) -> list[ModelEntry]:
+def catalogue(settings: Settings, engine: Engine | None = None) -> list[ModelEntry]:
+    """The bundled model, configured endpoints' models, and (with `engine`) fine-tuned ones."""
     entries = [ModelEntry(id=BUNDLED_MODEL_ID, backend="local")]
     for endpoint in settings.endpoints:
         entries += [
             ModelEntry(id=m, backend="openai", endpoint=endpoint, mode=endpoint.mode)
             for m in endpoint.models
         ]
+    if engine is not None:
+        with Session(engine) as session:
+            for job in session.exec(
+                select(FineTuneJob)
+                .where(FineTuneJob.status == JobStatus.succeeded.value)
+                .order_by(col(FineTuneJob.created_at))
+            ):
+                if job.fine_tuned_model:
+                    entries.append(
+                        ModelEntry(
+                            id=job.fine_tuned_model,
+                            backend="local",
+                            mode="chat",
+                            model_path=str(settings.data_dir / "artifacts" / job.id / "final"),
+                            created=int(job.finished_at.timestamp()) if job.finished_at else None,
+                        )
+                    )
     return entries
 
 
-def find_model(settings: Settings, model_id: str) -> ModelEntry:
-    for entry in catalogue(settings):
+def find_model(settings: Settings, model_id: str, engine: Engine | None = None) -> ModelEntry:
+    entries = catalogue(settings, engine)
+    for entry in entries:
         if entry.id == model_id:
             return entry
-    known = ", ".join(e.id for e in catalogue(settings))
+    known = ", ".join(e.id for e in entries)
     raise NotFound(f"Model '{model_id}' is not available; GET /v1/models lists them ({known}).")
 
 
@@ -74,7 +101,12 @@ def forget_backends_of_this_loop() -> None:
 def _build(settings: Settings, entry: ModelEntry) -> Backend:
     if entry.endpoint is None:
         return create_backend(
-            "local", {"model_id": BUNDLED_MODEL_ID, "n_threads": settings.local_threads}
+            "local",
+            {
+                "model_id": entry.id,
+                "model_path": entry.model_path,
+                "n_threads": settings.local_threads,
+            },
         )
     ep = entry.endpoint
     return create_backend(

@@ -105,7 +105,7 @@ class RunContext:
             update={"language": self.language}
         )
         self.backend = backend
-        self.chat = find_model(settings, run.model).mode == "chat"
+        self.chat = find_model(settings, run.model, engine).mode == "chat"
         self.prices = price_table(settings)
         self.worker = worker
         self.pool = load_pool(engine, dataset_id=self.dataset_id)
@@ -356,7 +356,8 @@ def store_batch(ctx: RunContext, verdicts: list[Verdict], spend: Spend) -> tuple
             if any(isinstance(n["task_id"], tuple) for n in row.nearest):
                 row.nearest = [
                     {**n, "task_id": stored_ids.get(n["task_id"])}
-                    if isinstance(n["task_id"], tuple) else n
+                    if isinstance(n["task_id"], tuple)
+                    else n
                     for n in row.nearest
                 ]
                 session.add(row)
@@ -483,7 +484,7 @@ async def execute_run(
     with Session(engine) as session:
         dataset = session.exec(select(Dataset).where(Dataset.id == run.dataset_id)).one()
     try:
-        backend = backend_for(settings, find_model(settings, run.model))
+        backend = backend_for(settings, find_model(settings, run.model, engine))
         ctx = RunContext(
             engine=engine,
             settings=settings,

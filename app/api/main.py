@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.api.deps import require_token_for_writes
-from app.api.routes import datasets, fine_tuning, health, models, runs, tasks
+from app.api.routes import chat, datasets, fine_tuning, health, models, runs, tasks
 
 api_router = APIRouter(
     prefix="/v1",
@@ -17,5 +17,6 @@ api_router.include_router(tasks.router)
 api_router.include_router(runs.router)
 api_router.include_router(models.router)
 api_router.include_router(fine_tuning.router)
+api_router.include_router(chat.router)
 
 health_router = health.router

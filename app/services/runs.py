@@ -18,7 +18,7 @@ ACTIVE = (RunStatus.queued.value, RunStatus.running.value)
 
 
 def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: RunCreate) -> Run:
-    entry = find_model(settings, body.model)
+    entry = find_model(settings, body.model, session.get_bind())  # type: ignore[arg-type]
     if body.target > settings.max_run_target:
         raise PayloadTooLarge(
             f"target {body.target} is above the limit of {settings.max_run_target} "

@@ -17,8 +17,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from app.db import migrate
 from app.main import create_app
-from app.settings import Settings
+from app.settings import EndpointConfig, Settings
 from generators.llama_server import serve_llama_cpp
 from tests.conftest import _wipe
 from tests.pg import free_port
@@ -46,8 +47,24 @@ def _counts_match_rows(client: TestClient | httpx.Client, run: dict) -> None:  #
     assert len(accepted) == len(set(accepted))
 
 
+@pytest.fixture
+def sqlite_settings(sqlite_url: str, tmp_path: Path) -> Settings:
+    """The slow real-model tests run once each: this one on SQLite, the next on PostgreSQL."""
+    settings = Settings(database_url=sqlite_url, data_dir=tmp_path / "data")
+    migrate(settings)
+    return settings
+
+
+@pytest.fixture
+def postgres_settings(postgres_url: str, tmp_path: Path) -> Settings:
+    settings = Settings(database_url=postgres_url, data_dir=tmp_path / "data")
+    migrate(settings)
+    return settings
+
+
 @pytest.mark.slow
-def test_bundled_model_grows_the_default_pool(settings: Settings) -> None:
+def test_bundled_model_grows_the_default_pool(sqlite_settings: Settings) -> None:
+    settings = sqlite_settings
     _wipe(settings.db_url)
     with TestClient(create_app(settings)) as client:
         run_id = client.post("/v1/datasets/default/runs", json=SMALL_RUN).json()["id"]
@@ -72,11 +89,10 @@ def llama_server() -> Iterator[str]:
 
 @pytest.mark.slow
 def test_run_through_a_real_llama_cpp_server(
-    settings_factory: Callable[..., Settings], llama_server: str
+    postgres_settings: Settings, llama_server: str
 ) -> None:
-    settings = settings_factory(
-        endpoints=[{"name": "llamacpp", "base_url": llama_server, "models": ["smollm2-llamacpp"]}]
-    )
+    endpoint = EndpointConfig(name="llamacpp", base_url=llama_server, models=["smollm2-llamacpp"])
+    settings = postgres_settings.model_copy(update={"endpoints": [endpoint]})
     _wipe(settings.db_url)
     with TestClient(create_app(settings)) as client:
         models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}

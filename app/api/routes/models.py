@@ -6,7 +6,7 @@ import asyncio
 
 from fastapi import APIRouter
 
-from app.api.deps import SettingsDep
+from app.api.deps import EngineDep, SettingsDep
 from app.llm import ModelEntry, catalogue, probe
 from app.run_schemas import ModelPublic, ModelsPublic
 
@@ -15,9 +15,9 @@ CREATED = 1_735_689_600  # a fixed epoch second: the catalogue has no creation h
 
 
 @router.get("/models")
-async def list_models(settings: SettingsDep) -> ModelsPublic:
-    """List the bundled model and configured endpoints' models, each with its reachability."""
-    entries = catalogue(settings)
+async def list_models(settings: SettingsDep, engine: EngineDep) -> ModelsPublic:
+    """List the bundled, configured and fine-tuned models, each with its reachability."""
+    entries = await asyncio.to_thread(catalogue, settings, engine)
     reachable = await asyncio.gather(*(probe(settings, e) for e in entries))
     return ModelsPublic(data=[_public(e, ok) for e, ok in zip(entries, reachable, strict=True)])
 
@@ -25,7 +25,7 @@ async def list_models(settings: SettingsDep) -> ModelsPublic:
 def _public(entry: ModelEntry, reachable: bool) -> ModelPublic:
     return ModelPublic(
         id=entry.id,
-        created=CREATED,
+        created=entry.created or CREATED,
         owned_by=entry.owned_by,
         backend=entry.backend,
         reachable=reachable,

@@ -1,0 +1,128 @@
+"""OpenAI-compatible chat completions with any catalogued model: the bundled one, an endpoint's,
+or a fine-tuned one, so a tuned model can be tried the moment its job succeeds."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.deps import EngineDep, SettingsDep
+from app.errors import UpstreamError
+from app.llm import backend_for, find_model
+from app.schemas import ErrorResponse
+from generators.base import ChatMessage, SamplingParams
+from generators.errors import GeneratorError
+
+router = APIRouter(tags=["chat"])
+
+
+class ChatCompletionRequest(BaseModel):
+    # Unknown OpenAI fields (user, logprobs...) are ignored: clients send them routinely.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=32768)
+    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=8)
+    seed: int | None = None
+    stream: bool = False
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: dict[str, str]
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: dict[str, int]
+
+
+@router.post(
+    "/chat/completions",
+    responses={
+        404: {"model": ErrorResponse},
+        502: {"model": ErrorResponse},
+        200: {"content": {"text/event-stream": {}}},
+    },
+)
+async def chat_completions(
+    settings: SettingsDep, engine: EngineDep, body: ChatCompletionRequest
+) -> Any:
+    """Answer a chat with any model from GET /v1/models; `stream` sends server-sent chunks."""
+    entry = find_model(settings, body.model, engine)
+    params = SamplingParams(
+        max_tokens=body.max_completion_tokens or body.max_tokens or 256,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        stop=body.stop,
+        n=body.n,
+        seed=body.seed,
+    )
+    try:
+        generation = await backend_for(settings, entry).generate_one(body.messages, params)
+    except GeneratorError as exc:
+        raise UpstreamError(f"The model '{body.model}' failed to answer: {exc}") from exc
+    completion = ChatCompletion(
+        id=f"chatcmpl-{secrets.token_hex(12)}",
+        created=int(time.time()),
+        model=entry.id,
+        choices=[
+            ChatChoice(
+                index=c.index,
+                message={"role": "assistant", "content": c.text},
+                finish_reason=c.finish_reason,
+            )
+            for c in generation.choices
+        ],
+        usage={
+            "prompt_tokens": generation.prompt_tokens,
+            "completion_tokens": generation.completion_tokens,
+            "total_tokens": generation.total_tokens,
+        },
+    )
+    if not body.stream:
+        return completion
+    return StreamingResponse(_chunks(completion), media_type="text/event-stream")
+
+
+async def _chunks(completion: ChatCompletion) -> AsyncIterator[str]:
+    """The finished answer as OpenAI's chunk sequence: role, content, finish, [DONE]."""
+    base = {
+        "id": completion.id,
+        "object": "chat.completion.chunk",
+        "created": completion.created,
+        "model": completion.model,
+    }
+    for choice in completion.choices:
+        for delta, finish in (
+            ({"role": "assistant", "content": ""}, None),
+            ({"content": choice.message["content"]}, None),
+            ({}, choice.finish_reason),
+        ):
+            chunk = {
+                **base,
+                "choices": [{"index": choice.index, "delta": delta, "finish_reason": finish}],
+            }
+            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+    yield "data: [DONE]\n\n"

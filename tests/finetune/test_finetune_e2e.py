@@ -1,0 +1,114 @@
+"""A tiny real fine-tune on the CPU, through the API and a worker, then the tuned model answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.db import make_engine, migrate
+from app.main import create_app
+from app.settings import Settings
+from app.worker import Worker
+from tests.conftest import _wipe
+from tests.factories import seed
+
+GREETINGS = ["hello", "goodbye", "thanks", "sorry", "welcome", "cheers"]
+
+
+@pytest.mark.slow
+def test_cpu_job_trains_and_the_tuned_model_generates(sqlite_url: str, tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=sqlite_url, data_dir=tmp_path, embedded_worker=False, worker_lease_seconds=60
+    )
+    migrate(settings)
+    _wipe(settings.db_url)
+    with TestClient(create_app(settings)) as client:
+        client.post("/v1/datasets", json={"name": "greet"})
+        client.post(
+            "/v1/datasets/greet/seeds",
+            json=[
+                seed(
+                    instruction=f"Reply with the single word {w}.",
+                    instances=[{"input": "", "output": w.upper()}],
+                )
+                for w in GREETINGS
+            ],
+        )
+        job = client.post(
+            "/v1/fine_tuning/jobs",
+            json={
+                "model": "SmolLM2-135M-Instruct",
+                "dataset": "greet",
+                "suffix": "greet",
+                "lora": {"r": 8, "alpha": 16},
+                "max_seq_len": 64,
+                "seed": 1,
+                "method": {
+                    "type": "supervised",
+                    "supervised": {
+                        "hyperparameters": {
+                            "n_epochs": 3,
+                            "batch_size": 6,
+                            "learning_rate_multiplier": 10,
+                        }
+                    },
+                },
+            },
+        ).json()
+        assert job["status"] == "queued", job
+
+        worker = Worker(
+            engine=make_engine(settings), settings=settings, kind="finetune", device="cpu"
+        )
+        asyncio.run(worker.run_forever(once=True))
+
+        done = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded", done
+        assert done["fine_tuned_model"] == f"ft:SmolLM2-135M-Instruct:greet:{job['id']}"
+        assert done["trained_tokens"] > 0
+        assert done["progress"]["step"] == done["progress"]["total_steps"] == 3
+        events = client.get(
+            f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 100}
+        ).json()["data"]
+        losses = [e["data"]["train_loss"] for e in reversed(events) if e["type"] == "metrics"]
+        assert len(losses) == 3 and losses[-1] < losses[0], losses
+        checkpoints = client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+        assert checkpoints and checkpoints[0]["step_number"] == 3
+        assert Path(tmp_path / "artifacts" / job["id"] / "final" / "config.json").exists()
+
+        tuned = done["fine_tuned_model"]
+        models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+        assert models[tuned]["reachable"] is True
+        for model in (tuned, "SmolLM2-135M-Instruct"):
+            answer = client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": model,
+                    "max_tokens": 8,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": "Reply with the single word hello."}],
+                },
+            ).json()
+            assert answer["object"] == "chat.completion", answer
+            assert answer["choices"][0]["message"]["content"].strip()
+        with client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={
+                "model": tuned,
+                "max_tokens": 8,
+                "stream": True,
+                "messages": [{"role": "user", "content": "Say thanks."}],
+            },
+        ) as stream:
+            chunks = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
+        assert chunks[-1] == "[DONE]"
+        assert json.loads(chunks[0])["object"] == "chat.completion.chunk"
+        run = client.post("/v1/datasets/greet/runs", json={"target": 1, "model": tuned})
+        assert run.status_code == 201 and run.json()["model"] == tuned
+        client.post(f"/v1/runs/{run.json()['id']}/cancel")
+    _wipe(settings.db_url)
