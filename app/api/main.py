@@ -5,7 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.api.deps import require_token_for_writes
-from app.api.routes import chat, datasets, fine_tuning, health, models, runs, tasks
+from app.api.routes import (
+    chat,
+    datasets,
+    evaluations,
+    fine_tuning,
+    health,
+    models,
+    runs,
+    tasks,
+)
 
 api_router = APIRouter(
     prefix="/v1",
@@ -18,5 +27,6 @@ api_router.include_router(runs.router)
 api_router.include_router(models.router)
 api_router.include_router(fine_tuning.router)
 api_router.include_router(chat.router)
+api_router.include_router(evaluations.router)
 
 health_router = health.router

@@ -12,12 +12,14 @@ from sqlmodel import col
 
 from app.models import Task, TaskOrigin, TaskStatus
 from app.schemas import ExportFormat
+from training.data import task_to_messages
 
 ROWS_PER_FETCH = 2000
 
 
 def _user_text(instruction: str, task_input: str) -> str:
-    return f"{instruction}\n\n{task_input}" if task_input.strip() else instruction
+    """The user turn exactly as fine-tuning and evaluation build it."""
+    return str(task_to_messages(instruction, task_input)[0]["content"])
 
 
 # A row is (id, seed_id, name, instruction, instances_json, is_classification); formatters

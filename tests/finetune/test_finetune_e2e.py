@@ -108,6 +108,22 @@ def test_cpu_job_trains_and_the_tuned_model_generates(sqlite_url: str, tmp_path:
             chunks = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
         assert chunks[-1] == "[DONE]"
         assert json.loads(chunks[0])["object"] == "chat.completion.chunk"
+        evaluation = client.post(
+            "/v1/evaluations",
+            json={"models": ["SmolLM2-135M-Instruct", tuned], "dataset": "greet", "max_tokens": 8},
+        )
+        assert evaluation.status_code == 200, evaluation.text
+        scores = {r["model"]: r for r in evaluation.json()["results"]}
+        assert set(scores) == {"SmolLM2-135M-Instruct", tuned}
+        for result in scores.values():
+            assert len(result["scores"]) == len(GREETINGS) and result["failed"] == 0
+            assert 0.0 <= result["mean_rouge_l"] <= 1.0
+        # Trained on these very tasks, the tuned model must match their answers better.
+        assert scores[tuned]["mean_rouge_l"] > scores["SmolLM2-135M-Instruct"]["mean_rouge_l"]
+        sample = evaluation.json()["samples"][0]
+        assert sample["reference"] == "HELLO" and set(sample["outputs"]) == set(scores)
+        missing = client.post("/v1/evaluations", json={"models": ["nope"], "dataset": "greet"})
+        assert missing.status_code == 404
         run = client.post("/v1/datasets/greet/runs", json={"target": 1, "model": tuned})
         assert run.status_code == 201 and run.json()["model"] == tuned
         client.post(f"/v1/runs/{run.json()['id']}/cancel")

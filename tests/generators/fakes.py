@@ -1,0 +1,131 @@
+"""A scripted OpenAI-shaped HTTP server for fault injection: the failures a real server will
+not produce on demand (429s, 500s, hangs, truncated bodies, empty choice lists)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def completion_body(text: str = "ok", *, finish_reason: str = "stop", n: int = 1) -> dict[str, Any]:
+    """A well-formed `/v1/completions` answer."""
+    return {
+        "id": "cmpl-test",
+        "object": "text_completion",
+        "model": "fake-model",
+        "choices": [{"index": i, "text": text, "finish_reason": finish_reason} for i in range(n)],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2 * n, "total_tokens": 5 + 2 * n},
+    }
+
+
+@dataclass
+class Reply:
+    """One scripted answer: a status, a body (JSON object or raw bytes), headers, and an
+    optional delay before answering (a hang, when longer than the client's timeout)."""
+
+    status: int = 200
+    body: dict[str, Any] | bytes = field(default_factory=completion_body)
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None
+
+
+class ScriptedServer:
+    """An OpenAI-shaped HTTP server on 127.0.0.1 that answers from a script.
+
+    Requests take replies from `script` in order; `by_prompt` answers a given prompt the same way
+    every time; when both are empty, `default` answers.
+    """
+
+    def __init__(self) -> None:
+        self.script: deque[Reply] = deque()
+        self.by_prompt: dict[str, Reply] = {}
+        self.default = Reply()
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def enqueue(self, *replies: Reply) -> None:
+        with self._lock:
+            self.script.extend(replies)
+
+    def requests_to(self, path: str) -> list[Received]:
+        return [r for r in self.received if r.path.endswith(path)]
+
+    def _next_reply(self, body: dict[str, Any] | None) -> Reply:
+        with self._lock:
+            prompt = body.get("prompt") if body else None
+            if isinstance(prompt, str) and prompt in self.by_prompt:
+                return self.by_prompt[prompt]
+            return self.script.popleft() if self.script else self.default
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                with server._lock:
+                    server.received.append(
+                        Received(self.command, self.path, dict(self.headers.items()), body)
+                    )
+                if self.command == "GET" and self.path.endswith("/models"):
+                    reply = Reply(body={"object": "list", "data": [{"id": "fake-model"}]})
+                else:
+                    reply = server._next_reply(body)
+                if reply.delay_s and server._closing.wait(reply.delay_s):
+                    return
+                payload = (
+                    reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                )
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting, as it should after its timeout
+
+            do_GET = _answer
+            do_POST = _answer
+
+        return Handler
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._closing.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
