@@ -112,9 +112,14 @@ def export(
 
 @cli.command()
 def worker(
-    once: Annotated[bool, typer.Option(help="Exit when no run is waiting.")] = False,
+    kind: Annotated[str, typer.Option(help="generate (runs) or finetune (jobs).")] = "generate",
+    device: Annotated[str | None, typer.Option(help="finetune: auto, cpu or cuda.")] = None,
+    once: Annotated[bool, typer.Option(help="Exit when nothing is waiting.")] = False,
 ) -> None:
-    """Claim and execute queued runs (start as many as you like, on any machine)."""
+    """Claim and execute queued runs or fine-tune jobs (as many workers as you like)."""
+    if kind not in {"generate", "finetune"}:
+        typer.echo("error: --kind must be 'generate' or 'finetune'", err=True)
+        raise typer.Exit(code=2)
     import asyncio
 
     from app.worker import Worker
@@ -122,8 +127,8 @@ def worker(
     settings = get_settings()
     engine = make_engine(settings)
     check_migrated(settings, engine)
-    runner = Worker(engine=engine, settings=settings)
-    typer.echo(f"worker {runner.worker_id} waiting for runs", err=True)
+    runner = Worker(engine=engine, settings=settings, kind=kind, device=device)
+    typer.echo(f"{kind} worker {runner.worker_id} waiting", err=True)
     try:
         asyncio.run(runner.run_forever(once=once))
     except KeyboardInterrupt:
