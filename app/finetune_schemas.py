@@ -93,6 +93,9 @@ class FineTuningJobCreate(BaseModel):
     lora: LoraSettings | None = Field(None, description="LoRA instead of full fine-tuning.")
     max_seq_len: int = Field(1024, ge=32, le=32768)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    checkpoint_interval: int = Field(
+        100, ge=1, le=100_000, description="Checkpoint every N steps; a lost job resumes there."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> FineTuningJobCreate:

@@ -71,6 +71,7 @@ def _config(settings: Settings, engine: Engine, job: FineTuneJob, device: str) -
         "max_seq_len": method.get("max_seq_len", 1024),
         "seed": job.seed or 0,
         "device": device,
+        "checkpoint_interval": method.get("checkpoint_interval", 100),
     }
     if method.get("max_steps"):
         kwargs["max_steps"] = method["max_steps"]

@@ -51,10 +51,24 @@ def build_database(path: Path, rows: int) -> None:
     def task_rows(n: int):  # type: ignore[no-untyped-def]
         for i in range(n):
             instruction = " ".join(rng.choices(WORDS, k=rng.randint(6, 18))) + f" #{i}"
-            instances = [{"input": " ".join(rng.choices(WORDS, k=8)),
-                          "output": " ".join(rng.choices(WORDS, k=20))}]
-            yield (dataset_id, instruction, json.dumps(instances), 0, "generated", "accepted",
-                   "[]", "{}", now, now)
+            instances = [
+                {
+                    "input": " ".join(rng.choices(WORDS, k=8)),
+                    "output": " ".join(rng.choices(WORDS, k=20)),
+                }
+            ]
+            yield (
+                dataset_id,
+                instruction,
+                json.dumps(instances),
+                0,
+                "generated",
+                "accepted",
+                "[]",
+                "{}",
+                now,
+                now,
+            )
 
     conn.executemany(
         "INSERT INTO task (dataset_id, instruction, instances, is_classification, origin, status, "
@@ -76,8 +90,17 @@ def baseline(path: Path, out: Path, limit: int) -> float:
             (limit,),
         ):
             for inst in json.loads(instances):
-                fh.write(json.dumps({"instruction": instruction, "input": inst["input"],
-                                     "output": inst["output"]}, ensure_ascii=False) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "instruction": instruction,
+                            "input": inst["input"],
+                            "output": inst["output"],
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
                 n += 1
     conn.close()
     return n / (time.perf_counter() - start)
@@ -95,11 +118,17 @@ def through_http(path: Path, out: Path) -> tuple[int, float, float]:
     from tests.pg import free_port
 
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{path}",
-           "SELFINSTRUCT_DATA_DIR": str(path.parent), "SELFINSTRUCT_LOAD_STARTER_SEEDS": "false"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{path}",
+        "SELFINSTRUCT_DATA_DIR": str(path.parent),
+        "SELFINSTRUCT_LOAD_STARTER_SEEDS": "false",
+    }
     server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -112,9 +141,12 @@ def through_http(path: Path, out: Path) -> tuple[int, float, float]:
         rss_before = peak_rss_mb(server.pid)
         start = time.perf_counter()
         n = 0
-        with out.open("wb") as fh, httpx.stream(
-            "GET", f"{base}/v1/datasets/bench/export", params={"format": "alpaca"}, timeout=600
-        ) as response:
+        with (
+            out.open("wb") as fh,
+            httpx.stream(
+                "GET", f"{base}/v1/datasets/bench/export", params={"format": "alpaca"}, timeout=600
+            ) as response,
+        ):
             response.raise_for_status()
             for chunk in response.iter_bytes():
                 fh.write(chunk)
@@ -142,14 +174,20 @@ def main() -> None:
             base_rate = baseline(db, Path(tmp) / "baseline.jsonl", rows)
             results.append((rows, http_rate, base_rate, peak))
             db.unlink()
-        print(f"\n{'rows':>10} {'HTTP rows/s':>12} {'sqlite3 rows/s':>15} {'ratio':>6} "
-              f"{'server peak RSS MB':>19}")
+        print(
+            f"\n{'rows':>10} {'HTTP rows/s':>12} {'sqlite3 rows/s':>15} {'ratio':>6} "
+            f"{'server peak RSS MB':>19}"
+        )
         for rows, http_rate, base_rate, peak in results:
-            print(f"{rows:>10,} {http_rate:>12,.0f} {base_rate:>15,.0f} "
-                  f"{http_rate / base_rate:>6.2f} {peak:>19.1f}")
+            print(
+                f"{rows:>10,} {http_rate:>12,.0f} {base_rate:>15,.0f} "
+                f"{http_rate / base_rate:>6.2f} {peak:>19.1f}"
+            )
         growth = results[1][3] - results[0][3]
-        print(f"\npeak memory growth from {results[0][0]:,} to {results[1][0]:,} rows: "
-              f"{growth:+.1f} MB (flat streaming keeps this near zero)")
+        print(
+            f"\npeak memory growth from {results[0][0]:,} to {results[1][0]:,} rows: "
+            f"{growth:+.1f} MB (flat streaming keeps this near zero)"
+        )
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ def create_job(*, session: Session, settings: Settings, body: FineTuningJobCreat
             "lora": body.lora.model_dump() if body.lora else None,
             "max_seq_len": body.max_seq_len,
             "max_steps": body.max_steps,
+            "checkpoint_interval": body.checkpoint_interval,
         },
         hyperparameters=hyper,
         status=JobStatus.validating_files,

@@ -128,3 +128,93 @@ def test_cpu_job_trains_and_the_tuned_model_generates(sqlite_url: str, tmp_path:
         assert run.status_code == 201 and run.json()["model"] == tuned
         client.post(f"/v1/runs/{run.json()['id']}/cancel")
     _wipe(settings.db_url)
+
+
+@pytest.mark.slow
+def test_killed_worker_loses_the_lease_and_the_job_resumes_from_its_checkpoint(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = Settings(
+        database_url=postgres_url,
+        data_dir=tmp_path,
+        embedded_worker=False,
+        worker_lease_seconds=4,
+        worker_poll_seconds=0.2,
+    )
+    migrate(settings)
+    _wipe(settings.db_url)
+    with TestClient(create_app(settings)) as client:
+        client.post("/v1/datasets", json={"name": "greet"})
+        client.post(
+            "/v1/datasets/greet/seeds",
+            json=[
+                seed(
+                    instruction=f"Reply with the single word {w}.",
+                    instances=[{"input": "", "output": w.upper()}],
+                )
+                for w in GREETINGS
+            ],
+        )
+        job_id = client.post(
+            "/v1/fine_tuning/jobs",
+            json={
+                "model": "SmolLM2-135M-Instruct",
+                "dataset": "greet",
+                "lora": {"r": 4},
+                "max_seq_len": 64,
+                "max_steps": 5,
+                "checkpoint_interval": 2,
+                "seed": 2,
+                "method": {
+                    "type": "supervised",
+                    "supervised": {"hyperparameters": {"n_epochs": 10, "batch_size": 2}},
+                },
+            },
+        ).json()["id"]
+        env = {
+            **os.environ,
+            "DATABASE_URL": settings.db_url,
+            "SELFINSTRUCT_DATA_DIR": str(tmp_path),
+            "SELFINSTRUCT_WORKER_LEASE_SECONDS": "4",
+        }
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--kind", "finetune", "--device", "cpu"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while not client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]:
+                assert time.monotonic() < deadline and worker.poll() is None
+                time.sleep(0.5)
+        finally:
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.wait()
+        interrupted = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        assert interrupted["status"] == "running" and interrupted["progress"]["step"] < 5
+        time.sleep(4.5)  # the dead worker's lease runs out
+
+        survivor = Worker(
+            engine=make_engine(settings), settings=settings, kind="finetune", device="cpu"
+        )
+        asyncio.run(survivor.run_forever(once=True))
+        done = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        assert done["status"] == "succeeded", done
+        assert done["progress"]["step"] == 5
+        messages = [
+            e["message"]
+            for e in client.get(
+                f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 200}
+            ).json()["data"]
+        ]
+        assert any(m.startswith("Resuming from step-") for m in messages), messages
+        steps = [m for m in messages if m.startswith("Step ")]
+        assert "Step 5/5" in steps[0]
+    _wipe(settings.db_url)
