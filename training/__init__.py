@@ -1,1 +1,13 @@
-"""Fine-tune and evaluate a causal LM on a JSONL dataset; no database and no HTTP server."""
+"""Fine-tune and evaluate a causal LM on a chat JSONL dataset; no database and no HTTP server.
+
+    config.py      FinetuneConfig, validated on construction (no torch: the API can import it)
+    data.py        chat JSONL reading/validation, chat template, assistant-only labels (no torch)
+    errors.py      TrainingError, TrainingDataError(line, reason), InvalidConfig
+    packing.py     packed rows, the data order of a whole job, micro-batch tensors
+    model.py       offline loading (HF directory or .gguf), LoRA, FLOPs and device peaks for MFU
+    train.py       train(config, train_path, valid_path, on_event=, should_stop=, resume_from=)
+    checkpoint.py  checkpoints/step-N, final/ and adapter/
+    evaluate.py    greedy generation on held-out tasks, ROUGE-L F1
+
+Import the submodules; this package imports nothing, so `training.errors` stays cheap.
+"""

@@ -1,6 +1,6 @@
 """Parsing completions: realistic, truncated, sloppy and hostile model output."""
 
-# ruff: noqa: RUF001  (Chinese text with full-width punctuation is the point of several tests)
+
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Prompt building: structure, sampling of examples, language variants and paper defaults."""
 
-# ruff: noqa: RUF001  (Chinese text with full-width punctuation is the point of several tests)
+
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,15 @@ def tiny_model_dir(
 @pytest.fixture()
 def chat_file(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "train.jsonl", [chat_record(u, a) for u, a in CHATS])
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core runner, OpenMP threads that wait on each other
+    while other processes hold the cores made a training step 20x slower than one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,403 @@
+"""Fine-tune a causal LM on chat JSONL: one loop, readable top to bottom.
+
+    train(config, "train.jsonl", on_event=print)
+
+Each optimizer step takes its rows from a plan fixed up front (packing.plan_steps), runs them as
+grad_accum_steps micro-batches, normalises the loss by the step's number of target tokens (so
+every learned token weighs the same however the rows were cut), clips, sets the learning rate from
+get_lr and steps AdamW. Events go to `on_event` as plain dicts; `should_stop` is asked before every
+optimizer step, so a cancel takes effect within one step.
+
+Outputs under config.output_dir: checkpoints/step-N/, final/ and, for LoRA, adapter/ (see
+training/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from training.checkpoint import check_resumable, restore_rng, save_checkpoint, save_final
+from training.config import FinetuneConfig
+from training.data import IGNORE_INDEX, DatasetStats, TokenizedExample, load_chat_jsonl
+from training.data import split_validation as split_off_validation
+from training.errors import InvalidConfig
+from training.model import (
+    add_lora,
+    count_params,
+    flops_per_token,
+    load_lora,
+    load_model,
+    load_tokenizer,
+    peak_flops,
+)
+from training.packing import Batch, collate, micro_batches, pack_rows, plan_steps
+
+Event = dict[str, Any]
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or cancelled) job produced."""
+
+    steps: int  # optimizer steps completed, counting those before a resume
+    total_steps: int
+    trained_tokens: int  # real (non-padding) tokens through the model in training
+    final_train_loss: float | None
+    final_eval_loss: float | None
+    cancelled: bool
+    final_dir: Path | None  # None when cancelled
+    adapter_dir: Path | None  # LoRA only
+    train_stats: DatasetStats
+    valid_stats: DatasetStats | None  # only for a separate validation file
+    checkpoints: list[Path] = field(default_factory=list)  # written by this run
+    elapsed_s: float = 0.0
+
+
+# --- small pieces ------------------------------------------------------------------------------
+
+
+def resolve_device(config: FinetuneConfig) -> tuple[torch.device, torch.dtype | None]:
+    """The device, and the autocast dtype (None: plain float32)."""
+    want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise InvalidConfig("device='cuda' but no CUDA GPU is visible; use device='auto' or 'cpu'.")
+    device = torch.device("cuda" if want_cuda else "cpu")
+    return device, autocast_dtype(device, config.dtype)
+
+
+def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | None:
+    """bf16 autocast on CUDA unless fp32 is asked for; float32 on the CPU (bf16 refused there)."""
+    if device.type == "cpu" and dtype == "bf16":
+        raise InvalidConfig("dtype='bf16' needs a CUDA GPU; use dtype='fp32' or 'auto' on the CPU.")
+    return torch.bfloat16 if device.type == "cuda" and dtype in ("auto", "bf16") else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def get_lr(
+    step: int, *, peak_lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float
+) -> float:
+    """Linear warm-up to peak_lr, then cosine decay to peak_lr * min_lr_ratio; step is 1-based."""
+    if step <= warmup_steps:
+        return peak_lr * step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    min_lr = peak_lr * min_lr_ratio
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak_lr - min_lr)
+
+
+def configure_optimizer(
+    model: torch.nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    device: torch.device,
+) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not norms or biases); fused kernels on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device.type == "cuda")
+
+
+def loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Summed cross-entropy over the batch's target tokens (a scalar; float32)."""
+    logits = model(
+        input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
+    ).logits  # (B, T, V); use_cache=False keeps the packed-sequence mask (no cache => training)
+    return F.cross_entropy(
+        logits.float().flatten(0, 1),  # (B*T, V)
+        batch.targets.flatten(),  # (B*T,)
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Sequence[Batch],
+    *,
+    device: torch.device,
+    amp: torch.dtype | None,
+    grad_clip: float,
+) -> torch.Tensor:
+    """One optimizer step over micro-batches whose gradients add up; returns the loss per target
+    token as a device tensor (reading it is the caller's CPU-GPU sync)."""
+    n_targets = max(1, sum(b.n_targets for b in batches))  # the whole step's, so tokens weigh 1
+    step_loss = torch.zeros((), device=device)
+    for batch in batches:
+        batch = batch.to(device)
+        with autocast(device, amp):
+            loss = loss_sum(model, batch)
+        (loss / n_targets).backward()
+        step_loss += loss.detach()
+    if grad_clip > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss / n_targets
+
+
+@torch.no_grad()
+def estimate_loss(
+    model: torch.nn.Module,
+    examples: Sequence[TokenizedExample],
+    *,
+    config: FinetuneConfig,
+    pad_id: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> float:
+    """Mean loss per target token over every validation example."""
+    model.eval()
+    lengths = [len(e) for e in examples]
+    order = range(len(examples))
+    rows = pack_rows(lengths, order, config.max_seq_len) if config.packing else [[i] for i in order]
+    total, n_targets = torch.zeros((), device=device), 0
+    for rows_chunk in micro_batches(rows, config.batch_size):
+        batch = collate(rows_chunk, examples, pad_id=pad_id).to(device)
+        with autocast(device, amp):
+            total += loss_sum(model, batch)
+        n_targets += batch.n_targets
+    model.train()
+    return total.item() / max(1, n_targets)  # .item(): CPU-GPU sync, once per evaluation
+
+
+def prepare_data(
+    config: FinetuneConfig, tokenizer: Any, train_path: Path | str, valid_path: Path | str | None
+) -> tuple[list[TokenizedExample], list[TokenizedExample], DatasetStats, DatasetStats | None]:
+    """Training and validation examples: a validation file, a seeded held-out share, or none."""
+    examples, train_stats = load_chat_jsonl(train_path, tokenizer, max_seq_len=config.max_seq_len)
+    if valid_path is not None:
+        valid, valid_stats = load_chat_jsonl(valid_path, tokenizer, max_seq_len=config.max_seq_len)
+        return examples, valid, train_stats, valid_stats
+    examples, valid = split_off_validation(examples, config.validation_fraction, config.seed)
+    return examples, valid, train_stats, None
+
+
+def prepare_model(
+    config: FinetuneConfig, device: torch.device, resume_from: Path | None
+) -> tuple[Any, torch.optim.AdamW]:
+    """The model to train (LoRA-wrapped or not) and its optimizer, restored from a checkpoint."""
+    resume = Path(resume_from) if resume_from is not None else None
+    weights = str(resume / "model") if resume and config.method == "full" else config.base_model
+    model: Any = load_model(weights, attn_implementation=config.attn_implementation)
+    if config.method == "lora":
+        model = load_lora(model, resume / "adapter") if resume else add_lora(model, config)
+    model.to(device)
+    model.train()
+    optimizer = configure_optimizer(
+        model,
+        lr=config.peak_lr,
+        weight_decay=config.weight_decay,
+        betas=(config.adam_beta1, config.adam_beta2),
+        device=device,
+    )
+    if resume:
+        optimizer.load_state_dict(torch.load(resume / "optimizer.pt", map_location=device))
+        restore_rng(resume)
+    return model, optimizer
+
+
+# --- the job -----------------------------------------------------------------------------------
+
+
+def train(
+    config: FinetuneConfig,
+    train_path: Path | str,
+    valid_path: Path | str | None = None,
+    *,
+    on_event: Callable[[Event], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume_from: Path | None = None,
+) -> TrainResult:
+    """Run a fine-tune job to the end (or to a cancel) and save the model; see the module doc."""
+    emit = on_event or (lambda event: None)
+    started = time.perf_counter()
+    output_dir = Path(config.output_dir)
+    device, amp = resolve_device(config)
+    torch.manual_seed(config.seed)
+
+    tokenizer = load_tokenizer(config.base_model)
+    pad_id = tokenizer.pad_token_id
+    examples, valid, train_stats, valid_stats = prepare_data(
+        config, tokenizer, train_path, valid_path
+    )
+    plan = plan_steps(
+        [len(e) for e in examples],
+        n_epochs=config.n_epochs,
+        rows_per_step=config.batch_size * config.grad_accum_steps,
+        max_len=config.max_seq_len,
+        packing=config.packing,
+        seed=config.seed,
+    )
+    total_steps = min(len(plan), config.max_steps) if config.max_steps else len(plan)
+    warmup_steps = config.warmup_steps
+    if warmup_steps < 0:
+        warmup_steps = round(config.warmup_ratio * total_steps)
+
+    state: dict[str, Any] = {"step": 0, "trained_tokens": 0}
+    if resume_from is not None:
+        state = check_resumable(Path(resume_from), config)
+    raw_model, optimizer = prepare_model(config, device, resume_from)
+    model = raw_model  # `model` runs the steps; `raw_model` is what gets saved
+    static_shapes = config.torch_compile and device.type == "cuda"
+    if static_shapes:
+        model = torch.compile(raw_model)  # one static shape below, so one compilation
+
+    n_params, n_trainable = count_params(raw_model)
+    step_flops, peak = flops_per_token(raw_model), peak_flops(device)
+    emit(
+        {
+            "type": "start",
+            "start_step": state["step"],
+            "total_steps": total_steps,
+            "n_train_examples": len(examples),
+            "n_valid_examples": len(valid),
+            "train_tokens": train_stats.n_tokens,
+            "params": n_params,
+            "trainable_params": n_trainable,
+            "device": str(device),
+            "dtype": "bf16" if amp else "fp32",
+            "compiled": static_shapes,
+            "method": config.method,
+        }
+    )
+
+    step, trained_tokens = state["step"], state["trained_tokens"]
+    train_loss: float | None = state.get("train_loss")
+    eval_loss: float | None = state.get("eval_loss")
+    checkpoints: list[Path] = []
+    cancelled = False
+
+    def evaluate_at(step: int) -> float:
+        # the eager model: eval shapes vary, and compiling each of them would not pay
+        loss = estimate_loss(raw_model, valid, config=config, pad_id=pad_id, device=device, amp=amp)
+        emit({"type": "eval", "step": step, "eval_loss": loss})
+        return loss
+
+    if valid and step == 0:
+        eval_loss = evaluate_at(0)  # the base model's loss: the yardstick for what training gains
+    while step < total_steps:
+        if should_stop is not None and should_stop():
+            cancelled = True
+            break
+        t0 = time.perf_counter()
+        step += 1
+        lr = get_lr(
+            step,
+            peak_lr=config.peak_lr,
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            min_lr_ratio=config.min_lr_ratio,
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        step_plan = plan[step - 1]
+        batches = [
+            collate(
+                rows,
+                examples,
+                pad_id=pad_id,
+                pad_to_len=config.max_seq_len if static_shapes else None,
+                pad_to_rows=config.batch_size if static_shapes else None,
+            )
+            for rows in micro_batches(step_plan.rows, config.batch_size)
+        ]
+        step_loss = train_step(
+            model, optimizer, batches, device=device, amp=amp, grad_clip=config.grad_clip
+        )
+        train_loss = step_loss.item()  # .item(): CPU-GPU sync, once per step
+        dt = time.perf_counter() - t0
+        n_tokens = sum(b.n_tokens for b in batches)
+        trained_tokens += n_tokens
+        event: Event = {
+            "type": "step",
+            "step": step,
+            "total_steps": total_steps,
+            "epoch": step_plan.epoch,
+            "train_loss": train_loss,
+            "lr": lr,
+            "tokens": n_tokens,
+            "tokens_per_s": n_tokens / dt,
+            "trained_tokens": trained_tokens,
+            "elapsed_s": time.perf_counter() - started,
+        }
+        if peak:
+            event["mfu"] = step_flops * n_tokens / dt / peak
+        emit(event)
+
+        last = step == total_steps
+        if valid and (step % config.eval_interval == 0 or last):
+            eval_loss = evaluate_at(step)
+        if config.checkpoint_interval and (step % config.checkpoint_interval == 0 or last):
+            state = {
+                "step": step,
+                "epoch": step_plan.epoch,
+                "trained_tokens": trained_tokens,
+                "train_loss": train_loss,
+                "eval_loss": eval_loss,
+                # the schedule is a pure function of the step; these fix it
+                "scheduler": {
+                    "lr": lr,
+                    "peak_lr": config.peak_lr,
+                    "warmup_steps": warmup_steps,
+                    "total_steps": total_steps,
+                    "min_lr_ratio": config.min_lr_ratio,
+                },
+            }
+            path = output_dir / "checkpoints" / f"step-{step}"
+            checkpoints.append(
+                save_checkpoint(
+                    path, model=raw_model, optimizer=optimizer, config=config, state=state
+                )
+            )
+            emit({"type": "checkpoint", "step": step, "path": str(path)})
+
+    final_dir = adapter_dir = None
+    if cancelled:
+        emit({"type": "cancelled", "step": step})
+    else:
+        final_dir, adapter_dir = save_final(raw_model, tokenizer, config, output_dir)
+        emit(
+            {
+                "type": "done",
+                "step": step,
+                "final_dir": str(final_dir),
+                "trained_tokens": trained_tokens,
+                "train_loss": train_loss,
+                "eval_loss": eval_loss,
+            }
+        )
+    return TrainResult(
+        steps=step,
+        total_steps=total_steps,
+        trained_tokens=trained_tokens,
+        final_train_loss=train_loss,
+        final_eval_loss=eval_loss,
+        cancelled=cancelled,
+        final_dir=final_dir,
+        adapter_dir=adapter_dir,
+        checkpoints=checkpoints,
+        train_stats=train_stats,
+        valid_stats=valid_stats,
+        elapsed_s=time.perf_counter() - started,
+    )
