@@ -194,14 +194,13 @@ def generate(
         typer.echo(f"run {run.id} was taken by another worker; follow it over HTTP", err=True)
         return
     done = threading.Event()
-    thread = threading.Thread(
-        target=lambda: (
-            asyncio.run(
-                execute_run(engine=engine, settings=settings, run_id=run.id, worker=runner)
-            ),
-            done.set(),
-        )
-    )
+    run_id = run.id
+
+    def execute() -> None:
+        asyncio.run(execute_run(engine=engine, settings=settings, run_id=run_id, worker=runner))
+        done.set()
+
+    thread = threading.Thread(target=execute)
     thread.start()
     _progress(engine, run.id, target, done)
     thread.join()

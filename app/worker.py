@@ -150,9 +150,10 @@ class Worker:
                 continue
             log.info("worker %s claimed %s %s", self.worker_id, model.__name__, row_id)
             if model is Run:
+                assert isinstance(row_id, int)
                 await execute_run(
-                    engine=self.engine, settings=self.settings, run_id=int(row_id), worker=self
-                )  # type: ignore[call-overload]
+                    engine=self.engine, settings=self.settings, run_id=row_id, worker=self
+                )
             else:
                 # Training blocks; a thread keeps this loop (and its lease checks) responsive.
                 await asyncio.to_thread(

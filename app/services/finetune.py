@@ -85,8 +85,8 @@ def create_job(*, session: Session, settings: Settings, body: FineTuningJobCreat
                 dataset_id=dataset.id,
                 filename=f"{dataset.name}-openai_messages.jsonl",
                 chunks=export_chunks(
-                    engine=session.get_bind(),
-                    dataset_id=dataset.id,  # type: ignore[arg-type]
+                    engine=session.get_bind().engine,
+                    dataset_id=dataset.id,
                     fmt=ExportFormat.openai_messages,
                     include_seeds=True,
                 ),
