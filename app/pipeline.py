@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from app.strategies import (
 from app.worker import renew_lease
 from filters.heuristics import check_instruction
 from filters.instances import filter_instances
+from filters.novelty import Neighbour, NoveltyVerdict
 from generators.base import Backend, Generation, SamplingParams
 from generators.errors import GeneratorError
 from generators.parsing import parse_classification_answer, parse_instances
@@ -179,27 +181,34 @@ def load_pool(engine: Engine, *, dataset_id: int) -> Pool:
 # --- filtering ---
 
 
-def screen(ctx: RunContext, candidates: list[Candidate]) -> tuple[list[Verdict], list[Candidate]]:
+def novelty(ctx: RunContext, cand: Candidate) -> NoveltyVerdict:
+    """Exact verdict (a score of exactly the threshold passes), best score and top-10."""
+    return ctx.pool.index.check(
+        cand.instruction, threshold=ctx.params.filters.rouge_threshold, k=NEIGHBOURS
+    )
+
+
+def screen(
+    ctx: RunContext, candidates: list[Candidate]
+) -> tuple[list[Verdict], list[Candidate], list[NoveltyVerdict]]:
     """Heuristics and novelty against the pool as it is; survivors go on to the model steps."""
-    rejected, survivors, seen = [], [], set()
-    threshold = ctx.params.filters.rouge_threshold
+    rejected, survivors, checks, seen = [], [], [], set()
     for cand in candidates:
         cand.instruction = cand.instruction.strip()
         verdict = check_instruction(cand.instruction, ctx.heuristics)
         if not verdict.ok:
             rejected.append(Verdict(cand, TaskStatus.rejected, verdict.reason, verdict.detail))
             continue
-        nearest = ctx.pool.index.nearest(cand.instruction, k=NEIGHBOURS)
-        best = nearest[0][1] if nearest else 0.0
-        if best > threshold:  # saves the model calls for a candidate that cannot pass
+        check = novelty(ctx, cand)
+        if not check.novel:  # saves the model calls for a candidate that cannot pass
             rejected.append(
                 Verdict(
                     cand,
                     TaskStatus.rejected,
-                    "too_similar",
-                    f"ROUGE-L {best:.3f} > {threshold}",
-                    max_rouge=best,
-                    nearest=_neighbours(nearest),
+                    check.reason,
+                    check.detail,
+                    max_rouge=check.max_score,
+                    nearest=_neighbours(check.nearest),
                 )
             )
             continue
@@ -215,7 +224,8 @@ def screen(ctx: RunContext, candidates: list[Candidate]) -> tuple[list[Verdict],
             continue
         seen.add(cand.instruction)
         survivors.append(cand)
-    return rejected, survivors
+        checks.append(check)
+    return rejected, survivors, checks
 
 
 async def classify(ctx: RunContext, survivors: list[Candidate], spend: Spend) -> list[bool | None]:
@@ -274,29 +284,29 @@ def decide(
     survivors: list[Candidate],
     labels: list[bool | None],
     instances: list[list[dict[str, str]] | None],
+    checks: list[NoveltyVerdict],
     room: int,
 ) -> list[Verdict]:
     """Final verdicts in order; accepted ones join the index at once so later ones see them."""
     verdicts = []
-    threshold = ctx.params.filters.rouge_threshold
-    for cand, label, raw in zip(survivors, labels, instances, strict=True):
+    joined = 0  # accepted in this batch: until one joins, the screening checks still hold
+    for cand, label, raw, screened in zip(survivors, labels, instances, checks, strict=True):
         kept: list[dict[str, str]] = []
         if raw is not None:
             result = filter_instances(raw, max_instances=ctx.params.filters.max_instances)
             kept = result.kept
         needs_instances = ctx.params.generate_instances or cand.instances is not None
-        nearest = ctx.pool.index.nearest(cand.instruction, k=NEIGHBOURS)
-        best = nearest[0][1] if nearest else 0.0
+        check = screened if joined == 0 else novelty(ctx, cand)
         v = Verdict(
             cand,
             TaskStatus.rejected,
-            max_rouge=best,
+            max_rouge=check.max_score,
             is_classification=label,
-            nearest=_neighbours(nearest),
+            nearest=_neighbours(check.nearest),
             instances=kept,
         )
-        if best > threshold:
-            v.reason, v.detail = "too_similar", f"ROUGE-L {best:.3f} > {threshold}"
+        if not check.novel:
+            v.reason, v.detail = check.reason, check.detail
         elif raw is None and needs_instances:
             v.reason, v.detail = "instance_generation_failed", "the model gave no usable answer"
         elif needs_instances and not kept:
@@ -310,10 +320,11 @@ def decide(
             # Join the pool now: later candidates of this batch are compared with it.
             v.index_key = ("pending", ctx.run_id, len(verdicts))
             ctx.pool.index.add(v.index_key, cand.instruction)
+            joined += 1
     return verdicts
 
 
-def _neighbours(nearest: list[Any]) -> list[dict[str, Any]]:
+def _neighbours(nearest: Sequence[Neighbour]) -> list[dict[str, Any]]:
     """Neighbours as stored; a candidate accepted earlier in this batch still has a pending key,
     which `store_batch` replaces with its task id."""
     return [{"task_id": key, "score": float(score)} for key, score in nearest]
@@ -521,11 +532,11 @@ async def execute_run(
         spend = Spend()
         try:
             candidates = await gather_candidates(ctx, rng, spend)
-            rejected, survivors = screen(ctx, candidates)
+            rejected, survivors, checks = screen(ctx, candidates)
             labels = await classify(ctx, survivors, spend)
             instances = await make_instances(ctx, survivors, labels, spend)
             verdicts = rejected + decide(
-                ctx, survivors, labels, instances, room=run.target - run.accepted
+                ctx, survivors, labels, instances, checks, room=run.target - run.accepted
             )
         except Exception as exc:
             log.exception("run %s failed in batch %s", run_id, batch_no)
