@@ -24,7 +24,7 @@ from generators.prompts import (
     sample_prompt_examples,
 )
 
-TOPIC_NEIGHBOURS = 64  # pool tasks a topic keeps to sample examples from
+TOPIC_NEIGHBOURS = 16  # at least this many pool tasks nearest to a topic are sampled from
 
 
 @dataclass
@@ -61,11 +61,14 @@ class Candidate:
     instances: list[dict[str, str]] | None = None  # alpaca tasks arrive with one
 
 
-def _examples(pool: Pool, topic: str | None) -> tuple[list[PromptExample], list[PromptExample]]:
+def _examples(
+    pool: Pool, topic: str | None, per_prompt: int
+) -> tuple[list[PromptExample], list[PromptExample]]:
     """Seeds and machine tasks to sample from; with a topic, only those nearest to it."""
     if not topic:
         return pool.seeds, pool.machine
-    near = {str(key) for key, score in pool.index.nearest(topic, k=TOPIC_NEIGHBOURS) if score > 0}
+    k = max(TOPIC_NEIGHBOURS, 2 * per_prompt)
+    near = {str(key) for key, score in pool.index.nearest(topic, k=k) if score > 0}
     seeds = [e for e in pool.seeds if e.id in near]
     machine = [e for e in pool.machine if e.id in near]
     # A topic that shares no words with the pool would leave nothing to show: use everything.
@@ -75,7 +78,7 @@ def _examples(pool: Pool, topic: str | None) -> tuple[list[PromptExample], list[
 def prompt_jobs(
     *, pool: Pool, params: RunCreate, language: str, rng: random.Random
 ) -> list[PromptJob]:
-    seeds, machine = _examples(pool, params.topic)
+    seeds, machine = _examples(pool, params.topic, params.prompt.examples_per_prompt)
     jobs = []
     for _ in range(params.prompt.prompts_per_batch):
         if params.strategy == "alpaca":
