@@ -7,7 +7,6 @@ because one bad completion must cost one candidate, not a run.
 """
 
 # Chinese text and full-width punctuation are deliberate here.
-# ruff: noqa: RUF001
 
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ task can always be traced back to the exact wording that produced it.
 """
 
 # Chinese text and full-width punctuation are deliberate here.
-# ruff: noqa: RUF001
 
 from __future__ import annotations
 

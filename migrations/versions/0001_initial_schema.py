@@ -234,7 +234,6 @@ def upgrade() -> None:
             "ix_task_dataset_status_id", ["dataset_id", "status", "id"], unique=False
         )
 
-
     op.create_table(
         "run_event",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -254,7 +253,6 @@ def upgrade() -> None:
     with op.batch_alter_table("run_event", schema=None) as batch_op:
         batch_op.create_index("ix_run_event_run", ["run_id", "id"], unique=False)
 
-
     op.create_table(
         "file",
         sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -266,7 +264,9 @@ def upgrade() -> None:
         sa.Column("dataset_id", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["dataset_id"], ["dataset.id"], name=op.f("fk_file_dataset_id_dataset"),
+            ["dataset_id"],
+            ["dataset.id"],
+            name=op.f("fk_file_dataset_id_dataset"),
             ondelete="SET NULL",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_file")),

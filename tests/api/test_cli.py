@@ -18,7 +18,10 @@ from tests.pg import free_port
 
 def _cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "app.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     if check:
@@ -39,7 +42,9 @@ def test_migrate_serve_import_and_export(cli_env: dict[str, str], tmp_path: Path
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -57,12 +62,22 @@ def test_migrate_serve_import_and_export(cli_env: dict[str, str], tmp_path: Path
 
     seeds_file = tmp_path / "seeds.jsonl"
     seeds_file.write_bytes(jsonl([seed(id="a"), seed(id="b", instruction="Translate to French.")]))
-    assert "2 created, 0 updated in 'cli'" in _cli(
-        cli_env, "seeds", "import", str(seeds_file), "--dataset", "cli"
-    ).stdout
+    assert (
+        "2 created, 0 updated in 'cli'"
+        in _cli(cli_env, "seeds", "import", str(seeds_file), "--dataset", "cli").stdout
+    )
     out = tmp_path / "out.jsonl"
-    _cli(cli_env, "export", "--dataset", "cli", "--format", "alpaca", "--include-seeds",
-         "-o", str(out))
+    _cli(
+        cli_env,
+        "export",
+        "--dataset",
+        "cli",
+        "--format",
+        "alpaca",
+        "--include-seeds",
+        "-o",
+        str(out),
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["instruction"] for r in rows][1] == "Translate to French."
     stdout_rows = _cli(cli_env, "export", "--dataset", "cli", "--include-seeds").stdout

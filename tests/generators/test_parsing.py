@@ -1,7 +1,5 @@
 """Parsing completions: realistic, truncated, sloppy and hostile model output."""
 
-
-
 from __future__ import annotations
 
 import json

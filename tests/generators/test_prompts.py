@@ -1,7 +1,5 @@
 """Prompt building: structure, sampling of examples, language variants and paper defaults."""
 
-
-
 from __future__ import annotations
 
 import json

@@ -229,7 +229,10 @@ def test_template_strategy_and_topic(api: TestClient) -> None:
     )
     task = _tasks(api, run_id=topic["id"], status="accepted")[0]
     shown = {int(i) for i in task["lineage"]["example_task_ids"]}
-    pool = NoveltyIndex((t["id"], t["instruction"]) for t in _tasks(api, status="accepted")
-                        if t["run_id"] != topic["id"])
+    pool = NoveltyIndex(
+        (t["id"], t["instruction"])
+        for t in _tasks(api, status="accepted")
+        if t["run_id"] != topic["id"]
+    )
     nearest = {key for key, _ in pool.nearest("email to a customer", k=16)}
     assert shown <= nearest, "examples must come from the tasks nearest to the topic"
