@@ -111,7 +111,7 @@ def _update(engine: Engine, job_id: str, worker_id: str, **fields: Any) -> bool:
 def execute_job(
     *, engine: Engine, settings: Settings, job_id: str, worker: Worker, device: str | None = None
 ) -> None:
-    from training.errors import TrainingError
+    from training.errors import TrainingDataError, TrainingError
     from training.train import train
 
     with Session(engine, expire_on_commit=False) as session:
@@ -227,32 +227,16 @@ def execute_job(
             should_stop=should_stop,
             resume_from=resume,
         )
-    except TrainingError as exc:
-        _finish(
-            engine,
-            job_id,
-            worker.worker_id,
-            JobStatus.failed,
-            error={
-                "code": "invalid_training_file" if "line" in str(exc) else "training_failed",
-                "message": str(exc),
-                "param": None,
-            },
-        )
-        return
     except Exception as exc:
-        log.exception("fine-tune job %s failed", job_id)
-        _finish(
-            engine,
-            job_id,
-            worker.worker_id,
-            JobStatus.failed,
-            error={
-                "code": "server_error",
-                "message": f"{type(exc).__name__}: {exc}",
-                "param": None,
-            },
-        )
+        if isinstance(exc, TrainingDataError):
+            code, message = "invalid_training_file", str(exc)
+        elif isinstance(exc, TrainingError):
+            code, message = "training_failed", str(exc)
+        else:
+            log.exception("fine-tune job %s failed", job_id)
+            code, message = "server_error", f"{type(exc).__name__}: {exc}"
+        error = {"code": code, "message": message, "param": None}
+        _finish(engine, job_id, worker.worker_id, JobStatus.failed, error=error)
         return
     if result.cancelled:
         return  # the job is already cancelled (or taken over); its final state is set

@@ -15,8 +15,6 @@ import json
 import os
 import random
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -115,7 +113,7 @@ def peak_rss_mb(pid: int) -> float:
 
 def through_http(path: Path, out: Path) -> tuple[int, float, float]:
     """Rows, rows/s and the server's peak RSS for one export through a fresh server."""
-    from tests.pg import free_port
+    from tests.live import free_port, serve_api, wait_ready
 
     port = free_port()
     env = {
@@ -124,20 +122,10 @@ def through_http(path: Path, out: Path) -> tuple[int, float, float]:
         "SELFINSTRUCT_DATA_DIR": str(path.parent),
         "SELFINSTRUCT_LOAD_STARTER_SEEDS": "false",
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = serve_api(env, port)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_ready(base)
         rss_before = peak_rss_mb(server.pid)
         start = time.perf_counter()
         n = 0

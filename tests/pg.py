@@ -5,12 +5,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.live import free_port
 
 
 def _bin(name: str) -> str:
@@ -23,12 +24,6 @@ def _bin(name: str) -> str:
             "`apt-get install -y postgresql` (make test does this when run as root)."
         )
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

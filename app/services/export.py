@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -22,76 +22,55 @@ def _user_text(instruction: str, task_input: str) -> str:
     return str(task_to_messages(instruction, task_input)[0]["content"])
 
 
-# A row is (id, seed_id, name, instruction, instances_json, is_classification); formatters
-# take it unpacked and return every line's object, because per-row overhead is the cost here.
-Formatter = Callable[
-    [int, str | None, str | None, str, list[dict[str, str]], bool | None], list[dict[str, Any]]
-]
+class ExportRow(NamedTuple):
+    task_id: int
+    seed_id: str | None
+    name: str | None
+    instruction: str
+    instances: list[dict[str, str]]
+    is_classification: bool | None
 
 
-def _self_instruct(
-    task_id: int,
-    seed_id: str | None,
-    name: str | None,
-    instruction: str,
-    instances: list[dict[str, str]],
-    is_classification: bool | None,
-) -> list[dict[str, Any]]:
+# Formatters return every line's object for one task: one for the seed format, one per instance
+# for the others.
+Formatter = Callable[[ExportRow], list[dict[str, Any]]]
+
+
+def _self_instruct(row: ExportRow) -> list[dict[str, Any]]:
     return [
         {
-            "id": seed_id or f"task_{task_id}",
-            "name": name or "",
-            "instruction": instruction,
-            "instances": instances,
-            "is_classification": bool(is_classification),
+            "id": row.seed_id or f"task_{row.task_id}",
+            "name": row.name or "",
+            "instruction": row.instruction,
+            "instances": row.instances,
+            "is_classification": bool(row.is_classification),
         }
     ]
 
 
-def _alpaca(
-    task_id: int,
-    seed_id: str | None,
-    name: str | None,
-    instruction: str,
-    instances: list[dict[str, str]],
-    is_classification: bool | None,
-) -> list[dict[str, Any]]:
+def _alpaca(row: ExportRow) -> list[dict[str, Any]]:
     return [
-        {"instruction": instruction, "input": inst["input"], "output": inst["output"]}
-        for inst in instances
+        {"instruction": row.instruction, "input": inst["input"], "output": inst["output"]}
+        for inst in row.instances
     ]
 
 
-def _messages(
-    task_id: int,
-    seed_id: str | None,
-    name: str | None,
-    instruction: str,
-    instances: list[dict[str, str]],
-    is_classification: bool | None,
-) -> list[dict[str, Any]]:
+def _messages(row: ExportRow) -> list[dict[str, Any]]:
     return [
         {
             "messages": [
-                {"role": "user", "content": _user_text(instruction, inst["input"])},
+                {"role": "user", "content": _user_text(row.instruction, inst["input"])},
                 {"role": "assistant", "content": inst["output"]},
             ]
         }
-        for inst in instances
+        for inst in row.instances
     ]
 
 
-def _prompt_completion(
-    task_id: int,
-    seed_id: str | None,
-    name: str | None,
-    instruction: str,
-    instances: list[dict[str, str]],
-    is_classification: bool | None,
-) -> list[dict[str, Any]]:
+def _prompt_completion(row: ExportRow) -> list[dict[str, Any]]:
     return [
-        {"prompt": _user_text(instruction, inst["input"]), "completion": inst["output"]}
-        for inst in instances
+        {"prompt": _user_text(row.instruction, inst["input"]), "completion": inst["output"]}
+        for inst in row.instances
     ]
 
 
@@ -162,7 +141,9 @@ def export_chunks(
                 dumps(obj)
                 for task_id, seed_id, name, instruction, raw, is_cls in rows
                 for obj in formatter(
-                    task_id, seed_id, name, instruction, loads(raw) if raw else [], is_cls
+                    ExportRow(
+                        task_id, seed_id, name, instruction, loads(raw) if raw else [], is_cls
+                    )
                 )
             ]
             if lines:

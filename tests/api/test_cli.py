@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.factories import jsonl, seed
-from tests.pg import free_port
+from tests.live import free_port, serve_api, wait_ready
 
 
 def _cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -40,20 +39,10 @@ def cli_env(db_url: str, tmp_path: Path) -> dict[str, str]:
 def test_migrate_serve_import_and_export(cli_env: dict[str, str], tmp_path: Path) -> None:
     assert "current schema" in _cli(cli_env, "migrate").stdout
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        env=cli_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    server = serve_api(cli_env, port)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_ready(base)
         assert httpx.get(f"{base}/v1/datasets/default").json()["seeds"] >= 40
         assert httpx.post(f"{base}/v1/datasets", json={"name": "cli"}).status_code == 201
     finally:

@@ -19,6 +19,19 @@ from tests.factories import seed
 GREETINGS = ["hello", "goodbye", "thanks", "sorry", "welcome", "cheers"]
 
 
+def _greet_dataset(client: TestClient) -> None:
+    """Six one-word answers: small enough to learn in three steps, easy to score."""
+    client.post("/v1/datasets", json={"name": "greet"})
+    seeds = [
+        seed(
+            instruction=f"Reply with the single word {w}.",
+            instances=[{"input": "", "output": w.upper()}],
+        )
+        for w in GREETINGS
+    ]
+    assert client.post("/v1/datasets/greet/seeds", json=seeds).status_code == 200
+
+
 @pytest.mark.slow
 def test_cpu_job_trains_and_the_tuned_model_generates(sqlite_url: str, tmp_path: Path) -> None:
     settings = Settings(
@@ -27,17 +40,7 @@ def test_cpu_job_trains_and_the_tuned_model_generates(sqlite_url: str, tmp_path:
     migrate(settings)
     _wipe(settings.db_url)
     with TestClient(create_app(settings)) as client:
-        client.post("/v1/datasets", json={"name": "greet"})
-        client.post(
-            "/v1/datasets/greet/seeds",
-            json=[
-                seed(
-                    instruction=f"Reply with the single word {w}.",
-                    instances=[{"input": "", "output": w.upper()}],
-                )
-                for w in GREETINGS
-            ],
-        )
+        _greet_dataset(client)
         job = client.post(
             "/v1/fine_tuning/jobs",
             json={
@@ -150,17 +153,7 @@ def test_killed_worker_loses_the_lease_and_the_job_resumes_from_its_checkpoint(
     migrate(settings)
     _wipe(settings.db_url)
     with TestClient(create_app(settings)) as client:
-        client.post("/v1/datasets", json={"name": "greet"})
-        client.post(
-            "/v1/datasets/greet/seeds",
-            json=[
-                seed(
-                    instruction=f"Reply with the single word {w}.",
-                    instances=[{"input": "", "output": w.upper()}],
-                )
-                for w in GREETINGS
-            ],
-        )
+        _greet_dataset(client)
         job_id = client.post(
             "/v1/fine_tuning/jobs",
             json={

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,7 +20,7 @@ from app.main import create_app
 from app.settings import EndpointConfig, Settings
 from generators.llama_server import serve_llama_cpp
 from tests.conftest import _wipe
-from tests.pg import free_port
+from tests.live import free_port, serve_api, wait_ready
 from tests.runs.conftest import STUB_MODEL, stub_settings, wait_for_run
 from tests.runs.stub_llm import StubLLM
 
@@ -106,26 +104,6 @@ def test_run_through_a_real_llama_cpp_server(
     _wipe(settings.db_url)
 
 
-def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _wait_ready(base: str) -> None:
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not become ready")
-
-
 def test_kill9_mid_run_then_restart_finishes_consistently(
     settings_factory: Callable[..., Settings], stub: StubLLM, tmp_path: Path
 ) -> None:
@@ -144,9 +122,9 @@ def test_kill9_mid_run_then_restart_finishes_consistently(
     }
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = _serve(env, port, tmp_path / "server.log")
+    server = serve_api(env, port, tmp_path / "server.log")
     try:
-        _wait_ready(base)
+        wait_ready(base)
         run_id = httpx.post(
             f"{base}/v1/datasets/default/runs", json={"target": 40, "model": STUB_MODEL}
         ).json()["id"]
@@ -156,8 +134,8 @@ def test_kill9_mid_run_then_restart_finishes_consistently(
             time.sleep(0.05)
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
-        server = _serve(env, port, tmp_path / "server.log")
-        _wait_ready(base)
+        server = serve_api(env, port, tmp_path / "server.log")
+        wait_ready(base)
         with httpx.Client(base_url=base, timeout=10) as client:
             mid = client.get(f"/v1/runs/{run_id}").json()
             assert 8 <= mid["counters"]["accepted"] < 40, mid
