@@ -109,6 +109,7 @@ class RunContext:
         self.backend = backend
         self.chat = find_model(settings, run.model, engine).mode == "chat"
         self.prices = price_table(settings)
+        self.model_id = run.model
         self.worker = worker
         self.pool = load_pool(engine, dataset_id=self.dataset_id)
         self.lineage = {
@@ -142,7 +143,10 @@ class RunContext:
             assert isinstance(result, Generation)
             spend.prompt_tokens += result.prompt_tokens
             spend.completion_tokens += result.completion_tokens
-            spend.cost += self.prices.cost_of(result)
+            # Priced by the catalogue id: servers often answer with a longer model name.
+            spend.cost += self.prices.cost(
+                self.model_id, result.prompt_tokens, result.completion_tokens
+            )
             out.append(result)
         return out
 

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Installs what the test suite starts by itself: PostgreSQL from Debian's packages.
-# The tests start a throwaway cluster on loopback and stop it (tests/pg.py).
+# Installs what the test suite uses from Debian's packages: PostgreSQL (the tests start a
+# throwaway cluster on loopback and stop it, see tests/pg.py) and docker-compose (v1), which
+# validates docker-compose.yml offline.
 set -euo pipefail
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "PostgreSQL is needed by the tests: run 'sudo apt-get install -y postgresql'" >&2
+    echo "The tests need: ${missing[*]}; install them with 'sudo apt-get install -y ${missing[*]}'" >&2
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q postgresql
+  apt-get install -y -q "${missing[@]}"
 fi

@@ -199,3 +199,18 @@ def test_openai_sdk_works_against_the_service(client: TestClient) -> None:
     assert any("validated" in e.message for e in events)
     assert list(sdk.fine_tuning.jobs.checkpoints.list(job.id)) == []
     assert sdk.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+
+
+def test_event_stream_replays_and_ends_with_the_job(client: TestClient) -> None:
+    job = client.post(
+        "/v1/fine_tuning/jobs", json={"model": "SmolLM2-135M-Instruct", "dataset": "default"}
+    ).json()
+    client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    with client.stream(
+        "GET", f"/v1/fine_tuning/jobs/{job['id']}/events", params={"stream": True}
+    ) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        data = [json.loads(line[5:]) for line in stream.iter_lines() if line.startswith("data:")]
+    assert [e["message"] for e in data][0] == "Validating training file"
+    assert data[-1]["message"] == "Job cancelled"
+    assert all(e["object"] == "fine_tuning.job.event" for e in data)

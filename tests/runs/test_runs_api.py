@@ -6,6 +6,7 @@ import json
 import time
 from collections import Counter
 
+import pytest
 from fastapi.testclient import TestClient
 
 from filters.novelty import NoveltyIndex
@@ -236,3 +237,56 @@ def test_template_strategy_and_topic(api: TestClient) -> None:
     )
     nearest = {key for key, _ in pool.nearest("email to a customer", k=16)}
     assert shown <= nearest, "examples must come from the tasks nearest to the topic"
+
+
+def test_stats_describe_the_grown_pool(api: TestClient) -> None:
+    run = wait_for_run(
+        api,
+        api.post("/v1/datasets/default/runs", json={"target": 5, "model": STUB_MODEL}).json()["id"],
+    )
+    stats = api.get("/v1/datasets/default/stats").json()
+    accepted = _tasks(api, run_id=run["id"], status="accepted")
+    assert stats["instructions"] == len(accepted) == 5
+    assert stats["seeds"] == api.get("/v1/datasets/default").json()["seeds"]
+    assert stats["classification"] + stats["non_classification"] == 5
+    assert stats["instances"] == sum(len(t["instances"]) for t in accepted)
+    assert sum(b["count"] for b in stats["rouge_to_nearest_seed"]) == 5
+    assert stats["rejected_by_reason"] == run["counters"]["rejected_by_reason"]
+    verbs = dict(stats["leading_verbs"])
+    assert sum(verbs.values()) == 5
+    assert set(verbs) <= {
+        v.lower()
+        for v in "Explain Describe Compare Summarise Suggest Outline Rank Critique "
+        "Plan Define".split()
+    }
+    assert stats["mean_instruction_words"] == pytest.approx(
+        sum(len(t["instruction"].split()) for t in accepted) / 5, abs=0.01
+    )
+    assert api.get("/v1/datasets/nope/stats").status_code == 404
+
+
+def test_cost_follows_the_price_table(settings_factory, stub: StubLLM) -> None:  # type: ignore[no-untyped-def]
+    from app.main import create_app
+    from tests.runs.conftest import stub_settings
+
+    prices = {STUB_MODEL: {"prompt_per_1k": 1.0, "completion_per_1k": 2.0}}
+    settings = stub_settings(settings_factory, stub, prices=prices)
+    with TestClient(create_app(settings)) as client:
+        run = wait_for_run(
+            client,
+            client.post(
+                "/v1/datasets/default/runs", json={"target": 2, "model": STUB_MODEL}
+            ).json()["id"],
+        )
+        c = run["counters"]
+        assert c["cost"] == pytest.approx(
+            c["prompt_tokens"] / 1000 + 2 * c["completion_tokens"] / 1000
+        )
+        capped = wait_for_run(
+            client,
+            client.post(
+                "/v1/datasets/default/runs",
+                json={"target": 10_000, "model": STUB_MODEL, "caps": {"max_cost": 0.01}},
+            ).json()["id"],
+        )
+        assert capped["stop_reason"] == "max_cost" and capped["counters"]["cost"] >= 0.01
