@@ -211,6 +211,6 @@ def test_event_stream_replays_and_ends_with_the_job(client: TestClient) -> None:
     ) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
         data = [json.loads(line[5:]) for line in stream.iter_lines() if line.startswith("data:")]
-    assert [e["message"] for e in data][0] == "Validating training file"
+    assert data[0]["message"] == "Validating training file"
     assert data[-1]["message"] == "Job cancelled"
     assert all(e["object"] == "fine_tuning.job.event" for e in data)
