@@ -108,3 +108,23 @@ def test_readme_documents_every_setting() -> None:
     for name, field in Settings.model_fields.items():
         variable = field.validation_alias or f"SELFINSTRUCT_{name.upper()}"
         assert f"`{variable}`" in readme, f"README's settings table lacks {variable}"
+
+
+def test_every_state_changing_route_needs_the_token(settings_factory) -> None:  # type: ignore[no-untyped-def]
+    """Walks the OpenAPI document, so a new route is covered the day it is added."""
+    with TestClient(create_app(settings_factory(api_token=TOKEN))) as client:
+        paths = client.get("/openapi.json").json()["paths"]
+        checked = 0
+        for template, operations in paths.items():
+            path = template.replace("{name}", "default").replace("{run_id}", "1")
+            path = path.replace("{task_id}", "1").replace("{job_id}", "ftjob-x")
+            path = path.replace("{file_id}", "file-x")
+            for method in operations:
+                if method.upper() not in {"POST", "PUT", "PATCH", "DELETE"}:
+                    continue
+                for headers in ({}, {"authorization": "Bearer wrong"}):
+                    response = client.request(method.upper(), path, json={}, headers=headers)
+                    assert response.status_code == 401, (method, template, headers)
+                checked += 1
+        assert checked >= 10
+        assert client.get("/v1/datasets").json()["count"] == 1
