@@ -214,3 +214,17 @@ def test_event_stream_replays_and_ends_with_the_job(client: TestClient) -> None:
     assert data[0]["message"] == "Validating training file"
     assert data[-1]["message"] == "Job cancelled"
     assert all(e["object"] == "fine_tuning.job.event" for e in data)
+
+
+def test_a_file_over_the_example_limit_fails_validation(settings_factory) -> None:  # type: ignore[no-untyped-def]
+    from app.main import create_app
+
+    with TestClient(create_app(settings_factory(max_training_examples=3))) as client:
+        file_id = upload(client, chat_jsonl(4))["id"]
+        job = client.post(
+            "/v1/fine_tuning/jobs",
+            json={"model": "SmolLM2-135M-Instruct", "training_file": file_id},
+        ).json()
+        assert job["status"] == "failed"
+        assert job["error"]["code"] == "invalid_training_file"
+        assert "SELFINSTRUCT_MAX_TRAINING_EXAMPLES" in job["error"]["message"]
