@@ -51,69 +51,44 @@ def model_dir_for(settings: Settings, engine: Engine, model: str) -> str | None:
     return str(artifacts_dir(settings, job.id) / "final")
 
 
-def _config(settings: Settings, engine: Engine, job: FineTuneJob, device: str) -> Any:
-    from training.config import FinetuneConfig, bundled_base_model
+def job_spec(settings: Settings, engine: Engine, job: FineTuneJob) -> dict[str, Any]:
+    """What a worker needs to train a job, as plain data (a remote worker gets it as JSON).
 
+    `base_model` is None for the bundled model, which every worker finds in its own install.
+    """
     hyper, method = job.hyperparameters, job.method
     lora = method.get("lora")
-    base = (
-        str(bundled_base_model())
+    spec: dict[str, Any] = {
+        "job_id": job.id,
+        "base_model": None
         if job.model == BUNDLED_MODEL_ID
-        else model_dir_for(settings, engine, job.model)
-    )
-    kwargs: dict[str, Any] = {
-        "base_model": base,
-        "output_dir": str(artifacts_dir(settings, job.id)),
-        "method": "lora" if lora else "full",
-        "n_epochs": hyper["n_epochs"],
-        "batch_size": hyper["batch_size"],
-        "learning_rate_multiplier": hyper["learning_rate_multiplier"],
-        "max_seq_len": method.get("max_seq_len", 1024),
-        "seed": job.seed or 0,
-        "device": device,
-        "checkpoint_interval": method.get("checkpoint_interval", 100),
+        else model_dir_for(settings, engine, job.model),
+        "training_file": job.training_file,
+        "validation_file": job.validation_file,
+        "config": {
+            "method": "lora" if lora else "full",
+            "n_epochs": hyper["n_epochs"],
+            "batch_size": hyper["batch_size"],
+            "learning_rate_multiplier": hyper["learning_rate_multiplier"],
+            "max_seq_len": method.get("max_seq_len", 1024),
+            "seed": job.seed or 0,
+            "checkpoint_interval": method.get("checkpoint_interval", 100),
+        },
     }
     if method.get("max_steps"):
-        kwargs["max_steps"] = method["max_steps"]
+        spec["config"]["max_steps"] = method["max_steps"]
     if lora:
-        kwargs.update(
+        spec["config"].update(
             lora_r=lora["r"],
             lora_alpha=lora["alpha"],
             lora_dropout=lora["dropout"],
             lora_target_modules=lora["target_modules"],
         )
-    return FinetuneConfig(**kwargs)
+    return spec
 
 
-def _latest_checkpoint(engine: Engine, job_id: str) -> Path | None:
-    with Session(engine) as session:
-        ckpt = session.exec(
-            select(FineTuneCheckpoint)
-            .where(FineTuneCheckpoint.job_id == job_id)
-            .order_by(col(FineTuneCheckpoint.step).desc())
-        ).first()
-    return Path(ckpt.path) if ckpt and Path(ckpt.path).exists() else None
-
-
-def _update(engine: Engine, job_id: str, worker_id: str, **fields: Any) -> bool:
-    """Write fields if this worker still holds a running job; False means stop."""
-    with Session(engine, expire_on_commit=False) as session:
-        job = session.get(FineTuneJob, job_id)
-        if job is None or job.status != JobStatus.running or job.worker_id != worker_id:
-            return False
-        for key, value in fields.items():
-            setattr(job, key, value)
-        session.add(job)
-        session.commit()
-        return True
-
-
-def execute_job(
-    *, engine: Engine, settings: Settings, job_id: str, worker: Worker, device: str | None = None
-) -> None:
-    from training.errors import TrainingDataError, TrainingError
-    from training.train import train
-
+def begin_attempt(engine: Engine, job_id: str) -> bool:
+    """Count a claim; after MAX_ATTEMPTS the job fails as worker_lost instead of running."""
     with Session(engine, expire_on_commit=False) as session:
         job = session.get(FineTuneJob, job_id)
         assert job is not None
@@ -128,104 +103,97 @@ def execute_job(
                 "message": f"The job's worker stopped {MAX_ATTEMPTS} times; giving up.",
             }
         else:
-            add_event(
-                session,
-                job_id,
-                f"Resuming from {resume.name}" if resume else "Fine-tuning job started",
-                data={"attempt": attempts},
-            )
+            message = f"Resuming from {resume.name}" if resume else "Fine-tuning job started"
+            add_event(session, job_id, message, data={"attempt": attempts})
         session.add(job)
         session.commit()
-        if job.status != JobStatus.running:
-            return
-    lease = settings.worker_lease_seconds
-    last_renewal = time.monotonic()
-    started = time.monotonic()
+        return job.status == JobStatus.running
 
-    def on_event(event: dict[str, Any]) -> None:
-        nonlocal last_renewal
-        kind = event.get("type")
-        with Session(engine) as session:
-            if kind == "step":
-                eta = (event["total_steps"] - event["step"]) * (
-                    (time.monotonic() - started) / max(1, event["step"])
-                )
-                progress = {
-                    **_progress(engine, job_id),
-                    "step": event["step"],
-                    "total_steps": event["total_steps"],
-                    "epoch": event.get("epoch"),
-                    "tokens_per_s": event.get("tokens_per_s"),
-                    "eta_s": eta,
-                    "train_loss": event.get("train_loss"),
-                }
-                _update(engine, job_id, worker.worker_id, progress=progress)
-                add_event(
-                    session,
-                    job_id,
-                    f"Step {event['step']}/{event['total_steps']}: "
-                    f"training loss={event['train_loss']:.4f}",
-                    data=_plain(event),
-                )
-            elif kind == "eval":
-                progress = {**_progress(engine, job_id), "valid_loss": event["eval_loss"]}
-                _update(engine, job_id, worker.worker_id, progress=progress)
-                add_event(
-                    session,
-                    job_id,
-                    f"Step {event['step']}: validation loss={event['eval_loss']:.4f}",
-                    data=_plain(event),
-                )
-            elif kind == "checkpoint":
-                progress = _progress(engine, job_id)
-                session.add(
-                    FineTuneCheckpoint(
-                        job_id=job_id,
-                        step=event["step"],
-                        path=event["path"],
-                        metrics={
-                            "step": event["step"],
-                            "train_loss": progress.get("train_loss"),
-                            "valid_loss": progress.get("valid_loss"),
-                        },
-                    )
-                )
-                add_event(
-                    session, job_id, f"Checkpoint saved at step {event['step']}", data=_plain(event)
-                )
-            elif kind == "start":
-                stats = {
-                    **_job(engine, job_id).data_stats,
-                    "tokens": event.get("n_train_tokens") or event.get("train_tokens"),
-                }
-                _update(engine, job_id, worker.worker_id, data_stats=stats)
-                add_event(session, job_id, "Training started", data=_plain(event))
-            session.commit()
-        if time.monotonic() - last_renewal > lease / 3:
-            renew(
-                engine, FineTuneJob, row_id=job_id, worker_id=worker.worker_id, lease_seconds=lease
+
+def record_event(engine: Engine, job_id: str, worker_id: str, event: dict[str, Any]) -> bool:
+    """Store one training event (progress, metrics, checkpoints); False: the worker must stop."""
+    kind = event.get("type")
+    progress = _progress(engine, job_id)
+    with Session(engine) as session:
+        if kind == "step":
+            step, total = event["step"], event["total_steps"]
+            eta = (total - step) * event.get("elapsed_s", 0.0) / max(1, step)
+            progress.update(
+                step=step,
+                total_steps=total,
+                epoch=event.get("epoch"),
+                tokens_per_s=event.get("tokens_per_s"),
+                eta_s=eta,
+                train_loss=event.get("train_loss"),
             )
-            last_renewal = time.monotonic()
+            _update(engine, job_id, worker_id, progress=progress)
+            message = f"Step {step}/{total}: training loss={event['train_loss']:.4f}"
+        elif kind == "eval":
+            _update(
+                engine, job_id, worker_id, progress={**progress, "valid_loss": event["eval_loss"]}
+            )
+            message = f"Step {event['step']}: validation loss={event['eval_loss']:.4f}"
+        elif kind == "checkpoint":
+            metrics = {
+                "step": event["step"],
+                "train_loss": progress.get("train_loss"),
+                "valid_loss": progress.get("valid_loss"),
+            }
+            session.add(
+                FineTuneCheckpoint(
+                    job_id=job_id, step=event["step"], path=event["path"], metrics=metrics
+                )
+            )
+            message = f"Checkpoint saved at step {event['step']}"
+        elif kind == "start":
+            stats = {**_job(engine, job_id).data_stats, "tokens": event.get("train_tokens")}
+            _update(engine, job_id, worker_id, data_stats=stats)
+            message = "Training started"
+        else:
+            message = f"Training {kind}"
+        add_event(session, job_id, message, data=_plain(event))
+        session.commit()
+    return still_mine(engine, job_id, worker_id)
 
-    def should_stop() -> bool:
-        current = _job(engine, job_id)
-        return (
-            worker.stopping
-            or current.status != JobStatus.running
-            or current.worker_id != worker.worker_id
-        )
 
-    job = _job(engine, job_id)
+def still_mine(engine: Engine, job_id: str, worker_id: str) -> bool:
+    current = _job(engine, job_id)
+    return current.status == JobStatus.running and current.worker_id == worker_id
+
+
+def run_training(
+    spec: dict[str, Any],
+    *,
+    train_path: Path,
+    valid_path: Path | None,
+    output_dir: Path,
+    device: str,
+    on_event: Any,
+    should_stop: Any,
+) -> dict[str, Any] | None:
+    """Train, resuming from the newest checkpoint in `output_dir`; returns how the job ends
+    (`status` and fields) or None when it was cancelled or taken over."""
+    from training.config import FinetuneConfig, bundled_base_model
+    from training.errors import TrainingDataError, TrainingError
+    from training.train import train
+
+    checkpoints = sorted(
+        (output_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.removeprefix("step-"))
+    )
     try:
-        config = _config(settings, engine, job, device or settings.finetune_device)
-        assert job.training_file is not None
+        config = FinetuneConfig(
+            base_model=spec["base_model"] or str(bundled_base_model()),
+            output_dir=str(output_dir),
+            device=device,  # type: ignore[arg-type]
+            **spec["config"],
+        )
         result = train(
             config,
-            file_path(settings, job.training_file),
-            file_path(settings, job.validation_file) if job.validation_file else None,
+            train_path,
+            valid_path,
             on_event=on_event,
             should_stop=should_stop,
-            resume_from=resume,
+            resume_from=checkpoints[-1] if checkpoints else None,
         )
     except Exception as exc:
         if isinstance(exc, TrainingDataError):
@@ -233,21 +201,87 @@ def execute_job(
         elif isinstance(exc, TrainingError):
             code, message = "training_failed", str(exc)
         else:
-            log.exception("fine-tune job %s failed", job_id)
+            log.exception("fine-tune job %s failed", spec["job_id"])
             code, message = "server_error", f"{type(exc).__name__}: {exc}"
-        error = {"code": code, "message": message, "param": None}
-        _finish(engine, job_id, worker.worker_id, JobStatus.failed, error=error)
-        return
+        return {
+            "status": JobStatus.failed.value,
+            "error": {"code": code, "message": message, "param": None},
+        }
     if result.cancelled:
-        return  # the job is already cancelled (or taken over); its final state is set
-    _finish(
-        engine,
-        job_id,
-        worker.worker_id,
-        JobStatus.succeeded,
-        fine_tuned_model=fine_tuned_model_id(job),
-        trained_tokens=result.trained_tokens,
+        return None
+    return {"status": JobStatus.succeeded.value, "trained_tokens": result.trained_tokens}
+
+
+def execute_job(
+    *, engine: Engine, settings: Settings, job_id: str, worker: Worker, device: str | None = None
+) -> None:
+    """The database-connected worker's side of a job."""
+    if not begin_attempt(engine, job_id):
+        return
+    lease = settings.worker_lease_seconds
+    last_renewal = time.monotonic()
+
+    def on_event(event: dict[str, Any]) -> None:
+        nonlocal last_renewal
+        record_event(engine, job_id, worker.worker_id, event)
+        if time.monotonic() - last_renewal > lease / 3:
+            renew(
+                engine, FineTuneJob, row_id=job_id, worker_id=worker.worker_id, lease_seconds=lease
+            )
+            last_renewal = time.monotonic()
+
+    job = _job(engine, job_id)
+    spec = job_spec(settings, engine, job)
+    assert job.training_file is not None
+    outcome = run_training(
+        spec,
+        train_path=file_path(settings, job.training_file),
+        valid_path=file_path(settings, job.validation_file) if job.validation_file else None,
+        output_dir=artifacts_dir(settings, job_id),
+        device=device or settings.finetune_device,
+        on_event=on_event,
+        should_stop=lambda: worker.stopping or not still_mine(engine, job_id, worker.worker_id),
     )
+    if outcome is not None:
+        complete_job(engine, job_id, worker.worker_id, outcome)
+
+
+def complete_job(engine: Engine, job_id: str, worker_id: str, outcome: dict[str, Any]) -> None:
+    job = _job(engine, job_id)
+    if outcome["status"] == JobStatus.succeeded.value:
+        _finish(
+            engine,
+            job_id,
+            worker_id,
+            JobStatus.succeeded,
+            fine_tuned_model=fine_tuned_model_id(job),
+            trained_tokens=outcome.get("trained_tokens"),
+        )
+    else:
+        _finish(engine, job_id, worker_id, JobStatus.failed, error=outcome.get("error"))
+
+
+def _latest_checkpoint(engine: Engine, job_id: str) -> Path | None:
+    with Session(engine) as session:
+        ckpt = session.exec(
+            select(FineTuneCheckpoint)
+            .where(FineTuneCheckpoint.job_id == job_id)
+            .order_by(col(FineTuneCheckpoint.step).desc())
+        ).first()
+    return Path(ckpt.path) if ckpt else None
+
+
+def _update(engine: Engine, job_id: str, worker_id: str, **fields: Any) -> bool:
+    """Write fields if this worker still holds a running job; False means stop."""
+    with Session(engine, expire_on_commit=False) as session:
+        job = session.get(FineTuneJob, job_id)
+        if job is None or job.status != JobStatus.running or job.worker_id != worker_id:
+            return False
+        for key, value in fields.items():
+            setattr(job, key, value)
+        session.add(job)
+        session.commit()
+        return True
 
 
 def _job(engine: Engine, job_id: str) -> FineTuneJob:
