@@ -115,11 +115,32 @@ def worker(
     kind: Annotated[str, typer.Option(help="generate (runs) or finetune (jobs).")] = "generate",
     device: Annotated[str | None, typer.Option(help="finetune: auto, cpu or cuda.")] = None,
     once: Annotated[bool, typer.Option(help="Exit when nothing is waiting.")] = False,
+    api_url: Annotated[
+        str | None, typer.Option(help="finetune: work for this API over HTTP, not the database.")
+    ] = None,
+    worker_token: Annotated[
+        str | None, typer.Option(envvar="SELFINSTRUCT_WORKER_TOKEN", help="With --api-url.")
+    ] = None,
 ) -> None:
     """Claim and execute queued runs or fine-tune jobs (as many workers as you like)."""
     if kind not in {"generate", "finetune"}:
         typer.echo("error: --kind must be 'generate' or 'finetune'", err=True)
         raise typer.Exit(code=2)
+    if api_url is not None:
+        from app.remote_worker import RemoteFinetuneWorker
+
+        if kind != "finetune" or not worker_token:
+            typer.echo("error: --api-url runs a finetune worker and needs --worker-token", err=True)
+            raise typer.Exit(code=2)
+        remote = RemoteFinetuneWorker(
+            api_url=api_url,
+            token=worker_token,
+            device=device or "auto",
+            work_dir=get_settings().data_dir / "remote-worker",
+        )
+        typer.echo(f"remote finetune worker {remote.worker_id} polling {api_url}", err=True)
+        remote.run_forever(once=once)
+        return
     import asyncio
 
     from app.worker import Worker

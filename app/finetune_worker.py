@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 
 from app.models import FineTuneCheckpoint, FineTuneJob, JobStatus, utcnow
 from app.services.files import file_path
-from app.services.finetune import add_event
+from app.services.finetune import add_event, artifacts_dir, tuned_model_dir
 from app.settings import BUNDLED_MODEL_ID, Settings
 from app.worker import renew
 
@@ -27,10 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("selfinstruct.finetune")
 MAX_ATTEMPTS = 3  # claims of one job before it fails as worker_lost
-
-
-def artifacts_dir(settings: Settings, job_id: str) -> Path:
-    return settings.data_dir / "artifacts" / job_id
 
 
 def fine_tuned_model_id(job: FineTuneJob) -> str:
@@ -48,7 +44,7 @@ def model_dir_for(settings: Settings, engine: Engine, model: str) -> str | None:
         ).first()
     if job is None:
         return None
-    return str(artifacts_dir(settings, job.id) / "final")
+    return tuned_model_dir(settings, job)
 
 
 def job_spec(settings: Settings, engine: Engine, job: FineTuneJob) -> dict[str, Any]:
@@ -209,7 +205,11 @@ def run_training(
         }
     if result.cancelled:
         return None
-    return {"status": JobStatus.succeeded.value, "trained_tokens": result.trained_tokens}
+    return {
+        "status": JobStatus.succeeded.value,
+        "trained_tokens": result.trained_tokens,
+        "model_dir": str(result.final_dir) if result.final_dir else None,
+    }
 
 
 def execute_job(
@@ -249,6 +249,9 @@ def execute_job(
 def complete_job(engine: Engine, job_id: str, worker_id: str, outcome: dict[str, Any]) -> None:
     job = _job(engine, job_id)
     if outcome["status"] == JobStatus.succeeded.value:
+        progress = dict(job.progress or {})
+        if outcome.get("model_dir"):  # a remote worker's output, on storage the API shares
+            progress["model_dir"] = str(outcome["model_dir"])
         _finish(
             engine,
             job_id,
@@ -256,6 +259,7 @@ def complete_job(engine: Engine, job_id: str, worker_id: str, outcome: dict[str,
             JobStatus.succeeded,
             fine_tuned_model=fine_tuned_model_id(job),
             trained_tokens=outcome.get("trained_tokens"),
+            progress=progress,
         )
     else:
         _finish(engine, job_id, worker_id, JobStatus.failed, error=outcome.get("error"))

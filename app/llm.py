@@ -18,6 +18,7 @@ import generators.local
 import generators.openai_compat  # noqa: F401  (registers the "openai" backend)
 from app.errors import NotFound
 from app.models import FineTuneJob, JobStatus
+from app.services.finetune import tuned_model_dir
 from app.settings import BUNDLED_MODEL_ID, EndpointConfig, Settings
 from generators.base import Backend, create_backend
 from generators.pricing import DEFAULT_PRICES, PriceTable
@@ -60,7 +61,7 @@ def catalogue(settings: Settings, engine: Engine | None = None) -> list[ModelEnt
                             id=job.fine_tuned_model,
                             backend="local",
                             mode="chat",
-                            model_path=str(settings.data_dir / "artifacts" / job.id / "final"),
+                            model_path=tuned_model_dir(settings, job),
                             created=int(job.finished_at.timestamp()) if job.finished_at else None,
                         )
                     )

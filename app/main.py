@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api.main import api_router, health_router
+from app.api.main import api_router, health_router, workers_router
 from app.bootstrap import ensure_default_dataset
 from app.db import check_migrated, make_engine
 from app.errors import install_error_handlers
@@ -56,4 +56,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware)
     app.include_router(health_router)
     app.include_router(api_router)
+    app.include_router(workers_router)
     return app

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     )
 
     # --- workers ---
+    worker_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of remote fine-tune workers (the /v1/workers routes); "
+        "unset disables them.",
+    )
     embedded_worker: bool = Field(
         default=True, description="Run a generation worker inside the API process."
     )
@@ -117,7 +122,7 @@ class Settings(BaseSettings):
     # --- lists ---
     page_size_max: int = Field(default=1000, gt=0, description="Largest `limit` a list accepts.")
 
-    @field_validator("api_token")
+    @field_validator("api_token", "worker_token")
     @classmethod
     def _refuse_placeholder_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or value.get_secret_value() == "":

@@ -14,6 +14,7 @@ from app.api.routes import (
     models,
     runs,
     tasks,
+    workers,
 )
 
 api_router = APIRouter(
@@ -30,3 +31,5 @@ api_router.include_router(chat.router)
 api_router.include_router(evaluations.router)
 
 health_router = health.router
+# Workers authenticate with their own token, so their routes sit outside the API token's router.
+workers_router = workers.router

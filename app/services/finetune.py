@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -35,6 +36,16 @@ from training.data import read_chat_jsonl
 from training.errors import TrainingDataError
 
 FINAL = frozenset({JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value})
+
+
+def artifacts_dir(settings: Settings, job_id: str) -> Path:
+    return settings.data_dir / "artifacts" / job_id
+
+
+def tuned_model_dir(settings: Settings, job: FineTuneJob) -> str:
+    """Where a succeeded job's model is: a remote worker reports its own (shared) path."""
+    reported = (job.progress or {}).get("model_dir")
+    return str(reported) if reported else str(artifacts_dir(settings, job.id) / "final")
 
 
 def _epoch(value: Any) -> int | None:

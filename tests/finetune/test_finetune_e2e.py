@@ -211,3 +211,59 @@ def test_killed_worker_loses_the_lease_and_the_job_resumes_from_its_checkpoint(
         steps = [m for m in messages if m.startswith("Step ")]
         assert "Step 5/5" in steps[0]
     _wipe(settings.db_url)
+
+
+@pytest.mark.slow
+def test_remote_worker_trains_over_http_with_its_own_token(sqlite_url: str, tmp_path: Path) -> None:
+    from app.remote_worker import RemoteFinetuneWorker
+
+    settings = Settings(
+        database_url=sqlite_url,
+        data_dir=tmp_path / "api",
+        embedded_worker=False,
+        worker_token="remote-worker-secret-1",
+        api_token="api-secret-token-1",
+    )
+    migrate(settings)
+    _wipe(settings.db_url)
+    auth = {"authorization": "Bearer api-secret-token-1"}
+    with TestClient(create_app(settings)) as client:
+        client.headers.update(auth)
+        _greet_dataset(client)
+        job_id = client.post(
+            "/v1/fine_tuning/jobs",
+            json={
+                "model": "SmolLM2-135M-Instruct",
+                "dataset": "greet",
+                "lora": {"r": 4},
+                "max_seq_len": 64,
+                "max_steps": 2,
+                "seed": 3,
+            },
+        ).json()["id"]
+        client.headers.pop("authorization")
+        refused = client.post(
+            "/v1/workers/finetune/claim",
+            json={"worker_id": "w"},
+            headers={"authorization": "Bearer api-secret-token-1"},
+        )
+        assert refused.status_code == 401  # the API token is not a worker token
+        assert client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "queued"
+
+        remote = RemoteFinetuneWorker(
+            api_url="",
+            token="remote-worker-secret-1",
+            work_dir=tmp_path / "gpu-box",
+            device="cpu",
+            client=client,
+        )
+        remote.run_forever(once=True)
+        done = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        assert done["status"] == "succeeded", done
+        assert done["progress"]["step"] == 2 and done["trained_tokens"] > 0
+        model_dir = tmp_path / "gpu-box" / job_id / "output" / "final"
+        assert (model_dir / "config.json").exists()
+        models = {m["id"] for m in client.get("/v1/models").json()["data"]}
+        assert done["fine_tuned_model"] in models
+        assert remote.run_once() is False  # nothing left to claim
+    _wipe(settings.db_url)

@@ -1,0 +1,97 @@
+"""A fine-tune worker on another machine: it talks to the API over HTTP with a worker token,
+downloads the training data, trains with `training/`, and reports as it goes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from app.finetune_worker import run_training
+from app.worker import new_worker_id
+
+log = logging.getLogger("selfinstruct.remote_worker")
+
+
+class RemoteFinetuneWorker:
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        token: str,
+        work_dir: Path,
+        device: str = "auto",
+        poll_seconds: float = 5.0,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.http = client or httpx.Client(base_url=api_url.rstrip("/"), timeout=120)
+        self.headers = {"authorization": f"Bearer {token}"}
+        self.work_dir = work_dir
+        self.device = device
+        self.poll_seconds = poll_seconds
+        self.worker_id = new_worker_id()
+
+    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        response = self.http.post(
+            path, json={"worker_id": self.worker_id, **body}, headers=self.headers
+        )
+        response.raise_for_status()
+        return response
+
+    def _download(self, file_id: str, into: Path) -> Path:
+        path = into / f"{file_id}.jsonl"
+        with (
+            path.open("wb") as fh,
+            self.http.stream(
+                "GET", f"/v1/files/{file_id}/content", headers=self.headers
+            ) as response,
+        ):
+            response.raise_for_status()
+            for chunk in response.iter_bytes():
+                fh.write(chunk)
+        return path
+
+    def run_once(self) -> bool:
+        """Claim and train one job; False when none was waiting."""
+        claimed = self._post("/v1/workers/finetune/claim", {})
+        if claimed.status_code == 204:
+            return False
+        spec = claimed.json()
+        job_id = spec["job_id"]
+        job_dir = self.work_dir / job_id
+        job_dir.mkdir(parents=True, exist_ok=True)
+        train_path = self._download(spec["training_file"], job_dir)
+        valid_path = (
+            self._download(spec["validation_file"], job_dir)
+            if spec.get("validation_file")
+            else None
+        )
+        proceed = True
+
+        def on_event(event: dict[str, Any]) -> None:
+            nonlocal proceed
+            reply = self._post(f"/v1/workers/finetune/{job_id}/events", {"events": [event]})
+            proceed = bool(reply.json()["proceed"])
+
+        outcome = run_training(
+            spec,
+            train_path=train_path,
+            valid_path=valid_path,
+            output_dir=job_dir / "output",
+            device=self.device,
+            on_event=on_event,
+            should_stop=lambda: not proceed,
+        )
+        if outcome is not None:
+            self._post(f"/v1/workers/finetune/{job_id}/complete", {"outcome": outcome})
+        return True
+
+    def run_forever(self, *, once: bool = False) -> None:
+        while True:
+            if not self.run_once():
+                if once:
+                    return
+                time.sleep(self.poll_seconds)
