@@ -145,6 +145,8 @@ def record_event(engine: Engine, job_id: str, worker_id: str, event: dict[str, A
             stats = {**_job(engine, job_id).data_stats, "tokens": event.get("train_tokens")}
             _update(engine, job_id, worker_id, data_stats=stats)
             message = "Training started"
+        elif kind == "done":
+            message = f"Training finished after step {event['step']}"
         else:
             message = f"Training {kind}"
         add_event(session, job_id, message, data=_plain(event))

@@ -291,7 +291,7 @@ def event_public(event: FineTuneEvent) -> FineTuningJobEvent:
         level=event.level,
         message=event.message,
         data=event.data,
-        type="metrics" if "train_loss" in event.data else "message",
+        type="metrics" if event.data.get("type") == "step" else "message",
     )
 
 
