@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from app.llm import backend_for, find_model, price_table
+from app.llm import ModelEntry, backend_for, find_model, price_table
 from app.models import Dataset, Run, RunEvent, RunStatus, Task, TaskOrigin, TaskStatus, utcnow
-from app.run_schemas import RunCreate
+from app.run_schemas import Caps, RunCreate
 from app.settings import Settings
 from app.strategies import (
     Candidate,
@@ -34,7 +34,7 @@ from app.worker import renew_lease
 from filters.heuristics import check_instruction
 from filters.instances import filter_instances
 from filters.novelty import Neighbour, NoveltyVerdict
-from generators.base import Backend, Generation, SamplingParams
+from generators.base import Generation, SamplingParams
 from generators.errors import GeneratorError
 from generators.parsing import parse_classification_answer, parse_instances
 from generators.prompts import (
@@ -92,8 +92,7 @@ class RunContext:
         settings: Settings,
         run: Run,
         dataset: Dataset,
-        backend: Backend,
-        worker: Worker | None,
+        model: ModelEntry,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -106,11 +105,10 @@ class RunContext:
         self.heuristics = self.params.filters.heuristics.model_copy(
             update={"language": self.language}
         )
-        self.backend = backend
-        self.chat = find_model(settings, run.model, engine).mode == "chat"
+        self.backend = backend_for(settings, model)
+        self.chat = model.mode == "chat"
         self.prices = price_table(settings)
-        self.model_id = run.model
-        self.worker = worker
+        self.model_id = model.id
         self.pool = load_pool(engine, dataset_id=self.dataset_id)
         self.lineage = {
             "model": run.model,
@@ -472,11 +470,9 @@ def finish(
         session.commit()
 
 
-def stop_reason(run: Run) -> str | None:
-    params = RunCreate.model_validate(run.params)
+def stop_reason(run: Run, caps: Caps) -> str | None:
     if run.accepted >= run.target:
         return "target_reached"
-    caps = params.caps
     if caps.max_requests is not None and run.requests >= caps.max_requests:
         return "max_requests"
     if caps.max_tokens is not None and run.prompt_tokens + run.completion_tokens >= caps.max_tokens:
@@ -499,14 +495,12 @@ async def execute_run(
     with Session(engine) as session:
         dataset = session.exec(select(Dataset).where(Dataset.id == run.dataset_id)).one()
     try:
-        backend = backend_for(settings, find_model(settings, run.model, engine))
         ctx = RunContext(
             engine=engine,
             settings=settings,
             run=run,
             dataset=dataset,
-            backend=backend,
-            worker=worker,
+            model=find_model(settings, run.model, engine),
         )
     except Exception as exc:  # unknown model after a settings change, bad params...
         finish(
@@ -523,7 +517,7 @@ async def execute_run(
         run = _reload(engine, run_id)
         if run.status != RunStatus.running or (worker and worker.stopping):
             return
-        reason = stop_reason(run)
+        reason = stop_reason(run, ctx.params.caps)
         if reason:
             finish(engine, run_id=run_id, status=RunStatus.succeeded, stop_reason=reason)
             return
