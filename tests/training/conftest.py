@@ -35,10 +35,14 @@ def gguf_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tokenizer_dir(
-    gguf_path: Path, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """The SmolLM2 tokenizer in Hugging Face files, read from the GGUF once and cached."""
+def tokenizer_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SmolLM2 tokenizer in Hugging Face files, read from the GGUF once and cached.
+
+    SELFINSTRUCT_TEST_TOKENIZER names a saved copy instead, for a GPU machine that cannot hold
+    the 98 MB bundled model but should still run these tests on CUDA."""
+    if override := os.environ.get("SELFINSTRUCT_TEST_TOKENIZER"):
+        return Path(override).resolve()
+    gguf_path: Path = request.getfixturevalue("gguf_path")
     stat = gguf_path.stat()
     cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
     root = cache.mkdir("smollm2-tokenizer") if cache else tmp_path_factory.mktemp("tokenizer")

@@ -91,7 +91,8 @@ def test_step_events_report_progress_and_real_token_counts(full_job: Job) -> Non
     assert [e["step"] for e in steps] == list(range(1, full_job.result.total_steps + 1))
     assert {e["epoch"] for e in steps} == {1, 2}
     assert all(e["tokens_per_s"] > 0 and math.isfinite(e["train_loss"]) for e in steps)
-    assert all("mfu" not in e for e in steps), "no peak FLOPs figure for a CPU"
+    if full_job.of_type("start")[0]["device"] == "cpu":
+        assert all("mfu" not in e for e in steps), "no peak FLOPs figure for a CPU"
     # real tokens only: each epoch sees every token of the file once, padding never counts
     assert full_job.result.trained_tokens == 2 * full_job.result.train_stats.n_tokens
     assert sum(e["tokens"] for e in steps) == full_job.result.trained_tokens
