@@ -128,6 +128,49 @@ class TaskPublic(BaseModel):
     updated_at: datetime
 
 
+class TaskReview(BaseModel):
+    """A reviewer's verdict; the pipeline's own verdict stays in the task's review history."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: TaskStatus
+    note: str | None = Field(
+        default=None, max_length=2000, description="Why; kept with a rejection and in the history."
+    )
+
+
+class InstanceEdit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(default="", max_length=20_000)
+    output: str = Field(min_length=1, max_length=20_000)
+
+    @field_validator("output")
+    @classmethod
+    def _output_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class TaskEdit(BaseModel):
+    """A corrected copy of a task; fields left out keep the original's values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: str | None = Field(default=None, min_length=1, max_length=5_000)
+    instances: list[InstanceEdit] | None = Field(default=None, min_length=1, max_length=5)
+    is_classification: bool | None = None
+    note: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip() if value is not None else None
+
+
 class TasksPublic(BaseModel):
     data: list[TaskPublic]
     has_more: bool

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from statistics import mean
 
@@ -14,6 +15,9 @@ from filters.tokenize import count_cjk, is_cjk
 
 HISTOGRAM_BINS = 10
 TOP_VERBS = 20
+# Word-count bin edges for the length histograms, close to the axes of the paper's Figure 3;
+# the last bin is open-ended.
+LENGTH_EDGES = (0, 5, 10, 15, 20, 30, 50, 100, 200)
 
 
 class HistogramBin(BaseModel):
@@ -34,6 +38,11 @@ class DatasetStats(BaseModel):
     rouge_to_nearest_seed: list[HistogramBin] = Field(
         description="Each generated instruction's ROUGE-L to its most similar seed."
     )
+    instruction_length: list[HistogramBin] = Field(
+        description="Words per instruction; the last bin's `high` is the longest seen."
+    )
+    input_length: list[HistogramBin] = Field(description="Words per instance input.")
+    output_length: list[HistogramBin] = Field(description="Words per instance output.")
     rejected_by_reason: dict[str, int]
     leading_verbs: list[tuple[str, int]] = Field(description="Most common first words.")
     seeds: int
@@ -87,10 +96,25 @@ def dataset_stats(*, session: Session, dataset: Dataset) -> DatasetStats:
             HistogramBin(low=b / HISTOGRAM_BINS, high=(b + 1) / HISTOGRAM_BINS, count=n)
             for b, n in enumerate(bins)
         ],
+        instruction_length=length_histogram([words(r[0]) for r in tasks]),
+        input_length=length_histogram([words(i.get("input", "")) for i in instances]),
+        output_length=length_histogram([words(i.get("output", "")) for i in instances]),
         rejected_by_reason=dict(reasons.most_common()),
         leading_verbs=verbs.most_common(TOP_VERBS),
         seeds=len(seeds),
     )
+
+
+def length_histogram(values: list[int]) -> list[HistogramBin]:
+    """Fixed bins rather than data-driven ones, so two datasets' charts can be compared."""
+    counts = [0] * len(LENGTH_EDGES)
+    for value in values:
+        counts[bisect_right(LENGTH_EDGES, value) - 1] += 1
+    highs = [*LENGTH_EDGES[1:], max([LENGTH_EDGES[-1], *values])]
+    return [
+        HistogramBin(low=low, high=high, count=n)
+        for low, high, n in zip(LENGTH_EDGES, highs, counts, strict=True)
+    ]
 
 
 def _mean(values: object) -> float:

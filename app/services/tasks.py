@@ -1,4 +1,4 @@
-"""Reading tasks: filtered, cursor-paginated lists and single lookups."""
+"""Tasks: filtered, cursor-paginated lists, single lookups, and a reviewer's verdicts and edits."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from sqlmodel import Session, col, select
 
 from app.errors import InvalidInput, NotFound
-from app.models import Dataset, Task, TaskOrigin, TaskStatus
-from app.schemas import TaskPublic, TasksPublic
+from app.models import Dataset, Task, TaskOrigin, TaskStatus, utcnow
+from app.schemas import TaskEdit, TaskPublic, TaskReview, TasksPublic
+
+REVIEWER_REJECTED = "reviewer_rejected"
+REPLACED_BY_EDIT = "replaced_by_edit"
 
 
 @dataclass(frozen=True)
@@ -68,3 +71,80 @@ def get_task(*, session: Session, task_id: int) -> tuple[Task, Dataset]:
 def task_public(*, task: Task, dataset_name: str) -> TaskPublic:
     assert task.id is not None
     return TaskPublic(dataset=dataset_name, **task.model_dump(exclude={"dataset_id"}))
+
+
+def _locked(session: Session, task_id: int) -> Task:
+    """The task, row-locked on PostgreSQL so two reviewers' changes apply one after the other."""
+    task = session.exec(select(Task).where(Task.id == task_id).with_for_update()).first()
+    if task is None:
+        raise NotFound(f"Task {task_id} does not exist.")
+    return task
+
+
+def _record(task: Task, entry: dict[str, object]) -> None:
+    """Append to the review history in the lineage, so the pipeline's verdict is never lost."""
+    history = list(task.lineage.get("reviews", []))
+    history.append(
+        {
+            "at": utcnow().isoformat(),
+            "previous_status": task.status,
+            "previous_reason": task.rejection_reason,
+            **entry,
+        }
+    )
+    task.lineage = {**task.lineage, "reviews": history}
+
+
+def review_task(*, session: Session, task_id: int, review: TaskReview) -> Task:
+    """Accept or reject a task by hand; run counters keep the pipeline's verdicts."""
+    task = _locked(session, task_id)
+    _record(task, {"status": review.status.value, "note": review.note})
+    task.status = review.status.value
+    if review.status is TaskStatus.accepted:
+        task.rejection_reason, task.rejection_detail = None, None
+    else:
+        task.rejection_reason, task.rejection_detail = REVIEWER_REJECTED, review.note
+    task.updated_at = utcnow()
+    session.add(task)
+    session.commit()
+    session.refresh(task)
+    return task
+
+
+def edit_task(*, session: Session, task_id: int, edit: TaskEdit) -> Task:
+    """Store the corrected task as a new accepted row with origin `edited`, pointing back at the
+    original; an accepted original is rejected as `replaced_by_edit` so export holds one copy."""
+    original = _locked(session, task_id)
+    assert original.id is not None
+    edited = Task(
+        dataset_id=original.dataset_id,
+        name=original.name,
+        instruction=edit.instruction if edit.instruction is not None else original.instruction,
+        instances=(
+            [i.model_dump() for i in edit.instances]
+            if edit.instances is not None
+            else list(original.instances)
+        ),
+        is_classification=(
+            edit.is_classification
+            if "is_classification" in edit.model_fields_set
+            else original.is_classification
+        ),
+        origin=TaskOrigin.edited.value,
+        status=TaskStatus.accepted.value,
+        lineage={key: value for key, value in original.lineage.items() if key != "reviews"}
+        | {"edit_note": edit.note},
+        edited_from_id=original.id,
+    )
+    session.add(edited)
+    session.flush()
+    if original.status == TaskStatus.accepted.value:
+        _record(original, {"status": TaskStatus.rejected.value, "edited_into": edited.id})
+        original.status = TaskStatus.rejected.value
+        original.rejection_reason = REPLACED_BY_EDIT
+        original.rejection_detail = f"Replaced by the edited task {edited.id}."
+        original.updated_at = utcnow()
+        session.add(original)
+    session.commit()
+    session.refresh(edited)
+    return edited

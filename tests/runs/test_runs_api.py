@@ -262,6 +262,15 @@ def test_stats_describe_the_grown_pool(api: TestClient) -> None:
     assert stats["mean_instruction_words"] == pytest.approx(
         sum(len(t["instruction"].split()) for t in accepted) / 5, abs=0.01
     )
+    lengths = sorted(len(t["instruction"].split()) for t in accepted)
+    bins = stats["instruction_length"]
+    assert sum(b["count"] for b in bins) == 5
+    assert [b["count"] for b in bins] == [
+        sum(1 for w in lengths if b["low"] <= w < b["high"] or (b is bins[-1] and w >= b["low"]))
+        for b in bins
+    ]
+    outputs = sum(b["count"] for b in stats["output_length"])
+    assert outputs == sum(b["count"] for b in stats["input_length"]) == stats["instances"]
     assert api.get("/v1/datasets/nope/stats").status_code == 404
 
 

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import DatasetDep, EngineDep, SessionDep, SettingsDep
 from app.errors import InvalidInput
 from app.models import TaskOrigin, TaskStatus
-from app.schemas import ErrorResponse, ExportFormat, TaskPublic, TasksPublic
+from app.schemas import ErrorResponse, ExportFormat, TaskEdit, TaskPublic, TaskReview, TasksPublic
 from app.services import tasks as svc
 from app.services.export import export_chunks
 
@@ -51,6 +51,26 @@ def list_tasks(
 def read_task(session: SessionDep, task_id: int) -> TaskPublic:
     """Read one task with its verdict, nearest neighbours and lineage."""
     task, dataset = svc.get_task(session=session, task_id=task_id)
+    return svc.task_public(task=task, dataset_name=dataset.name)
+
+
+@router.patch("/tasks/{task_id}", responses={404: {"model": ErrorResponse}})
+def review_task(session: SessionDep, task_id: int, review: TaskReview) -> TaskPublic:
+    """Accept or reject a task by hand; the earlier verdict stays in `lineage.reviews`."""
+    task = svc.review_task(session=session, task_id=task_id, review=review)
+    _, dataset = svc.get_task(session=session, task_id=task_id)
+    return svc.task_public(task=task, dataset_name=dataset.name)
+
+
+@router.post(
+    "/tasks/{task_id}/edits",
+    status_code=201,
+    responses={404: {"model": ErrorResponse}},
+)
+def edit_task(session: SessionDep, task_id: int, edit: TaskEdit) -> TaskPublic:
+    """Save a corrected copy (origin `edited`, `edited_from_id` set); the original is kept."""
+    task = svc.edit_task(session=session, task_id=task_id, edit=edit)
+    _, dataset = svc.get_task(session=session, task_id=task_id)
     return svc.task_public(task=task, dataset_name=dataset.name)
 
 
