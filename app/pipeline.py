@@ -8,10 +8,12 @@ so no accepted task is lost or duplicated.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("selfinstruct.pipeline")
 
-MAX_FAILED_BATCHES = 3  # consecutive batches whose every request failed after retries
+MAX_FAILED_BATCHES = 3  # consecutive batches with no usable completion (failed or unparseable)
 MAX_IDLE_BATCHES = 25  # consecutive batches that accepted nothing
 NEIGHBOURS = 10
 
@@ -63,10 +65,35 @@ class Spend:
 
     requests: int = 0
     failed: int = 0
+    retries: int = 0  # extra attempts the backend spent (429s, 5xx, timeouts), failed ones too
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
     last_error: str | None = None
+    completions: int = 0  # answers to generation prompts (not classification or instances)
+    unparseable: int = 0  # of those, answers that held no task at all
+    last_unparseable: str | None = None
+
+    @property
+    def useless(self) -> bool:
+        """Nothing usable came back: every request failed, or every generation answer that
+        arrived held no task (a model or proxy answering garbage)."""
+        if self.requests and self.failed == self.requests:
+            return True
+        return self.completions > 0 and self.unparseable == self.completions
+
+    def trouble(self) -> dict[str, Any] | None:
+        """What went wrong with the model in this batch, for the run's event log."""
+        if not (self.failed or self.retries or self.unparseable):
+            return None
+        return {
+            "requests": self.requests,
+            "failed_requests": self.failed,
+            "retries": self.retries,
+            "unparseable_completions": self.unparseable,
+            "last_error": self.last_error,
+            "last_unparseable": self.last_unparseable,
+        }
 
 
 @dataclass
@@ -110,6 +137,7 @@ class RunContext:
         self.prices = price_table(settings)
         self.model_id = model.id
         self.pool = load_pool(engine, dataset_id=self.dataset_id)
+        self.worker_id: str | None = None  # the lease holder; only it may store batches
         self.lineage = {
             "model": run.model,
             "strategy": self.params.strategy,
@@ -135,10 +163,12 @@ class RunContext:
             spend.requests += 1
             if isinstance(result, GeneratorError):
                 spend.failed += 1
+                spend.retries += max(0, result.attempts - 1)
                 spend.last_error = str(result)
                 out.append(None)
                 continue
             assert isinstance(result, Generation)
+            spend.retries += result.retries
             spend.prompt_tokens += result.prompt_tokens
             spend.completion_tokens += result.completion_tokens
             # Priced by the catalogue id: servers often answer with a longer model name.
@@ -341,7 +371,10 @@ def store_batch(ctx: RunContext, verdicts: list[Verdict], spend: Spend) -> tuple
     reasons = Counter(v.reason for v in verdicts if v.status == TaskStatus.rejected)
     with Session(ctx.engine, expire_on_commit=False) as session:
         run = session.exec(select(Run).where(Run.id == ctx.run_id).with_for_update()).one()
-        if run.status != RunStatus.running:  # cancelled while the batch was in flight
+        # Cancelled while the batch was in flight, or taken over by another worker after this
+        # one lost its lease (a stalled process): storing now would write the batch twice.
+        lost = ctx.worker_id is not None and run.worker_id != ctx.worker_id
+        if run.status != RunStatus.running or lost:
             for v in accepted:
                 ctx.pool.index.remove(v.index_key)
             return 0, 0
@@ -400,9 +433,19 @@ def store_batch(ctx: RunContext, verdicts: list[Verdict], spend: Spend) -> tuple
         run.accepted += len(accepted)
         run.rejected += len(verdicts) - len(accepted)
         run.instances += sum(len(v.instances) for v in accepted)
-        run.state = {**run.state, "batches": run.state.get("batches", 0) + 1}
+        state = dict(run.state)
+        state["batches"] = state.get("batches", 0) + 1
+        state["retries"] = state.get("retries", 0) + spend.retries
+        state["unparseable_completions"] = (
+            state.get("unparseable_completions", 0) + spend.unparseable
+        )
+        run.state = state
         run.updated_at = utcnow()
         session.add(run)
+        trouble = spend.trouble()
+        if trouble is not None:
+            trouble["batch"] = state["batches"]
+            session.add(RunEvent(run_id=ctx.run_id, kind="llm_errors", data=trouble))
         session.add(RunEvent(run_id=ctx.run_id, kind="counters", data=_counter_data(run)))
         session.commit()
         for v, row in rows:
@@ -513,6 +556,7 @@ async def execute_run(
         return
     failed_batches = idle_batches = 0
     worker_id = worker.worker_id if worker else run.worker_id or ""
+    ctx.worker_id = worker_id or None
     while True:
         run = _reload(engine, run_id)
         if run.status != RunStatus.running or (worker and worker.stopping):
@@ -529,12 +573,12 @@ async def execute_run(
         rng = random.Random(f"{ctx.params.seed}:{run_id}:{batch_no}")
         spend = Spend()
         try:
-            candidates = await gather_candidates(ctx, rng, spend)
-            rejected, survivors, checks = screen(ctx, candidates)
-            labels = await classify(ctx, survivors, spend)
-            instances = await make_instances(ctx, survivors, labels, spend)
-            verdicts = rejected + decide(
-                ctx, survivors, labels, instances, checks, room=run.target - run.accepted
+            verdicts = await _while_leased(
+                _run_batch(ctx, run, rng, spend),
+                engine=engine,
+                run_id=run_id,
+                worker_id=worker_id if worker else None,
+                lease_seconds=settings.worker_lease_seconds,
             )
         except Exception as exc:
             log.exception("run %s failed in batch %s", run_id, batch_no)
@@ -546,19 +590,17 @@ async def execute_run(
                 error=f"{type(exc).__name__}: {exc}",
             )
             return
+        if verdicts is None:  # cancelled or taken over while the batch was in flight
+            return
         accepted, _ = store_batch(ctx, verdicts, spend)
-        failed_batches = (
-            failed_batches + 1 if spend.requests and spend.failed == spend.requests else 0
-        )
+        failed_batches = failed_batches + 1 if spend.useless else 0
         idle_batches = 0 if accepted else idle_batches + 1
         if failed_batches >= MAX_FAILED_BATCHES:
             finish(
                 engine,
                 run_id=run_id,
                 status=RunStatus.failed,
-                stop_reason="backend_failing",
-                error=f"{MAX_FAILED_BATCHES} batches in a row failed after retries; "
-                f"last error: {spend.last_error}",
+                **_useless_verdict(spend),
             )
             return
         if idle_batches >= MAX_IDLE_BATCHES or _templates_exhausted(ctx, run):
@@ -571,6 +613,70 @@ async def execute_run(
                 "loosen the filters, add seeds or change the model",
             )
             return
+
+
+async def _run_batch(ctx: RunContext, run: Run, rng: random.Random, spend: Spend) -> list[Verdict]:
+    candidates = await gather_candidates(ctx, rng, spend)
+    rejected, survivors, checks = screen(ctx, candidates)
+    labels = await classify(ctx, survivors, spend)
+    instances = await make_instances(ctx, survivors, labels, spend)
+    return rejected + decide(
+        ctx, survivors, labels, instances, checks, room=run.target - run.accepted
+    )
+
+
+async def _while_leased(
+    batch: Coroutine[Any, Any, list[Verdict]],
+    *,
+    engine: Engine,
+    run_id: int,
+    worker_id: str | None,
+    lease_seconds: float,
+) -> list[Verdict] | None:
+    """Run one batch while renewing the lease every third of it.
+
+    A batch can outlast the lease (a model server that hangs, or asks for long Retry-After
+    waits); without renewals another worker would take the run over and both would write it.
+    None when the run was cancelled or taken over meanwhile: the batch is abandoned at once.
+    """
+    task = asyncio.ensure_future(batch)
+    if worker_id is None:
+        return await task
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=lease_seconds / 3)
+            if done:
+                return task.result()
+            kept = await asyncio.to_thread(
+                renew_lease,
+                engine,
+                run_id=run_id,
+                worker_id=worker_id,
+                lease_seconds=lease_seconds,
+            )
+            if not kept:
+                return None
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _useless_verdict(spend: Spend) -> dict[str, str]:
+    """Why a run stops after MAX_FAILED_BATCHES batches with nothing usable, in plain words."""
+    if spend.failed:
+        return {
+            "stop_reason": "backend_failing",
+            "error": f"{MAX_FAILED_BATCHES} batches in a row failed after retries; "
+            f"last error: {spend.last_error}",
+        }
+    return {
+        "stop_reason": "unparseable_output",
+        "error": f"{MAX_FAILED_BATCHES} batches in a row got answers with no task in them "
+        f"({spend.unparseable} of {spend.completions} in the last batch); check the model and "
+        f"its mode (completion or chat); last answer: {spend.last_unparseable!r}",
+    }
 
 
 def _templates_exhausted(ctx: RunContext, run: Run) -> bool:
@@ -591,6 +697,12 @@ async def gather_candidates(ctx: RunContext, rng: random.Random, spend: Spend) -
     gens = await ctx.complete([j.text for j in jobs], ctx.sampling(), jobs[0].stop, spend)
     out: list[Candidate] = []
     for job, gen in zip(jobs, gens, strict=True):
-        if gen is not None:
-            out += candidates_from(job, gen, ctx.lineage)
+        if gen is None:
+            continue
+        spend.completions += 1
+        found = candidates_from(job, gen, ctx.lineage)
+        if not found:
+            spend.unparseable += 1
+            spend.last_unparseable = gen.text[:200]
+        out += found
     return out

@@ -132,38 +132,51 @@ class Worker:
         return self._stop.is_set()
 
     async def run_forever(self, *, once: bool = False) -> None:
-        from app.finetune_worker import execute_job
-        from app.pipeline import execute_run
-
         model = FineTuneJob if self.kind == "finetune" else Run
         while not self._stop.is_set():
-            row_id = claim(
-                self.engine,
-                model,
-                worker_id=self.worker_id,
-                lease_seconds=self.settings.worker_lease_seconds,
-            )
-            if row_id is None:
+            try:
+                worked = await self._claim_and_execute(model)
+            except Exception:
+                # A database outage or a bug in one run must not end the loop for good (the
+                # embedded worker would be gone until a restart); the lease of whatever was
+                # claimed expires and the row is claimed again.
+                log.exception("worker %s: claim or execution failed; retrying", self.worker_id)
+                worked = False
+            if not worked:
                 if once:
                     return
                 await asyncio.sleep(self.settings.worker_poll_seconds)
-                continue
-            log.info("worker %s claimed %s %s", self.worker_id, model.__name__, row_id)
-            if model is Run:
-                assert isinstance(row_id, int)
-                await execute_run(
-                    engine=self.engine, settings=self.settings, run_id=row_id, worker=self
-                )
-            else:
-                # Training blocks; a thread keeps this loop (and its lease checks) responsive.
-                await asyncio.to_thread(
-                    execute_job,
-                    engine=self.engine,
-                    settings=self.settings,
-                    job_id=str(row_id),
-                    worker=self,
-                    device=self.device,
-                )
+
+    async def _claim_and_execute(self, model: Leased) -> bool:
+        """Claim one row and drive it; False when nothing was waiting."""
+        from app.finetune_worker import execute_job
+        from app.pipeline import execute_run
+
+        row_id = claim(
+            self.engine,
+            model,
+            worker_id=self.worker_id,
+            lease_seconds=self.settings.worker_lease_seconds,
+        )
+        if row_id is None:
+            return False
+        log.info("worker %s claimed %s %s", self.worker_id, model.__name__, row_id)
+        if model is Run:
+            assert isinstance(row_id, int)
+            await execute_run(
+                engine=self.engine, settings=self.settings, run_id=row_id, worker=self
+            )
+        else:
+            # Training blocks; a thread keeps this loop (and its lease checks) responsive.
+            await asyncio.to_thread(
+                execute_job,
+                engine=self.engine,
+                settings=self.settings,
+                job_id=str(row_id),
+                worker=self,
+                device=self.device,
+            )
+        return True
 
     def start_thread(self) -> threading.Thread:
         """The embedded worker: its own thread and event loop, so requests never wait on it."""

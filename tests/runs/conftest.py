@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import Session, select
 
+from app.db import make_engine
 from app.main import create_app
+from app.models import Run, RunEvent, Task
 from app.settings import Settings
 from tests.conftest import _wipe
 from tests.runs.stub_llm import StubLLM
@@ -57,3 +61,43 @@ def wait_for_run(client: TestClient, run_id: int, timeout_s: float = 60) -> dict
             return run
         time.sleep(0.1)
     raise AssertionError(f"run {run_id} did not finish in {timeout_s}s: {run}")
+
+
+def assert_run_matches_rows(db_url: str, run_id: int) -> Run:
+    """Read the database itself: the run's counters equal its task rows (per status and
+    rejection reason), one `candidate` event exists per row, and no accepted instruction of the
+    dataset is stored twice. This is what a crash or a second writer would break."""
+    engine = make_engine(Settings(database_url=db_url))
+    try:
+        with Session(engine) as session:
+            run = session.exec(select(Run).where(Run.id == run_id)).one()
+            rows = list(session.exec(select(Task).where(Task.run_id == run_id)))
+            candidate_events = list(
+                session.exec(
+                    select(RunEvent.data).where(
+                        RunEvent.run_id == run_id, RunEvent.kind == "candidate"
+                    )
+                )
+            )
+            accepted_in_dataset = list(
+                session.exec(
+                    select(Task.instruction).where(
+                        Task.dataset_id == run.dataset_id, Task.status == "accepted"
+                    )
+                )
+            )
+    finally:
+        engine.dispose()
+    accepted = [r for r in rows if r.status == "accepted"]
+    rejected = Counter(r.rejection_reason for r in rows if r.status == "rejected")
+    assert run.candidates == len(rows), (run.candidates, len(rows))
+    assert run.accepted == len(accepted), (run.accepted, len(accepted))
+    assert run.rejected == sum(rejected.values())
+    assert run.rejected_by_reason == dict(rejected)
+    assert run.instances == sum(len(r.instances) for r in accepted)
+    assert sorted(e["task_id"] for e in candidate_events) == sorted(r.id for r in rows)
+    doubled = [i for i, n in Counter(accepted_in_dataset).items() if n > 1]
+    assert not doubled, f"accepted twice: {doubled[:3]}"
+    if run.status == "succeeded" and run.state.get("stop_reason") == "target_reached":
+        assert run.accepted == run.target, (run.accepted, run.target)
+    return run
