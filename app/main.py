@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from app.api.main import api_router, health_router, workers_router
 from app.bootstrap import ensure_default_dataset
@@ -14,6 +15,8 @@ from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
 from app.metrics import MetricsMiddleware
 from app.settings import Settings, get_settings
+from app.web import STATIC_DIR
+from app.web import router as web_router
 from app.worker import Worker
 
 DESCRIPTION = """
@@ -57,4 +60,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(api_router)
     app.include_router(workers_router)
+    app.include_router(web_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -1,0 +1,676 @@
+// The selfinstruct dashboard: one page over the public /v1 API, routed by URL fragment.
+// Plain modules and SVG, no libraries: nothing is fetched from anywhere but this service.
+
+const TOKEN_KEY = "selfinstruct.apiToken";
+const FINAL_RUN = new Set(["succeeded", "failed", "cancelled"]);
+const FINAL_JOB = new Set(["succeeded", "failed", "cancelled"]);
+const view = document.getElementById("view");
+let cleanups = []; // closes the event streams of the view being left
+
+// --- small helpers -------------------------------------------------------------------------
+
+/** Build an element; strings become text nodes, so nothing from the API is parsed as HTML. */
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const svgNS = "http://www.w3.org/2000/svg";
+function s(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(svgNS, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const fmt = new Intl.NumberFormat("en-US");
+const num = (n) => (n === null || n === undefined ? "–" : fmt.format(n));
+const money = (n) => `$${(n ?? 0).toFixed(4)}`;
+const when = (value) => {
+  if (value === null || value === undefined) return "–";
+  const date = typeof value === "number" ? new Date(value * 1000) : new Date(value);
+  return date.toLocaleString();
+};
+const badge = (status) => h("span", { class: `badge status-${status}` }, status);
+const enc = encodeURIComponent;
+
+// --- the API -------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, body) {
+    const detail = typeof body === "object" && body ? body.detail : body;
+    super(typeof detail === "string" ? detail : `HTTP ${status}`);
+    this.status = status;
+    this.errors = (body && body.errors) || [];
+  }
+}
+
+const tokenDialog = document.getElementById("token-dialog");
+const tokenForm = document.getElementById("token-form");
+
+/** Ask for the API token once; it is kept in localStorage and sent on changing requests. */
+function askToken(reason) {
+  document.getElementById("token-reason").textContent =
+    reason || "Changing requests need the service's API token. It is kept in this browser only.";
+  tokenForm.reset();
+  return new Promise((resolve) => {
+    tokenDialog.addEventListener(
+      "close",
+      () => {
+        const value = tokenForm.elements.token.value.trim();
+        if (tokenDialog.returnValue === "save" && value) {
+          localStorage.setItem(TOKEN_KEY, value);
+          resolve(value);
+        } else resolve(null);
+      },
+      { once: true },
+    );
+    tokenDialog.showModal();
+  });
+}
+document.getElementById("token-button").addEventListener("click", () => askToken());
+
+async function api(method, path, body) {
+  const send = () => {
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const token = localStorage.getItem(TOKEN_KEY);
+    if (method !== "GET" && token) headers.Authorization = `Bearer ${token}`;
+    return fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  };
+  let response = await send();
+  if (response.status === 401 && method !== "GET") {
+    const reason = localStorage.getItem(TOKEN_KEY)
+      ? "The saved API token was refused; enter the current one."
+      : undefined;
+    if (await askToken(reason)) response = await send();
+  }
+  const type = response.headers.get("content-type") || "";
+  const data = type.includes("json") ? await response.json() : await response.text();
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+/** Server-sent events; the stream is closed when the view changes or the source ends. */
+function follow(url, handlers) {
+  const source = new EventSource(url);
+  for (const [name, handler] of Object.entries(handlers)) {
+    source.addEventListener(name, (event) => handler(JSON.parse(event.data)));
+  }
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED || handlers.done?.()) source.close();
+  });
+  cleanups.push(() => source.close());
+  return source;
+}
+
+// --- forms: the API validates, the form shows its errors next to the fields ----------------
+
+/** Collect named inputs into a nested body: `sampling.max_tokens` becomes {sampling: {...}}. */
+function formBody(form) {
+  const body = {};
+  for (const input of form.querySelectorAll("[name]")) {
+    if (input.disabled) continue;
+    let value = input.value;
+    if (input.type === "checkbox") value = input.checked;
+    else if (value === "") continue;
+    else if (input.dataset.type === "int") value = Number.parseInt(value, 10);
+    else if (input.dataset.type === "float") value = Number.parseFloat(value);
+    else if (input.dataset.type === "json") {
+      try {
+        value = JSON.parse(value);
+      } catch {
+        value = { __invalid_json__: value }; // the API names the field in its 422
+      }
+    }
+    const path = input.name.split(".");
+    let target = body;
+    for (const key of path.slice(0, -1)) target = target[key] ??= {};
+    target[path.at(-1)] = value;
+  }
+  return body;
+}
+
+function clearErrors(form) {
+  form.querySelectorAll(".field-error, .form-error").forEach((node) => node.remove());
+}
+
+function showErrors(form, error) {
+  clearErrors(form);
+  const unplaced = [];
+  for (const item of error.errors || []) {
+    const field = item.field || "";
+    const input =
+      form.querySelector(`[name="${CSS.escape(field)}"]`) ||
+      [...form.querySelectorAll("[name]")].find((el) => field.startsWith(`${el.name}.`));
+    if (input) input.after(h("span", { class: "field-error", role: "alert" }, item.reason));
+    else unplaced.push(`${field || "body"}: ${item.reason}`);
+  }
+  const text = unplaced.length ? unplaced.join("; ") : error.message;
+  form.append(h("p", { class: "form-error", role: "alert" }, text));
+}
+
+/** Submit a form to the API; on success call `done` with the response. */
+function apiForm(attrs, fields, submitLabel, request, done) {
+  const button = h("button", { type: "submit" }, submitLabel);
+  // novalidate: the API is the one place the rules live; its errors are shown by each field
+  const form = h("form", { ...attrs, novalidate: true }, fields, button);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    button.disabled = true;
+    try {
+      done(await request(formBody(form)));
+    } catch (error) {
+      if (error instanceof ApiError) showErrors(form, error);
+      else throw error;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return form;
+}
+
+const field = (label, input) => h("label", {}, label, input);
+const numberInput = (name, attrs = {}) =>
+  h("input", { type: "number", name, "data-type": "int", ...attrs });
+
+async function modelOptions() {
+  const models = await api("GET", "/v1/models");
+  return models.data.map((m) => h("option", { value: m.id }, m.id));
+}
+
+// --- charts (SVG) ----------------------------------------------------------------------------
+
+/** Vertical bars for histogram bins `{low, high, count}`. */
+function histogram(bins, { label = (b) => `${b.low}`, cls = "bar" } = {}) {
+  const width = 420, height = 180, pad = 28;
+  const max = Math.max(1, ...bins.map((b) => b.count));
+  const step = (width - pad) / Math.max(1, bins.length);
+  const svg = s("svg", { viewBox: `0 0 ${width} ${height + 22}`, role: "img" });
+  svg.append(s("line", { class: "axis", x1: pad, x2: width, y1: height, y2: height }));
+  bins.forEach((bin, i) => {
+    const barHeight = ((height - 16) * bin.count) / max;
+    const x = pad + i * step + 2;
+    svg.append(
+      s("rect", { class: cls, x, y: height - barHeight, width: step - 4, height: barHeight },
+        s("title", {}, `${label(bin)}: ${bin.count}`)),
+      s("text", { x: x + (step - 4) / 2, y: height + 14, "text-anchor": "middle" }, label(bin)),
+    );
+    if (bin.count) {
+      svg.append(s("text", { class: "value", x: x + (step - 4) / 2, y: height - barHeight - 3,
+        "text-anchor": "middle" }, bin.count));
+    }
+  });
+  return h("div", { class: "chart" }, svg);
+}
+
+/** Horizontal bars for `[label, count]` pairs (leading verbs, rejection reasons). */
+function hbars(pairs, { cls = "bar" } = {}) {
+  const width = 420, row = 20, labelWidth = 150;
+  const max = Math.max(1, ...pairs.map((p) => p[1]));
+  const svg = s("svg", { viewBox: `0 0 ${width} ${Math.max(row, pairs.length * row)}`, role: "img" });
+  pairs.forEach(([name, count], i) => {
+    const barWidth = ((width - labelWidth - 40) * count) / max;
+    svg.append(
+      s("text", { x: labelWidth - 6, y: i * row + 14, "text-anchor": "end" }, name),
+      s("rect", { class: cls, x: labelWidth, y: i * row + 3, width: barWidth, height: row - 6 }),
+      s("text", { class: "value", x: labelWidth + barWidth + 4, y: i * row + 14 }, count),
+    );
+  });
+  if (!pairs.length) return h("p", { class: "muted" }, "Nothing yet.");
+  return h("div", { class: "chart" }, svg);
+}
+
+/** Loss against step: training (solid) and evaluation (dashed). */
+function lossChart(train, evals) {
+  const width = 560, height = 220, pad = 36;
+  const all = [...train, ...evals];
+  const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "data-points": train.length });
+  if (!all.length) return h("div", { class: "chart" }, h("p", { class: "muted" }, "No steps yet."));
+  const maxStep = Math.max(1, ...all.map((p) => p[0]));
+  const losses = all.map((p) => p[1]);
+  const lo = Math.min(...losses), hi = Math.max(...losses);
+  const span = hi - lo || 1;
+  const x = (step) => pad + ((width - pad - 8) * step) / maxStep;
+  const y = (loss) => 8 + ((height - pad) * (hi - loss)) / span;
+  const path = (points) => points.map((p, i) => `${i ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
+  svg.append(
+    s("line", { class: "axis", x1: pad, x2: width, y1: height - pad + 8, y2: height - pad + 8 }),
+    s("text", { x: 2, y: 14 }, hi.toFixed(2)),
+    s("text", { x: 2, y: height - pad + 8 }, lo.toFixed(2)),
+    s("text", { x: width - 4, y: height - 8, "text-anchor": "end" }, `step ${maxStep}`),
+  );
+  if (train.length) svg.append(s("path", { class: "line", d: path(train) }));
+  if (evals.length) svg.append(s("path", { class: "line eval", d: path(evals) }));
+  return h("div", { class: "chart" }, svg,
+    h("div", { class: "legend" }, h("span", {}, h("i"), "training loss"),
+      h("span", {}, h("i", { class: "eval" }), "validation loss")));
+}
+
+// --- views -----------------------------------------------------------------------------------
+
+async function datasetsView() {
+  const datasets = await api("GET", "/v1/datasets");
+  const rows = datasets.data.map((d) =>
+    h("tr", {},
+      h("td", {}, h("a", { href: `#/d/${enc(d.name)}` }, d.name)),
+      h("td", {}, d.description || ""),
+      h("td", {}, d.language),
+      h("td", {}, num(d.seeds)),
+      h("td", {}, num(d.accepted)),
+      h("td", {}, num(d.rejected)),
+    ));
+  const create = apiForm(
+    { class: "inline", id: "create-dataset" },
+    [
+      field("Name", h("input", { name: "name", required: true, placeholder: "my-pool" })),
+      field("Description", h("input", { name: "description" })),
+    ],
+    "Create dataset",
+    (body) => api("POST", "/v1/datasets", body),
+    (d) => { location.hash = `#/d/${enc(d.name)}`; },
+  );
+  return [
+    h("h1", {}, "Datasets"),
+    h("table", {},
+      h("thead", {}, h("tr", {}, ["Name", "Description", "Language", "Seeds", "Accepted", "Rejected"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, rows)),
+    h("h2", {}, "New dataset"),
+    h("div", { class: "card" }, create),
+  ];
+}
+
+async function datasetView(name) {
+  const [dataset, runs, models] = await Promise.all([
+    api("GET", `/v1/datasets/${enc(name)}`),
+    api("GET", `/v1/datasets/${enc(name)}/runs`),
+    modelOptions(),
+  ]);
+  const runRows = runs.data.map((r) =>
+    h("tr", {},
+      h("td", {}, h("a", { href: `#/runs/${r.id}` }, `#${r.id}`)),
+      h("td", {}, badge(r.status)),
+      h("td", {}, r.strategy),
+      h("td", {}, r.model),
+      h("td", {}, `${num(r.counters.accepted)} / ${num(r.target)}`),
+      h("td", {}, num(r.counters.rejected)),
+      h("td", {}, when(r.created_at)),
+    ));
+  const runForm = apiForm(
+    { class: "stack", id: "run-form" },
+    [
+      field("Target (accepted tasks)", numberInput("target", { value: 10, min: 1 })),
+      field("Model", h("select", { name: "model" }, models)),
+      field("Strategy", h("select", { name: "strategy" },
+        ["self_instruct", "alpaca", "template"].map((v) => h("option", { value: v }, v)))),
+      field("Language", h("select", { name: "language" },
+        h("option", { value: "" }, "the dataset's"), h("option", { value: "en" }, "en"), h("option", { value: "zh" }, "zh"))),
+      field("Topic (optional: steers the examples)", h("input", { name: "topic" })),
+      field("Max tokens per completion", numberInput("sampling.max_tokens", { placeholder: "default" })),
+      field("Random seed", numberInput("seed", { placeholder: "default" })),
+    ],
+    "Start run",
+    (body) => api("POST", `/v1/datasets/${enc(name)}/runs`, body),
+    (run) => { location.hash = `#/runs/${run.id}`; },
+  );
+  const jobForm = apiForm(
+    { class: "stack", id: "job-form" },
+    [
+      h("input", { type: "hidden", name: "dataset", value: name }),
+      field("Base model", h("select", { name: "model" }, models)),
+      field("Suffix", h("input", { name: "suffix", placeholder: "my-model" })),
+      field("Epochs", numberInput("hyperparameters.n_epochs", { placeholder: "auto" })),
+      field("Max steps", numberInput("max_steps", { placeholder: "all" })),
+    ],
+    "Start fine-tune job",
+    (body) => api("POST", "/v1/fine_tuning/jobs", body),
+    (job) => { location.hash = `#/jobs/${enc(job.id)}`; },
+  );
+  return [
+    h("h1", {}, `Dataset ${dataset.name}`),
+    h("p", { class: "muted" }, dataset.description || ""),
+    h("div", { class: "counters" },
+      counter("seeds", dataset.seeds), counter("accepted", dataset.accepted), counter("rejected", dataset.rejected)),
+    h("p", { class: "row" },
+      h("a", { href: `#/d/${enc(name)}/tasks` }, "Browse and review tasks"),
+      h("a", { href: `#/d/${enc(name)}/stats` }, "Dataset shape"),
+      h("a", { href: `/v1/datasets/${enc(name)}/export`, download: `${name}.jsonl` }, "Export JSONL")),
+    h("h2", {}, "Runs"),
+    runRows.length
+      ? h("table", {}, h("thead", {}, h("tr", {}, ["Run", "Status", "Strategy", "Model", "Accepted / target", "Rejected", "Created"].map((c) => h("th", {}, c)))), h("tbody", {}, runRows))
+      : h("p", { class: "muted" }, "No runs yet."),
+    h("div", { class: "grid" },
+      h("div", { class: "card" }, h("h2", {}, "Start a run"), runForm),
+      h("div", { class: "card" }, h("h2", {}, "Fine-tune on this dataset"), jobForm)),
+  ];
+}
+
+function counter(label, value, id) {
+  return h("div", { class: "counter", "data-counter": id || label }, h("b", {}, num(value)), h("span", {}, label));
+}
+
+async function runView(id) {
+  let run = await api("GET", `/v1/runs/${enc(id)}`);
+  const status = h("span", { id: "run-status" }, badge(run.status));
+  const counters = h("div", { class: "counters", id: "run-counters" });
+  const funnel = h("div", { id: "run-funnel" });
+  const candidates = h("tbody", { id: "run-candidates" });
+  const message = h("p", { id: "run-message", class: "muted" });
+  const cancel = h("button", { type: "button", class: "danger", id: "cancel-run",
+    onclick: async () => {
+      try {
+        run = await api("POST", `/v1/runs/${run.id}/cancel`);
+        render();
+      } catch (error) { message.textContent = error.message; }
+    } }, "Cancel run");
+
+  const render = () => {
+    const c = run.counters;
+    status.replaceChildren(badge(run.status));
+    counters.replaceChildren(
+      counter("candidates", c.candidates), counter("accepted", c.accepted),
+      counter("rejected", c.rejected), counter("requests", c.requests),
+      counter("failed requests", c.failed_requests, "failed_requests"),
+      counter("prompt tokens", c.prompt_tokens, "prompt_tokens"),
+      counter("completion tokens", c.completion_tokens, "completion_tokens"),
+      h("div", { class: "counter", "data-counter": "cost" }, h("b", {}, money(c.cost)), h("span", {}, "cost")),
+    );
+    const reasons = Object.entries(c.rejected_by_reason || {}).sort((a, b) => b[1] - a[1]);
+    funnel.replaceChildren(
+      hbars([["candidates", c.candidates], ["accepted", c.accepted]], { cls: "bar ok" }),
+      h("h2", {}, "Rejections by reason"),
+      hbars(reasons, { cls: "bar bad" }),
+    );
+    cancel.disabled = FINAL_RUN.has(run.status);
+    const end = [run.stop_reason && `stopped: ${run.stop_reason}`, run.error].filter(Boolean).join(" · ");
+    message.textContent = end;
+  };
+  const addCandidate = (data) => {
+    candidates.prepend(h("tr", {},
+      h("td", {}, data.task_id ? h("a", { href: `#/tasks/${data.task_id}` }, `#${data.task_id}`) : "–"),
+      h("td", {}, h("div", { lang: "" }, data.instruction)),
+      h("td", {}, badge(data.status)),
+      h("td", {}, data.reason || ""),
+      h("td", {}, data.score === null || data.score === undefined ? "–" : data.score.toFixed(2)),
+    ));
+    while (candidates.children.length > 200) candidates.lastChild.remove();
+  };
+  render();
+  const apply = (data) => {
+    for (const key of Object.keys(run.counters)) if (key in data) run.counters[key] = data[key];
+  };
+  follow(`/v1/runs/${run.id}/events`, {
+    status: (e) => { run.status = e.data.status; render(); },
+    counters: (e) => { apply(e.data); if (!FINAL_RUN.has(run.status)) run.status = "running"; render(); },
+    candidate: (e) => addCandidate(e.data),
+    end: async (e) => {
+      apply(e.data);
+      run = await api("GET", `/v1/runs/${run.id}`);
+      render();
+    },
+    done: () => FINAL_RUN.has(run.status),
+  });
+  return [
+    h("h1", { class: "row" }, `Run #${run.id} `, status, h("span", { class: "spacer" }), cancel),
+    h("p", { class: "muted" },
+      h("a", { href: `#/d/${enc(run.dataset)}` }, run.dataset), ` · ${run.strategy} · ${run.model} · target ${run.target}`),
+    message,
+    counters,
+    h("div", { class: "grid" },
+      h("div", { class: "card" }, h("h2", {}, "Funnel"), funnel),
+      h("div", { class: "card candidates" }, h("h2", {}, "Recent candidates"),
+        h("table", {}, h("thead", {}, h("tr", {}, ["Task", "Instruction", "Verdict", "Reason", "ROUGE-L"].map((c) => h("th", {}, c)))), candidates))),
+  ];
+}
+
+async function statsView(name) {
+  const stats = await api("GET", `/v1/datasets/${enc(name)}/stats`);
+  const words = (b, i, bins) => (i === bins.length - 1 ? `${b.low}+` : `${b.low}`);
+  const lengthChart = (bins) => histogram(bins, { label: (b) => words(b, bins.indexOf(b), bins) });
+  const classification = [["classification", stats.classification], ["other", stats.non_classification]];
+  const share = stats.instructions ? Math.round((100 * stats.classification) / stats.instructions) : 0;
+  const reasons = Object.entries(stats.rejected_by_reason).sort((a, b) => b[1] - a[1]);
+  return [
+    h("h1", {}, `Dataset shape: ${name}`),
+    h("p", {}, h("a", { href: `#/d/${enc(name)}` }, `back to ${name}`)),
+    h("div", { class: "counters" },
+      counter("instructions", stats.instructions), counter("instances", stats.instances),
+      counter("seeds", stats.seeds), counter("empty inputs", stats.empty_inputs, "empty_inputs"),
+      h("div", { class: "counter", "data-counter": "classification_share" }, h("b", {}, `${share}%`), h("span", {}, "classification"))),
+    h("div", { class: "grid", id: "stats-charts" },
+      h("div", { class: "card", "data-chart": "rouge" }, h("h2", {}, "ROUGE-L to the nearest seed"),
+        histogram(stats.rouge_to_nearest_seed, { label: (b) => b.low.toFixed(1) })),
+      h("div", { class: "card", "data-chart": "instruction_length" }, h("h2", {}, "Instruction length (words)"), lengthChart(stats.instruction_length)),
+      h("div", { class: "card", "data-chart": "input_length" }, h("h2", {}, "Input length (words)"), lengthChart(stats.input_length)),
+      h("div", { class: "card", "data-chart": "output_length" }, h("h2", {}, "Output length (words)"), lengthChart(stats.output_length)),
+      h("div", { class: "card", "data-chart": "verbs" }, h("h2", {}, "Leading verbs"), hbars(stats.leading_verbs)),
+      h("div", { class: "card", "data-chart": "classification" }, h("h2", {}, "Classification share"), hbars(classification)),
+      h("div", { class: "card", "data-chart": "reasons" }, h("h2", {}, "Rejections by reason"), hbars(reasons, { cls: "bar bad" }))),
+  ];
+}
+
+function taskCard(task, onChange) {
+  const node = h("div", { class: "task", "data-task": task.id });
+  const draw = () => {
+    const instances = task.instances.map((i) =>
+      h("pre", {}, i.input ? `Input: ${i.input}\nOutput: ${i.output}` : `Output: ${i.output}`));
+    const setStatus = (status) => async () => {
+      const note = status === "rejected" ? prompt("Why is it rejected? (optional)") ?? undefined : undefined;
+      try {
+        Object.assign(task, await api("PATCH", `/v1/tasks/${task.id}`, note ? { status, note } : { status }));
+        draw();
+      } catch (error) { alert(error.message); }
+    };
+    node.replaceChildren(
+      h("div", { class: "instruction" }, task.instruction),
+      h("div", { class: "meta" },
+        h("span", {}, `#${task.id}`), badge(task.status), h("span", {}, task.origin),
+        task.rejection_reason && h("span", { class: "reason" }, task.rejection_reason),
+        task.max_rouge !== null && task.max_rouge !== undefined && h("span", {}, `ROUGE-L ${task.max_rouge.toFixed(2)}`),
+        task.is_classification && h("span", {}, "classification"),
+        task.run_id && h("a", { href: `#/runs/${task.run_id}` }, `run #${task.run_id}`),
+        task.edited_from_id && h("span", {}, `edited from #${task.edited_from_id}`)),
+      ...instances,
+      h("div", { class: "actions" },
+        h("button", { type: "button", class: "quiet", "data-action": "accept", disabled: task.status === "accepted", onclick: setStatus("accepted") }, "Accept"),
+        h("button", { type: "button", class: "danger", "data-action": "reject", disabled: task.status === "rejected", onclick: setStatus("rejected") }, "Reject"),
+        h("button", { type: "button", class: "quiet", "data-action": "edit", onclick: () => node.append(editForm()) }, "Edit")),
+    );
+  };
+  const editForm = () => {
+    const form = apiForm(
+      { class: "stack edit-form" },
+      [
+        field("Instruction", h("textarea", { name: "instruction" }, task.instruction)),
+        field("Instances (JSON list of {input, output})",
+          h("textarea", { name: "instances", "data-type": "json", rows: 5 }, JSON.stringify(task.instances, null, 1))),
+        field("Note", h("input", { name: "note" })),
+      ],
+      "Save edit",
+      (body) => api("POST", `/v1/tasks/${task.id}/edits`, body),
+      async (edited) => {
+        Object.assign(task, await api("GET", `/v1/tasks/${task.id}`));
+        draw();
+        onChange(edited);
+      },
+    );
+    return form;
+  };
+  draw();
+  return node;
+}
+
+async function tasksView(name, params) {
+  const list = h("div", { id: "task-list" });
+  const more = h("button", { type: "button", class: "quiet", id: "more-tasks" }, "Load more");
+  const count = h("span", { class: "muted" });
+  let cursor = null, shown = 0;
+  const filters = h("form", { class: "inline", id: "task-filters" },
+    field("Search", h("input", { name: "contains", value: params.get("contains") || "", placeholder: "text in the instruction" })),
+    field("Status", h("select", { name: "status" }, ["", "accepted", "rejected"].map((v) => h("option", { value: v, selected: params.get("status") === v }, v || "any")))),
+    field("Origin", h("select", { name: "origin" }, ["", "seed", "generated", "edited"].map((v) => h("option", { value: v, selected: params.get("origin") === v }, v || "any")))),
+    field("Classification", h("select", { name: "is_classification" }, [["", "any"], ["true", "yes"], ["false", "no"]].map(([v, t]) => h("option", { value: v, selected: params.get("is_classification") === v }, t)))),
+    field("Run", h("input", { name: "run_id", type: "number", value: params.get("run_id") || "", min: 1 })),
+    h("button", { type: "submit" }, "Filter"));
+  filters.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const query = new URLSearchParams();
+    for (const el of filters.querySelectorAll("[name]")) if (el.value) query.set(el.name, el.value);
+    location.hash = `#/d/${enc(name)}/tasks?${query}`;
+  });
+  const load = async () => {
+    const query = new URLSearchParams(params);
+    query.set("limit", "50");
+    if (cursor) query.set("after", cursor);
+    try {
+      const page = await api("GET", `/v1/datasets/${enc(name)}/tasks?${query}`);
+      for (const task of page.data) list.append(taskCard(task, (edited) => list.prepend(taskCard(edited, () => {}))));
+      shown += page.data.length;
+      count.textContent = `${shown} shown`;
+      cursor = page.next_cursor;
+      more.hidden = !page.has_more;
+    } catch (error) {
+      list.append(h("p", { class: "form-error" }, error.message));
+      more.hidden = true;
+    }
+  };
+  more.addEventListener("click", load);
+  await load();
+  return [
+    h("h1", {}, `Tasks in ${name}`),
+    h("p", {}, h("a", { href: `#/d/${enc(name)}` }, `back to ${name}`), " ", count),
+    filters, list, more,
+  ];
+}
+
+async function taskView(id) {
+  const task = await api("GET", `/v1/tasks/${enc(id)}`);
+  const nearest = (task.nearest || []).map((n) =>
+    h("li", {}, `${(n.score ?? 0).toFixed(2)} · `, n.task_id ? h("a", { href: `#/tasks/${n.task_id}` }, `#${n.task_id}`) : "", " ", n.instruction || ""));
+  return [
+    h("h1", {}, `Task #${task.id}`),
+    h("p", {}, h("a", { href: `#/d/${enc(task.dataset)}/tasks` }, `tasks of ${task.dataset}`)),
+    taskCard(task, (edited) => { location.hash = `#/tasks/${edited.id}`; }),
+    h("h2", {}, "Nearest in the pool"), nearest.length ? h("ul", {}, nearest) : h("p", { class: "muted" }, "None recorded."),
+    h("h2", {}, "Lineage"), h("pre", {}, JSON.stringify(task.lineage, null, 2)),
+  ];
+}
+
+async function jobsView() {
+  const jobs = await api("GET", "/v1/fine_tuning/jobs?limit=100");
+  const rows = jobs.data.map((j) =>
+    h("tr", {},
+      h("td", {}, h("a", { href: `#/jobs/${enc(j.id)}` }, j.id)),
+      h("td", {}, badge(j.status)),
+      h("td", {}, j.model),
+      h("td", {}, j.dataset || j.training_file || ""),
+      h("td", {}, j.fine_tuned_model || "–"),
+      h("td", {}, when(j.created_at)),
+    ));
+  return [
+    h("h1", {}, "Fine-tune jobs"),
+    rows.length
+      ? h("table", {}, h("thead", {}, h("tr", {}, ["Job", "Status", "Base model", "Data", "Fine-tuned model", "Created"].map((c) => h("th", {}, c)))), h("tbody", {}, rows))
+      : h("p", { class: "muted" }, "No jobs yet. Start one from a dataset's page."),
+  ];
+}
+
+async function jobView(id) {
+  let job = await api("GET", `/v1/fine_tuning/jobs/${enc(id)}`);
+  const status = h("span", { id: "job-status" }, badge(job.status));
+  const summary = h("div", { class: "counters", id: "job-summary" });
+  const chart = h("div", { id: "loss-chart" });
+  const events = h("div", { class: "events", id: "job-events" });
+  const train = [], evals = [];
+  const cancel = h("button", { type: "button", class: "danger", onclick: async () => {
+    try { job = await api("POST", `/v1/fine_tuning/jobs/${enc(job.id)}/cancel`); render(); }
+    catch (error) { alert(error.message); }
+  } }, "Cancel job");
+  const render = () => {
+    status.replaceChildren(badge(job.status));
+    const p = job.progress || {};
+    summary.replaceChildren(
+      counter("step", p.step), counter("total steps", p.total_steps, "total_steps"),
+      counter("trained tokens", job.trained_tokens, "trained_tokens"),
+      h("div", { class: "counter" }, h("b", {}, job.fine_tuned_model || "–"), h("span", {}, "fine-tuned model")));
+    chart.replaceChildren(lossChart(train, evals));
+    cancel.disabled = FINAL_JOB.has(job.status);
+  };
+  render();
+  follow(`/v1/fine_tuning/jobs/${enc(job.id)}/events?stream=true`, {
+    event: async (e) => {
+      const d = e.data || {};
+      if (d.type === "step" && Number.isFinite(d.train_loss)) train.push([d.step, d.train_loss]);
+      if (d.type === "eval" && Number.isFinite(d.eval_loss)) evals.push([d.step, d.eval_loss]);
+      events.prepend(h("pre", { "data-level": e.level }, `${when(e.created_at)}  ${e.message}`));
+      if (["done", "cancelled"].includes(d.type) || e.level === "error" || /succeeded|failed|cancelled/.test(e.message)) {
+        job = await api("GET", `/v1/fine_tuning/jobs/${enc(job.id)}`);
+      } else if (d.type === "step") {
+        job.progress = { ...(job.progress || {}), step: d.step, total_steps: d.total_steps };
+        job.status = "running";
+      }
+      render();
+    },
+    done: () => FINAL_JOB.has(job.status),
+  });
+  return [
+    h("h1", { class: "row" }, `Job ${job.id} `, status, h("span", { class: "spacer" }), cancel),
+    h("p", { class: "muted" }, `${job.model}`, job.dataset ? ` · dataset ${job.dataset}` : "", job.error ? ` · ${job.error.message}` : ""),
+    summary,
+    h("div", { class: "card" }, h("h2", {}, "Loss"), chart),
+    h("div", { class: "card" }, h("h2", {}, "Events"), events),
+  ];
+}
+
+// --- routing ---------------------------------------------------------------------------------
+
+const routes = [
+  [/^#?\/?$/, datasetsView],
+  [/^#\/d\/([^/?]+)$/, (m) => datasetView(decodeURIComponent(m[1]))],
+  [/^#\/d\/([^/?]+)\/stats$/, (m) => statsView(decodeURIComponent(m[1]))],
+  [/^#\/d\/([^/?]+)\/tasks(?:\?(.*))?$/, (m) => tasksView(decodeURIComponent(m[1]), new URLSearchParams(m[2] || ""))],
+  [/^#\/tasks\/(\d+)$/, (m) => taskView(m[1])],
+  [/^#\/runs\/(\d+)$/, (m) => runView(m[1])],
+  [/^#\/jobs$/, jobsView],
+  [/^#\/jobs\/([^/?]+)$/, (m) => jobView(decodeURIComponent(m[1]))],
+];
+
+async function route() {
+  cleanups.forEach((close) => close());
+  cleanups = [];
+  const hash = location.hash || "#/";
+  for (const [pattern, render] of routes) {
+    const match = hash.match(pattern);
+    if (!match) continue;
+    try {
+      view.replaceChildren(...[await render(match)].flat());
+    } catch (error) {
+      view.replaceChildren(h("h1", {}, "Something went wrong"), h("p", { class: "form-error", role: "alert" }, error.message));
+    }
+    view.dataset.ready = hash;
+    return;
+  }
+  view.replaceChildren(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Datasets")));
+  view.dataset.ready = hash;
+}
+
+window.addEventListener("hashchange", route);
+route();

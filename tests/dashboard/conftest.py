@@ -1,0 +1,70 @@
+"""A live server with an API token, and Debian's Chromium driven by Playwright (never a
+downloaded browser)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.db import migrate
+from app.settings import Settings
+from tests.live import free_port, serve_api, wait_ready
+
+TOKEN = "dashboard-test-token"
+ARTIFACTS = Path(os.environ.get("SELFINSTRUCT_TEST_ARTIFACTS", "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def live_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`selfinstruct serve` on SQLite with the bundled model and its embedded worker."""
+    data = tmp_path_factory.mktemp("dashboard")
+    url = f"sqlite:///{data / 'dashboard.db'}"
+    migrate(Settings(database_url=url, data_dir=data))
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "SELFINSTRUCT_DATA_DIR": str(data),
+        "SELFINSTRUCT_API_TOKEN": TOKEN,
+        "SELFINSTRUCT_WORKER_POLL_SECONDS": "0.2",
+    }
+    port = free_port()
+    server = serve_api(env, port, data / "server.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base)
+        yield base
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        raise RuntimeError(
+            "Debian's chromium is missing: scripts/ensure-test-services.sh installs it"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=["--no-sandbox", "--disable-gpu"]
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_base: str):  # type: ignore[no-untyped-def]
+    context = browser.new_context(base_url=live_base, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, f"the page threw: {errors}"

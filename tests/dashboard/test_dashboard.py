@@ -1,0 +1,143 @@
+"""A user works through the dashboard in a real browser: starts a run and watches it, reviews
+tasks, exports them and looks at the dataset's shape."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.dashboard.conftest import ARTIFACTS, TOKEN
+
+pytestmark = pytest.mark.slow
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def counter(page: Page, name: str) -> int:
+    text = page.locator(f'[data-counter="{name}"] b').inner_text()
+    return int(text.replace(",", ""))
+
+
+def export(base: str) -> list[dict[str, Any]]:
+    body = httpx.get(f"{base}/v1/datasets/default/export", timeout=30).text
+    return [json.loads(line) for line in body.splitlines() if line]
+
+
+def open_view(page: Page, fragment: str) -> None:
+    page.goto(f"/{fragment}")
+    encoded = quote(fragment, safe="#/?=&")  # as the browser keeps it in location.hash
+    expect(page.locator("#view")).to_have_attribute("data-ready", encoded)
+
+
+def test_datasets_page_lists_the_starter_pool_and_shows_chinese(page: Page, live_base: str) -> None:
+    open_view(page, "#/")
+    expect(page.locator("table")).to_contain_text("default")
+    chinese = httpx.get(
+        f"{live_base}/v1/datasets/default/tasks", params={"contains": "的", "limit": 1}
+    ).json()["data"][0]
+    open_view(page, "#/d/default/tasks?contains=的")
+    card = page.locator(f'[data-task="{chinese["id"]}"] .instruction')
+    assert card.inner_text() == chinese["instruction"]
+
+
+def test_a_run_started_from_the_form_is_watched_to_the_end_then_reviewed(
+    page: Page, live_base: str
+) -> None:
+    runs_before = httpx.get(f"{live_base}/v1/datasets/default/runs").json()["data"]
+    open_view(page, "#/d/default")
+    form = page.locator("#run-form")
+
+    # the API's validation, shown next to the field, and nothing created
+    form.locator('[name="target"]').fill("0")
+    form.locator('button[type="submit"]').click()
+    dialog = page.locator("#token-dialog")
+    expect(dialog).to_be_visible()  # the first changing request asks for the token
+    dialog.locator('[name="token"]').fill(TOKEN)
+    dialog.locator('button[value="save"]').click()
+    expect(form.locator(".field-error")).to_contain_text("greater than or equal to 1")
+    assert httpx.get(f"{live_base}/v1/datasets/default/runs").json()["data"] == runs_before
+
+    form.locator('[name="target"]').fill("1")
+    form.locator('[name="sampling.max_tokens"]').fill("160")
+    form.locator('[name="seed"]').fill("3")
+    form.locator('button[type="submit"]').click()
+    page.wait_for_url(re.compile(r"#/runs/\d+$"))
+    run_id = int(page.url.rsplit("/", 1)[1])
+
+    seen_candidates: list[int] = []
+    status = page.locator("#run-status")
+    for _ in range(1800):  # the bundled model on two cores: allow up to 15 minutes
+        seen_candidates.append(counter(page, "candidates"))
+        if status.inner_text() in ("succeeded", "failed", "cancelled"):
+            break
+        page.wait_for_timeout(500)
+    assert status.inner_text() == "succeeded", page.locator("#run-message").inner_text()
+    run = httpx.get(f"{live_base}/v1/runs/{run_id}").json()
+    assert seen_candidates[0] == 0 and seen_candidates[-1] == run["counters"]["candidates"] > 0
+    assert counter(page, "accepted") == run["counters"]["accepted"] == 1
+    assert counter(page, "requests") == run["counters"]["requests"]
+    rows = page.locator("#run-candidates tr")
+    expect(rows).to_have_count(run["counters"]["candidates"])
+
+    # review: reject the accepted task, accept it again, then edit it
+    task = httpx.get(
+        f"{live_base}/v1/datasets/default/tasks", params={"run_id": run_id, "status": "accepted"}
+    ).json()["data"][0]
+    open_view(page, f"#/d/default/tasks?run_id={run_id}")
+    card = page.locator(f'[data-task="{task["id"]}"]')
+    page.once("dialog", lambda d: d.accept("not useful"))
+    card.locator('[data-action="reject"]').click()
+    expect(card.locator(".badge")).to_have_text("rejected")
+    assert task["instruction"] not in [t["instruction"] for t in export(live_base)]
+    card.locator('[data-action="accept"]').click()
+    expect(card.locator(".badge")).to_have_text("accepted")
+    assert task["instruction"] in [t["instruction"] for t in export(live_base)]
+
+    card.locator('[data-action="edit"]').click()
+    edit = card.locator(".edit-form")
+    edit.locator('[name="instances"]').fill("[]")
+    edit.locator('button[type="submit"]').click()
+    expect(edit.locator(".field-error")).to_contain_text("at least 1")  # the API's rule
+    edit.locator('[name="instruction"]').fill("把这段文字翻译成英文。")
+    edit.locator('[name="instances"]').fill(
+        json.dumps([{"input": "你好，世界", "output": "Hello, world"}], ensure_ascii=False)
+    )
+    edit.locator('button[type="submit"]').click()
+    expect(card.locator(".badge")).to_have_text("rejected")  # the original, kept
+    expect(page.locator(".task .instruction", has_text="把这段文字翻译成英文。")).to_be_visible()
+    exported = {t["instruction"]: t for t in export(live_base)}
+    assert "把这段文字翻译成英文。" in exported and task["instruction"] not in exported
+    assert exported["把这段文字翻译成英文。"]["instances"] == [
+        {"input": "你好，世界", "output": "Hello, world"}
+    ]
+
+
+def test_stats_page_draws_every_chart(page: Page, live_base: str) -> None:
+    stats = httpx.get(f"{live_base}/v1/datasets/default/stats").json()
+    open_view(page, "#/d/default/stats")
+    charts = page.locator("#stats-charts [data-chart]")
+    expect(charts).to_have_count(7)
+    rouge_bars = page.locator('[data-chart="rouge"] rect')
+    expect(rouge_bars).to_have_count(len(stats["rouge_to_nearest_seed"]))
+    for name in ("instruction_length", "input_length", "output_length"):
+        expect(page.locator(f'[data-chart="{name}"] rect')).to_have_count(len(stats[name]))
+    assert counter(page, "instructions") == stats["instructions"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard-stats.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+
+def test_fine_tune_form_shows_the_api_validation(page: Page, live_base: str) -> None:
+    open_view(page, "#/d/default")
+    page.evaluate(f"localStorage.setItem('selfinstruct.apiToken', '{TOKEN}')")
+    form = page.locator("#job-form")
+    form.locator('[name="suffix"]').fill("no spaces allowed")
+    form.locator('button[type="submit"]').click()
+    expect(form.locator(".field-error")).to_contain_text("pattern")
+    assert httpx.get(f"{live_base}/v1/fine_tuning/jobs").json()["data"] == []
