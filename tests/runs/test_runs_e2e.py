@@ -14,14 +14,21 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import Session, select
 
-from app.db import migrate
+from app.db import make_engine, migrate
 from app.main import create_app
+from app.models import Task
 from app.settings import EndpointConfig, Settings
 from generators.llama_server import serve_llama_cpp
 from tests.conftest import _wipe
 from tests.live import free_port, serve_api, wait_ready
-from tests.runs.conftest import STUB_MODEL, stub_settings, wait_for_run
+from tests.runs.conftest import (
+    STUB_MODEL,
+    assert_run_matches_rows,
+    stub_settings,
+    wait_for_run,
+)
 from tests.runs.stub_llm import StubLLM
 
 SMALL_RUN = {
@@ -104,9 +111,23 @@ def test_run_through_a_real_llama_cpp_server(
     _wipe(settings.db_url)
 
 
+def _accepted_ids(db_url: str, run_id: int) -> set[int]:
+    engine = make_engine(Settings(database_url=db_url))
+    with Session(engine) as session:
+        ids = session.exec(
+            select(Task.id).where(Task.run_id == run_id, Task.status == "accepted")
+        ).all()
+    engine.dispose()
+    return {i for i in ids if i is not None}
+
+
 def test_kill9_mid_run_then_restart_finishes_consistently(
     settings_factory: Callable[..., Settings], stub: StubLLM, tmp_path: Path
 ) -> None:
+    """kill -9 of the serving process (embedded worker inside) with one run mid-batch and one
+    queued behind it, on SQLite and PostgreSQL: after a restart both runs end, every task
+    accepted before the crash is still there, none is stored twice, and each run's counters
+    equal its rows in the database."""
     settings = stub_settings(settings_factory, stub)
     _wipe(settings.db_url)
     stub.delay_s = 0.05
@@ -128,24 +149,36 @@ def test_kill9_mid_run_then_restart_finishes_consistently(
         run_id = httpx.post(
             f"{base}/v1/datasets/default/runs", json={"target": 40, "model": STUB_MODEL}
         ).json()["id"]
+        queued_id = httpx.post(
+            f"{base}/v1/datasets/default/runs", json={"target": 6, "model": STUB_MODEL}
+        ).json()["id"]
         for _ in range(600):
             if httpx.get(f"{base}/v1/runs/{run_id}").json()["counters"]["accepted"] >= 8:
                 break
             time.sleep(0.05)
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
+        before = _accepted_ids(settings.db_url, run_id)
+        assert_run_matches_rows(settings.db_url, run_id)  # the crash left no half batch
         server = serve_api(env, port, tmp_path / "server.log")
         wait_ready(base)
         with httpx.Client(base_url=base, timeout=10) as client:
             mid = client.get(f"/v1/runs/{run_id}").json()
             assert 8 <= mid["counters"]["accepted"] < 40, mid
+            assert client.get(f"/v1/runs/{queued_id}").json()["status"] == "queued"
             deadline = time.monotonic() + 120
-            while (run := client.get(f"/v1/runs/{run_id}").json())["status"] == "running":
-                assert time.monotonic() < deadline, run
-                time.sleep(0.2)
-            assert run["status"] == "succeeded", run
-            assert run["counters"]["accepted"] == 40
-            _counts_match_rows(client, run)
+            for rid, target in ((run_id, 40), (queued_id, 6)):
+                while (run := client.get(f"/v1/runs/{rid}").json())["status"] in (
+                    "queued",
+                    "running",
+                ):
+                    assert time.monotonic() < deadline, run
+                    time.sleep(0.2)
+                assert run["status"] == "succeeded", run
+                assert run["counters"]["accepted"] == target
+                _counts_match_rows(client, run)
+                assert_run_matches_rows(settings.db_url, rid)
+        assert before <= _accepted_ids(settings.db_url, run_id)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
