@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.schemas import ErrorItem, ErrorResponse
@@ -84,7 +85,13 @@ async def _service_error(_: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     items = [
-        ErrorItem(field=_loc_to_field(tuple(err.get("loc", ()))) or None, reason=err["msg"])
+        ErrorItem(
+            # A model-level check may name its field in the error's context (no loc of its own).
+            field=_loc_to_field(tuple(err.get("loc", ())))
+            or (err.get("ctx") or {}).get("field")
+            or None,
+            reason=err["msg"],
+        )
         for err in exc.errors()
     ]
     summary = "; ".join(f"{i.field or 'body'}: {i.reason}" for i in items[:5])
@@ -99,6 +106,24 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
+async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+    """A value the database cannot hold (an id past 64 bits on SQLite, a NUL byte or an
+    out-of-range number on PostgreSQL) is the client's mistake, not a server fault; the
+    statement failed, so its transaction was rolled back and nothing was written."""
+    log.info(
+        "refused a value the database cannot store on %s %s: %s",
+        request.method,
+        request.url.path,
+        exc,
+    )
+    return error_response(
+        422,
+        "out_of_range",
+        "A value in the request cannot be stored or compared by the database "
+        "(a number out of range or a NUL character); send a smaller number or clean text.",
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "Internal server error; see the server log.")
@@ -108,4 +133,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OverflowError, _out_of_range)
+    app.add_exception_handler(DataError, _out_of_range)
     app.add_exception_handler(Exception, _unexpected_error)

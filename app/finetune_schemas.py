@@ -85,7 +85,7 @@ class FineTuningJobCreate(BaseModel):
         None, description="Instead of a file: freeze this dataset's accepted tasks (and seeds)."
     )
     suffix: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,40}$")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Training seed.")
     method: Method | None = None
     hyperparameters: Hyperparameters | None = Field(
         None, description="Legacy place; prefer method."

@@ -18,6 +18,7 @@ import generators.local
 import generators.openai_compat  # noqa: F401  (registers the "openai" backend)
 from app.errors import NotFound
 from app.models import FineTuneJob, JobStatus
+from app.schemas import ErrorItem
 from app.services.finetune import tuned_model_dir
 from app.settings import BUNDLED_MODEL_ID, EndpointConfig, Settings
 from generators.base import Backend, create_backend
@@ -68,13 +69,21 @@ def catalogue(settings: Settings, engine: Engine | None = None) -> list[ModelEnt
     return entries
 
 
-def find_model(settings: Settings, model_id: str, engine: Engine | None = None) -> ModelEntry:
+def find_model(
+    settings: Settings, model_id: str, engine: Engine | None = None, *, field: str = "model"
+) -> ModelEntry:
+    """The catalogue entry of `model_id`; anything else (a URL included) is refused before any
+    network call, naming the request `field` it came from."""
     entries = catalogue(settings, engine)
     for entry in entries:
         if entry.id == model_id:
             return entry
     known = ", ".join(e.id for e in entries)
-    raise NotFound(f"Model '{model_id}' is not available; GET /v1/models lists them ({known}).")
+    raise NotFound(
+        f"Model '{model_id}' is not available (field `{field}`); GET /v1/models lists them "
+        f"({known}). Servers come from SELFINSTRUCT_ENDPOINTS, never from a request.",
+        errors=[ErrorItem(field=field, reason="not a model id from GET /v1/models")],
+    )
 
 
 _backends: dict[tuple[int, str], Backend] = {}

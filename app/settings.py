@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     seed_import_max_tasks: int = Field(
         default=10_000, gt=0, description="Most tasks one seed import may carry."
     )
+    seed_import_max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        gt=0,
+        description="Largest seed import (JSON, JSONL or an uploaded file), in bytes (413 above).",
+    )
     load_starter_seeds: bool = Field(
         default=True,
         description="Create dataset `default` with the bundled starter seeds when it is missing.",

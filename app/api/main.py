@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.api.deps import require_token_for_writes
+from app.api.errors import COMMON_ERRORS
 from app.api.routes import (
     chat,
     datasets,
@@ -20,7 +21,7 @@ from app.api.routes import (
 api_router = APIRouter(
     prefix="/v1",
     dependencies=[Depends(require_token_for_writes)],
-    responses={401: {"description": "Missing or wrong bearer token on a state-changing route."}},
+    responses=COMMON_ERRORS,
 )
 api_router.include_router(datasets.router)
 api_router.include_router(tasks.router)

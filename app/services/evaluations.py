@@ -3,7 +3,7 @@ Self-Instruct paper reports, for several models on the same tasks in one request
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
@@ -23,7 +23,9 @@ class EvaluationCreate(BaseModel):
 
     models: list[str] = Field(min_length=1, max_length=4, description="E.g. a base and its tune.")
     dataset: str = Field(description="Held-out tasks: a dataset the models were not trained on.")
-    task_ids: list[int] | None = Field(None, max_length=1000, description="Only these tasks.")
+    task_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] | None = Field(
+        None, max_length=1000, description="Only these tasks."
+    )
     origin: Literal["seed", "generated", "edited"] | None = None
     limit: int = Field(20, ge=1, le=500, description="Tasks to evaluate, oldest first.")
     max_tokens: int = Field(128, ge=1, le=4096)
@@ -87,7 +89,9 @@ def _held_out(session: Session, dataset: Dataset, body: EvaluationCreate) -> lis
 async def evaluate(
     *, engine: Engine, settings: Settings, dataset: Dataset, body: EvaluationCreate
 ) -> Evaluation:
-    entries = [find_model(settings, m, engine) for m in body.models]  # 404 before any work
+    entries = [  # 404 before any work
+        find_model(settings, m, engine, field=f"models.{i}") for i, m in enumerate(body.models)
+    ]
     with Session(engine) as session:
         samples = _held_out(session, dataset, body)
     params = SamplingParams(max_tokens=body.max_tokens, temperature=0.0)

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from app.errors import NotFound
+from app.errors import InvalidInput, NotFound
 from app.finetune_schemas import (
     FineTuningJob,
     FineTuningJobCheckpoint,
@@ -27,7 +27,7 @@ from app.models import (
     StoredFile,
     utcnow,
 )
-from app.schemas import ExportFormat
+from app.schemas import ErrorItem, ExportFormat
 from app.services.datasets import get_dataset
 from app.services.export import export_chunks
 from app.services.files import file_path, get_file, store_file
@@ -241,7 +241,13 @@ def list_events(
     """Newest first, as OpenAI lists them; `after` is an event id from a previous page."""
     query = select(FineTuneEvent).where(FineTuneEvent.job_id == job.id)
     if after:
-        query = query.where(col(FineTuneEvent.id) < int(after.removeprefix("ftevent-") or 0))
+        number = after.removeprefix("ftevent-")
+        if not (number.isascii() and number.isdigit() and len(number) <= 18):
+            raise InvalidInput(
+                f"after must be an event id from a previous page (ftevent-<n>), got '{after}'.",
+                errors=[ErrorItem(field="after", reason="not an event id")],
+            )
+        query = query.where(col(FineTuneEvent.id) < int(number))
     rows = list(session.exec(query.order_by(col(FineTuneEvent.id).desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit
 

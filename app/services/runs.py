@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
@@ -11,6 +12,7 @@ from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from app.llm import find_model
 from app.models import Dataset, Run, RunEvent, RunStatus, utcnow
 from app.run_schemas import RunCounters, RunCreate, RunEventPublic, RunPublic
+from app.schemas import ErrorItem
 from app.settings import Settings
 
 FINAL = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled})
@@ -22,15 +24,22 @@ def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: 
     if body.target > settings.max_run_target:
         raise PayloadTooLarge(
             f"target {body.target} is above the limit of {settings.max_run_target} "
-            "(SELFINSTRUCT_MAX_RUN_TARGET)."
+            "(SELFINSTRUCT_MAX_RUN_TARGET).",
+            errors=[ErrorItem(field="target", reason=f"above {settings.max_run_target}")],
         )
+    # Take the dataset's row lock before counting, so concurrent creations queue here and each
+    # counts the runs the previous one added (PostgreSQL: a row lock; SQLite: the write lock).
+    session.connection().execute(
+        update(Dataset).where(col(Dataset.id) == dataset.id).values(updated_at=Dataset.updated_at)
+    )
     active = session.exec(
         select(func.count()).where(Run.dataset_id == dataset.id, col(Run.status).in_(ACTIVE))
     ).one()
     if active >= settings.max_active_runs_per_dataset:
         raise Conflict(
             f"Dataset '{dataset.name}' already has {active} queued or running runs "
-            f"(SELFINSTRUCT_MAX_ACTIVE_RUNS_PER_DATASET); wait for one or cancel it."
+            f"(SELFINSTRUCT_MAX_ACTIVE_RUNS_PER_DATASET); wait for one or cancel it.",
+            errors=[ErrorItem(field="name", reason="too many active runs on this dataset")],
         )
     if body.strategy == "template" and body.topic:
         raise InvalidInput("topic: template runs fill slots and show no examples; drop `topic`.")

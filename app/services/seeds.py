@@ -19,6 +19,14 @@ STARTER_SEEDS = "starter_seed_tasks.jsonl"
 MAX_REPORTED_ERRORS = 100
 
 
+def _too_many(max_tasks: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The import has more than {max_tasks} tasks (SELFINSTRUCT_SEED_IMPORT_MAX_TASKS); "
+        "split it into smaller imports. Nothing was stored.",
+        errors=[ErrorItem(field="body", reason=f"more than {max_tasks} tasks")],
+    )
+
+
 def _validate(objects: Iterable[tuple[int, Any]], max_tasks: int) -> list[SeedTask]:
     """Validate numbered raw objects; collect every problem so the user fixes them in one pass."""
     seeds: list[SeedTask] = []
@@ -26,10 +34,7 @@ def _validate(objects: Iterable[tuple[int, Any]], max_tasks: int) -> list[SeedTa
     first_line: dict[str, int] = {}
     for count, (line_no, obj) in enumerate(objects, start=1):
         if count > max_tasks:
-            raise PayloadTooLarge(
-                f"The import has more than {max_tasks} tasks (SELFINSTRUCT_SEED_IMPORT_MAX_TASKS);"
-                " split it into smaller imports."
-            )
+            raise _too_many(max_tasks)
         if not isinstance(obj, dict):
             errors.append(ErrorItem(line=line_no, reason="expected a JSON object"))
             continue
@@ -69,9 +74,12 @@ def parse_jsonl(raw: bytes, *, max_tasks: int) -> list[SeedTask]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"Seed file is not UTF-8 (byte {exc.start}).") from exc
+    lines = text.splitlines()
+    if sum(1 for line in lines if line.strip()) > max_tasks:
+        raise _too_many(max_tasks)  # before parsing any of it
     objects: list[tuple[int, Any]] = []
     errors: list[ErrorItem] = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -96,6 +104,8 @@ def parse_json_array(raw: bytes, *, max_tasks: int) -> list[SeedTask]:
         raise InvalidInput(
             "Expected a JSON array of seed tasks; send JSONL as application/x-ndjson instead."
         )
+    if len(data) > max_tasks:
+        raise _too_many(max_tasks)
     return _validate(enumerate(data, start=1), max_tasks)
 
 

@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from app.api.deps import EngineDep, SettingsDep
 from app.errors import UpstreamError
@@ -23,9 +24,28 @@ from generators.errors import GeneratorError
 router = APIRouter(tags=["chat"])
 
 
+# Fields some clients use to pick a server. Ignoring them would let a client believe it chose
+# the host; refusing them says plainly that only SELFINSTRUCT_ENDPOINTS picks servers.
+SERVER_FIELDS = ("base_url", "api_base", "api_url", "url", "endpoint", "host")
+
+
 class ChatCompletionRequest(BaseModel):
     # Unknown OpenAI fields (user, logprobs...) are ignored: clients send them routinely.
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_server_choice(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in SERVER_FIELDS:
+                if name in data:
+                    raise PydanticCustomError(
+                        "server_not_selectable",
+                        "`{field}` is not accepted: the server's SELFINSTRUCT_ENDPOINTS decide "
+                        "which hosts are called; name a model from GET /v1/models instead",
+                        {"field": name},
+                    )
+        return data
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
@@ -37,7 +57,7 @@ class ChatCompletionRequest(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=8)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Sampling seed (uint32).")
     stream: bool = False
 
 

@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response, status
 
 from app.api.deps import DatasetDep, SessionDep, SettingsDep
-from app.errors import InvalidInput
+from app.errors import InvalidInput, PayloadTooLarge
 from app.schemas import (
     DatasetCreate,
     DatasetPublic,
     DatasetsPublic,
+    ErrorItem,
     ErrorResponse,
     SeedImportResult,
 )
@@ -79,17 +80,38 @@ def delete_dataset(session: SessionDep, dataset: DatasetDep) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-async def _seed_body(request: Request) -> tuple[bytes, str]:
-    """The raw seed payload and its kind ('json' or 'jsonl'), whichever way it was sent."""
+def _too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The seed import is larger than {max_bytes} bytes (SELFINSTRUCT_SEED_IMPORT_MAX_BYTES); "
+        "split it into smaller imports. Nothing was stored.",
+        errors=[ErrorItem(field="body", reason=f"more than {max_bytes} bytes")],
+    )
+
+
+async def _seed_body(request: Request, max_bytes: int) -> tuple[bytes, str]:
+    """The raw seed payload and its kind ('json' or 'jsonl'), whichever way it was sent; reading
+    stops as soon as it passes `max_bytes`."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         form = await request.form()
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise InvalidInput("Multipart seed upload needs a file in the field 'file'.")
-        raw = await upload.read()
+        raw = await upload.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            raise _too_large(max_bytes)
         return raw, "json" if raw.lstrip()[:1] == b"[" else "jsonl"
-    raw = await request.body()
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if content_type == "application/json":
         return raw, "json"
     if content_type in {
@@ -115,7 +137,7 @@ async def import_seeds(
     request: Request, session: SessionDep, settings: SettingsDep, dataset: DatasetDep
 ) -> SeedImportResult:
     """Import seed tasks; the whole file is refused if any line is invalid. Same id updates."""
-    raw, kind = await _seed_body(request)
+    raw, kind = await _seed_body(request, settings.seed_import_max_bytes)
     parse = seed_svc.parse_json_array if kind == "json" else seed_svc.parse_jsonl
     seeds = parse(raw, max_tasks=settings.seed_import_max_tasks)
     return seed_svc.import_seeds(session=session, dataset=dataset, seeds=seeds)

@@ -88,7 +88,7 @@ def create_job(
     return svc.job_public(session=session, job=job)
 
 
-@router.get("/fine_tuning/jobs")
+@router.get("/fine_tuning/jobs", responses=ERRORS)
 def list_jobs(
     session: SessionDep,
     after: str | None = None,
@@ -120,7 +120,10 @@ def list_checkpoints(session: SessionDep, job: JobDep) -> Page[FineTuningJobChec
     return Page[FineTuningJobCheckpoint](data=data, has_more=False)
 
 
-@router.get("/fine_tuning/jobs/{job_id}/events", responses=ERRORS)
+@router.get(
+    "/fine_tuning/jobs/{job_id}/events",
+    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}},
+)
 async def list_events(
     request: Request,
     session: SessionDep,

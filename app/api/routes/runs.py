@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import DatasetDep, EngineDep, SessionDep, SettingsDep
@@ -21,7 +21,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
 FINAL = {s.value for s in svc.FINAL}
 
 
-def run_by_id(session: SessionDep, run_id: int) -> Run:
+MAX_ID = 2**63 - 1  # the largest id a database column holds; past it a lookup cannot match
+
+
+def run_by_id(
+    session: SessionDep, run_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Run id.")]
+) -> Run:
     return svc.get_run(session=session, run_id=run_id)
 
 
@@ -83,7 +88,9 @@ async def run_events(
     engine: EngineDep,
     run: RunDep,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
-    poll_seconds: float = 0.5,
+    poll_seconds: Annotated[
+        float, Query(allow_inf_nan=False, description="Clamped to 0.05-5 s.")
+    ] = 0.5,
 ) -> EventSourceResponse:
     """Stream the run's progress as server-sent events until it ends (resumes: Last-Event-ID)."""
     assert run.id is not None

@@ -1,0 +1,1 @@
+"""Hardening: fuzzing, access, limits, crashes, faults, load."""
