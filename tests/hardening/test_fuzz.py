@@ -24,6 +24,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
@@ -107,6 +108,7 @@ def _fuzz(server: LiveServer) -> tuple[list[str], Counter[int], int]:
     statuses: Counter[int] = Counter()
     operations = 0
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), f"the OpenAPI document has a broken operation: {result}"
         operation = result.ok()
         method, path = operation.method.upper(), operation.path
         if (method, path) in EXCLUDED:

@@ -81,7 +81,7 @@ def test_seed_imports_over_the_byte_limit_store_nothing(limited: TestClient) -> 
     tasks = [seed(id=f"s{i}", instruction="Describe " + "word " * 700) for i in range(3)]
     jsonl = "\n".join(json.dumps(t) for t in tasks).encode()
     assert 8_000 < len(jsonl) < 64_000
-    attempts = [
+    attempts: list[dict[str, Any]] = [
         {"content": json.dumps(tasks).encode(), "headers": {"content-type": "application/json"}},
         {"content": jsonl, "headers": {"content-type": "application/x-ndjson"}},
         {"files": {"file": ("seeds.jsonl", jsonl)}},
@@ -102,7 +102,7 @@ def test_seed_imports_over_the_task_limit_store_nothing(limited: TestClient) -> 
     before = _pool(limited)
     six = [seed(id=f"t{i}", instruction=f"Name a colour number {i}.") for i in range(6)]
     jsonl = "\n".join(json.dumps(t) for t in six).encode()
-    attempts = [
+    attempts: list[dict[str, Any]] = [
         {"json": six},
         {"content": jsonl, "headers": {"content-type": "application/x-ndjson"}},
         {"files": {"file": ("seeds.jsonl", jsonl)}},
