@@ -19,8 +19,8 @@ ARTIFACTS = Path(os.environ.get("SELFINSTRUCT_TEST_ARTIFACTS", "test-artifacts")
 
 
 @pytest.fixture(scope="module")
-def live_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`selfinstruct serve` on SQLite with the bundled model and its embedded worker."""
+def live_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of the server and of any worker started beside it."""
     data = tmp_path_factory.mktemp("dashboard")
     url = f"sqlite:///{data / 'dashboard.db'}"
     migrate(Settings(database_url=url, data_dir=data))
@@ -31,8 +31,14 @@ def live_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "SELFINSTRUCT_API_TOKEN": TOKEN,
         "SELFINSTRUCT_WORKER_POLL_SECONDS": "0.2",
     }
+    return env
+
+
+@pytest.fixture(scope="module")
+def live_base(live_env: dict[str, str]) -> Iterator[str]:
+    """`selfinstruct serve` on SQLite with the bundled model and its embedded worker."""
     port = free_port()
-    server = serve_api(env, port, data / "server.log")
+    server = serve_api(live_env, port, Path(live_env["SELFINSTRUCT_DATA_DIR"]) / "server.log")
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base)

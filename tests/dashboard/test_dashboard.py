@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from typing import Any
 from urllib.parse import quote
 
@@ -13,6 +15,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.dashboard.conftest import ARTIFACTS, TOKEN
+from tests.factories import seed
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -141,3 +144,47 @@ def test_fine_tune_form_shows_the_api_validation(page: Page, live_base: str) -> 
     form.locator('button[type="submit"]').click()
     expect(form.locator(".field-error")).to_contain_text("pattern")
     assert httpx.get(f"{live_base}/v1/fine_tuning/jobs").json()["data"] == []
+
+
+def test_a_fine_tune_job_started_from_the_form_draws_its_loss_curve(
+    page: Page, live_base: str, live_env: dict[str, str]
+) -> None:
+    tiny = [seed() for _ in range(4)]  # short examples keep a CPU job to seconds a step
+    httpx.post(f"{live_base}/v1/datasets", json={"name": "tiny"}, headers=AUTH)
+    httpx.post(f"{live_base}/v1/datasets/tiny/seeds", json=tiny, headers=AUTH)
+    open_view(page, "#/d/tiny")
+    page.evaluate(f"localStorage.setItem('selfinstruct.apiToken', '{TOKEN}')")
+    form = page.locator("#job-form")
+    for name, value in {
+        "suffix": "dash",
+        "hyperparameters.batch_size": "2",
+        "max_steps": "4",
+        "max_seq_len": "64",
+        "lora.r": "4",
+    }.items():
+        form.locator(f'[name="{name}"]').fill(value)
+    form.locator('button[type="submit"]').click()
+    page.wait_for_url(re.compile(r"#/jobs/[^/]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#job-status")).to_have_text("queued")
+    command = ["worker", "--kind", "finetune", "--device", "cpu", "--once"]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *command],
+        env=live_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        final = re.compile("^(succeeded|failed|cancelled)$")
+        expect(page.locator("#job-status")).to_have_text(final, timeout=600_000)
+    finally:
+        worker.kill()
+        worker.wait()
+    job = httpx.get(f"{live_base}/v1/fine_tuning/jobs/{job_id}").json()
+    assert job["status"] == "succeeded", page.locator("#job-error").inner_text()
+    expect(page.locator("#loss-chart svg")).to_have_attribute("data-points", "4")
+    expect(page.locator("#loss-chart path.line").first).to_be_visible()
+    steps = page.locator('[data-counter="step"] b')
+    expect(steps).to_have_text("4")
+    expect(page.locator("#job-summary")).to_contain_text(job["fine_tuned_model"])
+    assert page.locator("#job-events pre").count() >= 4

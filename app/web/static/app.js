@@ -338,7 +338,10 @@ async function datasetView(name) {
       field("Base model", h("select", { name: "model" }, models)),
       field("Suffix", h("input", { name: "suffix", placeholder: "my-model" })),
       field("Epochs", numberInput("hyperparameters.n_epochs", { placeholder: "auto" })),
+      field("Batch size", numberInput("hyperparameters.batch_size", { placeholder: "auto" })),
       field("Max steps", numberInput("max_steps", { placeholder: "all" })),
+      field("Max sequence length (tokens)", numberInput("max_seq_len", { placeholder: "default" })),
+      field("LoRA rank (empty: full fine-tune)", numberInput("lora.r", { placeholder: "full" })),
     ],
     "Start fine-tune job",
     (body) => api("POST", "/v1/fine_tuning/jobs", body),
@@ -604,8 +607,10 @@ async function jobView(id) {
     try { job = await api("POST", `/v1/fine_tuning/jobs/${enc(job.id)}/cancel`); render(); }
     catch (error) { alert(error.message); }
   } }, "Cancel job");
+  const message = h("p", { class: "form-error", id: "job-error" });
   const render = () => {
     status.replaceChildren(badge(job.status));
+    message.textContent = job.error ? `${job.error.code}: ${job.error.message}` : "";
     const p = job.progress || {};
     summary.replaceChildren(
       counter("step", p.step), counter("total steps", p.total_steps, "total_steps"),
@@ -633,7 +638,8 @@ async function jobView(id) {
   });
   return [
     h("h1", { class: "row" }, `Job ${job.id} `, status, h("span", { class: "spacer" }), cancel),
-    h("p", { class: "muted" }, `${job.model}`, job.dataset ? ` · dataset ${job.dataset}` : "", job.error ? ` · ${job.error.message}` : ""),
+    h("p", { class: "muted" }, `${job.model}`, job.dataset ? ` · dataset ${job.dataset}` : ""),
+    message,
     summary,
     h("div", { class: "card" }, h("h2", {}, "Loss"), chart),
     h("div", { class: "card" }, h("h2", {}, "Events"), events),
