@@ -15,8 +15,18 @@ from app.worker import new_worker_id
 
 log = logging.getLogger("selfinstruct.remote_worker")
 
+# Statuses a restarting API or a proxy in front of it answers for a while; worth another try.
+TRANSIENT_STATUSES = frozenset({502, 503, 504})
+
 
 class RemoteFinetuneWorker:
+    """Claims and trains jobs over HTTP.
+
+    The API may restart (or a proxy may drop a connection) while a job trains: a request that
+    fails to connect or gets a 502/503/504 is retried with backoff for up to `api_retry_s`,
+    training pausing meanwhile, so a job survives an API outage instead of failing with it.
+    """
+
     def __init__(
         self,
         *,
@@ -26,20 +36,45 @@ class RemoteFinetuneWorker:
         device: str = "auto",
         poll_seconds: float = 5.0,
         client: httpx.Client | None = None,
+        api_retry_s: float = 600.0,
     ) -> None:
-        self.http = client or httpx.Client(base_url=api_url.rstrip("/"), timeout=120)
+        # Idle connections expire before the server's keep-alive (uvicorn: 5 s) can close them
+        # under a request; polling every 5 s would otherwise race it.
+        self.http = client or httpx.Client(
+            base_url=api_url.rstrip("/"),
+            timeout=120,
+            limits=httpx.Limits(keepalive_expiry=2.0),
+        )
         self.headers = {"authorization": f"Bearer {token}"}
         self.work_dir = work_dir
         self.device = device
         self.poll_seconds = poll_seconds
+        self.api_retry_s = api_retry_s
         self.worker_id = new_worker_id()
 
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        response = self.http.post(
-            path, json={"worker_id": self.worker_id, **body}, headers=self.headers
-        )
-        response.raise_for_status()
-        return response
+        deadline = time.monotonic() + self.api_retry_s
+        delay = 0.2
+        while True:
+            try:
+                response = self.http.post(
+                    path, json={"worker_id": self.worker_id, **body}, headers=self.headers
+                )
+            except httpx.TransportError as exc:
+                failure: str = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code not in TRANSIENT_STATUSES:
+                    response.raise_for_status()
+                    return response
+                failure = f"HTTP {response.status_code}"
+            if time.monotonic() + delay > deadline:
+                raise RuntimeError(
+                    f"the API did not answer POST {path} for {self.api_retry_s:.0f}s; "
+                    f"last error: {failure}"
+                )
+            log.warning("POST %s failed (%s); retrying in %.1fs", path, failure, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     def _download(self, file_id: str, into: Path) -> Path:
         path = into / f"{file_id}.jsonl"
@@ -91,7 +126,14 @@ class RemoteFinetuneWorker:
 
     def run_forever(self, *, once: bool = False) -> None:
         while True:
-            if not self.run_once():
+            try:
+                worked = self.run_once()
+            except Exception:
+                # An API gone for longer than api_retry_s, a refused request: the job's lease
+                # runs out on the API side and the job is claimed again; this worker goes on.
+                log.exception("remote worker %s: job attempt failed", self.worker_id)
+                worked = False
+            if not worked:
                 if once:
                     return
                 time.sleep(self.poll_seconds)

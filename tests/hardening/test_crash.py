@@ -1,0 +1,118 @@
+"""kill -9 of the API while a remote GPU worker trains a job over HTTP, on SQLite and PostgreSQL.
+
+The other crash cases live beside the features they break: the serving process killed during a
+run (tests/runs/test_runs_e2e.py) and a fine-tune worker killed during a job
+(tests/finetune/test_finetune_e2e.py). Here the process that dies is the API a remote worker
+reports to: the worker must wait for it to come back and finish the job, not fail it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from app.db import migrate
+from app.remote_worker import RemoteFinetuneWorker
+from app.settings import Settings
+from tests.conftest import _wipe
+from tests.finetune.test_finetune_e2e import (
+    _greet_dataset,
+    _register_base,
+    tiny_base_dir,  # noqa: F401  (a fixture)
+)
+from tests.live import free_port, serve_api, wait_ready
+
+WORKER_TOKEN = "remote-worker-secret-9"
+TOTAL_STEPS = 40
+
+
+def test_api_killed_while_a_remote_worker_trains_then_the_job_completes(
+    db_url: str,
+    tmp_path: Path,
+    tiny_base_dir: Path,  # noqa: F811
+) -> None:
+    settings = Settings(database_url=db_url, data_dir=tmp_path / "api")
+    migrate(settings)
+    _wipe(db_url)
+    base_model = _register_base(settings, tiny_base_dir)
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "SELFINSTRUCT_DATA_DIR": str(tmp_path / "api"),
+        "SELFINSTRUCT_WORKER_TOKEN": WORKER_TOKEN,
+        "SELFINSTRUCT_EMBEDDED_WORKER": "false",
+        "SELFINSTRUCT_WORKER_LEASE_SECONDS": "30",
+    }
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = serve_api(env, port, tmp_path / "server.log")
+    worker_thread: threading.Thread | None = None
+    try:
+        wait_ready(base)
+        with httpx.Client(base_url=base, timeout=30) as client:
+            _greet_dataset(client)  # type: ignore[arg-type]
+            created = client.post(
+                "/v1/fine_tuning/jobs",
+                json={
+                    "model": base_model,
+                    "dataset": "greet",
+                    "lora": {"r": 4},
+                    "max_seq_len": 64,
+                    "max_steps": TOTAL_STEPS,
+                    "checkpoint_interval": 5,
+                    "seed": 4,
+                    "method": {
+                        "type": "supervised",
+                        "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 2}},
+                    },
+                },
+            )
+            assert created.status_code == 200, created.text
+            job_id = created.json()["id"]
+        remote = RemoteFinetuneWorker(
+            api_url=base,
+            token=WORKER_TOKEN,
+            work_dir=tmp_path / "api" / "remote-worker",  # storage the API mounts too
+            device="cpu",
+        )
+        worker_thread = threading.Thread(target=remote.run_forever, kwargs={"once": True})
+        worker_thread.start()
+        deadline = time.monotonic() + 120
+        while (
+            httpx.get(f"{base}/v1/fine_tuning/jobs/{job_id}").json()["progress"].get("step", 0) < 3
+        ):
+            assert time.monotonic() < deadline and worker_thread.is_alive()
+            time.sleep(0.05)
+
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+        time.sleep(1.0)  # the worker's reports fail meanwhile
+        server = serve_api(env, port, tmp_path / "server.log")
+        wait_ready(base)
+
+        worker_thread.join(timeout=180)
+        assert not worker_thread.is_alive()
+        with httpx.Client(base_url=base, timeout=30) as client:
+            done = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+            assert done["status"] == "succeeded", done
+            assert done["progress"]["step"] == TOTAL_STEPS
+            events = client.get(
+                f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1000}
+            ).json()["data"]
+        steps = {
+            int(e["message"].split()[1].split("/")[0])
+            for e in events
+            if e["message"].startswith("Step ")
+        }
+        assert steps == set(range(1, TOTAL_STEPS + 1))  # no step report lost in the outage
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        if worker_thread is not None:
+            worker_thread.join(timeout=60)
+        _wipe(db_url)
