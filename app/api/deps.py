@@ -16,6 +16,8 @@ from app.services.datasets import get_dataset
 from app.settings import Settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_ID = 2**63 - 1  # the largest id a database column holds; past it a lookup cannot match
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="Task id.")]
 
 
 def get_app_settings(request: Request) -> Settings:

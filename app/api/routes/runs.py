@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from sse_starlette.sse import EventSourceResponse
 
-from app.api.deps import DatasetDep, EngineDep, SessionDep, SettingsDep
+from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep
 from app.models import Dataset, Run
 from app.run_schemas import RunCreate, RunPublic, RunsPublic
 from app.schemas import ErrorResponse
@@ -19,9 +19,6 @@ from app.services import runs as svc
 router = APIRouter(tags=["runs"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
 FINAL = {s.value for s in svc.FINAL}
-
-
-MAX_ID = 2**63 - 1  # the largest id a database column holds; past it a lookup cannot match
 
 
 def run_by_id(

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import DatasetDep, EngineDep, SessionDep, SettingsDep
+from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep, TaskId
 from app.errors import InvalidInput
 from app.models import TaskOrigin, TaskStatus
 from app.schemas import ErrorResponse, ExportFormat, TaskEdit, TaskPublic, TaskReview, TasksPublic
@@ -24,7 +24,7 @@ def list_tasks(
     dataset: DatasetDep,
     origin: TaskOrigin | None = None,
     status: TaskStatus | None = None,
-    run_id: int | None = None,
+    run_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     is_classification: bool | None = None,
     contains: Annotated[
         str | None, Query(max_length=500, description="Case-insensitive text in the instruction.")
@@ -48,14 +48,14 @@ def list_tasks(
 
 
 @router.get("/tasks/{task_id}", responses={404: {"model": ErrorResponse}})
-def read_task(session: SessionDep, task_id: int) -> TaskPublic:
+def read_task(session: SessionDep, task_id: TaskId) -> TaskPublic:
     """Read one task with its verdict, nearest neighbours and lineage."""
     task, dataset = svc.get_task(session=session, task_id=task_id)
     return svc.task_public(task=task, dataset_name=dataset.name)
 
 
 @router.patch("/tasks/{task_id}", responses={404: {"model": ErrorResponse}})
-def review_task(session: SessionDep, task_id: int, review: TaskReview) -> TaskPublic:
+def review_task(session: SessionDep, task_id: TaskId, review: TaskReview) -> TaskPublic:
     """Accept or reject a task by hand; the earlier verdict stays in `lineage.reviews`."""
     task = svc.review_task(session=session, task_id=task_id, review=review)
     _, dataset = svc.get_task(session=session, task_id=task_id)
@@ -67,7 +67,7 @@ def review_task(session: SessionDep, task_id: int, review: TaskReview) -> TaskPu
     status_code=201,
     responses={404: {"model": ErrorResponse}},
 )
-def edit_task(session: SessionDep, task_id: int, edit: TaskEdit) -> TaskPublic:
+def edit_task(session: SessionDep, task_id: TaskId, edit: TaskEdit) -> TaskPublic:
     """Save a corrected copy (origin `edited`, `edited_from_id` set); the original is kept."""
     task = svc.edit_task(session=session, task_id=task_id, edit=edit)
     _, dataset = svc.get_task(session=session, task_id=task_id)
