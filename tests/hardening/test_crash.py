@@ -1,4 +1,5 @@
-"""kill -9 of the API while a remote GPU worker trains a job over HTTP, on SQLite and PostgreSQL.
+"""kill -9 of the API while a remote GPU worker trains a job over HTTP, on SQLite and PostgreSQL;
+and the converse, a live but slow-starting fine-tune worker that must not be declared dead.
 
 The other crash cases live beside the features they break: the serving process killed during a
 run (tests/runs/test_runs_e2e.py) and a fine-tune worker killed during a job
@@ -10,13 +11,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
+from fastapi.testclient import TestClient
 
 from app.db import migrate
+from app.main import create_app
 from app.remote_worker import RemoteFinetuneWorker
 from app.settings import Settings
 from tests.conftest import _wipe
@@ -116,3 +121,79 @@ def test_api_killed_while_a_remote_worker_trains_then_the_job_completes(
         if worker_thread is not None:
             worker_thread.join(timeout=60)
         _wipe(db_url)
+
+
+def test_a_slow_starting_fine_tune_worker_is_not_taken_for_a_dead_one(
+    sqlite_url: str,
+    tmp_path: Path,
+    tiny_base_dir: Path,  # noqa: F811
+) -> None:
+    """Two fine-tune workers and a lease (2 s) shorter than the time a fresh worker needs
+    between claiming a job and its first training event (importing the training stack, loading
+    the model: seconds here, minutes for a large model). The claiming worker keeps its lease
+    alive meanwhile, so the other never takes the job over: it starts once and is never
+    resumed. The lease is about dead workers, not slow ones. (Lease renewal does not depend on
+    the database, so SQLite alone is used.)"""
+    settings = Settings(
+        database_url=sqlite_url, data_dir=tmp_path, embedded_worker=False, worker_lease_seconds=2
+    )
+    migrate(settings)
+    _wipe(sqlite_url)
+    base_model = _register_base(settings, tiny_base_dir)
+    env = {
+        **os.environ,
+        "DATABASE_URL": sqlite_url,
+        "SELFINSTRUCT_DATA_DIR": str(tmp_path),
+        "SELFINSTRUCT_WORKER_LEASE_SECONDS": "2",
+        "SELFINSTRUCT_WORKER_POLL_SECONDS": "0.2",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "app.cli", "worker", "--kind", "finetune", "--device", "cpu"]
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        with TestClient(create_app(settings)) as client:
+            _greet_dataset(client)
+            workers = [
+                subprocess.Popen(
+                    command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+                for _ in range(2)
+            ]
+            time.sleep(3)  # both are polling before the job exists
+            created = client.post(
+                "/v1/fine_tuning/jobs",
+                json={
+                    "model": base_model,
+                    "dataset": "greet",
+                    "lora": {"r": 4},
+                    "max_seq_len": 64,
+                    "max_steps": 6,
+                    "seed": 5,
+                },
+            )
+            assert created.status_code == 200, created.text
+            job_id = created.json()["id"]
+            deadline = time.monotonic() + 180
+            while (job := client.get(f"/v1/fine_tuning/jobs/{job_id}").json())["status"] in (
+                "validating_files",
+                "queued",
+                "running",
+            ):
+                assert time.monotonic() < deadline, job
+                assert all(w.poll() is None for w in workers)
+                time.sleep(0.2)
+            assert job["status"] == "succeeded", job
+            events = client.get(
+                f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1000}
+            ).json()["data"]
+        starts = [
+            e["message"]
+            for e in events
+            if e["message"].startswith(("Fine-tuning job started", "Resuming from"))
+        ]
+        assert starts == ["Fine-tuning job started"], starts
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+        _wipe(sqlite_url)
