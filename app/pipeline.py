@@ -647,13 +647,17 @@ async def _while_leased(
             done, _ = await asyncio.wait({task}, timeout=lease_seconds / 3)
             if done:
                 return task.result()
-            kept = await asyncio.to_thread(
-                renew_lease,
-                engine,
-                run_id=run_id,
-                worker_id=worker_id,
-                lease_seconds=lease_seconds,
-            )
+            try:
+                kept = await asyncio.to_thread(
+                    renew_lease,
+                    engine,
+                    run_id=run_id,
+                    worker_id=worker_id,
+                    lease_seconds=lease_seconds,
+                )
+            except Exception:  # a database hiccup must not fail the run; store_batch re-checks
+                log.warning("run %s: lease renewal failed; retrying", run_id, exc_info=True)
+                continue
             if not kept:
                 return None
     finally:
