@@ -41,7 +41,12 @@ def serve(
     from app.main import create_app
 
     settings = get_settings()
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        timeout_keep_alive=75,  # above common proxy idle timeouts, so proxies close first
+    )
 
 
 @cli.command("migrate")

@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 from app.llm import ModelEntry, backend_for, find_model, price_table
 from app.models import Dataset, Run, RunEvent, RunStatus, Task, TaskOrigin, TaskStatus, utcnow
 from app.run_schemas import Caps, RunCreate
+from app.services.runs import counters
 from app.settings import Settings
 from app.strategies import (
     Candidate,
@@ -467,21 +468,8 @@ def store_batch(ctx: RunContext, verdicts: list[Verdict], spend: Spend) -> tuple
 
 
 def _counter_data(run: Run) -> dict[str, Any]:
-    return {
-        k: getattr(run, k)
-        for k in (
-            "requests",
-            "failed_requests",
-            "prompt_tokens",
-            "completion_tokens",
-            "cost",
-            "candidates",
-            "accepted",
-            "rejected",
-            "rejected_by_reason",
-            "instances",
-        )
-    }
+    """The counters as the API shows them, so stream and GET never disagree."""
+    return counters(run).model_dump()
 
 
 def finish(

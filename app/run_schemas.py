@@ -124,6 +124,8 @@ class RunCounters(BaseModel):
     rejected: int
     rejected_by_reason: dict[str, int]
     instances: int
+    retries: int = Field(description="Extra attempts the model server needed (429, 5xx, timeouts).")
+    unparseable_completions: int = Field(description="Answers that held no task at all.")
 
 
 class RunPublic(BaseModel):

@@ -120,6 +120,8 @@ def counters(run: Run) -> RunCounters:
         rejected=run.rejected,
         rejected_by_reason=dict(run.rejected_by_reason),
         instances=run.instances,
+        retries=run.state.get("retries", 0),
+        unparseable_completions=run.state.get("unparseable_completions", 0),
     )
 
 

@@ -203,9 +203,11 @@ def test_run_survives_a_fault_recovers_with_the_server_and_fails_clearly_when_it
             assert run["counters"]["failed_requests"] == 2
             assert [e["failed_requests"] for e in trouble] == [2, 0]
             assert [e["retries"] for e in trouble] == [2, 2]
+            assert run["counters"]["retries"] == 4  # the totals a user sees on the run
         else:
             assert run["counters"]["failed_requests"] == 0
             assert [e["unparseable_completions"] for e in trouble] == [2, 2]
+            assert run["counters"]["unparseable_completions"] == 4
         assert_run_matches_rows(sqlite_db, run_id)
 
 

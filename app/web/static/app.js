@@ -392,6 +392,8 @@ async function runView(id) {
       counter("candidates", c.candidates), counter("accepted", c.accepted),
       counter("rejected", c.rejected), counter("requests", c.requests),
       counter("failed requests", c.failed_requests, "failed_requests"),
+      counter("retries", c.retries),
+      counter("answers without tasks", c.unparseable_completions, "unparseable_completions"),
       counter("prompt tokens", c.prompt_tokens, "prompt_tokens"),
       counter("completion tokens", c.completion_tokens, "completion_tokens"),
       h("div", { class: "counter", "data-counter": "cost" }, h("b", {}, money(c.cost)), h("span", {}, "cost")),
@@ -404,7 +406,7 @@ async function runView(id) {
     );
     cancel.disabled = FINAL_RUN.has(run.status);
     const end = [run.stop_reason && `stopped: ${run.stop_reason}`, run.error].filter(Boolean).join(" · ");
-    message.textContent = end;
+    if (end) message.textContent = end;
   };
   const addCandidate = (data) => {
     candidates.prepend(h("tr", {},
@@ -424,6 +426,10 @@ async function runView(id) {
     status: (e) => { run.status = e.data.status; render(); },
     counters: (e) => { apply(e.data); if (!FINAL_RUN.has(run.status)) run.status = "running"; render(); },
     candidate: (e) => addCandidate(e.data),
+    llm_errors: (e) => {  // the batch's counters event follows with the totals
+      const d = e.data;
+      message.textContent = d.last_error || (d.last_unparseable ? `an answer held no task: ${d.last_unparseable}` : "");
+    },
     end: async (e) => {
       apply(e.data);
       run = await api("GET", `/v1/runs/${run.id}`);
