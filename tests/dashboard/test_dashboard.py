@@ -86,6 +86,8 @@ def test_a_run_started_from_the_form_is_watched_to_the_end_then_reviewed(
     assert counter(page, "requests") == run["counters"]["requests"]
     rows = page.locator("#run-candidates tr")
     expect(rows).to_have_count(run["counters"]["candidates"])
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-run.png"), full_page=True)
 
     # review: reject the accepted task, accept it again, then edit it
     task = httpx.get(
@@ -115,6 +117,7 @@ def test_a_run_started_from_the_form_is_watched_to_the_end_then_reviewed(
     expect(page.locator(".task .instruction", has_text="把这段文字翻译成英文。")).to_be_visible()
     exported = {t["instruction"]: t for t in export(live_base)}
     assert "把这段文字翻译成英文。" in exported and task["instruction"] not in exported
+    page.screenshot(path=str(ARTIFACTS / "dashboard-tasks.png"), full_page=True)
     assert exported["把这段文字翻译成英文。"]["instances"] == [
         {"input": "你好，世界", "output": "Hello, world"}
     ]
@@ -187,4 +190,6 @@ def test_a_fine_tune_job_started_from_the_form_draws_its_loss_curve(
     steps = page.locator('[data-counter="step"] b')
     expect(steps).to_have_text("4")
     expect(page.locator("#job-summary")).to_contain_text(job["fine_tuned_model"])
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"), full_page=True)
     assert page.locator("#job-events pre").count() >= 4

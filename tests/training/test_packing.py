@@ -17,7 +17,7 @@ def _example(ids: list[int], n_prompt: int) -> TokenizedExample:
     return TokenizedExample(input_ids=ids, labels=labels, line=1)
 
 
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager", "flex_attention"])
 def test_packed_example_logits_equal_the_example_alone(attn_implementation: str) -> None:
     model = build_tiny_llama(vocab_size=128, seed=1)
     model.set_attn_implementation(attn_implementation)

@@ -241,15 +241,16 @@ function hbars(pairs, { cls = "bar" } = {}) {
 
 /** Loss against step: training (solid) and evaluation (dashed). */
 function lossChart(train, evals) {
-  const width = 560, height = 220, pad = 36;
+  const width = 900, height = 260, pad = 44;
   const all = [...train, ...evals];
   const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "data-points": train.length });
   if (!all.length) return h("div", { class: "chart" }, h("p", { class: "muted" }, "No steps yet."));
-  const maxStep = Math.max(1, ...all.map((p) => p[0]));
+  const minStep = Math.min(...all.map((p) => p[0]));
+  const maxStep = Math.max(minStep + 1, ...all.map((p) => p[0]));
   const losses = all.map((p) => p[1]);
   const lo = Math.min(...losses), hi = Math.max(...losses);
   const span = hi - lo || 1;
-  const x = (step) => pad + ((width - pad - 8) * step) / maxStep;
+  const x = (step) => pad + ((width - pad - 8) * (step - minStep)) / (maxStep - minStep);
   const y = (loss) => 8 + ((height - pad) * (hi - loss)) / span;
   const path = (points) => points.map((p, i) => `${i ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
   svg.append(
@@ -445,7 +446,7 @@ async function runView(id) {
     counters,
     h("div", { class: "grid" },
       h("div", { class: "card" }, h("h2", {}, "Funnel"), funnel),
-      h("div", { class: "card candidates" }, h("h2", {}, "Recent candidates"),
+      h("div", { class: "card candidates wide" }, h("h2", {}, "Recent candidates"),
         h("table", {}, h("thead", {}, h("tr", {}, ["Task", "Instruction", "Verdict", "Reason", "ROUGE-L"].map((c) => h("th", {}, c)))), candidates))),
   ];
 }
@@ -621,7 +622,7 @@ async function jobView(id) {
     summary.replaceChildren(
       counter("step", p.step), counter("total steps", p.total_steps, "total_steps"),
       counter("trained tokens", job.trained_tokens, "trained_tokens"),
-      h("div", { class: "counter" }, h("b", {}, job.fine_tuned_model || "–"), h("span", {}, "fine-tuned model")));
+      h("div", { class: "counter text" }, h("b", {}, job.fine_tuned_model || "–"), h("span", {}, "fine-tuned model")));
     chart.replaceChildren(lossChart(train, evals));
     cancel.disabled = FINAL_JOB.has(job.status);
   };
