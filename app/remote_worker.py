@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from app.finetune_worker import run_training
+from app.finetune_worker import Heartbeat, run_training
 from app.worker import new_worker_id
 
 log = logging.getLogger("selfinstruct.remote_worker")
@@ -106,20 +106,27 @@ class RemoteFinetuneWorker:
         )
         proceed = True
 
-        def on_event(event: dict[str, Any]) -> None:
+        def report(events: list[dict[str, Any]]) -> bool:
             nonlocal proceed
-            reply = self._post(f"/v1/workers/finetune/{job_id}/events", {"events": [event]})
-            proceed = bool(reply.json()["proceed"])
+            reply = self._post(f"/v1/workers/finetune/{job_id}/events", {"events": events})
+            proceed = proceed and bool(reply.json()["proceed"])
+            return proceed
 
-        outcome = run_training(
-            spec,
-            train_path=train_path,
-            valid_path=valid_path,
-            output_dir=job_dir / "output",
-            device=self.device,
-            on_event=on_event,
-            should_stop=lambda: not proceed,
-        )
+        def on_event(event: dict[str, Any]) -> None:
+            report([event])
+
+        # An empty report renews the lease while no event comes: loading a large model or one
+        # long step can outlast it, and another worker would take over a job still alive.
+        with Heartbeat(lambda: report([]), float(spec.get("lease_seconds", 60))) as heartbeat:
+            outcome = run_training(
+                spec,
+                train_path=train_path,
+                valid_path=valid_path,
+                output_dir=job_dir / "output",
+                device=self.device,
+                on_event=on_event,
+                should_stop=lambda: not proceed or heartbeat.lost,
+            )
         if outcome is not None:
             self._post(f"/v1/workers/finetune/{job_id}/complete", {"outcome": outcome})
         return True

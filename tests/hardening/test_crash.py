@@ -15,9 +15,12 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from app.db import migrate
@@ -123,7 +126,9 @@ def test_api_killed_while_a_remote_worker_trains_then_the_job_completes(
         _wipe(db_url)
 
 
+@pytest.mark.parametrize("via", ["database", "http"])
 def test_a_slow_starting_fine_tune_worker_is_not_taken_for_a_dead_one(
+    via: str,
     sqlite_url: str,
     tmp_path: Path,
     tiny_base_dir: Path,  # noqa: F811
@@ -132,8 +137,9 @@ def test_a_slow_starting_fine_tune_worker_is_not_taken_for_a_dead_one(
     between claiming a job and its first training event (importing the training stack, loading
     the model: seconds here, minutes for a large model). The claiming worker keeps its lease
     alive meanwhile, so the other never takes the job over: it starts once and is never
-    resumed. The lease is about dead workers, not slow ones. (Lease renewal does not depend on
-    the database, so SQLite alone is used.)"""
+    resumed. The lease is about dead workers, not slow ones. Workers on the database and remote
+    workers over HTTP (which renew with empty event reports) both hold. (Lease renewal does not
+    depend on the database, so SQLite alone is used.)"""
     settings = Settings(
         database_url=sqlite_url, data_dir=tmp_path, embedded_worker=False, worker_lease_seconds=2
     )
@@ -144,14 +150,26 @@ def test_a_slow_starting_fine_tune_worker_is_not_taken_for_a_dead_one(
         **os.environ,
         "DATABASE_URL": sqlite_url,
         "SELFINSTRUCT_DATA_DIR": str(tmp_path),
+        "SELFINSTRUCT_EMBEDDED_WORKER": "false",
         "SELFINSTRUCT_WORKER_LEASE_SECONDS": "2",
         "SELFINSTRUCT_WORKER_POLL_SECONDS": "0.2",
+        "SELFINSTRUCT_WORKER_TOKEN": WORKER_TOKEN,
         "OMP_NUM_THREADS": "1",
     }
     command = [sys.executable, "-m", "app.cli", "worker", "--kind", "finetune", "--device", "cpu"]
     workers: list[subprocess.Popen[bytes]] = []
-    try:
-        with TestClient(create_app(settings)) as client:
+    server: subprocess.Popen[bytes] | None = None
+    with ExitStack() as stack:
+        if via == "http":
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            server = serve_api(env, port, tmp_path / "server.log")
+            wait_ready(base)
+            client: Any = stack.enter_context(httpx.Client(base_url=base, timeout=30))
+            command += ["--api-url", base, "--worker-token", WORKER_TOKEN]
+        else:
+            client = stack.enter_context(TestClient(create_app(settings)))
+        try:
             _greet_dataset(client)
             workers = [
                 subprocess.Popen(
@@ -186,14 +204,17 @@ def test_a_slow_starting_fine_tune_worker_is_not_taken_for_a_dead_one(
             events = client.get(
                 f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1000}
             ).json()["data"]
-        starts = [
-            e["message"]
-            for e in events
-            if e["message"].startswith(("Fine-tuning job started", "Resuming from"))
-        ]
-        assert starts == ["Fine-tuning job started"], starts
-    finally:
-        for worker in workers:
-            worker.kill()
-            worker.wait()
-        _wipe(sqlite_url)
+            starts = [
+                e["message"]
+                for e in events
+                if e["message"].startswith(("Fine-tuning job started", "Resuming from"))
+            ]
+            assert starts == ["Fine-tuning job started"], starts
+        finally:
+            for worker in workers:
+                worker.kill()
+                worker.wait()
+            if server is not None:
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=30)
+    _wipe(sqlite_url)

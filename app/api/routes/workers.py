@@ -125,7 +125,8 @@ def claim_job(engine: EngineDep, settings: SettingsDep, body: ClaimRequest) -> A
     with Session(engine) as session:
         job = session.get(FineTuneJob, job_id)
         assert job is not None
-        return job_spec(settings, engine, job)
+        # the lease tells the worker how often to renew while no event comes (model loading)
+        return {**job_spec(settings, engine, job), "lease_seconds": settings.worker_lease_seconds}
 
 
 @router.post("/{job_id}/events")
