@@ -1,0 +1,221 @@
+"""The words of every prompt template, per language, and the worked examples they show.
+
+Kept apart from `generators.prompts`, which assembles prompts from them, so a template's wording
+can be read and reviewed (and a language added) without reading the assembly code. Changing any
+text here changes what models see: bump the matching `*_TEMPLATE_VERSION` in prompts.py.
+"""
+
+from __future__ import annotations
+
+NO_INPUT = "<noinput>"  # what a prompt shows for a task that takes no input
+
+BOOTSTRAP_HEADERS: dict[str, str] = {
+    "en": (
+        "Below is a numbered list of varied tasks that people ask an AI assistant to carry out. "
+        "Each line is one self-contained instruction. Extend the list with new tasks that are "
+        "different from every task already on it."
+    ),
+    "zh": (
+        "下面是一份编号清单，列出了人们请 AI 助手完成的各种任务，每行是一条完整、独立的指令。"
+        "请接着往下写，补充与清单中已有任务都不相同的新任务。"
+    ),
+}
+
+# (instruction, is_classification): mixed answers and languages, including near misses
+# (open-ended questions that look like labelling, labelling tasks phrased as questions).
+CLASSIFICATION_EXAMPLES: tuple[tuple[str, bool], ...] = (
+    ("Tell whether the email below is spam or not spam.", True),
+    ("Write a short bedtime story about a fox who is afraid of the dark.", False),
+    ("Given a news headline, assign it to one of: sports, politics, science, entertainment.", True),
+    ("Explain why the sky looks orange at sunset.", False),
+    ("判断下面这条商品评论是好评还是差评。", True),
+    ("请为一家新开的咖啡店写一句宣传口号。", False),
+    ("Does the following sentence contain a grammatical error? Answer yes or no.", True),
+    ("Summarize the paragraph in one sentence.", False),
+    ("Rate the difficulty of the math problem as easy, medium, or hard.", True),
+    ("列出去海边度假需要准备的五样东西。", False),
+    ("Which of the two statements is more likely to be true? Answer A or B.", True),
+    ("Translate the sentence into French.", False),
+)
+
+CLASSIFICATION_WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "header": (
+            "Decide whether each task is a classification task, that is, whether every correct "
+            "answer comes from a small, fixed set of labels (such as yes/no, positive/negative, "
+            "or one of a few named categories). Answer Yes or No."
+        ),
+        "task": "Task:",
+        "question": "Fixed set of labels?",
+        "yes": "Yes",
+        "no": "No",
+    },
+    "zh": {
+        "header": (
+            "判断下面每个任务是不是分类任务：也就是说，它的正确答案是否总是取自一小组固定的标签"
+            "（例如 是/否、正面/负面，或几个指定类别之一）。请回答“是”或“否”。"
+        ),
+        "task": "任务：",
+        "question": "标签是否固定有限：",
+        "yes": "是",
+        "no": "否",
+    },
+}
+
+INSTANCE_WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "input_first_header": (
+            "For each task below, write a few examples. An example gives an input and then the "
+            "output that correctly completes the task for that input. When a task needs no "
+            f"input, write {NO_INPUT} as the input and give the output directly."
+        ),
+        "output_first_header": (
+            "Each task below sorts its inputs into a fixed set of class labels. For each task, "
+            "first choose a class label, then write an input that truly belongs to that label. "
+            "Spread the examples over different labels."
+        ),
+        "task": "Task:",
+        "example": "Example",
+        "input": "Input:",
+        "output": "Output:",
+        "label": "Class label:",
+    },
+    "zh": {
+        "input_first_header": (
+            "请为下面每个任务写几个示例。每个示例先给出输入，再给出针对该输入正确完成任务的输出。"
+            f"如果任务不需要输入，输入处写 {NO_INPUT}，然后直接给出输出。"
+        ),
+        "output_first_header": (
+            "下面每个任务都要把输入归入一组固定的类别标签。对每个任务，先选一个类别标签，"
+            "再写一个确实属于该标签的输入。示例要尽量覆盖不同的标签。"
+        ),
+        "task": "任务：",
+        "example": "示例",
+        "input": "输入：",
+        "output": "输出：",
+        "label": "类别标签：",
+    },
+}
+
+# (instruction, [(input, output), ...]); an empty input is shown as NO_INPUT.
+INPUT_FIRST_EXAMPLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "Convert the temperature from Celsius to Fahrenheit.",
+        (("25 °C", "77 °F"), ("-10 °C", "14 °F")),
+    ),
+    (
+        "Suggest a name for a small bakery that specializes in sourdough bread.",
+        (("", "Rise & Crust"),),
+    ),
+    (
+        "Rewrite the sentence in the passive voice.",
+        (
+            (
+                "The committee approved the new budget.",
+                "The new budget was approved by the committee.",
+            ),
+            (
+                "Maria painted the fence last weekend.",
+                "The fence was painted by Maria last weekend.",
+            ),
+        ),
+    ),
+    (
+        "把下面的句子翻译成英文。",
+        (("今天的会议推迟到下午三点。", "Today's meeting has been postponed to 3 p.m."),),
+    ),
+)
+
+# (instruction, [(class label, input), ...])
+OUTPUT_FIRST_EXAMPLES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "Decide whether the restaurant review is positive or negative.",
+        (
+            ("Positive", "The ramen broth was rich and the staff remembered our names."),
+            ("Negative", "We waited forty minutes and the soup arrived cold."),
+        ),
+    ),
+    (
+        "Tell whether the number is prime. Answer Yes or No.",
+        (("Yes", "29"), ("No", "51")),
+    ),
+    (
+        "Identify the language the code snippet is written in: Python, JavaScript, or SQL.",
+        (
+            ("SQL", "SELECT name FROM users WHERE age > 30;"),
+            ("Python", "print(sum(range(10)))"),
+            ("JavaScript", "const total = prices.reduce((a, b) => a + b, 0);"),
+        ),
+    ),
+    (
+        "判断这句话表达的情绪是高兴、生气还是难过。",
+        (
+            ("高兴", "终于收到录取通知书了！"),
+            ("生气", "快递又被放错地方了，这已经是第三次了。"),
+            ("难过", "陪伴我十年的猫昨天走了。"),
+        ),
+    ),
+)
+
+ALPACA_WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "intro": (
+            "You are writing a list of {n} varied tasks for training an AI assistant. Each task "
+            "has an instruction, an optional input and the output a good assistant would give."
+        ),
+        "rules_title": "Rules:",
+        "rules": (
+            "Start instructions with different verbs; do not reuse the same opening twice.\n"
+            "Vary the phrasing: mix commands and questions.\n"
+            "Cover many kinds of work: brainstorming, rewriting, classifying, open questions, "
+            "reasoning, coding, extracting information and more.\n"
+            "Every task must be doable with text alone: nothing that needs images, files, audio, "
+            "web browsing or actions in the physical world.\n"
+            "Keep each instruction to one or two sentences.\n"
+            "When a task needs an input, give a concrete, realistic one of at most 100 words, "
+            "never a placeholder. When it needs none, write <noinput>.\n"
+            "Make the output a correct, complete answer of at most 100 words.\n"
+            "Write everything in English."
+        ),
+        "list_title": "List of {n} tasks:",
+        "task": "Task",
+        "instruction": "Instruction:",
+        "input": "Input:",
+        "output": "Output:",
+    },
+    "zh": {
+        "intro": (
+            "请为训练 AI 助手写一份包含 {n} 个不同任务的清单。"
+            "每个任务包括一条指令、一个可选的输入，以及一个好助手应当给出的输出。"
+        ),
+        "rules_title": "要求：",
+        "rules": (
+            "指令的开头动词要各不相同，不要重复同样的开头。\n"
+            "句式要有变化：命令句和疑问句都要有。\n"
+            "任务类型要多样：头脑风暴、改写、分类、开放式问答、推理、编程、信息抽取等。\n"
+            "每个任务都必须只靠文字就能完成：不能涉及图片、文件、音频、上网或现实中的动作。\n"
+            "每条指令控制在一到两句话。\n"
+            "需要输入时，给出具体、真实的输入，不超过 100 字，不要用占位符；不需要输入时写 "
+            "<noinput>。\n"
+            "输出必须正确、完整，不超过 100 字。\n"
+            "全部用中文书写。"
+        ),
+        "list_title": "{n} 个任务的清单：",
+        "task": "任务",
+        "instruction": "指令：",
+        "input": "输入：",
+        "output": "输出：",
+    },
+}
+
+CHAT_SYSTEM_MESSAGES: dict[str, str] = {
+    "en": (
+        "The user message is an unfinished document. Continue it from exactly where it stops, "
+        "keeping its format and numbering. Reply with the continuation only: no greeting, no "
+        "explanation, and do not repeat the text you were given."
+    ),
+    "zh": (
+        "用户消息是一份没写完的文档。请从它停下的地方直接接着写，保持原有的格式和编号。"
+        "只回复续写的内容：不要打招呼，不要解释，也不要重复已给出的文字。"
+    ),
+}
