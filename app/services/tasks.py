@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from app.errors import InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 from app.models import Dataset, Task, TaskOrigin, TaskStatus, utcnow
 from app.schemas import TaskEdit, TaskPublic, TaskReview, TasksPublic
 
@@ -74,11 +75,27 @@ def task_public(*, task: Task, dataset_name: str) -> TaskPublic:
 
 
 def _locked(session: Session, task_id: int) -> Task:
-    """The task, row-locked on PostgreSQL so two reviewers' changes apply one after the other."""
-    task = session.exec(select(Task).where(Task.id == task_id).with_for_update()).first()
+    """The task, read after a no-op write to its row, so two reviewers' changes apply one after
+    the other: the write takes PostgreSQL's row lock and SQLite's database write lock, which
+    `SELECT ... FOR UPDATE` alone would not (SQLite ignores it)."""
+    session.execute(
+        sa.update(Task).where(col(Task.id) == task_id).values(updated_at=Task.updated_at)
+    )
+    task = session.exec(select(Task).where(Task.id == task_id)).first()
     if task is None:
         raise NotFound(f"Task {task_id} does not exist.")
     return task
+
+
+def _replacement(session: Session, task: Task) -> Task | None:
+    """The accepted edit that replaced `task`, if any; a second live copy would export twice."""
+    if task.rejection_reason != REPLACED_BY_EDIT:
+        return None
+    return session.exec(
+        select(Task)
+        .where(Task.edited_from_id == task.id, Task.status == TaskStatus.accepted.value)
+        .order_by(col(Task.id).desc())
+    ).first()
 
 
 def _record(task: Task, entry: dict[str, object]) -> None:
@@ -98,6 +115,11 @@ def _record(task: Task, entry: dict[str, object]) -> None:
 def review_task(*, session: Session, task_id: int, review: TaskReview) -> Task:
     """Accept or reject a task by hand; run counters keep the pipeline's verdicts."""
     task = _locked(session, task_id)
+    if review.status is TaskStatus.accepted and (newer := _replacement(session, task)):
+        raise Conflict(
+            f"Task {task_id} was replaced by the edited task {newer.id}, which is accepted; "
+            f"reject task {newer.id} first, or edit it instead."
+        )
     _record(task, {"status": review.status.value, "note": review.note})
     task.status = review.status.value
     if review.status is TaskStatus.accepted:
@@ -116,6 +138,15 @@ def edit_task(*, session: Session, task_id: int, edit: TaskEdit) -> Task:
     original; an accepted original is rejected as `replaced_by_edit` so export holds one copy."""
     original = _locked(session, task_id)
     assert original.id is not None
+    if original.origin == TaskOrigin.seed.value:
+        raise Conflict(
+            f"Task {task_id} is a seed; change a seed by posting it again with the same id to "
+            "/v1/datasets/{name}/seeds, which replaces it."
+        )
+    if newer := _replacement(session, original):
+        raise Conflict(
+            f"Task {task_id} was already replaced by the edited task {newer.id}; edit that one."
+        )
     edited = Task(
         dataset_id=original.dataset_id,
         name=original.name,

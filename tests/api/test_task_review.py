@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.testclient import TestClient
 
 from app.settings import Settings
 from tests.api.test_tasks_export import _add_generated
+from tests.factories import seed
 
 
 def _generated(client: TestClient, settings: Settings) -> dict[str, int]:
@@ -110,3 +112,38 @@ def test_bad_reviews_and_edits_are_refused_and_change_nothing(
         if field:
             assert any(field in e["field"] for e in response.json()["errors"]), response.text
     assert client.get("/v1/datasets/review/tasks").json()["data"] == before
+
+
+def test_one_live_copy_per_task_even_with_concurrent_editors(
+    client: TestClient, settings: Settings
+) -> None:
+    ids = _generated(client, settings)
+    url = f"/v1/tasks/{ids['Summarise']}/edits"
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        codes = list(
+            pool.map(
+                lambda n: client.post(url, json={"instruction": f"Summarise it, take {n}."}),
+                range(4),
+            )
+        )
+    assert sorted(r.status_code for r in codes) == [201, 409, 409, 409], [r.text for r in codes]
+    (edited,) = [r.json() for r in codes if r.status_code == 201]
+    again = client.post(url, json={"instruction": "Once more."})
+    assert again.status_code == 409 and str(edited["id"]) in again.json()["detail"]
+    summaries = [t for t in _export(client) if t["instruction"].startswith("Summarise")]
+    assert [t["instruction"] for t in summaries] == [edited["instruction"]]
+
+    # the original comes back only once its edit is rejected
+    original = f"/v1/tasks/{ids['Summarise']}"
+    assert client.patch(original, json={"status": "accepted"}).status_code == 409
+    client.patch(f"/v1/tasks/{edited['id']}", json={"status": "rejected"})
+    assert client.patch(original, json={"status": "accepted"}).json()["status"] == "accepted"
+
+
+def test_seeds_are_changed_by_posting_them_again_not_by_edits(client: TestClient) -> None:
+    client.post("/v1/datasets", json={"name": "review"})
+    client.post("/v1/datasets/review/seeds", json=[seed(id="s1")])
+    (task,) = client.get("/v1/datasets/review/tasks").json()["data"]
+    refused = client.post(f"/v1/tasks/{task['id']}/edits", json={"instruction": "Other."})
+    assert refused.status_code == 409 and "/seeds" in refused.json()["detail"]
+    assert client.get("/v1/datasets/review/tasks").json()["data"] == [task]

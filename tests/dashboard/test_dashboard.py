@@ -141,6 +141,10 @@ def test_stats_page_draws_every_chart(page: Page, live_base: str) -> None:
 
 def test_fine_tune_form_shows_the_api_validation(page: Page, live_base: str) -> None:
     open_view(page, "#/d/default")
+    models = [m["id"] for m in httpx.get(f"{live_base}/v1/models").json()["data"]]
+    for form_id in ("run-form", "job-form"):  # each form lists every model
+        options = page.locator(f'#{form_id} [name="model"] option')
+        assert options.evaluate_all("els => els.map(e => e.value)") == models
     page.evaluate(f"localStorage.setItem('selfinstruct.apiToken', '{TOKEN}')")
     form = page.locator("#job-form")
     form.locator('[name="suffix"]').fill("no spaces allowed")

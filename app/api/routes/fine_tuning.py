@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, Header, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from sse_starlette.sse import EventSourceResponse
 
@@ -132,20 +132,25 @@ async def list_events(
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
     stream: bool = False,
+    last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Any:
-    """Job events, newest first; `stream=true` (or Accept: text/event-stream) follows them live."""
+    """Job events, newest first; `stream=true` (or Accept: text/event-stream) follows them live
+    in order, resuming after `Last-Event-ID` when a client reconnects."""
     if stream or "text/event-stream" in request.headers.get("accept", ""):
-        return EventSourceResponse(_follow(request, engine, job.id))
+        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        return EventSourceResponse(_follow(request, engine, job.id, start))
     events, more = svc.list_events(session=session, job=job, after=after, limit=limit)
     return Page[FineTuningJobEvent](data=[svc.event_public(e) for e in events], has_more=more)
 
 
-async def _follow(request: Request, engine: Any, job_id: str) -> AsyncIterator[dict[str, str]]:
+async def _follow(
+    request: Request, engine: Any, job_id: str, after: int
+) -> AsyncIterator[dict[str, str]]:
     from sqlmodel import Session, col, select
 
     from app.models import FineTuneEvent
 
-    last = 0
+    last = after
 
     def read() -> tuple[list[FineTuneEvent], str]:
         with Session(engine) as session:

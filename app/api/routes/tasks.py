@@ -54,7 +54,9 @@ def read_task(session: SessionDep, task_id: TaskId) -> TaskPublic:
     return svc.task_public(task=task, dataset_name=dataset.name)
 
 
-@router.patch("/tasks/{task_id}", responses={404: {"model": ErrorResponse}})
+@router.patch(
+    "/tasks/{task_id}", responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
+)
 def review_task(session: SessionDep, task_id: TaskId, review: TaskReview) -> TaskPublic:
     """Accept or reject a task by hand; the earlier verdict stays in `lineage.reviews`."""
     task = svc.review_task(session=session, task_id=task_id, review=review)
@@ -65,7 +67,7 @@ def review_task(session: SessionDep, task_id: TaskId, review: TaskReview) -> Tas
 @router.post(
     "/tasks/{task_id}/edits",
     status_code=201,
-    responses={404: {"model": ErrorResponse}},
+    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
 )
 def edit_task(session: SessionDep, task_id: TaskId, edit: TaskEdit) -> TaskPublic:
     """Save a corrected copy (origin `edited`, `edited_from_id` set); the original is kept."""

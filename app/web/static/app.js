@@ -3,9 +3,13 @@
 
 const TOKEN_KEY = "selfinstruct.apiToken";
 const FINAL_RUN = new Set(["succeeded", "failed", "cancelled"]);
+const RUN_ORDER = { queued: 0, running: 1, succeeded: 2, failed: 2, cancelled: 2 };
+/** A replayed stream starts with old statuses; never step back from what a GET already said. */
+const later = (current, next) => ((RUN_ORDER[next] ?? 0) >= (RUN_ORDER[current] ?? 0) ? next : current);
 const FINAL_JOB = new Set(["succeeded", "failed", "cancelled"]);
 const view = document.getElementById("view");
 let cleanups = []; // closes the event streams of the view being left
+let navigation = 0; // counts route changes, so late answers for an old view are dropped
 
 // --- small helpers -------------------------------------------------------------------------
 
@@ -66,6 +70,7 @@ function askToken(reason) {
   document.getElementById("token-reason").textContent =
     reason || "Changing requests need the service's API token. It is kept in this browser only.";
   tokenForm.reset();
+  tokenDialog.returnValue = "";
   return new Promise((resolve) => {
     tokenDialog.addEventListener(
       "close",
@@ -111,11 +116,19 @@ async function api(method, path, body) {
 /** Server-sent events; the stream is closed when the view changes or the source ends. */
 function follow(url, handlers) {
   const source = new EventSource(url);
-  for (const [name, handler] of Object.entries(handlers)) {
-    source.addEventListener(name, (event) => handler(JSON.parse(event.data)));
+  const owner = navigation; // a view the user already left must not update the page
+  const { done, ended, ...named } = handlers;
+  for (const [name, handler] of Object.entries(named)) {
+    source.addEventListener(name, (event) => {
+      if (owner !== navigation) source.close();
+      else handler(JSON.parse(event.data));
+    });
   }
-  source.addEventListener("error", () => {
-    if (source.readyState === EventSource.CLOSED || handlers.done?.()) source.close();
+  // The server closes a finished stream; the browser would reconnect, so decide here.
+  source.addEventListener("error", async () => {
+    if (source.readyState === EventSource.CLOSED || done?.() || (ended && (await ended()))) {
+      source.close();
+    }
   });
   cleanups.push(() => source.close());
   return source;
@@ -192,10 +205,12 @@ const field = (label, input) => h("label", {}, label, input);
 const numberInput = (name, attrs = {}) =>
   h("input", { type: "number", name, "data-type": "int", ...attrs });
 
-async function modelOptions() {
-  const models = await api("GET", "/v1/models");
-  return models.data.map((m) => h("option", { value: m.id }, m.id));
+async function modelIds() {
+  return (await api("GET", "/v1/models")).data.map((m) => m.id);
 }
+
+// a fresh set per <select>: an element can sit in one list only
+const modelOptions = (ids) => ids.map((id) => h("option", { value: id }, id));
 
 // --- charts (SVG) ----------------------------------------------------------------------------
 
@@ -303,7 +318,7 @@ async function datasetView(name) {
   const [dataset, runs, models] = await Promise.all([
     api("GET", `/v1/datasets/${enc(name)}`),
     api("GET", `/v1/datasets/${enc(name)}/runs`),
-    modelOptions(),
+    modelIds(),
   ]);
   const runRows = runs.data.map((r) =>
     h("tr", {},
@@ -319,7 +334,7 @@ async function datasetView(name) {
     { class: "stack", id: "run-form" },
     [
       field("Target (accepted tasks)", numberInput("target", { value: 10, min: 1 })),
-      field("Model", h("select", { name: "model" }, models)),
+      field("Model", h("select", { name: "model" }, modelOptions(models))),
       field("Strategy", h("select", { name: "strategy" },
         ["self_instruct", "alpaca", "template"].map((v) => h("option", { value: v }, v)))),
       field("Language", h("select", { name: "language" },
@@ -336,7 +351,7 @@ async function datasetView(name) {
     { class: "stack", id: "job-form" },
     [
       h("input", { type: "hidden", name: "dataset", value: name }),
-      field("Base model", h("select", { name: "model" }, models)),
+      field("Base model", h("select", { name: "model" }, modelOptions(models))),
       field("Suffix", h("input", { name: "suffix", placeholder: "my-model" })),
       field("Epochs", numberInput("hyperparameters.n_epochs", { placeholder: "auto" })),
       field("Batch size", numberInput("hyperparameters.batch_size", { placeholder: "auto" })),
@@ -424,8 +439,8 @@ async function runView(id) {
     for (const key of Object.keys(run.counters)) if (key in data) run.counters[key] = data[key];
   };
   follow(`/v1/runs/${run.id}/events`, {
-    status: (e) => { run.status = e.data.status; render(); },
-    counters: (e) => { apply(e.data); if (!FINAL_RUN.has(run.status)) run.status = "running"; render(); },
+    status: (e) => { run.status = later(run.status, e.data.status); render(); },
+    counters: (e) => { apply(e.data); run.status = later(run.status, "running"); render(); },
     candidate: (e) => addCandidate(e.data),
     llm_errors: (e) => {  // the batch's counters event follows with the totals
       const d = e.data;
@@ -433,6 +448,8 @@ async function runView(id) {
     },
     end: async (e) => {
       apply(e.data);
+      run.status = e.data.status; // final: the stream may close before the GET below returns
+      render();
       run = await api("GET", `/v1/runs/${run.id}`);
       render();
     },
@@ -483,7 +500,11 @@ function taskCard(task, onChange) {
     const instances = task.instances.map((i) =>
       h("pre", {}, i.input ? `Input: ${i.input}\nOutput: ${i.output}` : `Output: ${i.output}`));
     const setStatus = (status) => async () => {
-      const note = status === "rejected" ? prompt("Why is it rejected? (optional)") ?? undefined : undefined;
+      let note;
+      if (status === "rejected") {
+        note = prompt("Why is it rejected? (optional)");
+        if (note === null) return; // cancelled
+      }
       try {
         Object.assign(task, await api("PATCH", `/v1/tasks/${task.id}`, note ? { status, note } : { status }));
         draw();
@@ -633,15 +654,20 @@ async function jobView(id) {
       if (d.type === "step" && Number.isFinite(d.train_loss)) train.push([d.step, d.train_loss]);
       if (d.type === "eval" && Number.isFinite(d.eval_loss)) evals.push([d.step, d.eval_loss]);
       events.prepend(h("pre", { "data-level": e.level }, `${when(e.created_at)}  ${e.message}`));
-      if (["done", "cancelled"].includes(d.type) || e.level === "error" || /succeeded|failed|cancelled/.test(e.message)) {
-        job = await api("GET", `/v1/fine_tuning/jobs/${enc(job.id)}`);
-      } else if (d.type === "step") {
+      if (d.type !== "step") {
+        job = await api("GET", `/v1/fine_tuning/jobs/${enc(job.id)}`); // status lives on the job
+      } else {
         job.progress = { ...(job.progress || {}), step: d.step, total_steps: d.total_steps };
         job.status = "running";
       }
       render();
     },
     done: () => FINAL_JOB.has(job.status),
+    ended: async () => {
+      job = await api("GET", `/v1/fine_tuning/jobs/${enc(job.id)}`);
+      render();
+      return FINAL_JOB.has(job.status);
+    },
   });
   return [
     h("h1", { class: "row" }, `Job ${job.id} `, status, h("span", { class: "spacer" }), cancel),
@@ -667,17 +693,21 @@ const routes = [
 ];
 
 async function route() {
+  const current = ++navigation;
   cleanups.forEach((close) => close());
   cleanups = [];
   const hash = location.hash || "#/";
   for (const [pattern, render] of routes) {
     const match = hash.match(pattern);
     if (!match) continue;
+    let content;
     try {
-      view.replaceChildren(...[await render(match)].flat());
+      content = [await render(match)].flat();
     } catch (error) {
-      view.replaceChildren(h("h1", {}, "Something went wrong"), h("p", { class: "form-error", role: "alert" }, error.message));
+      content = [h("h1", {}, "Something went wrong"), h("p", { class: "form-error", role: "alert" }, error.message)];
     }
+    if (current !== navigation) return; // the user moved on; that view's streams are closed
+    view.replaceChildren(...content);
     view.dataset.ready = hash;
     return;
   }
