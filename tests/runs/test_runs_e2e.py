@@ -156,6 +156,9 @@ def test_kill9_mid_run_then_restart_finishes_consistently(
             if httpx.get(f"{base}/v1/runs/{run_id}").json()["counters"]["accepted"] >= 8:
                 break
             time.sleep(0.05)
+        # one worker, busy with the first run: the second waits (after the restart either may
+        # be claimed first, since the dead worker's lease has not run out yet)
+        assert httpx.get(f"{base}/v1/runs/{queued_id}").json()["status"] == "queued"
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
         before = _accepted_ids(settings.db_url, run_id)
@@ -165,7 +168,6 @@ def test_kill9_mid_run_then_restart_finishes_consistently(
         with httpx.Client(base_url=base, timeout=10) as client:
             mid = client.get(f"/v1/runs/{run_id}").json()
             assert 8 <= mid["counters"]["accepted"] < 40, mid
-            assert client.get(f"/v1/runs/{queued_id}").json()["status"] == "queued"
             deadline = time.monotonic() + 120
             for rid, target in ((run_id, 40), (queued_id, 6)):
                 while (run := client.get(f"/v1/runs/{rid}").json())["status"] in (
