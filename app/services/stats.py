@@ -81,6 +81,9 @@ def dataset_stats(*, session: Session, dataset: Dataset) -> DatasetStats:
     reasons: Counter[str] = Counter()
     for counts in session.exec(select(Run.rejected_by_reason).where(Run.dataset_id == dataset.id)):
         reasons.update(counts)
+    instruction_words = [words(r[0]) for r in tasks]
+    input_words = [words(i.get("input", "")) for i in instances]
+    output_words = [words(i.get("output", "")) for i in instances]
     verbs = Counter(leading_word(r[0]) for r in tasks)
     verbs.pop("", None)
     return DatasetStats(
@@ -89,16 +92,16 @@ def dataset_stats(*, session: Session, dataset: Dataset) -> DatasetStats:
         non_classification=sum(1 for r in tasks if not r[2]),
         instances=len(instances),
         empty_inputs=sum(1 for i in instances if not i.get("input", "").strip()),
-        mean_instruction_words=_mean(words(r[0]) for r in tasks),
-        mean_input_words=_mean(words(i.get("input", "")) for i in instances),
-        mean_output_words=_mean(words(i.get("output", "")) for i in instances),
+        mean_instruction_words=_mean(instruction_words),
+        mean_input_words=_mean(input_words),
+        mean_output_words=_mean(output_words),
         rouge_to_nearest_seed=[
             HistogramBin(low=b / HISTOGRAM_BINS, high=(b + 1) / HISTOGRAM_BINS, count=n)
             for b, n in enumerate(bins)
         ],
-        instruction_length=length_histogram([words(r[0]) for r in tasks]),
-        input_length=length_histogram([words(i.get("input", "")) for i in instances]),
-        output_length=length_histogram([words(i.get("output", "")) for i in instances]),
+        instruction_length=length_histogram(instruction_words),
+        input_length=length_histogram(input_words),
+        output_length=length_histogram(output_words),
         rejected_by_reason=dict(reasons.most_common()),
         leading_verbs=verbs.most_common(TOP_VERBS),
         seeds=len(seeds),
@@ -117,6 +120,5 @@ def length_histogram(values: list[int]) -> list[HistogramBin]:
     ]
 
 
-def _mean(values: object) -> float:
-    data = list(values)  # type: ignore[call-overload]
-    return round(mean(data), 2) if data else 0.0
+def _mean(values: list[int]) -> float:
+    return round(mean(values), 2) if values else 0.0

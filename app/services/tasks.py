@@ -112,7 +112,13 @@ def _record(task: Task, entry: dict[str, object]) -> None:
     task.lineage = {**task.lineage, "reviews": history}
 
 
-def review_task(*, session: Session, task_id: int, review: TaskReview) -> Task:
+def _public(session: Session, task: Task) -> TaskPublic:
+    dataset = session.get(Dataset, task.dataset_id)
+    assert dataset is not None  # a task's dataset is deleted with it
+    return task_public(task=task, dataset_name=dataset.name)
+
+
+def review_task(*, session: Session, task_id: int, review: TaskReview) -> TaskPublic:
     """Accept or reject a task by hand; run counters keep the pipeline's verdicts."""
     task = _locked(session, task_id)
     if review.status is TaskStatus.accepted and (newer := _replacement(session, task)):
@@ -130,10 +136,10 @@ def review_task(*, session: Session, task_id: int, review: TaskReview) -> Task:
     session.add(task)
     session.commit()
     session.refresh(task)
-    return task
+    return _public(session, task)
 
 
-def edit_task(*, session: Session, task_id: int, edit: TaskEdit) -> Task:
+def edit_task(*, session: Session, task_id: int, edit: TaskEdit) -> TaskPublic:
     """Store the corrected task as a new accepted row with origin `edited`, pointing back at the
     original; an accepted original is rejected as `replaced_by_edit` so export holds one copy."""
     original = _locked(session, task_id)
@@ -178,4 +184,4 @@ def edit_task(*, session: Session, task_id: int, edit: TaskEdit) -> Task:
         session.add(original)
     session.commit()
     session.refresh(edited)
-    return edited
+    return _public(session, edited)

@@ -59,9 +59,7 @@ def read_task(session: SessionDep, task_id: TaskId) -> TaskPublic:
 )
 def review_task(session: SessionDep, task_id: TaskId, review: TaskReview) -> TaskPublic:
     """Accept or reject a task by hand; the earlier verdict stays in `lineage.reviews`."""
-    task = svc.review_task(session=session, task_id=task_id, review=review)
-    _, dataset = svc.get_task(session=session, task_id=task_id)
-    return svc.task_public(task=task, dataset_name=dataset.name)
+    return svc.review_task(session=session, task_id=task_id, review=review)
 
 
 @router.post(
@@ -71,9 +69,7 @@ def review_task(session: SessionDep, task_id: TaskId, review: TaskReview) -> Tas
 )
 def edit_task(session: SessionDep, task_id: TaskId, edit: TaskEdit) -> TaskPublic:
     """Save a corrected copy (origin `edited`, `edited_from_id` set); the original is kept."""
-    task = svc.edit_task(session=session, task_id=task_id, edit=edit)
-    _, dataset = svc.get_task(session=session, task_id=task_id)
-    return svc.task_public(task=task, dataset_name=dataset.name)
+    return svc.edit_task(session=session, task_id=task_id, edit=edit)
 
 
 @router.get(
