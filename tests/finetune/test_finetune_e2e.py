@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -188,6 +189,30 @@ def _register_base(settings: Settings, model_dir: Path) -> str:
     return "ft:tiny-llama:base:ftjob-tinybase"
 
 
+LONG_SUPERVISED = {  # enough epochs that max_steps, not the data, ends the job
+    "type": "supervised",
+    "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 2}},
+}
+
+
+def _tiny_lora_job(client: Any, model: str, *, max_steps: int, seed: int, **fields: Any) -> str:
+    """A small LoRA job on the `greet` dataset; returns its id."""
+    created = client.post(
+        "/v1/fine_tuning/jobs",
+        json={
+            "model": model,
+            "dataset": "greet",
+            "lora": {"r": 4},
+            "max_seq_len": 64,
+            "max_steps": max_steps,
+            "seed": seed,
+            **fields,
+        },
+    )
+    assert created.status_code == 200, created.text
+    return str(created.json()["id"])
+
+
 @pytest.mark.slow
 def test_killed_worker_loses_the_lease_and_the_job_resumes_from_its_checkpoint(
     db_url: str, tmp_path: Path, tiny_base_dir: Path
@@ -216,24 +241,9 @@ def test_killed_worker_loses_the_lease_and_the_job_resumes_from_its_checkpoint(
     total = 40
     with TestClient(create_app(settings)) as client:
         _greet_dataset(client)
-        created = client.post(
-            "/v1/fine_tuning/jobs",
-            json={
-                "model": base,
-                "dataset": "greet",
-                "lora": {"r": 4},
-                "max_seq_len": 64,
-                "max_steps": total,
-                "checkpoint_interval": 5,
-                "seed": 2,
-                "method": {
-                    "type": "supervised",
-                    "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 2}},
-                },
-            },
+        job_id = _tiny_lora_job(
+            client, base, max_steps=total, seed=2, checkpoint_interval=5, method=LONG_SUPERVISED
         )
-        assert created.status_code == 200, created.text
-        job_id = created.json()["id"]
         env = {
             **os.environ,
             "DATABASE_URL": settings.db_url,

@@ -29,8 +29,10 @@ from app.remote_worker import RemoteFinetuneWorker
 from app.settings import Settings
 from tests.conftest import _wipe
 from tests.finetune.test_finetune_e2e import (
+    LONG_SUPERVISED,
     _greet_dataset,
     _register_base,
+    _tiny_lora_job,
     tiny_base_dir,  # noqa: F401  (a fixture)
 )
 from tests.live import free_port, serve_api, wait_ready
@@ -64,24 +66,14 @@ def test_api_killed_while_a_remote_worker_trains_then_the_job_completes(
         wait_ready(base)
         with httpx.Client(base_url=base, timeout=30) as client:
             _greet_dataset(client)  # type: ignore[arg-type]
-            created = client.post(
-                "/v1/fine_tuning/jobs",
-                json={
-                    "model": base_model,
-                    "dataset": "greet",
-                    "lora": {"r": 4},
-                    "max_seq_len": 64,
-                    "max_steps": TOTAL_STEPS,
-                    "checkpoint_interval": 5,
-                    "seed": 4,
-                    "method": {
-                        "type": "supervised",
-                        "supervised": {"hyperparameters": {"n_epochs": 50, "batch_size": 2}},
-                    },
-                },
+            job_id = _tiny_lora_job(
+                client,
+                base_model,
+                max_steps=TOTAL_STEPS,
+                seed=4,
+                checkpoint_interval=5,
+                method=LONG_SUPERVISED,
             )
-            assert created.status_code == 200, created.text
-            job_id = created.json()["id"]
         remote = RemoteFinetuneWorker(
             api_url=base,
             token=WORKER_TOKEN,
@@ -178,19 +170,7 @@ def test_a_slow_starting_fine_tune_worker_is_not_taken_for_a_dead_one(
                 for _ in range(2)
             ]
             time.sleep(3)  # both are polling before the job exists
-            created = client.post(
-                "/v1/fine_tuning/jobs",
-                json={
-                    "model": base_model,
-                    "dataset": "greet",
-                    "lora": {"r": 4},
-                    "max_seq_len": 64,
-                    "max_steps": 6,
-                    "seed": 5,
-                },
-            )
-            assert created.status_code == 200, created.text
-            job_id = created.json()["id"]
+            job_id = _tiny_lora_job(client, base_model, max_steps=6, seed=5)
             deadline = time.monotonic() + 180
             while (job := client.get(f"/v1/fine_tuning/jobs/{job_id}").json())["status"] in (
                 "validating_files",
