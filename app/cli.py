@@ -180,10 +180,11 @@ def generate(
 
     from pydantic import ValidationError
 
+    from app.leases import claim_run
     from app.pipeline import execute_run
     from app.run_schemas import RunCreate
     from app.services.runs import create_run
-    from app.worker import Worker, claim_run
+    from app.worker import Worker
 
     settings = get_settings()
     engine = make_engine(settings)

@@ -11,19 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app.leases import LeaseHolder, renew
 from app.models import FineTuneCheckpoint, FineTuneJob, JobStatus, utcnow
 from app.services.files import file_path
 from app.services.finetune import add_event, artifacts_dir, tuned_model_dir
 from app.settings import BUNDLED_MODEL_ID, Settings
-from app.worker import renew
-
-if TYPE_CHECKING:
-    from app.worker import Worker
 
 log = logging.getLogger("selfinstruct.finetune")
 MAX_ATTEMPTS = 3  # claims of one job before it fails as worker_lost
@@ -260,7 +257,12 @@ class Heartbeat:
 
 
 def execute_job(
-    *, engine: Engine, settings: Settings, job_id: str, worker: Worker, device: str | None = None
+    *,
+    engine: Engine,
+    settings: Settings,
+    job_id: str,
+    worker: LeaseHolder,
+    device: str | None = None,
 ) -> None:
     """The database-connected worker's side of a job."""
     if not begin_attempt(engine, job_id):

@@ -14,14 +14,14 @@ from typing import Literal
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-import generators.local
-import generators.openai_compat  # noqa: F401  (registers the "openai" backend)
+import generators.local  # noqa: F401  (registers the "local" backend)
 from app.errors import NotFound
 from app.models import FineTuneJob, JobStatus
 from app.schemas import ErrorItem
 from app.services.finetune import tuned_model_dir
 from app.settings import BUNDLED_MODEL_ID, EndpointConfig, Settings
 from generators.base import Backend, create_backend
+from generators.openai_compat import OpenAIBackend
 from generators.pricing import DEFAULT_PRICES, PriceTable
 
 
@@ -101,11 +101,12 @@ def backend_for(settings: Settings, entry: ModelEntry) -> Backend:
         return backend
 
 
-def forget_backends_of_this_loop() -> None:
-    loop_id = id(asyncio.get_running_loop())
-    with _lock:
-        for key in [k for k in _backends if k[0] == loop_id]:
-            del _backends[key]
+def replica_health(settings: Settings, entry: ModelEntry) -> list[dict[str, object]]:
+    """The pool's replicas as this process sees them (state shared by every event loop)."""
+    if entry.endpoint is None:
+        return []
+    backend = backend_for(settings, entry)
+    return backend.replica_health() if isinstance(backend, OpenAIBackend) else []
 
 
 def _build(settings: Settings, entry: ModelEntry) -> Backend:
@@ -119,14 +120,19 @@ def _build(settings: Settings, entry: ModelEntry) -> Backend:
             },
         )
     ep = entry.endpoint
+    # The pool: `base_url` (if set) at the endpoint's concurrency, then each replica at its own.
+    servers = [(ep.base_url, ep.max_concurrency)] if ep.base_url else []
+    servers += [(r.base_url, r.max_concurrency or ep.max_concurrency) for r in ep.replicas]
+    (first, first_concurrency), *more = servers
     return create_backend(
         "openai",
         {
-            "base_url": ep.base_url,
+            "base_url": first,
+            "replicas": [{"base_url": url, "max_concurrency": c} for url, c in more],
             "api_key": ep.api_key,
             "model": entry.id,
             "timeout_s": ep.timeout_s,
-            "max_concurrency": ep.max_concurrency,
+            "max_concurrency": first_concurrency,
             "max_retries": ep.max_retries,
             "requests_per_minute": ep.requests_per_minute,
             "tokens_per_minute": ep.tokens_per_minute,

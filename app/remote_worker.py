@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from app.finetune_worker import Heartbeat, run_training
-from app.worker import new_worker_id
+from app.leases import new_worker_id
 
 log = logging.getLogger("selfinstruct.remote_worker")
 

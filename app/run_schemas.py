@@ -126,6 +126,9 @@ class RunCounters(BaseModel):
     instances: int
     retries: int = Field(description="Extra attempts the model server needed (429, 5xx, timeouts).")
     unparseable_completions: int = Field(description="Answers that held no task at all.")
+    in_flight: int = Field(0, description="Model requests in flight at the last commit.")
+    requests_per_s: float = Field(0.0, description="Model requests per second, recently.")
+    accepted_per_s: float = Field(0.0, description="Tasks accepted per second, recently.")
 
 
 class RunPublic(BaseModel):
@@ -158,6 +161,22 @@ class RunEventPublic(BaseModel):
     created_at: datetime
 
 
+class ReplicaPublic(BaseModel):
+    """One server of a model's pool, as this process sees it."""
+
+    base_url: str
+    health: Literal["healthy", "failing", "cooling_down", "rate_limited"] = Field(
+        description="cooling_down: failed and gets no work for a while; rate_limited: asked "
+        "to wait (429 with Retry-After); failing: back from a cooldown, not yet answering."
+    )
+    in_flight: int
+    concurrency_limit: int = Field(description="Current limit, lowered on 429s (AIMD).")
+    max_concurrency: int
+    served: int = Field(description="Attempts answered since the service started.")
+    failed: int = Field(description="Attempts failed since the service started.")
+    last_error: str | None
+
+
 class ModelPublic(BaseModel):
     """OpenAI's model object, plus where it runs and whether it answers now."""
 
@@ -167,6 +186,9 @@ class ModelPublic(BaseModel):
     owned_by: str
     backend: str
     reachable: bool
+    replicas: list[ReplicaPublic] = Field(
+        default_factory=list, description="The servers of a remote model's pool."
+    )
 
 
 class ModelsPublic(BaseModel):

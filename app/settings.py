@@ -13,23 +13,66 @@ PLACEHOLDER_TOKENS = {"changethis", "changeme", "secret", "token", "password"}
 BUNDLED_MODEL_ID = "SmolLM2-135M-Instruct"
 
 
+DEFAULT_ENDPOINT_CONCURRENCY = 32
+"""Requests in flight per server by default. vLLM and llama.cpp servers batch requests, so a
+few dozen at once keeps one busy; raise it towards the server's batch size (vLLM's
+`--max-num-seqs`, 256 by default; llama.cpp's `--parallel`) and lower it for hosted APIs with
+tight rate limits. A 429 lowers it at run time anyway (generators/pool.py)."""
+
+
+class ReplicaConfig(BaseModel):
+    """One more server of an endpoint's models (a replica of the same deployment)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(min_length=1)
+    max_concurrency: int | None = Field(
+        default=None, ge=1, le=1024, description="This replica's limit; default: the endpoint's."
+    )
+
+
 class EndpointConfig(BaseModel):
-    """An OpenAI-compatible server runs may use; clients pick models, never URLs."""
+    """An OpenAI-compatible server (or a pool of replicas) runs may use; clients pick models,
+    never URLs."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
-    base_url: str
+    base_url: str | None = Field(
+        default=None, description="The server; with `replicas`, the first of the pool."
+    )
+    replicas: list[ReplicaConfig] = Field(
+        default_factory=list, description="Servers of the same models; least loaded first."
+    )
     api_key: SecretStr | None = None
     models: list[str] = Field(min_length=1, description="Model ids this endpoint serves.")
     mode: Literal["completion", "chat"] = Field(
         default="completion", description="Raw continuation (/v1/completions) or chat."
     )
-    max_concurrency: int = Field(default=8, ge=1, le=1024)
+    max_concurrency: int = Field(default=DEFAULT_ENDPOINT_CONCURRENCY, ge=1, le=1024)
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=5, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _one_pool(self) -> EndpointConfig:
+        urls = self.urls()
+        if not urls:
+            raise ValueError(
+                f"endpoint '{self.name}' has no server: set `base_url` or list `replicas`"
+            )
+        doubled = sorted({u for u in urls if urls.count(u) > 1})
+        if doubled:
+            raise ValueError(
+                f"endpoint '{self.name}' lists {doubled[0]} twice; list each replica once"
+            )
+        return self
+
+    def urls(self) -> list[str]:
+        """Every server of the pool, first `base_url`, compared without trailing slashes."""
+        raw = ([self.base_url] if self.base_url else []) + [r.base_url for r in self.replicas]
+        return [u.rstrip("/") for u in raw]
 
 
 class Price(BaseModel):

@@ -76,11 +76,13 @@ def _examples(
 
 
 def prompt_jobs(
-    *, pool: Pool, params: RunCreate, language: str, rng: random.Random
+    *, pool: Pool, params: RunCreate, language: str, rng: random.Random, n: int | None = None
 ) -> list[PromptJob]:
+    """`n` prompts (default: `prompts_per_batch`), each with examples drawn from the pool as it
+    stands now."""
     seeds, machine = _examples(pool, params.topic, params.prompt.examples_per_prompt)
     jobs = []
-    for _ in range(params.prompt.prompts_per_batch):
+    for _ in range(params.prompt.prompts_per_batch if n is None else n):
         if params.strategy == "alpaca":
             chosen = sample_prompt_examples(
                 [s for s in seeds if s.output],

@@ -21,6 +21,7 @@ from typing import Any
 from sqlmodel import Session
 
 from app.db import make_engine, migrate
+from app.leases import claim_run
 from app.llm import backend_for, find_model
 from app.models import Run
 from app.pipeline import execute_run
@@ -28,7 +29,7 @@ from app.run_schemas import RunCreate
 from app.services.datasets import get_dataset
 from app.services.runs import create_run
 from app.settings import EndpointConfig, Settings
-from app.worker import Worker, claim_run
+from app.worker import Worker
 from generators.llama_server import serve_llama_cpp
 from generators.openai_compat import OpenAIBackend
 

@@ -71,7 +71,7 @@ from filters._postings import (
     skippable,
 )
 from filters.errors import DuplicateKey, InvalidFilterConfig, UnknownKey
-from filters.rouge import exceeds, lcs_from_f1, rouge_l_f1_many
+from filters.rouge import exceeds, lcs_from_f1, rouge_l_f1, rouge_l_f1_many
 from filters.tokenize import tokenize
 
 DEFAULT_THRESHOLD = 0.7
@@ -591,4 +591,122 @@ def _check_k(k: int) -> None:
     if k < 0:
         raise InvalidFilterConfig(
             f"k (number of nearest neighbours) must be 0 or more, got {k!r}", field="k"
+        )
+
+
+def check_against(
+    text: str,
+    items: Sequence[tuple[Hashable, str]],
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    k: int = DEFAULT_NEIGHBOURS,
+    tokenizer: Callable[[str], Sequence[str]] = tokenize,
+) -> NoveltyVerdict:
+    """`NoveltyIndex.check` against a few items, scored directly: what joined a pool after a
+    query of its index, so that query plus this one equal a query of the pool as it is now."""
+    _check_threshold(threshold)
+    _check_k(k)
+    tokens = list(tokenizer(text))
+    scored: list[tuple[float, int, Hashable, bool]] = []
+    for order, (key, other) in enumerate(items):
+        other_tokens = list(tokenizer(other))
+        if not tokens or not other_tokens:
+            continue
+        lcs = int(LCSseq.similarity(tokens, other_tokens))
+        if lcs == 0:
+            continue
+        score = rouge_l_f1(lcs, len(tokens), len(other_tokens))
+        scored.append((score, order, key, exceeds(lcs, len(tokens), len(other_tokens), threshold)))
+    scored.sort(key=lambda s: (-s[0], s[1]))
+    return NoveltyVerdict(
+        novel=not any(s[3] for s in scored),
+        max_score=scored[0][0] if scored else 0.0,
+        threshold=threshold,
+        nearest=tuple(Neighbour(key, score) for score, _, key, _ in scored[:k]),
+    )
+
+
+def merge_verdicts(earlier: NoveltyVerdict, later: NoveltyVerdict, k: int) -> NoveltyVerdict:
+    """One verdict for a pool checked in two parts; ties keep the earlier part's items first,
+    as a single query orders them by insertion."""
+    nearest = sorted(
+        [*earlier.nearest, *later.nearest], key=lambda n: -n.score
+    )  # stable: earlier items stay ahead on ties
+    return NoveltyVerdict(
+        novel=earlier.novel and later.novel,
+        max_score=max(earlier.max_score, later.max_score),
+        threshold=earlier.threshold,
+        nearest=tuple(nearest[:k]),
+    )
+
+
+class RecentItems:
+    """What joined a pool after its index was queried, kept tokenized, so a decision can
+    bring an earlier `NoveltyIndex.check` up to date in one C++ call over the items since.
+
+    Append-only; `skip` names keys taken out of the pool since (they are passed over).
+    """
+
+    def __init__(self, tokenizer: Callable[[str], Sequence[str]] = tokenize) -> None:
+        self._tokenizer = tokenizer
+        self._vocab: dict[str, int] = {}
+        self.keys: list[Hashable] = []
+        self._encoded: list[Encoded] = []
+        self._lengths: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _ids(self, text: str, *, grow: bool) -> list[int]:
+        vocab = self._vocab
+        if grow:
+            return [vocab.setdefault(t, len(vocab)) for t in self._tokenizer(text)]
+        unknown = len(vocab)  # never equal to a known id: it cannot match
+        return [vocab.get(t, unknown) for t in self._tokenizer(text)]
+
+    def append(self, key: Hashable, text: str) -> None:
+        ids = self._ids(text, grow=True)
+        self.keys.append(key)
+        self._encoded.append(_encode(ids))
+        self._lengths.append(len(ids))
+
+    def check(
+        self,
+        text: str,
+        *,
+        since: int,
+        threshold: float = DEFAULT_THRESHOLD,
+        k: int = DEFAULT_NEIGHBOURS,
+        skip: frozenset[Hashable] | set[Hashable] = frozenset(),
+    ) -> NoveltyVerdict:
+        """The check of `text` against the items appended at position `since` and later."""
+        _check_threshold(threshold)
+        _check_k(k)
+        ids = self._ids(text, grow=False)
+        positions = [i for i in range(since, len(self.keys)) if self.keys[i] not in skip]
+        if not ids or not positions:
+            return NoveltyVerdict(True, 0.0, threshold, ())
+        encoded = _encode(ids)
+        choices = [self._encoded[i] for i in positions]
+        if len(choices) < _CDIST_MIN:
+            lcs = [int(LCSseq.similarity(encoded, c)) for c in choices]
+        else:
+            lcs = process.cdist([encoded], choices, scorer=LCSseq.similarity, dtype=np.int64)[
+                0
+            ].tolist()
+        scored = []
+        novel = True
+        for order, (pos, common) in enumerate(zip(positions, lcs, strict=True)):
+            if common == 0:
+                continue
+            length = self._lengths[pos]
+            scored.append((rouge_l_f1(common, len(ids), length), order, self.keys[pos]))
+            if novel and exceeds(common, len(ids), length, threshold):
+                novel = False
+        scored.sort(key=lambda s: (-s[0], s[1]))
+        return NoveltyVerdict(
+            novel=novel,
+            max_score=scored[0][0] if scored else 0.0,
+            threshold=threshold,
+            nearest=tuple(Neighbour(key, score) for score, _, key in scored[:k]),
         )

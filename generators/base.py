@@ -152,7 +152,9 @@ def normalize_prompt(prompt: Prompt) -> NormalizedPrompt:
 def estimate_tokens(text: str) -> int:
     """A rough token count (about 4 characters a token in English, 1-2 a token in CJK text),
     used only where a server reports no usage and to size rate-limit reservations."""
-    ascii_chars = sum(1 for ch in text if ord(ch) < 128)
+    if text.isascii():
+        return max(1, len(text) // 4)
+    ascii_chars = len(text.encode("ascii", "ignore"))
     return max(1, ascii_chars // 4 + (len(text) - ascii_chars))
 
 
@@ -183,6 +185,12 @@ class Backend(ABC):
             raw if isinstance(raw, self.Options) else self.Options.model_validate(dict(raw or {}))
         )
         self.stats = BackendStats()
+        self.pending = 0  # prompts handed to `generate` and not answered yet (waiting included)
+
+    def capacity(self) -> int:
+        """Prompts worth having in flight at once: a caller that keeps `pending` at this keeps
+        the engine busy without queueing work it cannot start. Pools override it."""
+        return 8 if self.supports_concurrency else 1
 
     @property
     @abstractmethod
@@ -250,7 +258,11 @@ class Backend(ABC):
         if not normalized:
             return []
         started = time.perf_counter()
-        results = await self.execute(normalized, sampling)
+        self.pending += len(normalized)
+        try:
+            results = await self.execute(normalized, sampling)
+        finally:
+            self.pending -= len(normalized)
         if len(results) != len(normalized):
             raise GeneratorError(
                 f"{type(self).__name__}.execute returned {len(results)} results for "

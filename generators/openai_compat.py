@@ -7,20 +7,28 @@ requests until each prompt has its `n` choices.
 Failures: 429, 408, 5xx (but 501), connection errors and timeouts are retried with jittered
 exponential backoff or the server's `Retry-After`; an unusable 2xx body is retried
 `bad_response_retries` times; other 4xx fail at once with the server's error text.
+
+Replicas: `replicas` lists more base URLs serving the same model (one vLLM or llama.cpp
+deployment scaled out). Each attempt takes a slot on the least-loaded live replica
+(`generators.pool`); a retry after a failure goes to another replica at once when one is live,
+and waits the backoff only when none is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import certifi
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from generators.base import (
     Backend,
@@ -39,10 +47,12 @@ from generators.errors import (
     RequestRejected,
     RetryBudgetExhausted,
 )
+from generators.pool import Outcome, Replica, ReplicaPool, shared_replica
 from generators.ratelimit import RateLimiter, shared_rate_limiter
-from generators.retry import RetryPolicy, is_retryable_status, retry_delay
+from generators.retry import RetryPolicy, is_retryable_status, parse_retry_after, retry_delay
 
 _ERROR_TEXT_LIMIT = 500
+_CONNECTIONS_PER_CLIENT = 8
 
 
 @dataclass
@@ -53,6 +63,30 @@ class _Reply:
     request_id: str | None
     attempts: int
     choices: list[Choice]
+
+
+def _normalize_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(
+            f"base_url: {value!r} is not an http(s) URL; use e.g. http://127.0.0.1:8000/v1"
+        )
+    value = value.rstrip("/")
+    return value + "/v1" if parts.path in ("", "/") else value
+
+
+class ReplicaOptions(BaseModel):
+    """One more server of the same model; its own concurrency, or the endpoint's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str
+    max_concurrency: int | None = Field(default=None, ge=1, le=1024)
+
+    @field_validator("base_url")
+    @classmethod
+    def _normalize_base_url(cls, value: str) -> str:
+        return _normalize_url(value)
 
 
 class OpenAIBackend(Backend):
@@ -68,6 +102,11 @@ class OpenAIBackend(Backend):
         base_url: str = Field(
             description="API root including the version, e.g. http://127.0.0.1:8000/v1; "
             "a URL with no path gets /v1 appended."
+        )
+        replicas: list[ReplicaOptions] = Field(
+            default_factory=list,
+            description="More base URLs serving the same model; requests go to the least "
+            "loaded live one.",
         )
         api_key: SecretStr | None = Field(default=None, description="Sent as a Bearer token.")
         model: str | None = Field(
@@ -102,13 +141,15 @@ class OpenAIBackend(Backend):
         @field_validator("base_url")
         @classmethod
         def _normalize_base_url(cls, value: str) -> str:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError(
-                    f"base_url: {value!r} is not an http(s) URL; use e.g. http://127.0.0.1:8000/v1"
-                )
-            value = value.rstrip("/")
-            return value + "/v1" if parts.path in ("", "/") else value
+            return _normalize_url(value)
+
+        @model_validator(mode="after")
+        def _distinct_replicas(self) -> OpenAIBackend.Options:
+            urls = [self.base_url, *(r.base_url for r in self.replicas)]
+            doubled = sorted({u for u in urls if urls.count(u) > 1})
+            if doubled:
+                raise ValueError(f"replicas: {doubled[0]} is listed twice; list each URL once")
+            return self
 
     options: Options  # type: ignore[assignment]  # narrowed to this backend's options
 
@@ -130,46 +171,82 @@ class OpenAIBackend(Backend):
             tokens_per_minute=opts.tokens_per_minute,
         )
         self._rng = random.Random()
-        # httpx clients and semaphores belong to one event loop; keep one set per loop.
-        self._client: httpx.AsyncClient | None = None
-        self._semaphore: asyncio.Semaphore | None = None
+        self.replicas: list[Replica] = [
+            shared_replica(opts.base_url, api_key, opts.max_concurrency),
+            *(
+                shared_replica(r.base_url, api_key, r.max_concurrency or opts.max_concurrency)
+                for r in opts.replicas
+            ),
+        ]
+        # httpx clients and pools' wake-ups belong to one event loop; keep one set per loop.
+        self._clients: list[httpx.AsyncClient] = []
+        self._turn = 0
+        self._pool: ReplicaPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def model_id(self) -> str:
         return self.options.model or "default"
 
-    def _http(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+    def capacity(self) -> int:
+        """Requests worth having in flight now: the live replicas' adaptive limits."""
+        return (
+            ReplicaPool(self.replicas).capacity() if self._pool is None else self._pool.capacity()
+        )
+
+    def replica_health(self) -> list[dict[str, object]]:
+        return [r.snapshot() for r in self.replicas]
+
+    def _http(self) -> tuple[httpx.AsyncClient, ReplicaPool]:
+        """A client for this request and the pool. Connections are spread over several clients
+        of at most `_CONNECTIONS_PER_CLIENT` each: httpcore scans its whole pool for every
+        request it places, which cost 20 ms of CPU per request at 64 connections (measured with
+        bench/throughput.py) and capped a run far below its server's capacity."""
         loop = asyncio.get_running_loop()
-        if self._client is None or self._semaphore is None or self._loop is not loop:
+        if not self._clients or self._pool is None or self._loop is not loop:
             opts = self.options
             headers = {"Accept": "application/json", **opts.headers}
             if opts.api_key is not None:
                 headers["Authorization"] = f"Bearer {opts.api_key.get_secret_value()}"
-            self._client = httpx.AsyncClient(
-                headers=headers,
-                timeout=httpx.Timeout(opts.timeout_s, connect=opts.connect_timeout_s),
-                limits=httpx.Limits(max_connections=opts.max_concurrency),
-            )
-            self._semaphore = asyncio.Semaphore(opts.max_concurrency)
+            total = sum(r.max_concurrency for r in self.replicas)
+            shards = max(1, -(-total // _CONNECTIONS_PER_CLIENT))
+            tls = _tls_context()
+            self._clients = [
+                httpx.AsyncClient(
+                    verify=tls,
+                    headers=headers,
+                    timeout=httpx.Timeout(opts.timeout_s, connect=opts.connect_timeout_s),
+                    # the pool bounds requests in flight; a client never queues one itself
+                    limits=httpx.Limits(max_connections=total, max_keepalive_connections=total),
+                )
+                for _ in range(shards)
+            ]
+            self._pool = ReplicaPool(self.replicas)
             self._loop = loop
-        return self._client, self._semaphore
+        self._turn += 1
+        return self._clients[self._turn % len(self._clients)], self._pool
 
     async def aclose(self) -> None:
-        if self._client is not None and self._loop is asyncio.get_running_loop():
-            await self._client.aclose()
-        self._client = self._semaphore = self._loop = None
+        if self._clients and self._loop is asyncio.get_running_loop():
+            for client in self._clients:
+                await client.aclose()
+        self._clients = []
+        self._pool = self._loop = None
 
     async def check(self) -> bool:
-        """True when `GET /models` answers 2xx within the connect timeout (no retries)."""
+        """True when `GET /models` of any replica answers 2xx within the connect timeout."""
         client, _ = self._http()
-        try:
-            response = await client.get(
-                f"{self.options.base_url}/models", timeout=self.options.connect_timeout_s
-            )
-        except httpx.HTTPError:
-            return False
-        return response.is_success
+
+        async def answers(base_url: str) -> bool:
+            try:
+                response = await client.get(
+                    f"{base_url}/models", timeout=self.options.connect_timeout_s
+                )
+            except httpx.HTTPError:
+                return False
+            return response.is_success
+
+        return any(await asyncio.gather(*(answers(r.base_url) for r in self.replicas)))
 
     async def list_models(self) -> list[str]:
         """Model ids the server offers (`GET /models`), retried like generation requests."""
@@ -177,7 +254,7 @@ class OpenAIBackend(Backend):
         entries = reply.data.get("data")
         if not isinstance(entries, list):
             raise BadResponse(
-                f"GET {self.options.base_url}/models: expected a 'data' list",
+                f"GET {self.replicas[0].base_url}/models: expected a 'data' list",
                 endpoint=f"{self.options.base_url}/models",
             )
         return [str(e["id"]) for e in entries if isinstance(e, dict) and "id" in e]
@@ -274,9 +351,6 @@ class OpenAIBackend(Backend):
             body["seed"] = seed
         return body
 
-    def _url(self, path: str) -> str:
-        return f"{self.options.base_url}{path}"
-
     async def _request(
         self,
         method: str,
@@ -288,23 +362,31 @@ class OpenAIBackend(Backend):
     ) -> _Reply:
         """Send one logical request, retrying per the policy; return the parsed JSON object
         and, when `chat` says which kind of completion it is, its validated choices."""
-        client, semaphore = self._http()
+        client, pool = self._http()
         policy = self.retry_policy
-        url = self._url(path)
-        endpoint = f"{method} {url}"
         attempts = bad_bodies = 0
+        last: Replica | None = None
         while True:
             attempts += 1
             retry_after: str | None = None
+            # Queue for a replica's slot first, so waiting in the queue spends no rate budget.
+            replica = await pool.acquire(avoid=last)
+            last = replica
+            url = f"{replica.base_url}{path}"
+            endpoint = f"{method} {url}"
+            outcome: Outcome = "failed"
+            released = False
+            failure = "cancelled"
             try:
-                # Queue for a connection slot first, so waiting in the queue spends no rate budget.
-                async with semaphore:
-                    await self.rate_limiter.acquire(estimated_tokens)
-                    response = await client.request(method, url, json=body)
+                await self.rate_limiter.acquire(estimated_tokens)
+                response = await client.request(method, url, json=body)
             except httpx.TimeoutException as exc:
                 status, failure = None, f"timed out ({type(exc).__name__})"
             except httpx.TransportError as exc:
                 status, failure = None, f"connection failed ({type(exc).__name__}: {exc})"
+            except BaseException:
+                pool.release(replica, "neutral")
+                raise
             else:
                 status = response.status_code
                 if response.is_success:
@@ -313,13 +395,16 @@ class OpenAIBackend(Backend):
                         choices = [] if chat is None else _parse_choices(data, chat, endpoint)
                     except BadResponse as exc:
                         exc.attempts = attempts
+                        pool.release(replica, "failed", error=exc.message)
                         if bad_bodies >= policy.bad_response_retries or (
                             attempts > policy.max_retries
                         ):
                             raise
                         bad_bodies += 1
                         failure = exc.message
+                        released = True
                     else:
+                        pool.release(replica, "ok")
                         used = _usage_total(data)
                         if used is not None:
                             self.rate_limiter.settle(estimated_tokens, used)
@@ -331,6 +416,7 @@ class OpenAIBackend(Backend):
                     error_text = _error_text(response)
                     failure = f"HTTP {status}: {error_text}"
                     if not is_retryable_status(status):
+                        pool.release(replica, "neutral")
                         self.rate_limiter.settle(estimated_tokens, 0)
                         raise RequestRejected(
                             f"{endpoint} was refused with HTTP {status}: {error_text}"
@@ -340,17 +426,41 @@ class OpenAIBackend(Backend):
                             attempts=attempts,
                         )
                     retry_after = response.headers.get("retry-after")
+                    if status == 429:
+                        outcome = "overloaded"
+            if not released:
+                asked = parse_retry_after(retry_after)
+                pool.release(
+                    replica,
+                    outcome,
+                    retry_after_s=None if asked is None else min(asked, policy.retry_after_max_s),
+                    error=failure,
+                )
             # The server did no work for a failed attempt; free its token reservation.
             self.rate_limiter.settle(estimated_tokens, 0)
             if attempts > policy.max_retries:
+                many = len(self.replicas) > 1
                 raise RetryBudgetExhausted(
                     f"{endpoint} failed {attempts} times; last error: {failure}. "
-                    "Check that the server is up and not overloaded, or raise max_retries.",
+                    + (
+                        f"No replica of the pool's {len(self.replicas)} answered; check them. "
+                        if many and not any(r.live(time.monotonic()) for r in self.replicas)
+                        else ""
+                    )
+                    + "Check that the server is up and not overloaded, or raise max_retries.",
                     endpoint=url,
                     status=status,
                     attempts=attempts,
                 )
-            await asyncio.sleep(retry_delay(attempts - 1, policy, retry_after, self._rng))
+            if outcome == "overloaded" or not pool.any_live_besides(replica):
+                await asyncio.sleep(retry_delay(attempts - 1, policy, retry_after, self._rng))
+            # else another replica is live: retry there at once
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for every client: building one reads the CA bundle (25 ms)."""
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _parse_json_object(response: httpx.Response, endpoint: str) -> dict[str, Any]:

@@ -122,6 +122,9 @@ def counters(run: Run) -> RunCounters:
         instances=run.instances,
         retries=run.state.get("retries", 0),
         unparseable_completions=run.state.get("unparseable_completions", 0),
+        in_flight=run.state.get("in_flight", 0) if run.status == RunStatus.running else 0,
+        requests_per_s=run.state.get("requests_per_s", 0.0),
+        accepted_per_s=run.state.get("accepted_per_s", 0.0),
     )
 
 

@@ -41,6 +41,12 @@ class Received:
     body: dict[str, Any] | None
 
 
+class _Listener(ThreadingHTTPServer):
+    # The default backlog of 5 refuses connections when a run opens dozens at once.
+    request_queue_size = 512
+    daemon_threads = True
+
+
 class ScriptedServer:
     """An OpenAI-shaped HTTP server on 127.0.0.1 that answers from a script.
 
@@ -48,15 +54,14 @@ class ScriptedServer:
     every time; when both are empty, `default` answers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.script: deque[Reply] = deque()
         self.by_prompt: dict[str, Reply] = {}
         self.default = Reply()
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
+        self._httpd = _Listener(("127.0.0.1", port), self._handler_class())
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )

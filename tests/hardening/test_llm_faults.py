@@ -1,11 +1,13 @@
 """Runs against a model server that misbehaves: created over HTTP, executed by the embedded
-worker, pointed at the server through settings. A run rides out faults that its retry budget
-covers, counts them, recovers when the server does, and fails with a reason and an error that
-name the fault only when three batches in a row got nothing usable.
+worker, pointed at the server through settings, with the default endpoint concurrency (dozens of
+requests in flight). A run rides out faults that its retry budget covers, counts them, recovers
+when the server does, and fails with a reason and an error that name the fault only when
+3 x prompts_per_batch generation answers in a row were useless.
 
-The fault server is the scripted stub model with a switch: its first `fault_budget` answers to
-generation requests are the fault, then it answers normally. One run uses 2 prompts per batch
-and 2 attempts per request (max_retries=1), so 4 faulty answers spoil exactly one batch.
+The fault server is the scripted stub model with a switch: its first `fault_budget` answers are
+the fault, then it answers normally. Requests get 2 attempts each (max_retries=1), so every
+faulty answer is either a retry or the second half of a failed request:
+retries + failed_requests == the faulty answers.
 """
 
 from __future__ import annotations
@@ -172,7 +174,7 @@ def test_run_survives_a_fault_recovers_with_the_server_and_fails_clearly_when_it
     fault_llm.fault = kind
     request_fault = kind != "no_tasks"
     with TestClient(create_app(_settings(sqlite_db, tmp_path, fault_llm))) as api:
-        # The server never recovers: three batches with nothing usable end the run.
+        # The server never recovers: 3 x 2 useless generation answers in a row end the run.
         fault_llm.fault_budget = 10**6
         run_id = api.post("/v1/datasets/default/runs", json={**BATCH, "target": 3}).json()["id"]
         failed = wait_for_run(api, run_id, timeout_s=60)
@@ -180,34 +182,38 @@ def test_run_survives_a_fault_recovers_with_the_server_and_fails_clearly_when_it
         assert failed["stop_reason"] == stop_reason
         assert words in failed["error"], failed["error"]
         counters = failed["counters"]
-        assert counters["accepted"] == 0 and counters["requests"] == 6  # 3 batches x 2 prompts
-        assert counters["failed_requests"] == (6 if request_fault else 0)
+        assert counters["accepted"] == 0 and counters["requests"] >= 6
         trouble = _trouble_events(sqlite_db, run_id)
-        assert len(trouble) == 3, trouble
+        assert trouble, "every commit group with trouble writes an llm_errors event"
         if request_fault:
-            assert all(e["failed_requests"] == 2 and e["retries"] == 2 for e in trouble)
+            assert counters["failed_requests"] == counters["requests"]
+            assert counters["retries"] == counters["requests"]  # one retry each, both failed
+            assert sum(e["failed_requests"] for e in trouble) == counters["failed_requests"]
         else:
-            assert all(e["unparseable_completions"] == 2 for e in trouble)
+            assert counters["failed_requests"] == 0
+            assert counters["unparseable_completions"] == counters["requests"]
+            assert sum(e["unparseable_completions"] for e in trouble) == counters["requests"]
         assert_run_matches_rows(sqlite_db, run_id)
 
-        # The server fails for a while (one spoilt batch, then first attempts only) and comes
-        # back: the run carries on to its target, and the failures stay on its record.
-        fault_llm.fault_budget = 6 if request_fault else 4
+        # The server fails for a while and comes back: the run carries on to its target, and the
+        # failures stay on its record.
+        budget = 6 if request_fault else 4
+        fault_llm.fault_budget = budget
         run_id = api.post("/v1/datasets/default/runs", json={**BATCH, "target": 4}).json()["id"]
         run = wait_for_run(api, run_id, timeout_s=60)
         assert run["status"] == "succeeded", run
         assert run["counters"]["accepted"] == 4 and run["error"] is None
         assert fault_llm.fault_budget == 0
         trouble = _trouble_events(sqlite_db, run_id)
+        counters = run["counters"]
         if request_fault:
-            assert run["counters"]["failed_requests"] == 2
-            assert [e["failed_requests"] for e in trouble] == [2, 0]
-            assert [e["retries"] for e in trouble] == [2, 2]
-            assert run["counters"]["retries"] == 4  # the totals a user sees on the run
+            assert counters["retries"] + counters["failed_requests"] == budget
+            assert sum(e["retries"] for e in trouble) == counters["retries"]
+            assert sum(e["failed_requests"] for e in trouble) == counters["failed_requests"]
         else:
-            assert run["counters"]["failed_requests"] == 0
-            assert [e["unparseable_completions"] for e in trouble] == [2, 2]
-            assert run["counters"]["unparseable_completions"] == 4
+            assert counters["failed_requests"] == 0
+            assert counters["unparseable_completions"] == budget
+            assert sum(e["unparseable_completions"] for e in trouble) == budget
         assert_run_matches_rows(sqlite_db, run_id)
 
 
@@ -221,14 +227,14 @@ def any_db(db_url: str) -> Iterator[str]:
 def test_retry_after_longer_than_the_lease_never_lets_a_second_worker_take_the_run(
     any_db: str, tmp_path: Path, fault_llm: FaultLLM
 ) -> None:
-    """A 429 storm asking for waits (3 s) longer than the lease (1.5 s) keeps the first batch in
-    flight past the lease. The worker renews its lease meanwhile, so a second worker polling the
-    same database never takes the run over (which would send the batch again and write the run
-    from two pools), and the run is written once."""
+    """A 429 storm asking for waits (3 s) longer than the lease (1.5 s) keeps the first requests
+    in flight past the lease. The worker renews its lease meanwhile, so a second worker polling
+    the same database never takes the run over (which would send the requests again and write
+    the run from two pools), and the run is written once."""
     settings = _settings(any_db, tmp_path, fault_llm, worker_lease_seconds=1.5)
     settings.endpoints[0].timeout_s = 5
     fault_llm.fault = "http_429_long"
-    fault_llm.fault_budget = 2  # both first attempts of the first batch
+    fault_llm.fault_budget = 2  # the first two attempts the server sees
     second = Worker(engine=make_engine(settings), settings=settings)
     with TestClient(create_app(settings)) as api:
         run_id = api.post("/v1/datasets/default/runs", json={**BATCH, "target": 4}).json()["id"]
@@ -246,5 +252,6 @@ def test_retry_after_longer_than_the_lease_never_lets_a_second_worker_take_the_r
     assert run["counters"]["accepted"] == 4 and run["counters"]["failed_requests"] == 0
     assert fault_llm.fault_budget == 0
     trouble = _trouble_events(any_db, run_id)
-    assert trouble and trouble[0]["retries"] == 2, trouble
+    assert run["counters"]["retries"] == 2, trouble
+    assert sum(e["retries"] for e in trouble) == 2, trouble
     assert_run_matches_rows(any_db, run_id)

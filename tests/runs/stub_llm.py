@@ -27,8 +27,8 @@ CLASSIFY_MARK = build_classification_prompt("x").text.split("\n", 1)[0][:40]
 class StubLLM(ScriptedServer):
     """Answers each prompt kind plausibly; scripted replies (faults) take precedence."""
 
-    def __init__(self, *, seed: int = 0, items_per_completion: int = 4) -> None:
-        super().__init__()
+    def __init__(self, *, seed: int = 0, items_per_completion: int = 4, port: int = 0) -> None:
+        super().__init__(port=port)
         self.delay_s = 0.0  # per computed answer, to keep a run in flight for crash tests
         self.rng = random.Random(seed)
         self.items = items_per_completion

@@ -20,10 +20,10 @@ from app.api.errors import COMMON_ERRORS
 from app.errors import Conflict, InvalidInput, Unauthorized
 from app.finetune_schemas import FineTuningJob
 from app.finetune_worker import begin_attempt, complete_job, job_spec, record_event, still_mine
+from app.leases import claim, renew
 from app.models import FineTuneJob
 from app.schemas import ErrorItem, ErrorResponse
 from app.services import finetune as svc
-from app.worker import claim, renew
 
 
 def require_worker_token(request: Request, settings: SettingsDep) -> None:

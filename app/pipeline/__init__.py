@@ -1,0 +1,12 @@
+"""The generation pipeline as a stream: candidates flow from prompts through the filters and the
+model steps to the database while the model server is kept as busy as its pool allows.
+
+- `context`: what one execution of a run holds (pool, backend, spend) and the LLM call;
+- `stages`: one candidate's steps (screen, classify, instances, decide);
+- `storage`: commit groups, the dataset-wide novelty sync, and ending a run;
+- `driver`: the loop that keeps requests in flight and decides when the run stops.
+"""
+
+from app.pipeline.driver import execute_run
+
+__all__ = ["execute_run"]

@@ -1,0 +1,246 @@
+"""What one execution of a run holds, rebuilt from the database on every (re)start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from app.llm import ModelEntry, backend_for, price_table
+from app.models import Dataset, Run, Task, TaskOrigin, TaskStatus
+from app.run_schemas import RunCreate
+from app.settings import Settings
+from app.strategies import Candidate, Pool
+from filters.novelty import NoveltyVerdict, RecentItems
+from generators.base import Generation, SamplingParams
+from generators.errors import GeneratorError
+from generators.prompts import PromptExample, to_chat_messages
+
+NEIGHBOURS = 10
+PENDING = "p"  # index keys of tasks accepted but not committed yet: "p1", "p2", ...
+
+
+class CapReached(Exception):
+    """A budget cap forbids another request; `reason` is the cap's name."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Tally:
+    """Requests, tokens and what went wrong since the last commit; added to the run's counters
+    in the commit that stores the candidates they produced."""
+
+    requests: int = 0
+    failed: int = 0
+    retries: int = 0  # extra attempts the backend spent (429s, 5xx, timeouts), failed ones too
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    completions: int = 0  # answers to generation prompts (not classification or instances)
+    unparseable: int = 0  # of those, answers that held no task at all
+    last_error: str | None = None
+    last_unparseable: str | None = None
+
+    def take(self) -> Tally:
+        """This tally's values, leaving it empty for the next commit group."""
+        taken = Tally(**{f.name: getattr(self, f.name) for f in fields(self)})
+        for f in fields(self):
+            setattr(self, f.name, Tally.__dataclass_fields__[f.name].default)
+        return taken
+
+    def trouble(self) -> dict[str, Any] | None:
+        """What went wrong with the model in this commit group, for the run's event log."""
+        if not (self.failed or self.retries or self.unparseable):
+            return None
+        return {
+            "requests": self.requests,
+            "failed_requests": self.failed,
+            "retries": self.retries,
+            "unparseable_completions": self.unparseable,
+            "last_error": self.last_error,
+            "last_unparseable": self.last_unparseable,
+        }
+
+
+@dataclass
+class Totals:
+    """The run's committed spend, so caps see it without reading the database per request."""
+
+    requests: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+
+    @classmethod
+    def of(cls, run: Run) -> Totals:
+        return cls(run.requests, run.prompt_tokens + run.completion_tokens, run.cost)
+
+
+@dataclass
+class Verdict:
+    candidate: Candidate
+    status: TaskStatus
+    reason: str | None = None
+    detail: str | None = None
+    max_rouge: float | None = None
+    nearest: list[dict[str, Any]] = field(default_factory=list)
+    is_classification: bool | None = None
+    instances: list[dict[str, str]] = field(default_factory=list)
+    key: Any = None  # the index key of an accepted candidate until it is committed
+    foreign_mark: int = 0  # tasks of other writers this verdict was decided against
+
+
+@dataclass
+class Item:
+    """A candidate on its way through the stages."""
+
+    candidate: Candidate
+    screened: NoveltyVerdict
+    added_mark: int  # pool additions the screening check saw
+    label: bool | None = None
+    raw_instances: list[dict[str, str]] | None = None
+
+
+class RunContext:
+    """The pool, the backend and the spend of one execution of a run."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        settings: Settings,
+        run: Run,
+        dataset: Dataset,
+        model: ModelEntry,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.run_id: int = run.id  # type: ignore[assignment]
+        self.dataset_id: int = dataset.id  # type: ignore[assignment]
+        self.target = run.target
+        self.params = RunCreate.model_validate(run.params)
+        self.language = self.params.language or (
+            "zh" if dataset.language.startswith("zh") else "en"
+        )
+        self.heuristics = self.params.filters.heuristics.model_copy(
+            update={"language": self.language}
+        )
+        self.backend = backend_for(settings, model)
+        self.chat = model.mode == "chat"
+        self.prices = price_table(settings)
+        self.model_id = model.id
+        self.pool, self.watermark = load_pool(engine, dataset_id=self.dataset_id)
+        self.worker_id: str | None = None  # the lease holder; only it may store
+        self.lineage = {
+            "model": run.model,
+            "strategy": self.params.strategy,
+            "sampling": self.params.sampling.model_dump(),
+            "run_id": self.run_id,
+        }
+        self.tally = Tally()
+        self.committed = Totals.of(run)
+        self.in_flight = 0  # requests sent and not answered
+        # Every addition to the index in order, so a decision checks only what joined the pool
+        # after its candidate was screened; keys dropped later (demoted) are skipped.
+        self.added = RecentItems()
+        self.dropped: set[Any] = set()
+        # Tasks other writers (runs in other processes, reviewers) accepted in this dataset,
+        # in the order this execution learnt of them.
+        self.foreign: list[tuple[int, str]] = []
+        self.stored_ids: dict[Any, int] = {}  # pending key -> task id, once committed
+        self._pending = 0
+        self.last_error: str | None = None  # the latest failed request, for the run's error
+        self.last_unparseable: str | None = None
+
+    def new_key(self) -> str:
+        self._pending += 1
+        return f"{PENDING}{self._pending}"
+
+    # --- caps ---
+
+    def check_budget(self) -> None:
+        """Raise CapReached when a cap forbids sending one more request now."""
+        caps = self.params.caps
+        t = self.tally
+        if caps.max_requests is not None and (
+            self.committed.requests + t.requests + self.in_flight >= caps.max_requests
+        ):
+            raise CapReached("max_requests")
+        if caps.max_tokens is not None and (
+            self.committed.tokens + t.prompt_tokens + t.completion_tokens >= caps.max_tokens
+        ):
+            raise CapReached("max_tokens")
+        if caps.max_cost is not None and self.committed.cost + t.cost >= caps.max_cost:
+            raise CapReached("max_cost")
+
+    # --- LLM calls ---
+
+    async def complete(
+        self, text: str, sampling: dict[str, Any], stop: tuple[str, ...]
+    ) -> Generation | None:
+        """One request; a failure after the backend's retries becomes None (and is counted)."""
+        self.check_budget()
+        prompt: Any = to_chat_messages(text, language=self.language) if self.chat else text
+        params = SamplingParams(**sampling, stop=stop)
+        self.in_flight += 1
+        try:
+            (result,) = await self.backend.generate([prompt], params, return_exceptions=True)
+        finally:
+            self.in_flight -= 1
+        t = self.tally
+        t.requests += 1
+        if isinstance(result, GeneratorError):
+            t.failed += 1
+            t.retries += max(0, result.attempts - 1)
+            t.last_error = self.last_error = str(result)
+            return None
+        t.retries += result.retries
+        t.prompt_tokens += result.prompt_tokens
+        t.completion_tokens += result.completion_tokens
+        # Priced by the catalogue id: servers often answer with a longer model name.
+        t.cost += self.prices.cost(self.model_id, result.prompt_tokens, result.completion_tokens)
+        return result
+
+    def sampling(self) -> dict[str, Any]:
+        s = self.params.sampling
+        return {
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+            "presence_penalty": s.presence_penalty,
+            "frequency_penalty": s.frequency_penalty,
+            "seed": self.params.seed,
+        }
+
+
+def example_of(task_id: object, instruction: str, instances: list[dict[str, str]]) -> PromptExample:
+    first = instances[0] if instances else {}
+    return PromptExample(
+        id=str(task_id),
+        instruction=instruction,
+        input=first.get("input", ""),
+        output=first.get("output", ""),
+    )
+
+
+def load_pool(engine: Engine, *, dataset_id: int) -> tuple[Pool, int]:
+    """The dataset's accepted tasks, and the highest task id read (where the sync resumes)."""
+    pool = Pool()
+    watermark = 0
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Task.id, Task.instruction, Task.instances, Task.origin)
+            .where(Task.dataset_id == dataset_id, Task.status == TaskStatus.accepted.value)
+            .order_by(col(Task.id))
+        )
+        for task_id, instruction, instances, origin in rows:
+            pool.add(
+                example_of(task_id, instruction, instances), seed=origin == TaskOrigin.seed.value
+            )
+            watermark = max(watermark, int(task_id))
+        # Rejected rows may carry higher ids; the sync only needs accepted ones above this.
+    return pool, watermark

@@ -1,0 +1,432 @@
+"""The driver: keeps a run's requests in flight at the capacity of its model's pool.
+
+Every candidate is its own task: screen → (room reserved) → classify → instances → decide.
+A prompt for new candidates is sent whenever the backend has a free slot and the run has room,
+so the server sees a steady stream instead of batches that wait for their slowest answer.
+
+Room. A candidate that passed screening reserves one of the places left before the target
+(target − accepted − reserved) before spending requests; when none is left it waits for one
+(a reserved candidate may still be rejected), and once the target is met the waiting ones are
+stored as `over_target` without a request spent on them. So the target is never overshot.
+
+Stopping. New prompts stop when the target is met, a cap forbids a request, too many generation
+answers in a row were useless, or too many prompts passed without an acceptance; the run ends
+when what is in flight has drained and the last commit group is written. Cancellation, a lost
+lease and a worker shutdown stop at once: tasks in flight are dropped (their verdicts were not
+committed, so counters still equal rows) and the next worker resumes from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+import time
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from app.leases import LeaseHolder, renew_lease
+from app.llm import find_model
+from app.models import Dataset, Run, RunEvent, RunStatus, TaskStatus
+from app.pipeline.context import CapReached, RunContext, Totals, Verdict, example_of
+from app.pipeline.stages import (
+    classify,
+    decide,
+    drop,
+    generate_candidates,
+    make_instances,
+    rejected,
+    screen,
+)
+from app.pipeline.storage import Committed, cap_reached, commit_group, finish
+from app.settings import Settings
+from app.strategies import Candidate, template_space
+
+log = logging.getLogger("selfinstruct.pipeline")
+
+MAX_USELESS_BATCHES = 3  # in a row, counted in prompts_per_batch answers: nothing usable
+MAX_IDLE_BATCHES = 25  # prompts_per_batch prompts each, without an acceptance
+GROUP_SECONDS = 0.5  # commit at least this often while there is something to store...
+GROUP_ROWS = 200  # ...or as soon as this many verdicts wait
+POLL_SECONDS = 0.5  # read the run's status (cancel) at least this often
+RATE_WINDOW_S = 10.0  # requests/s and accepted/s over about this long
+
+
+async def execute_run(
+    *, engine: Engine, settings: Settings, run_id: int, worker: LeaseHolder | None = None
+) -> None:
+    """Drive a claimed run to a final state; returns early if it is cancelled or taken over."""
+    with Session(engine, expire_on_commit=False) as session:
+        run = session.exec(select(Run).where(Run.id == run_id)).one()
+        dataset = session.exec(select(Dataset).where(Dataset.id == run.dataset_id)).one()
+        # the stream says so at once; the first commit can be a while away on a CPU
+        session.add(RunEvent(run_id=run_id, kind="status", data={"status": "running"}))
+        run.state = {**run.state, "executions": int(run.state.get("executions", 0)) + 1}
+        session.add(run)
+        session.commit()
+    try:
+        ctx = RunContext(
+            engine=engine,
+            settings=settings,
+            run=run,
+            dataset=dataset,
+            model=find_model(settings, run.model, engine),
+        )
+    except Exception as exc:  # unknown model after a settings change, bad params...
+        finish(
+            engine,
+            run_id=run_id,
+            status=RunStatus.failed,
+            stop_reason="setup_failed",
+            error=str(exc),
+        )
+        return
+    worker_id = worker.worker_id if worker else run.worker_id or ""
+    ctx.worker_id = worker_id or None
+    await Stream(ctx, run, worker).drive()
+
+
+class Stream:
+    """One execution of a run: its tasks, its room and its stopping rules."""
+
+    def __init__(self, ctx: RunContext, run: Run, worker: LeaseHolder | None) -> None:
+        self.ctx = ctx
+        self.worker = worker
+        self.target = run.target
+        self.run = run
+        self.accepted = run.accepted  # committed, plus decided and waiting for their commit
+        self.reserved = 0
+        self.waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.buffer: list[Verdict] = []
+        self.in_progress: set[str] = set()
+        self.wake = asyncio.Event()
+        ppb = ctx.params.prompt.prompts_per_batch
+        self.useless_limit = MAX_USELESS_BATCHES * ppb
+        self.idle_limit = MAX_IDLE_BATCHES * ppb
+        self.useless = 0  # generation answers in a row with nothing usable
+        self.last_useless_failed = False
+        self.idle = 0  # prompts since the last acceptance
+        self.capped: str | None = None
+        self.launching = 0  # prompt tasks created and not sent yet
+        resumes = int(run.state.get("executions", 0))
+        self.rng = random.Random(f"{ctx.params.seed}:{ctx.run_id}:{resumes}")
+        self.rates: collections.deque[tuple[float, int, int]] = collections.deque()
+        self.committing: asyncio.Task[Committed] | None = None
+        self.error: BaseException | None = None  # a stage's bug: the run fails with it
+        self.last_commit = self.last_renew = time.monotonic()
+
+    # --- room ---
+
+    async def reserve(self) -> bool:
+        """A place before the target for one candidate; False once the target is met."""
+        if self.accepted + self.reserved < self.target and not self.waiters:
+            self.reserved += 1
+            return True
+        if self.accepted >= self.target:
+            return False
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        return await waiter
+
+    def release(self, *, accepted: bool) -> None:
+        self.reserved -= 1
+        self.accepted += int(accepted)
+        self.settle()
+
+    def settle(self) -> None:
+        while self.waiters and self.accepted + self.reserved < self.target:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                self.reserved += 1
+                waiter.set_result(True)
+        if self.accepted >= self.target:
+            while self.waiters:
+                waiter = self.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(False)
+
+    # --- tasks ---
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("run %s: a stage failed", self.ctx.run_id, exc_info=task.exception())
+            self.error = task.exception()
+        self.wake.set()
+
+    async def prompt(self) -> None:
+        self.launching -= 1
+        ctx = self.ctx
+        try:
+            found = await generate_candidates(ctx, self.rng)
+        except CapReached as cap:
+            self.capped = cap.reason
+            return
+        if ctx.params.strategy == "template":
+            self.idle += ctx.params.prompt.prompts_per_batch
+        else:
+            self.idle += 1
+        if found is None or (not found and ctx.params.strategy != "template"):
+            self.useless += 1
+            self.last_useless_failed = found is None
+        else:
+            self.useless = 0
+        for cand in found or []:
+            self.spawn(self.candidate(cand))
+
+    async def candidate(self, cand: Candidate) -> None:
+        ctx = self.ctx
+        item = screen(ctx, cand, self.in_progress)
+        if isinstance(item, Verdict):
+            self.buffer.append(item)
+            return
+        self.in_progress.add(cand.instruction)
+        try:
+            if not await self.reserve():
+                self.buffer.append(
+                    rejected(cand, "over_target", "the run reached its target first")
+                )
+                return
+            accepted = False
+            try:
+                await classify(ctx, item)
+                await make_instances(ctx, item)
+                verdict = decide(ctx, item)
+                accepted = verdict.status == TaskStatus.accepted
+                if accepted:
+                    self.idle = 0
+                self.buffer.append(verdict)
+            except CapReached as cap:
+                self.capped = cap.reason
+                self.buffer.append(
+                    rejected(cand, "over_cap", f"{cap.reason} was reached before this was done")
+                )
+            finally:
+                self.release(accepted=accepted)
+        finally:
+            self.in_progress.discard(cand.instruction)
+
+    def may_prompt(self) -> bool:
+        ctx = self.ctx
+        if self.capped or self.error is not None:
+            return False
+        if self.accepted + self.reserved >= self.target or self.waiters:
+            return False
+        if self.useless >= self.useless_limit or self.idle >= self.idle_limit:
+            return False
+        if self._templates_exhausted():
+            return False
+        if ctx.in_flight + self.launching >= ctx.backend.capacity():
+            return False
+        try:
+            ctx.check_budget()
+        except CapReached as cap:
+            self.capped = cap.reason
+            return False
+        return True
+
+    def _templates_exhausted(self) -> bool:
+        spec = self.ctx.params.template
+        return spec is not None and self.run.candidates >= 20 * template_space(spec)
+
+    def launch(self) -> None:
+        while self.may_prompt():
+            self.launching += 1
+            self.spawn(self.prompt())
+            if self.ctx.params.strategy == "template":
+                break  # no model: one draw per turn of the loop lets candidates be decided
+
+    # --- commits ---
+
+    def _live(self) -> dict[str, Any]:
+        """In-flight requests and rates, stored with the counters for the API and dashboard."""
+        now = time.monotonic()
+        committed_requests = self.ctx.committed.requests + self.ctx.tally.requests
+        self.rates.append((now, committed_requests, self.accepted))
+        while len(self.rates) > 2 and now - self.rates[1][0] >= RATE_WINDOW_S:
+            self.rates.popleft()
+        t0, r0, a0 = self.rates[0]
+        span = now - t0
+        return {
+            "in_flight": self.ctx.in_flight,
+            "requests_per_s": round((committed_requests - r0) / span, 3) if span > 0 else 0.0,
+            "accepted_per_s": round((self.accepted - a0) / span, 3) if span > 0 else 0.0,
+        }
+
+    def start_commit(self) -> None:
+        ctx = self.ctx
+        verdicts, self.buffer = self.buffer, []
+        tally = ctx.tally.take()
+        self.committing = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(commit_group, ctx, verdicts, tally, list(ctx.foreign), self._live())
+        )
+        self.committing.add_done_callback(lambda _: self.wake.set())
+        self.last_commit = time.monotonic()
+
+    def apply(self, done: Committed) -> bool:
+        """Bring the in-memory pool in line with what was committed; False: stop now."""
+        ctx = self.ctx
+        if not done.running:
+            return False
+        assert done.run is not None
+        self.run = done.run
+        ctx.committed = Totals.of(done.run)
+        ctx.stored_ids.update(done.stored)
+        for v in done.demoted:
+            drop(ctx, v)
+            self.accepted -= 1
+        for task_id, instruction, instances, origin in done.foreign:
+            ctx.pool.add(example_of(task_id, instruction, instances), seed=origin == "seed")
+            ctx.added.append(task_id, instruction)
+            ctx.foreign.append((task_id, instruction))
+        ctx.watermark = max([ctx.watermark, *done.stored.values(), *(f[0] for f in done.foreign)])
+        self.settle()
+        return True
+
+    async def finish_commit(self) -> bool:
+        if self.committing is None:
+            return True
+        committing, self.committing = self.committing, None
+        try:
+            done = await committing
+        except Exception:
+            log.exception("run %s: a commit failed", self.ctx.run_id)
+            raise
+        return self.apply(done)
+
+    # --- the loop ---
+
+    async def drive(self) -> None:
+        ctx = self.ctx
+        lease = ctx.settings.worker_lease_seconds
+        try:
+            while True:
+                committed = self.committing is not None and self.committing.done()
+                if committed and not await self.finish_commit():
+                    return  # cancelled or taken over: drop what is in flight
+                now = time.monotonic()
+                if self.worker is not None and self.worker.stopping:
+                    await self._stop_for_shutdown()
+                    return
+                if self.worker is not None and now - self.last_renew >= lease / 3:
+                    self.last_renew = now
+                    if not await self._renew():
+                        return
+                if self.committing is None and (
+                    len(self.buffer) >= GROUP_ROWS
+                    or now - self.last_commit >= (GROUP_SECONDS if self.buffer else POLL_SECONDS)
+                ):
+                    self.start_commit()
+                if self.error is not None:
+                    raise self.error
+                self.launch()
+                if not self.tasks and self.launching == 0 and not self.may_prompt():
+                    if await self._drained_and_finished():
+                        return
+                    continue
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=0.1)
+        except Exception as exc:
+            log.exception("run %s failed", ctx.run_id)
+            await self._cancel_tasks()
+            finish(
+                ctx.engine,
+                run_id=ctx.run_id,
+                status=RunStatus.failed,
+                stop_reason="error",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        finally:
+            await self._cancel_tasks()
+            if self.committing is not None:  # a commit checks its lease and status itself
+                with contextlib.suppress(Exception):
+                    await self.committing
+
+    async def _drained_and_finished(self) -> bool:
+        """Nothing in flight and nothing to start: write the last group, then end the run
+        unless that commit changed the picture (a demotion freed room)."""
+        await self.finish_commit()
+        self.start_commit()
+        if not await self.finish_commit():
+            return True
+        if self.may_prompt():
+            return False
+        ctx, run = self.ctx, self.run
+        if run.accepted >= run.target:
+            reason: str | None = "target_reached"
+        else:
+            reason = self.capped or cap_reached(run, ctx.params.caps)
+        if reason:
+            finish(ctx.engine, run_id=ctx.run_id, status=RunStatus.succeeded, stop_reason=reason)
+        elif self.useless >= self.useless_limit:
+            finish(ctx.engine, run_id=ctx.run_id, status=RunStatus.failed, **self._useless())
+        else:
+            finish(
+                ctx.engine,
+                run_id=ctx.run_id,
+                status=RunStatus.failed,
+                stop_reason="stalled",
+                error=f"no candidate was accepted in {self.idle} prompts in a row; "
+                "loosen the filters, add seeds or change the model",
+            )
+        return True
+
+    def _useless(self) -> dict[str, str]:
+        """Why a run stops after that many useless answers in a row, in plain words."""
+        n = self.useless
+        if self.last_useless_failed:
+            return {
+                "stop_reason": "backend_failing",
+                "error": f"{n} generation requests in a row failed after retries; "
+                f"last error: {self.ctx.last_error}",
+            }
+        return {
+            "stop_reason": "unparseable_output",
+            "error": f"{n} generation answers in a row had no task in them; check the model "
+            f"and its mode (completion or chat); last answer: {self.ctx.last_unparseable!r}",
+        }
+
+    async def _renew(self) -> bool:
+        assert self.worker is not None
+        try:
+            return await asyncio.to_thread(
+                renew_lease,
+                self.ctx.engine,
+                run_id=self.ctx.run_id,
+                worker_id=self.worker.worker_id,
+                lease_seconds=self.ctx.settings.worker_lease_seconds,
+            )
+        except Exception:  # a database hiccup must not fail the run; commits re-check
+            log.warning("run %s: lease renewal failed; retrying", self.ctx.run_id, exc_info=True)
+            return True
+
+    async def _stop_for_shutdown(self) -> None:
+        """Keep what was decided, drop what is in flight; another worker resumes the run."""
+        await self._cancel_tasks()
+        await self.finish_commit()
+        if self.buffer:
+            self.start_commit()
+            await self.finish_commit()
+
+    async def _cancel_tasks(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        for task in list(self.tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.tasks.clear()
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.cancel()
+        self.waiters.clear()

@@ -1,0 +1,175 @@
+"""One candidate's steps: screen, classify, generate instances, decide; and the prompts that
+produce candidates. Each LLM step is one request, so the driver can send it the moment there is a
+free slot; none of them waits on another candidate.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from app.models import TaskStatus
+from app.pipeline.context import NEIGHBOURS, Item, RunContext, Verdict, example_of
+from app.strategies import Candidate, candidates_from, prompt_jobs, template_candidates
+from filters.heuristics import check_instruction
+from filters.instances import filter_instances
+from filters.novelty import Neighbour, NoveltyVerdict, merge_verdicts
+from generators.parsing import parse_classification_answer, parse_instances
+from generators.prompts import (
+    CLASSIFICATION_INSTANCE_SAMPLING,
+    CLASSIFICATION_SAMPLING,
+    INSTANCE_SAMPLING,
+    build_classification_prompt,
+    build_instance_prompt,
+)
+
+
+def neighbours(nearest: Sequence[Neighbour]) -> list[dict[str, Any]]:
+    """Neighbours as stored; a task accepted but not committed yet has a pending key, which
+    storage replaces with its task id."""
+    return [{"task_id": key, "score": float(score)} for key, score in nearest]
+
+
+async def generate_candidates(ctx: RunContext, rng: random.Random) -> list[Candidate] | None:
+    """One prompt's candidates (a template draw needs no model); None when the request failed."""
+    if ctx.params.strategy == "template":
+        assert ctx.params.template is not None
+        return template_candidates(
+            ctx.params.template,
+            n=ctx.params.prompt.prompts_per_batch * 4,
+            rng=rng,
+            lineage=ctx.lineage,
+        )
+    (job,) = prompt_jobs(pool=ctx.pool, params=ctx.params, language=ctx.language, rng=rng, n=1)
+    gen = await ctx.complete(job.text, ctx.sampling(), job.stop)
+    if gen is None:
+        return None
+    ctx.tally.completions += 1
+    found = candidates_from(job, gen, ctx.lineage)
+    if not found:
+        ctx.tally.unparseable += 1
+        ctx.tally.last_unparseable = ctx.last_unparseable = gen.text[:200]
+    return found
+
+
+def screen(ctx: RunContext, cand: Candidate, in_flight: set[str]) -> Item | Verdict:
+    """Heuristics and novelty against the pool as it is: a rejection costs no request."""
+    cand.instruction = cand.instruction.strip()
+    verdict = check_instruction(cand.instruction, ctx.heuristics)
+    if not verdict.ok:
+        return Verdict(cand, TaskStatus.rejected, verdict.reason, verdict.detail)
+    mark = len(ctx.added)
+    check = ctx.pool.index.check(
+        cand.instruction, threshold=ctx.params.filters.rouge_threshold, k=NEIGHBOURS
+    )
+    if not check.novel:
+        return Verdict(
+            cand,
+            TaskStatus.rejected,
+            check.reason,
+            check.detail,
+            max_rouge=check.max_score,
+            nearest=neighbours(check.nearest),
+        )
+    if cand.instruction in in_flight:  # the same line is already on its way through the stages
+        return Verdict(
+            cand,
+            TaskStatus.rejected,
+            "duplicate_in_flight",
+            "the same instruction was already being processed",
+        )
+    return Item(cand, check, mark)
+
+
+async def classify(ctx: RunContext, item: Item) -> None:
+    if not ctx.params.classify:
+        return
+    prompt = build_classification_prompt(item.candidate.instruction, language=ctx.language)
+    gen = await ctx.complete(prompt.text, CLASSIFICATION_SAMPLING.as_dict(), prompt.stop_sequences)
+    item.label = parse_classification_answer(gen.text) if gen else None
+
+
+async def make_instances(ctx: RunContext, item: Item) -> None:
+    """Output-first for classification tasks, input-first otherwise."""
+    cand = item.candidate
+    item.raw_instances = cand.instances
+    if not ctx.params.generate_instances or cand.instances is not None:
+        return
+    output_first = bool(item.label)
+    prompt = build_instance_prompt(
+        cand.instruction,
+        is_classification=output_first,
+        language=ctx.language,
+        max_instances=ctx.params.filters.max_instances,
+    )
+    sampling = CLASSIFICATION_INSTANCE_SAMPLING if output_first else INSTANCE_SAMPLING
+    gen = await ctx.complete(prompt.text, sampling.as_dict(), prompt.stop_sequences)
+    if gen is not None:
+        item.raw_instances = parse_instances(
+            gen.text, output_first=output_first, finish_reason=gen.finish_reason
+        )
+
+
+def recheck(ctx: RunContext, item: Item) -> NoveltyVerdict:
+    """The screening check brought up to date with what joined the pool since."""
+    if item.added_mark >= len(ctx.added):
+        return item.screened
+    delta = ctx.added.check(
+        item.candidate.instruction,
+        since=item.added_mark,
+        threshold=ctx.params.filters.rouge_threshold,
+        k=NEIGHBOURS,
+        skip=ctx.dropped,
+    )
+    return merge_verdicts(item.screened, delta, NEIGHBOURS)
+
+
+def decide(ctx: RunContext, item: Item) -> Verdict:
+    """The final verdict and, when accepted, the pool insertion, in one step with no await in
+    between: no other candidate can be decided against a pool that lacks this one."""
+    cand = item.candidate
+    kept: list[dict[str, str]] = []
+    if item.raw_instances is not None:
+        kept = filter_instances(
+            item.raw_instances, max_instances=ctx.params.filters.max_instances
+        ).kept
+    needs_instances = ctx.params.generate_instances or cand.instances is not None
+    check = recheck(ctx, item)
+    v = Verdict(
+        cand,
+        TaskStatus.rejected,
+        max_rouge=check.max_score,
+        is_classification=item.label,
+        nearest=neighbours(check.nearest),
+        instances=kept,
+        foreign_mark=len(ctx.foreign),
+    )
+    if not check.novel:
+        v.reason, v.detail = check.reason, check.detail
+    elif item.raw_instances is None and needs_instances:
+        v.reason, v.detail = "instance_generation_failed", "the model gave no usable answer"
+    elif needs_instances and not kept:
+        v.reason, v.detail = "no_valid_instances", "every generated instance was filtered out"
+    else:
+        v.status = TaskStatus.accepted
+        v.key = ctx.new_key()
+        ctx.pool.index.add(v.key, cand.instruction)
+        ctx.added.append(v.key, cand.instruction)
+        ctx.pool.machine.append(_example(v))
+    return v
+
+
+def _example(v: Verdict) -> Any:
+    return example_of(v.key, v.candidate.instruction, v.instances)
+
+
+def drop(ctx: RunContext, v: Verdict) -> None:
+    """Take an accepted verdict out of the pool again (demoted, or its commit never happened)."""
+    ctx.pool.index.remove(v.key)
+    ctx.dropped.add(v.key)
+    ctx.pool.machine[:] = [e for e in ctx.pool.machine if e.id != v.key]
+
+
+def rejected(cand: Candidate, reason: str, detail: str) -> Verdict:
+    return Verdict(cand, TaskStatus.rejected, reason, detail)

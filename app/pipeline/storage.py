@@ -1,0 +1,286 @@
+"""Commit groups: the verdicts of about half a second of work, the spend behind them and the
+run's counters, in one transaction; and the end of a run.
+
+Novelty across processes. Runs of one dataset may execute in several workers, each with its own
+copy of the pool. Every commit group takes the dataset's row lock first (PostgreSQL: a row lock;
+SQLite: the database write lock), so commits of one dataset happen one at a time; inside it, the
+tasks others accepted since this run last looked are read, and each accepted verdict is checked
+against those it was not decided against. One that now scores above the threshold is stored as
+rejected (`too_similar`) instead. So no two accepted tasks of a dataset score above the threshold
+against each other, whichever process accepted them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from app.models import Dataset, Run, RunEvent, RunStatus, Task, TaskOrigin, TaskStatus, utcnow
+from app.pipeline.context import NEIGHBOURS, PENDING, RunContext, Tally, Totals, Verdict
+from app.pipeline.stages import neighbours
+from app.run_schemas import Caps
+from app.services.runs import counters
+from filters.novelty import NoveltyVerdict, check_against, merge_verdicts
+
+
+@dataclass
+class Committed:
+    """What a commit group did, for the driver to apply to its in-memory pool."""
+
+    running: bool  # False: cancelled or taken over; nothing was written
+    run: Run | None = None
+    stored: dict[str, int] = field(default_factory=dict)  # pending key -> task id
+    demoted: list[Verdict] = field(default_factory=list)
+    foreign: list[tuple[int, str, list[dict[str, str]], str]] = field(default_factory=list)
+
+
+def commit_group(
+    ctx: RunContext,
+    verdicts: list[Verdict],
+    tally: Tally,
+    foreign_seen: list[tuple[int, str]],
+    live: dict[str, Any],
+) -> Committed:
+    """One transaction: the dataset sync, task rows, candidate events, counters. Runs in a
+    thread; reads `ctx` only for values that do not change while it runs."""
+    with Session(ctx.engine, expire_on_commit=False) as session:
+        session.connection().execute(
+            update(Dataset)
+            .where(col(Dataset.id) == ctx.dataset_id)
+            .values(updated_at=Dataset.updated_at)
+        )
+        run = session.exec(select(Run).where(Run.id == ctx.run_id).with_for_update()).one()
+        # Cancelled meanwhile, or taken over by another worker after this one lost its lease
+        # (a stalled process): storing now would write the same work twice.
+        lost = ctx.worker_id is not None and run.worker_id != ctx.worker_id
+        if run.status != RunStatus.running or lost:
+            session.rollback()
+            return Committed(running=False, run=run)
+        foreign = list(
+            session.exec(
+                select(Task.id, Task.instruction, Task.instances, Task.origin)
+                .where(
+                    Task.dataset_id == ctx.dataset_id,
+                    Task.status == TaskStatus.accepted.value,
+                    col(Task.id) > ctx.watermark,
+                )
+                .order_by(col(Task.id))
+            )
+        )
+        known = [*foreign_seen, *((int(i), text) for i, text, _, _ in foreign)]
+        demoted = _demote_near_copies(ctx, verdicts, known)
+        accepted = [v for v in verdicts if v.status == TaskStatus.accepted]
+        task_ids = _new_task_ids(session, len(verdicts))
+        stored = {v.key: i for v, i in zip(verdicts, task_ids, strict=True) if v.key is not None}
+        ids = {**ctx.stored_ids, **stored}
+        now = utcnow()
+        rows = [
+            _row(ctx, v, task_id, ids, now) for v, task_id in zip(verdicts, task_ids, strict=True)
+        ]
+        conn = session.connection()
+        if rows:
+            # Core executemany: the ORM's unit of work cost about 1 ms a row here, on the
+            # thread the event loop shares the GIL with.
+            conn.execute(sa.insert(Task), rows)
+            conn.execute(
+                sa.insert(RunEvent),
+                [
+                    {
+                        "run_id": ctx.run_id,
+                        "kind": "candidate",
+                        "created_at": now,
+                        "data": {
+                            "task_id": row["id"],
+                            "instruction": row["instruction"],
+                            "status": v.status.value,
+                            "reason": v.reason,
+                            "score": v.max_rouge,
+                        },
+                    }
+                    for v, row in zip(verdicts, rows, strict=True)
+                ],
+            )
+        _add_counters(run, verdicts, accepted, tally, live)
+        session.add(run)
+        trouble = tally.trouble()
+        if trouble is not None:
+            trouble["group"] = run.state.get("groups", 0)
+            session.add(RunEvent(run_id=ctx.run_id, kind="llm_errors", data=trouble))
+        if verdicts or trouble is not None:
+            session.add(RunEvent(run_id=ctx.run_id, kind="counters", data=counter_data(run)))
+        session.commit()
+        return Committed(
+            running=True,
+            run=run,
+            stored=stored,
+            demoted=demoted,
+            foreign=[(int(i), t, list(inst), str(o)) for i, t, inst, o in foreign],
+        )
+
+
+def _demote_near_copies(
+    ctx: RunContext, verdicts: list[Verdict], known: list[tuple[int, str]]
+) -> list[Verdict]:
+    """Accepted verdicts that score above the threshold against a task another writer accepted
+    after the verdict was decided become `too_similar` rejections."""
+    demoted = []
+    for v in verdicts:
+        if v.status != TaskStatus.accepted or v.foreign_mark >= len(known):
+            continue
+        check = check_against(
+            v.candidate.instruction,
+            known[v.foreign_mark :],
+            threshold=ctx.params.filters.rouge_threshold,
+            k=NEIGHBOURS,
+        )
+        if check.novel:
+            continue
+        earlier = NoveltyVerdict(
+            novel=True,
+            max_score=v.max_rouge or 0.0,
+            threshold=check.threshold,
+            nearest=tuple((n["task_id"], n["score"]) for n in v.nearest),  # type: ignore[misc]
+        )
+        merged = merge_verdicts(earlier, check, NEIGHBOURS)
+        v.status, v.reason, v.detail = TaskStatus.rejected, check.reason, check.detail
+        v.max_rouge, v.nearest = merged.max_score, neighbours(merged.nearest)
+        demoted.append(v)
+    return demoted
+
+
+def _new_task_ids(session: Session, n: int) -> list[int]:
+    """Ids for the group's rows before inserting them, so neighbours and lineage that name
+    tasks of the same group are written once, final. PostgreSQL draws them from the table's
+    sequence; SQLite is past the database write lock here, so nobody else inserts meanwhile."""
+    if n == 0:
+        return []
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        return list(
+            conn.execute(
+                sa.text(
+                    "SELECT nextval(pg_get_serial_sequence('task', 'id')) "
+                    "FROM generate_series(1, :n)"
+                ),
+                {"n": n},
+            ).scalars()
+        )
+    top = conn.execute(sa.select(sa.func.coalesce(sa.func.max(col(Task.id)), 0))).scalar_one()
+    return list(range(int(top) + 1, int(top) + 1 + n))
+
+
+def _row(
+    ctx: RunContext, v: Verdict, task_id: int, ids: dict[str, int], now: datetime
+) -> dict[str, Any]:
+    return {
+        "id": task_id,
+        "dataset_id": ctx.dataset_id,
+        "instruction": v.candidate.instruction,
+        "instances": v.instances,
+        "is_classification": v.is_classification,
+        "origin": TaskOrigin.generated.value,
+        "status": v.status.value,
+        "rejection_reason": v.reason,
+        "rejection_detail": v.detail,
+        "max_rouge": v.max_rouge,
+        "nearest": [{**n, "task_id": _task_id(n["task_id"], ids)} for n in v.nearest],
+        "run_id": ctx.run_id,
+        "lineage": _lineage_ids(v.candidate.lineage, ids),
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _task_id(key: Any, ids: dict[str, int]) -> Any:
+    """A neighbour's task id; a pending key becomes its id (None if it was never stored)."""
+    if isinstance(key, str) and key.startswith(PENDING):
+        return ids.get(key)
+    return key
+
+
+def _lineage_ids(lineage: dict[str, Any], ids: dict[str, int]) -> dict[str, Any]:
+    """Prompt examples accepted a moment before the prompt was built carry pending keys."""
+    examples = lineage.get("example_task_ids")
+    if not examples or not any(str(e).startswith(PENDING) for e in examples):
+        return lineage
+    return {**lineage, "example_task_ids": [str(_task_id(e, ids)) for e in examples]}
+
+
+def _add_counters(
+    run: Run, verdicts: list[Verdict], accepted: list[Verdict], tally: Tally, live: dict[str, Any]
+) -> None:
+    reasons = Counter(v.reason for v in verdicts if v.status == TaskStatus.rejected)
+    merged = Counter(run.rejected_by_reason)
+    merged.update({k: n for k, n in reasons.items() if k})
+    run.rejected_by_reason = dict(merged)
+    run.requests += tally.requests
+    run.failed_requests += tally.failed
+    run.prompt_tokens += tally.prompt_tokens
+    run.completion_tokens += tally.completion_tokens
+    run.cost += tally.cost
+    run.candidates += len(verdicts)
+    run.accepted += len(accepted)
+    run.rejected += len(verdicts) - len(accepted)
+    run.instances += sum(len(v.instances) for v in accepted)
+    state = dict(run.state)
+    state["groups"] = state.get("groups", 0) + 1
+    state["retries"] = state.get("retries", 0) + tally.retries
+    state["unparseable_completions"] = state.get("unparseable_completions", 0) + tally.unparseable
+    state.update(live)
+    run.state = state
+    run.updated_at = utcnow()
+
+
+def counter_data(run: Run) -> dict[str, Any]:
+    """The counters as the API shows them, so stream and GET never disagree."""
+    return counters(run).model_dump()
+
+
+def finish(
+    engine: Engine, *, run_id: int, status: RunStatus, stop_reason: str, error: str | None = None
+) -> None:
+    with Session(engine, expire_on_commit=False) as session:
+        run = session.exec(select(Run).where(Run.id == run_id).with_for_update()).one()
+        if run.status != RunStatus.running:
+            return
+        run.status = status
+        run.error = error
+        run.finished_at = utcnow()
+        run.updated_at = run.finished_at
+        run.lease_expires_at = None
+        run.state = {**run.state, "stop_reason": stop_reason, "in_flight": 0}
+        session.add(run)
+        session.add(
+            RunEvent(
+                run_id=run_id,
+                kind="end",
+                data={
+                    "status": status.value,
+                    "stop_reason": stop_reason,
+                    "error": error,
+                    **counter_data(run),
+                },
+            )
+        )
+        session.commit()
+
+
+def cap_reached(run: Run, caps: Caps) -> str | None:
+    if caps.max_requests is not None and run.requests >= caps.max_requests:
+        return "max_requests"
+    if caps.max_tokens is not None and run.prompt_tokens + run.completion_tokens >= caps.max_tokens:
+        return "max_tokens"
+    if caps.max_cost is not None and run.cost >= caps.max_cost:
+        return "max_cost"
+    return None
+
+
+def totals(run: Run) -> Totals:
+    return Totals.of(run)
