@@ -3,7 +3,9 @@ not produce on demand (429s, 500s, hangs, truncated bodies, empty choice lists).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -59,6 +61,9 @@ class ScriptedServer:
         self.by_prompt: dict[str, Reply] = {}
         self.default = Reply()
         self.received: list[Received] = []
+        self.in_flight = 0  # requests being answered now
+        self._connections: set[socket.socket] = set()
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._httpd = _Listener(("127.0.0.1", port), self._handler_class())
@@ -94,7 +99,27 @@ class ScriptedServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with server._lock:
+                    server._connections.discard(self.connection)
+                super().finish()
+
             def _answer(self) -> None:
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._reply()
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _reply(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
@@ -131,6 +156,12 @@ class ScriptedServer:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop listening and cut every open connection, as a server that dies would."""
         self._closing.set()
         self._httpd.shutdown()
         self._httpd.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
