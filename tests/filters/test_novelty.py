@@ -428,3 +428,47 @@ def test_token_ids_beyond_unicode_fall_back_to_lists_that_compare_by_value() -> 
     assert novelty._encode([5, 6]) == "\x05\x06"
     assert LCSseq.similarity(encoded, "\x05\x06") == 2  # mixed forms still compare by id
     assert LCSseq.similarity([0x110000 + 5], "\x05") == 0
+
+
+def test_a_check_brought_up_to_date_equals_a_check_of_the_whole_pool(
+    real_pool: list[tuple[int, str]], real_candidates: list[str]
+) -> None:
+    """The streaming pipeline screens a candidate against the index, then, when it decides,
+    checks only what joined the pool since (`RecentItems`); the two together must give what
+    one check of the pool as it is then gives: verdict, maximum and top-10, ties included."""
+    rng = random.Random(5)
+    split = len(real_pool) - 300
+    index = NoveltyIndex()
+    index.add_many(real_pool[:split])
+    recent = novelty.RecentItems()
+    for key, text in real_pool[split:]:
+        recent.append(key, text)
+    whole = NoveltyIndex()
+    whole.add_many(real_pool)
+    dropped = {real_pool[split + i][0] for i in rng.sample(range(300), 20)}
+    for key in dropped:
+        whole.remove(key)
+    for text in real_candidates[:120]:
+        since = rng.randrange(0, 300)
+        earlier = NoveltyIndex()
+        earlier.add_many(real_pool[: split + since])
+        for key in dropped:
+            if key in earlier:
+                earlier.remove(key)
+        first = earlier.check(text, threshold=THRESHOLD, k=10)
+        later = recent.check(text, since=since, threshold=THRESHOLD, k=10, skip=dropped)
+        merged = novelty.merge_verdicts(first, later, 10)
+        expected = whole.check(text, threshold=THRESHOLD, k=10)
+        assert merged.novel == expected.novel, text
+        assert merged.max_score == expected.max_score
+        assert [n.score for n in merged.nearest] == [n.score for n in expected.nearest]
+        assert [n.key for n in merged.nearest] == [n.key for n in expected.nearest]
+
+
+def test_check_against_a_few_items_equals_an_index_of_them(real_candidates: list[str]) -> None:
+    items = [(i, real_candidates[i]) for i in range(40)]
+    index = NoveltyIndex()
+    index.add_many(items)
+    for text in real_candidates[40:100]:
+        direct = novelty.check_against(text, items, threshold=THRESHOLD, k=5)
+        assert direct == index.check(text, threshold=THRESHOLD, k=5)
