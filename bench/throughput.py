@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
 import socket
 import subprocess
 import sys
@@ -24,13 +25,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import sqlalchemy as sa
 from sqlmodel import Session
 
 from app.bootstrap import ensure_default_dataset
 from app.db import make_engine, migrate
-from app.models import Run
+from app.models import Run, Task, utcnow
 from app.pipeline import execute_run
 from app.run_schemas import RunCreate
 from app.services.datasets import get_dataset
@@ -92,7 +95,39 @@ def stats(urls: list[str]) -> tuple[int, int]:
     return answered, peak
 
 
-def measure(concurrency: int, latency: float, replicas: int, seconds: float) -> dict[str, float]:
+def grow_pool(engine: Any, size: int) -> None:
+    """`size` accepted generated tasks in `default`: made-up sentences like the server's."""
+    from bench.scripted_server import VERBS, VOCAB
+
+    rng = random.Random(5)
+    with Session(engine) as session:
+        dataset = get_dataset(session=session, name="default")
+        dataset_id = dataset.id
+    now = utcnow()
+    with engine.begin() as conn:
+        for start in range(0, size, 50_000):
+            conn.execute(
+                sa.insert(Task),
+                [
+                    {
+                        "dataset_id": dataset_id,
+                        "instruction": f"{rng.choice(VERBS)} the " + " ".join(rng.sample(VOCAB, 9)),
+                        "instances": [{"input": "", "output": "An answer."}],
+                        "origin": "generated",
+                        "status": "accepted",
+                        "nearest": [],
+                        "lineage": {},
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for _ in range(min(50_000, size - start))
+                ],
+            )
+
+
+def measure(
+    concurrency: int, latency: float, replicas: int, seconds: float, pool: int = 0
+) -> dict[str, float]:
     with scripted_servers(replicas, latency) as urls, tempfile.TemporaryDirectory() as tmp:
         per = concurrency // replicas
         endpoint = (
@@ -108,6 +143,8 @@ def measure(concurrency: int, latency: float, replicas: int, seconds: float) -> 
         migrate(settings)
         engine = make_engine(settings)
         ensure_default_dataset(engine=engine, settings=settings)
+        if pool:
+            grow_pool(engine, pool)
         with Session(engine, expire_on_commit=False) as session:
             run = create_run(
                 session=session,
@@ -126,10 +163,10 @@ def measure(concurrency: int, latency: float, replicas: int, seconds: float) -> 
         thread = threading.Thread(
             target=lambda: asyncio.run(execute_run(engine=engine, settings=settings, run_id=run_id))
         )
-        cpu0 = time.process_time()
         thread.start()
-        warmup = min(5.0, seconds / 4)
-        time.sleep(warmup)
+        # the first answers arrive once the pool is loaded (about 25 s for 1M tasks)
+        _wait_for_requests(urls)
+        time.sleep(min(5.0, seconds / 4))
         a0, _ = stats(urls)
         acc0, t0, c0 = _accepted(engine, run_id), time.monotonic(), time.process_time()
         time.sleep(seconds)
@@ -139,8 +176,7 @@ def measure(concurrency: int, latency: float, replicas: int, seconds: float) -> 
             row = session.get(Run, run_id)
             assert row is not None
             cancel_run(session=session, run=row)
-        thread.join(timeout=30)
-        del cpu0
+        thread.join(timeout=60)
         engine.dispose()
     rate = (a1 - a0) / (t1 - t0)
     accepted_rate = (acc1 - acc0) / (t1 - t0)
@@ -153,34 +189,52 @@ def measure(concurrency: int, latency: float, replicas: int, seconds: float) -> 
     }
 
 
+def _wait_for_requests(urls: list[str]) -> None:
+    deadline = time.monotonic() + 600
+    while stats(urls)[0] == 0:
+        assert time.monotonic() < deadline, "the run sent nothing"
+        time.sleep(0.2)
+
+
 def _accepted(engine: object, run_id: int) -> int:
     with Session(engine) as session:  # type: ignore[arg-type]
         row = session.get(Run, run_id)
         return row.accepted if row else 0
 
 
-CONFIGS = [(64, 0.5, 1), (256, 1.0, 1), (96, 0.5, 1), (96, 0.5, 3), (16, 0.01, 1)]
+# (C, L, replicas, pool size): the goals' two configurations, one pool against three replicas
+# of a third of its concurrency each, and the service as the limit (L = 10 ms) on the starter
+# pool and on 1M tasks.
+CONFIGS = [
+    (64, 0.5, 1, 0),
+    (256, 1.0, 1, 0),
+    (96, 0.5, 1, 0),
+    (96, 0.5, 3, 0),
+    (64, 0.01, 1, 0),
+    (64, 0.01, 1, 1_000_000),
+]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--only", help="C,L[,replicas] of one configuration")
+    parser.add_argument("--only", help="C,L[,replicas[,pool]] of one configuration")
     args = parser.parse_args()
     configs = CONFIGS
     if args.only:
-        parts = args.only.split(",")
-        configs = [(int(parts[0]), float(parts[1]), int(parts[2]) if len(parts) > 2 else 1)]
+        parts = [*args.only.split(","), "1", "0"][:4] if args.only.count(",") == 1 else None
+        parts = parts or [*args.only.split(","), "0"][:4]
+        configs = [(int(parts[0]), float(parts[1]), int(parts[2]), int(parts[3]))]
     print(
-        f"{'C':>5} {'L s':>5} {'replicas':>8} {'limit/s':>8} {'req/s':>8} {'share':>6} "
-        f"{'acc/s':>7} {'peak':>5} {'cpu s/acc':>9}"
+        f"{'C':>5} {'L s':>5} {'replicas':>8} {'pool':>9} {'limit/s':>8} {'req/s':>8} "
+        f"{'share':>6} {'acc/s':>7} {'peak':>5} {'cpu s/acc':>9}"
     )
-    for c, latency, replicas in configs:
-        m = measure(c, latency, replicas, args.seconds)
+    for c, latency, replicas, pool in configs:
+        m = measure(c, latency, replicas, args.seconds, pool)
         print(
-            f"{c:>5} {latency:>5} {replicas:>8} {c / latency:>8.0f} {m['requests_per_s']:>8.1f} "
-            f"{m['share']:>6.2f} {m['accepted_per_s']:>7.1f} {m['peak_in_flight']:>5.0f} "
-            f"{m['cpu_s_per_accepted']:>9.4f}",
+            f"{c:>5} {latency:>5} {replicas:>8} {pool or 'starter':>9} {c / latency:>8.0f} "
+            f"{m['requests_per_s']:>8.1f} {m['share']:>6.2f} {m['accepted_per_s']:>7.1f} "
+            f"{m['peak_in_flight']:>5.0f} {m['cpu_s_per_accepted']:>9.4f}",
             flush=True,
         )
 

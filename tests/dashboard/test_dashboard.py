@@ -84,6 +84,9 @@ def test_a_run_started_from_the_form_is_watched_to_the_end_then_reviewed(
     assert seen_candidates[0] == 0 and seen_candidates[-1] == run["counters"]["candidates"] > 0
     assert counter(page, "accepted") == run["counters"]["accepted"] == 1
     assert counter(page, "requests") == run["counters"]["requests"]
+    assert counter(page, "in_flight") == 0  # a finished run has nothing in flight
+    expect(page.locator('[data-counter="requests_per_s"] span')).to_have_text("requests/s")
+    expect(page.locator('[data-counter="accepted_per_s"] span')).to_have_text("accepted/s")
     rows = page.locator("#run-candidates tr")
     expect(rows).to_have_count(run["counters"]["candidates"])
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

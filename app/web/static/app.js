@@ -382,6 +382,10 @@ async function datasetView(name) {
   ];
 }
 
+function rate(value) {
+  return value === undefined || value === null ? "–" : Number(value).toFixed(value >= 10 ? 0 : 1);
+}
+
 function counter(label, value, id) {
   return h("div", { class: "counter", "data-counter": id || label }, h("b", {}, num(value)), h("span", {}, label));
 }
@@ -407,6 +411,9 @@ async function runView(id) {
     counters.replaceChildren(
       counter("candidates", c.candidates), counter("accepted", c.accepted),
       counter("rejected", c.rejected), counter("requests", c.requests),
+      counter("requests in flight", c.in_flight, "in_flight"),
+      h("div", { class: "counter", "data-counter": "requests_per_s" }, h("b", {}, rate(c.requests_per_s)), h("span", {}, "requests/s")),
+      h("div", { class: "counter", "data-counter": "accepted_per_s" }, h("b", {}, rate(c.accepted_per_s)), h("span", {}, "accepted/s")),
       counter("failed requests", c.failed_requests, "failed_requests"),
       counter("retries", c.retries),
       counter("answers without tasks", c.unparseable_completions, "unparseable_completions"),
@@ -442,7 +449,7 @@ async function runView(id) {
     status: (e) => { run.status = later(run.status, e.data.status); render(); },
     counters: (e) => { apply(e.data); run.status = later(run.status, "running"); render(); },
     candidate: (e) => addCandidate(e.data),
-    llm_errors: (e) => {  // the batch's counters event follows with the totals
+    llm_errors: (e) => {  // the commit's counters event follows with the totals
       const d = e.data;
       message.textContent = d.last_error || (d.last_unparseable ? `an answer held no task: ${d.last_unparseable}` : "");
     },
