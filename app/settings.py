@@ -144,6 +144,12 @@ class Settings(BaseSettings):
         default=4, ge=1, description="Queued or running runs one dataset may have at once."
     )
     max_run_target: int = Field(default=100_000, ge=1, description="Largest `target` a run takes.")
+    neighbours_process_min_pool: int = Field(
+        default=100_000,
+        ge=0,
+        description="Pools at least this large compute each stored task's 10 nearest neighbours "
+        "in a process of their own, off the decision path (0: always; a large value: never).",
+    )
 
     # --- fine-tuning ---
     max_training_examples: int = Field(

@@ -35,10 +35,6 @@ class Pool:
     machine: list[PromptExample] = field(default_factory=list)
     index: NoveltyIndex = field(default_factory=NoveltyIndex)
 
-    def add(self, example: PromptExample, *, seed: bool) -> None:
-        (self.seeds if seed else self.machine).append(example)
-        self.index.add(int(example.id), example.instruction)
-
 
 @dataclass(frozen=True)
 class PromptJob:

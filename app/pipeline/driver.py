@@ -42,7 +42,7 @@ from app.pipeline.stages import (
     rejected,
     screen,
 )
-from app.pipeline.storage import Committed, cap_reached, commit_group, finish
+from app.pipeline.storage import Committed, LateNeighbours, cap_reached, commit_group, finish
 from app.settings import Settings
 from app.strategies import Candidate, template_space
 
@@ -53,6 +53,8 @@ MAX_IDLE_BATCHES = 25  # prompts_per_batch prompts each, without an acceptance
 GROUP_SECONDS = 0.5  # commit at least this often while there is something to store...
 GROUP_ROWS = 200  # ...or as soon as this many verdicts wait
 POLL_SECONDS = 0.5  # read the run's status (cancel) at least this often
+NEIGHBOUR_BACKLOG = 2000  # neighbour queries unanswered before new prompts wait for them
+NEIGHBOUR_DRAIN_S = 120.0  # how long the end of a run waits for the last neighbours
 RATE_WINDOW_S = 10.0  # requests/s and accepted/s over about this long
 
 
@@ -117,6 +119,11 @@ class Stream:
         self.rng = random.Random(f"{ctx.params.seed}:{ctx.run_id}:{resumes}")
         self.rates: collections.deque[tuple[float, int, int]] = collections.deque()
         self.committing: asyncio.Task[Committed] | None = None
+        # Neighbours from the neighbour process: answers not matched to a row yet, rows
+        # committed before their answer came (query -> task id), answers to write later.
+        self.answers: dict[int, tuple[float, list[dict[str, Any]]]] = {}
+        self.awaiting: dict[int, int] = {}
+        self.late: list[LateNeighbours] = []
         self.error: BaseException | None = None  # a stage's bug: the run fails with it
         self.last_commit = self.last_renew = time.monotonic()
 
@@ -226,6 +233,8 @@ class Stream:
             return False
         if self._templates_exhausted():
             return False
+        if ctx.neighbours is not None and ctx.neighbours.pending >= NEIGHBOUR_BACKLOG:
+            return False
         if ctx.in_flight + self.launching >= ctx.backend.capacity():
             return False
         try:
@@ -263,12 +272,33 @@ class Stream:
             "accepted_per_s": round((self.accepted - a0) / span, 3) if span > 0 else 0.0,
         }
 
+    def collect_neighbours(self, wait_s: float = 0.0) -> None:
+        """Answers of the neighbour process: for rows already committed they are written with
+        the next commit, the others wait for their verdict's commit."""
+        if self.ctx.neighbours is None:
+            return
+        for query, best, near in self.ctx.neighbours.results(wait_s=wait_s):
+            found = [{"task_id": key, "score": float(score)} for key, score in near]
+            assert isinstance(query, int)
+            task_id = self.awaiting.pop(query, None)
+            if task_id is not None:
+                self.late.append((task_id, best, found))
+            else:
+                self.answers[query] = (best, found)
+
     def start_commit(self) -> None:
         ctx = self.ctx
         verdicts, self.buffer = self.buffer, []
+        for v in verdicts:
+            if v.query is not None and v.query in self.answers:
+                v.max_rouge, v.nearest = self.answers.pop(v.query)
+                v.query = None
+        late, self.late = self.late, []
         tally = ctx.tally.take()
         self.committing = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(commit_group, ctx, verdicts, tally, list(ctx.foreign), self._live())
+            asyncio.to_thread(
+                commit_group, ctx, verdicts, tally, list(ctx.foreign), self._live(), late
+            )
         )
         self.committing.add_done_callback(lambda _: self.wake.set())
         self.last_commit = time.monotonic()
@@ -282,12 +312,19 @@ class Stream:
         self.run = done.run
         ctx.committed = Totals.of(done.run)
         ctx.stored_ids.update(done.stored)
+        for query, task_id in done.awaiting.items():
+            if query in self.answers:  # answered while the commit ran
+                best, found = self.answers.pop(query)
+                self.late.append((task_id, best, found))
+            else:
+                self.awaiting[query] = task_id
         for v in done.demoted:
             drop(ctx, v)
             self.accepted -= 1
         for task_id, instruction, instances, origin in done.foreign:
-            ctx.pool.add(example_of(task_id, instruction, instances), seed=origin == "seed")
-            ctx.added.append(task_id, instruction)
+            example = example_of(task_id, instruction, instances)
+            (ctx.pool.seeds if origin == "seed" else ctx.pool.machine).append(example)
+            ctx.pool_add(task_id, instruction)
             ctx.foreign.append((task_id, instruction))
         ctx.watermark = max([ctx.watermark, *done.stored.values(), *(f[0] for f in done.foreign)])
         self.settle()
@@ -314,6 +351,7 @@ class Stream:
                 committed = self.committing is not None and self.committing.done()
                 if committed and not await self.finish_commit():
                     return  # cancelled or taken over: drop what is in flight
+                self.collect_neighbours()
                 now = time.monotonic()
                 if self.worker is not None and self.worker.stopping:
                     await self._stop_for_shutdown()
@@ -352,11 +390,14 @@ class Stream:
             if self.committing is not None:  # a commit checks its lease and status itself
                 with contextlib.suppress(Exception):
                     await self.committing
+            if ctx.neighbours is not None:
+                await asyncio.to_thread(ctx.neighbours.close)
 
     async def _drained_and_finished(self) -> bool:
         """Nothing in flight and nothing to start: write the last group, then end the run
         unless that commit changed the picture (a demotion freed room)."""
         await self.finish_commit()
+        await self._drain_neighbours()
         self.start_commit()
         if not await self.finish_commit():
             return True
@@ -381,6 +422,18 @@ class Stream:
                 "loosen the filters, add seeds or change the model",
             )
         return True
+
+    async def _drain_neighbours(self) -> None:
+        """Wait for the neighbours of every stored row, so the run ends with all of them."""
+        neighbours = self.ctx.neighbours
+        if neighbours is None:
+            return
+        deadline = time.monotonic() + NEIGHBOUR_DRAIN_S
+        while neighbours.pending and neighbours.alive and time.monotonic() < deadline:
+            await asyncio.to_thread(self.collect_neighbours, 0.5)
+        if self.buffer or self.late:
+            self.start_commit()
+            await self.finish_commit()
 
     def _useless(self) -> dict[str, str]:
         """Why a run stops after that many useless answers in a row, in plain words."""

@@ -60,10 +60,21 @@ def screen(ctx: RunContext, cand: Candidate, in_flight: set[str]) -> Item | Verd
     if not verdict.ok:
         return Verdict(cand, TaskStatus.rejected, verdict.reason, verdict.detail)
     mark = len(ctx.added)
-    check = ctx.pool.index.check(
-        cand.instruction, threshold=ctx.params.filters.rouge_threshold, k=NEIGHBOURS
-    )
+    threshold = ctx.params.filters.rouge_threshold
+    if ctx.neighbours is None:
+        check = ctx.pool.index.check(cand.instruction, threshold=threshold, k=NEIGHBOURS)
+    else:  # the verdict alone; scores and neighbours come from the neighbour process
+        novel = ctx.pool.index.is_novel(cand.instruction, threshold)
+        check = NoveltyVerdict(novel=novel, max_score=0.0, threshold=threshold, nearest=())
     if not check.novel:
+        if ctx.neighbours is not None:
+            return Verdict(
+                cand,
+                TaskStatus.rejected,
+                check.reason,
+                f"ROUGE-L > {threshold} against a pool task",
+                query=ctx.ask_neighbours(cand.instruction),
+            )
         return Verdict(
             cand,
             TaskStatus.rejected,
@@ -145,6 +156,9 @@ def decide(ctx: RunContext, item: Item) -> Verdict:
         instances=kept,
         foreign_mark=len(ctx.foreign),
     )
+    if ctx.neighbours is not None:  # asked before the task joins the pool: it is not its own
+        v.max_rouge, v.nearest = None, []
+        v.query = ctx.ask_neighbours(cand.instruction)
     if not check.novel:
         v.reason, v.detail = check.reason, check.detail
     elif item.raw_instances is None and needs_instances:
@@ -154,8 +168,7 @@ def decide(ctx: RunContext, item: Item) -> Verdict:
     else:
         v.status = TaskStatus.accepted
         v.key = ctx.new_key()
-        ctx.pool.index.add(v.key, cand.instruction)
-        ctx.added.append(v.key, cand.instruction)
+        ctx.pool_add(v.key, cand.instruction)
         ctx.pool.machine.append(_example(v))
     return v
 
@@ -168,6 +181,8 @@ def drop(ctx: RunContext, v: Verdict) -> None:
     """Take an accepted verdict out of the pool again (demoted, or its commit never happened)."""
     ctx.pool.index.remove(v.key)
     ctx.dropped.add(v.key)
+    if ctx.neighbours is not None:
+        ctx.neighbours.remove(v.key)
     ctx.pool.machine[:] = [e for e in ctx.pool.machine if e.id != v.key]
 
 

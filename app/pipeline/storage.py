@@ -22,7 +22,17 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from app.models import Dataset, Run, RunEvent, RunStatus, Task, TaskOrigin, TaskStatus, utcnow
+from app.models import (
+    Dataset,
+    JSONType,
+    Run,
+    RunEvent,
+    RunStatus,
+    Task,
+    TaskOrigin,
+    TaskStatus,
+    utcnow,
+)
 from app.pipeline.context import NEIGHBOURS, PENDING, RunContext, Tally, Totals, Verdict
 from app.pipeline.stages import neighbours
 from app.run_schemas import Caps
@@ -39,6 +49,11 @@ class Committed:
     stored: dict[str, int] = field(default_factory=dict)  # pending key -> task id
     demoted: list[Verdict] = field(default_factory=list)
     foreign: list[tuple[int, str, list[dict[str, str]], str]] = field(default_factory=list)
+    awaiting: dict[int, int] = field(default_factory=dict)  # neighbour query -> task id
+
+
+# A stored row's neighbours that arrived after its commit: (task id, best score, neighbours).
+LateNeighbours = tuple[int, float, list[dict[str, Any]]]
 
 
 def commit_group(
@@ -47,6 +62,7 @@ def commit_group(
     tally: Tally,
     foreign_seen: list[tuple[int, str]],
     live: dict[str, Any],
+    late: list[LateNeighbours] | None = None,
 ) -> Committed:
     """One transaction: the dataset sync, task rows, candidate events, counters. Runs in a
     thread; reads `ctx` only for values that do not change while it runs."""
@@ -74,7 +90,7 @@ def commit_group(
                 .order_by(col(Task.id))
             )
         )
-        known = [*foreign_seen, *((int(i), text) for i, text, _, _ in foreign)]
+        known = [*foreign_seen, *((i or 0, text) for i, text, _, _ in foreign)]
         demoted = _demote_near_copies(ctx, verdicts, known)
         accepted = [v for v in verdicts if v.status == TaskStatus.accepted]
         task_ids = _new_task_ids(session, len(verdicts))
@@ -107,6 +123,22 @@ def commit_group(
                     for v, row in zip(verdicts, rows, strict=True)
                 ],
             )
+        if late:
+            conn.execute(
+                sa.update(Task)
+                .where(col(Task.id) == sa.bindparam("task_id"))
+                .values(
+                    max_rouge=sa.bindparam("best"), nearest=sa.bindparam("near", type_=JSONType)
+                ),
+                [
+                    {
+                        "task_id": task_id,
+                        "best": best,
+                        "near": [{**n, "task_id": _task_id(n["task_id"], ids)} for n in near],
+                    }
+                    for task_id, best, near in late
+                ],
+            )
         _add_counters(run, verdicts, accepted, tally, live)
         session.add(run)
         trouble = tally.trouble()
@@ -121,7 +153,12 @@ def commit_group(
             run=run,
             stored=stored,
             demoted=demoted,
-            foreign=[(int(i), t, list(inst), str(o)) for i, t, inst, o in foreign],
+            foreign=[(i or 0, t, list(inst), str(o)) for i, t, inst, o in foreign],
+            awaiting={
+                v.query: row["id"]
+                for v, row in zip(verdicts, rows, strict=True)
+                if v.query is not None
+            },
         )
 
 
@@ -150,6 +187,7 @@ def _demote_near_copies(
         )
         merged = merge_verdicts(earlier, check, NEIGHBOURS)
         v.status, v.reason, v.detail = TaskStatus.rejected, check.reason, check.detail
+        v.query = None  # its neighbours are these, not the ones still on their way
         v.max_rouge, v.nearest = merged.max_score, neighbours(merged.nearest)
         demoted.append(v)
     return demoted
@@ -173,7 +211,7 @@ def _new_task_ids(session: Session, n: int) -> list[int]:
             ).scalars()
         )
     top = conn.execute(sa.select(sa.func.coalesce(sa.func.max(col(Task.id)), 0))).scalar_one()
-    return list(range(int(top) + 1, int(top) + 1 + n))
+    return list(range((top or 0) + 1, (top or 0) + 1 + n))
 
 
 def _row(

@@ -309,3 +309,49 @@ def _wait(condition: Callable[[], bool], timeout_s: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("neighbour_process", [False, True], ids=["inline", "process"])
+def test_stored_neighbours_are_exact_whether_computed_inline_or_in_their_own_process(
+    settings_factory: Callable[..., Settings], servers: list[StubLLM], neighbour_process: bool
+) -> None:
+    """Large pools take the top-10 off the decision path (a process of its own); forced here
+    on the starter pool. Either way each stored score is the ROUGE-L to the task it names, the
+    best one is `max_rouge`, and verdicts agree with it."""
+    stub = _start(servers, seed=5)
+    stub.delay_s = 0.02
+    settings = _settings(
+        settings_factory,
+        {"base_url": stub.base_url, "max_concurrency": 16},
+        neighbours_process_min_pool=0 if neighbour_process else 10**9,
+    )
+    _wipe(settings.db_url)
+    with TestClient(create_app(settings)) as api:
+        run_id = api.post(
+            "/v1/datasets/default/runs", json={"target": 40, "model": STUB_MODEL}
+        ).json()["id"]
+        run = wait_for_run(api, run_id)
+        rows = api.get(
+            "/v1/datasets/default/tasks", params={"run_id": run_id, "limit": 1000}
+        ).json()["data"]
+        everything = {
+            t["id"]: t["instruction"]
+            for t in api.get("/v1/datasets/default/tasks", params={"limit": 1000}).json()["data"]
+        }
+    assert run["status"] == "succeeded" and run["counters"]["accepted"] == 40
+    scored = [
+        t for t in rows if t["status"] == "accepted" or t["rejection_reason"] == "too_similar"
+    ]
+    assert any(t["rejection_reason"] == "too_similar" for t in scored) or len(scored) >= 40
+    for task in scored:
+        assert task["nearest"], task
+        assert task["max_rouge"] == task["nearest"][0]["score"]
+        assert (task["max_rouge"] > 0.7) == (task["status"] == "rejected"), task
+        for neighbour in task["nearest"]:
+            assert neighbour["task_id"] != task["id"]
+            other = everything[neighbour["task_id"]]
+            assert neighbour["score"] == pytest.approx(rouge_l(task["instruction"], other))
+        scores = [n["score"] for n in task["nearest"]]
+        assert scores == sorted(scores, reverse=True)
+    assert_run_matches_rows(settings.db_url, run_id)
+    _wipe(settings.db_url)
