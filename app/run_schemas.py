@@ -33,7 +33,13 @@ class PromptMix(_Strict):
 
     examples_per_prompt: int = Field(8, ge=1, le=32, description="Instructions shown.")
     machine_examples: int = Field(2, ge=0, le=32, description="At most this many generated.")
-    prompts_per_batch: int = Field(5, ge=1, le=64)
+    prompts_per_batch: int = Field(
+        5,
+        ge=1,
+        le=64,
+        description="The paper's batch size. Prompts are sent as a stream; this sizes the "
+        "windows that end a run: 3x useless answers in a row, 25x prompts without an acceptance.",
+    )
     header: str | None = Field(None, max_length=4000, description="Replaces the default header.")
     numbering: str = Field("{n}.", max_length=32, description="Label style; must contain {n}.")
     stop_at: int = Field(16, ge=3, le=200, description="The model stops before this item.")

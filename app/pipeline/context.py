@@ -118,6 +118,7 @@ class RunContext:
         run: Run,
         dataset: Dataset,
         model: ModelEntry,
+        loaded: tuple[Pool, list[tuple[int, str]]] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -135,7 +136,7 @@ class RunContext:
         self.chat = model.mode == "chat"
         self.prices = price_table(settings)
         self.model_id = model.id
-        self.pool, texts = load_pool(engine, dataset_id=self.dataset_id)
+        self.pool, texts = loaded or load_pool(engine, dataset_id=self.dataset_id)
         self.watermark = max((task_id for task_id, _ in texts), default=0)
         # Large pools: the decision uses the exact verdict alone; the top-10 a stored task
         # carries comes from a process of its own (filters/neighbour_process.py).

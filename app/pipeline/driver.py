@@ -24,7 +24,8 @@ import contextlib
 import logging
 import random
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -32,7 +33,14 @@ from sqlmodel import Session, select
 from app.leases import LeaseHolder, renew_lease
 from app.llm import find_model
 from app.models import Dataset, Run, RunEvent, RunStatus, TaskStatus
-from app.pipeline.context import CapReached, RunContext, Totals, Verdict, example_of
+from app.pipeline.context import (
+    CapReached,
+    RunContext,
+    Totals,
+    Verdict,
+    example_of,
+    load_pool,
+)
 from app.pipeline.stages import (
     classify,
     decide,
@@ -47,6 +55,7 @@ from app.settings import Settings
 from app.strategies import Candidate, template_space
 
 log = logging.getLogger("selfinstruct.pipeline")
+T = TypeVar("T")
 
 MAX_USELESS_BATCHES = 3  # in a row, counted in prompts_per_batch answers: nothing usable
 MAX_IDLE_BATCHES = 25  # prompts_per_batch prompts each, without an acceptance
@@ -71,12 +80,19 @@ async def execute_run(
         session.add(run)
         session.commit()
     try:
-        ctx = RunContext(
+        model = find_model(settings, run.model, engine)
+        # A pool of 1M tasks takes half a minute to load: the lease is renewed meanwhile.
+        loaded = await _renewing(
+            asyncio.to_thread(load_pool, engine, dataset_id=dataset.id),  # type: ignore[arg-type]
             engine=engine,
-            settings=settings,
-            run=run,
-            dataset=dataset,
-            model=find_model(settings, run.model, engine),
+            run_id=run_id,
+            worker=worker,
+            lease_seconds=settings.worker_lease_seconds,
+        )
+        if loaded is None:
+            return  # cancelled or taken over while loading
+        ctx = RunContext(
+            engine=engine, settings=settings, run=run, dataset=dataset, model=model, loaded=loaded
         )
     except Exception as exc:  # unknown model after a settings change, bad params...
         finish(
@@ -90,6 +106,32 @@ async def execute_run(
     worker_id = worker.worker_id if worker else run.worker_id or ""
     ctx.worker_id = worker_id or None
     await Stream(ctx, run, worker).drive()
+
+
+async def _renewing(
+    work: Awaitable[T],
+    *,
+    engine: Engine,
+    run_id: int,
+    worker: LeaseHolder | None,
+    lease_seconds: float,
+) -> T | None:
+    """Await `work` while renewing the lease every third of it; None if the lease was lost."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=lease_seconds / 3)
+        if done:
+            return task.result()
+        if worker is not None and not await asyncio.to_thread(
+            renew_lease,
+            engine,
+            run_id=run_id,
+            worker_id=worker.worker_id,
+            lease_seconds=lease_seconds,
+        ):
+            with contextlib.suppress(BaseException):
+                await task
+            return None
 
 
 class Stream:

@@ -37,7 +37,7 @@ from app.pipeline.context import NEIGHBOURS, PENDING, RunContext, Tally, Totals,
 from app.pipeline.stages import neighbours
 from app.run_schemas import Caps
 from app.services.runs import counters
-from filters.novelty import NoveltyVerdict, check_against, merge_verdicts
+from filters.novelty import Neighbour, NoveltyVerdict, check_against, merge_verdicts
 
 
 @dataclass
@@ -183,7 +183,7 @@ def _demote_near_copies(
             novel=True,
             max_score=v.max_rouge or 0.0,
             threshold=check.threshold,
-            nearest=tuple((n["task_id"], n["score"]) for n in v.nearest),  # type: ignore[misc]
+            nearest=tuple(Neighbour(n["task_id"], n["score"]) for n in v.nearest),
         )
         merged = merge_verdicts(earlier, check, NEIGHBOURS)
         v.status, v.reason, v.detail = TaskStatus.rejected, check.reason, check.detail

@@ -76,7 +76,9 @@ def list_runs(*, session: Session, dataset: Dataset) -> list[Run]:
 
 
 def cancel_run(*, session: Session, run: Run) -> Run:
-    """Idempotent: a finished run is returned as it is; the worker stops within one batch."""
+    """Idempotent: a finished run is returned as it is; the worker stops within a second."""
+    # Lock the row first: a commit group of the run may be writing its counters and state.
+    session.refresh(run, with_for_update=True)
     if run.status in FINAL:
         return run
     run.status = RunStatus.cancelled

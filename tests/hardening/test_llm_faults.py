@@ -24,7 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from app.db import make_engine, migrate
+from app.db import make_engine
 from app.main import create_app
 from app.models import RunEvent
 from app.settings import Settings
@@ -131,15 +131,6 @@ def _settings(db_url: str, data_dir: Path, llm: FaultLLM, **overrides: Any) -> S
     return Settings(**values)
 
 
-@pytest.fixture
-def sqlite_db(sqlite_url: str) -> Iterator[str]:
-    """LLM faults exercise the client and the pipeline, not the database: SQLite suffices."""
-    migrate(Settings(database_url=sqlite_url))
-    _wipe(sqlite_url)
-    yield sqlite_url
-    _wipe(sqlite_url)
-
-
 def _trouble_events(db_url: str, run_id: int) -> list[dict[str, Any]]:
     engine = make_engine(Settings(database_url=db_url))
     with Session(engine) as session:
@@ -168,12 +159,12 @@ FAULTS: dict[str, tuple[str, str]] = {
 
 @pytest.mark.parametrize("kind", list(FAULTS))
 def test_run_survives_a_fault_recovers_with_the_server_and_fails_clearly_when_it_persists(
-    kind: str, sqlite_db: str, tmp_path: Path, fault_llm: FaultLLM
+    kind: str, any_db: str, tmp_path: Path, fault_llm: FaultLLM
 ) -> None:
     stop_reason, words = FAULTS[kind]
     fault_llm.fault = kind
     request_fault = kind != "no_tasks"
-    with TestClient(create_app(_settings(sqlite_db, tmp_path, fault_llm))) as api:
+    with TestClient(create_app(_settings(any_db, tmp_path, fault_llm))) as api:
         # The server never recovers: 3 x 2 useless generation answers in a row end the run.
         fault_llm.fault_budget = 10**6
         run_id = api.post("/v1/datasets/default/runs", json={**BATCH, "target": 3}).json()["id"]
@@ -183,7 +174,7 @@ def test_run_survives_a_fault_recovers_with_the_server_and_fails_clearly_when_it
         assert words in failed["error"], failed["error"]
         counters = failed["counters"]
         assert counters["accepted"] == 0 and counters["requests"] >= 6
-        trouble = _trouble_events(sqlite_db, run_id)
+        trouble = _trouble_events(any_db, run_id)
         assert trouble, "every commit group with trouble writes an llm_errors event"
         if request_fault:
             assert counters["failed_requests"] == counters["requests"]
@@ -193,7 +184,7 @@ def test_run_survives_a_fault_recovers_with_the_server_and_fails_clearly_when_it
             assert counters["failed_requests"] == 0
             assert counters["unparseable_completions"] == counters["requests"]
             assert sum(e["unparseable_completions"] for e in trouble) == counters["requests"]
-        assert_run_matches_rows(sqlite_db, run_id)
+        assert_run_matches_rows(any_db, run_id)
 
         # The server fails for a while and comes back: the run carries on to its target, and the
         # failures stay on its record.
@@ -204,7 +195,7 @@ def test_run_survives_a_fault_recovers_with_the_server_and_fails_clearly_when_it
         assert run["status"] == "succeeded", run
         assert run["counters"]["accepted"] == 4 and run["error"] is None
         assert fault_llm.fault_budget == 0
-        trouble = _trouble_events(sqlite_db, run_id)
+        trouble = _trouble_events(any_db, run_id)
         counters = run["counters"]
         if request_fault:
             assert counters["retries"] + counters["failed_requests"] == budget
@@ -214,7 +205,7 @@ def test_run_survives_a_fault_recovers_with_the_server_and_fails_clearly_when_it
             assert counters["failed_requests"] == 0
             assert counters["unparseable_completions"] == budget
             assert sum(e["unparseable_completions"] for e in trouble) == budget
-        assert_run_matches_rows(sqlite_db, run_id)
+        assert_run_matches_rows(any_db, run_id)
 
 
 @pytest.fixture

@@ -292,7 +292,9 @@ def test_two_workers_on_postgres_never_accept_near_copies_of_each_other(
             "/v1/datasets/default/tasks", params={"status": "accepted", "limit": 1000}
         ).json()["data"]
     assert runs[0]["worker_id"] != runs[1]["worker_id"], "each run had its own worker"
-    assert all(r["stop_reason"] in ("target_reached", "stalled") for r in runs), runs
+    assert all(r["stop_reason"] in ("target_reached", "stalled") for r in runs), [
+        (r["stop_reason"], r["error"]) for r in runs
+    ]
     generated = [t["instruction"] for t in accepted if t["origin"] == "generated"]
     assert len(generated) >= 4, runs
     assert len(set(generated)) == len(generated), "an instruction was accepted twice"
@@ -353,5 +355,32 @@ def test_stored_neighbours_are_exact_whether_computed_inline_or_in_their_own_pro
             assert neighbour["score"] == pytest.approx(rouge_l(task["instruction"], other))
         scores = [n["score"] for n in task["nearest"]]
         assert scores == sorted(scores, reverse=True)
+    assert_run_matches_rows(settings.db_url, run_id)
+    _wipe(settings.db_url)
+
+
+def test_a_pool_with_no_live_replica_fails_the_run_saying_so(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    from tests.live import free_port
+
+    dead = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]  # nobody listens there
+    settings = _settings(
+        settings_factory,
+        {"replicas": [{"base_url": u} for u in dead], "max_retries": 2, "timeout_s": 2},
+    )
+    _wipe(settings.db_url)
+    with TestClient(create_app(settings)) as api:
+        run_id = api.post(
+            "/v1/datasets/default/runs", json={"target": 5, "model": STUB_MODEL}
+        ).json()["id"]
+        run = wait_for_run(api, run_id, timeout_s=120)
+        (model,) = [m for m in api.get("/v1/models").json()["data"] if m["id"] == STUB_MODEL]
+    assert run["status"] == "failed" and run["stop_reason"] == "backend_failing", run
+    assert "No replica of the pool's 2 answered" in run["error"], run["error"]
+    assert "connection failed" in run["error"]
+    assert not model["reachable"]
+    assert {r["health"] for r in model["replicas"]} <= {"cooling_down", "failing"}
+    assert run["counters"]["failed_requests"] == run["counters"]["requests"] > 0
     assert_run_matches_rows(settings.db_url, run_id)
     _wipe(settings.db_url)
