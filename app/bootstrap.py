@@ -25,7 +25,6 @@ def ensure_default_dataset(*, engine: Engine, settings: Settings) -> None:
         dataset = Dataset(
             name=DEFAULT_DATASET,
             description="Starter pool: the project's own English and Chinese seed tasks.",
-            language="en",
         )
         session.add(dataset)
         try:

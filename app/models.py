@@ -76,7 +76,8 @@ class Dataset(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=64, sa_column_kwargs={"unique": True}, nullable=False)
     description: str = Field(default="", max_length=2000)
-    language: str = Field(default="en", max_length=16)
+    # None: the languages of its seeds; a code overrides them (filters.language).
+    language: str | None = Field(default=None, max_length=16)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 
@@ -101,6 +102,7 @@ class Task(SQLModel, table=True):
     seed_id: str | None = Field(default=None, max_length=200)
     name: str | None = Field(default=None, max_length=200)
     instruction: str = Field(sa_type=sa.Text, nullable=False)
+    language: str | None = Field(default=None, max_length=16)  # detected: en, zh, ..., unknown
     instances: list[dict[str, str]] = Field(default_factory=list, sa_type=JSONType)
     is_classification: bool | None = Field(default=None)
     origin: str = Field(default=TaskOrigin.seed, max_length=16)

@@ -7,11 +7,12 @@ import string
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.models import RunStatus
 from app.settings import BUNDLED_MODEL_ID
 from filters.heuristics import HeuristicConfig
+from generators.prompts import check_prompt_language
 
 
 class _Strict(BaseModel):
@@ -61,6 +62,14 @@ class FilterOptions(_Strict):
     )
     heuristics: HeuristicConfig = Field(default_factory=HeuristicConfig)
     max_instances: int = Field(5, ge=1, le=20, description="Instances kept per task.")
+    reject_other_languages: bool = Field(
+        True,
+        description="Reject a candidate in a language the pool does not hold (or, with the "
+        "run's `language`, in another language) as `language_not_in_pool`.",
+    )
+    reject_echoes: bool = Field(
+        True, description="Reject a candidate that repeats the prompt's wording (`echoes_prompt`)."
+    )
 
 
 class Caps(_Strict):
@@ -101,7 +110,9 @@ class RunCreate(_Strict):
     classify: bool = Field(True, description="Ask the model whether each task is classification.")
     generate_instances: bool = Field(True, description="Generate input/output instances.")
     language: str | None = Field(
-        None, pattern=r"^(en|zh)$", description="Prompt language; default: the dataset's."
+        None,
+        description="Ask for tasks in this language (prompts say so in it, examples are shown "
+        "as they are); default: the pool's languages, each prompt in one of them in proportion.",
     )
     topic: str | None = Field(
         None,
@@ -111,6 +122,11 @@ class RunCreate(_Strict):
     alpaca_tasks: int = Field(20, ge=4, le=100, description="Tasks asked for per alpaca prompt.")
     template: TemplateSpec | None = None
     seed: int = Field(0, description="Random seed for example sampling.")
+
+    @field_validator("language")
+    @classmethod
+    def _has_prompts(cls, value: str | None) -> str | None:
+        return check_prompt_language(value)
 
     @model_validator(mode="after")
     def _strategy_needs(self) -> RunCreate:

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
 from app.models import TaskOrigin, TaskStatus
+from generators.prompts import check_prompt_language
 
 DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
@@ -35,17 +36,26 @@ class DatasetCreate(BaseModel):
 
     name: str = Field(pattern=DATASET_NAME_PATTERN, description="Unique; letters, digits, _ . -")
     description: str = Field(default="", max_length=2000)
-    language: str = Field(
-        default="en",
-        pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$",
-        description="Main language of the pool (BCP 47, e.g. `en`, `zh`); heuristics use it.",
+    language: str | None = Field(
+        default=None,
+        description="Leave out: the pool's languages are those of its seeds, as detected. "
+        "A code fixes them to one language (one of the languages prompts exist for).",
     )
+
+    @field_validator("language")
+    @classmethod
+    def _has_prompts(cls, value: str | None) -> str | None:
+        return check_prompt_language(value)
 
 
 class DatasetPublic(BaseModel):
     name: str
     description: str
-    language: str
+    language: str | None = Field(description="The override, if one was set.")
+    languages: dict[str, float] = Field(
+        description="Share of the seeds in each detected language (`unknown`: too short to "
+        "tell); the pool's languages unless `language` overrides them."
+    )
     created_at: datetime
     updated_at: datetime
     seeds: int = Field(description="Seed tasks in the pool.")
@@ -113,6 +123,9 @@ class TaskPublic(BaseModel):
     seed_id: str | None
     name: str | None
     instruction: str
+    language: str | None = Field(
+        description="Detected language of the instruction (ISO 639-1, or `unknown`)."
+    )
     instances: list[dict[str, str]]
     is_classification: bool | None
     origin: TaskOrigin

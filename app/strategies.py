@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,12 +56,19 @@ class Candidate:
     instruction: str
     lineage: dict[str, Any]
     instances: list[dict[str, str]] | None = None  # alpaca tasks arrive with one
+    language: str = "unknown"  # detected at screening
 
 
 def _examples(
-    pool: Pool, topic: str | None, per_prompt: int
-) -> tuple[list[PromptExample], list[PromptExample]]:
-    """Seeds and machine tasks to sample from; with a topic, only those nearest to it."""
+    pool: Pool, topic: str | None, per_prompt: int, language: str | None = None
+) -> tuple[Sequence[PromptExample], Sequence[PromptExample]]:
+    """Seeds and machine tasks to sample from: of `language` when the pool holds that language
+    (all of them otherwise, shown as they are); with a topic, only those nearest to it."""
+    if language is not None:
+        seeds = [e for e in pool.seeds if e.language == language]
+        if seeds:
+            machine = [e for e in pool.machine if e.language == language]
+            pool = Pool(seeds=seeds, machine=machine, index=pool.index)
     if not topic:
         return pool.seeds, pool.machine
     k = max(TOPIC_NEIGHBOURS, 2 * per_prompt)
@@ -72,11 +80,19 @@ def _examples(
 
 
 def prompt_jobs(
-    *, pool: Pool, params: RunCreate, language: str, rng: random.Random, n: int | None = None
+    *,
+    pool: Pool,
+    params: RunCreate,
+    language: str,
+    rng: random.Random,
+    n: int | None = None,
+    examples_language: str | None = None,
 ) -> list[PromptJob]:
-    """`n` prompts (default: `prompts_per_batch`), each with examples drawn from the pool as it
-    stands now."""
-    seeds, machine = _examples(pool, params.topic, params.prompt.examples_per_prompt)
+    """`n` prompts (default: `prompts_per_batch`) worded in `language`, each with examples drawn
+    from the pool as it stands now (of `examples_language` where the pool holds it)."""
+    seeds, machine = _examples(
+        pool, params.topic, params.prompt.examples_per_prompt, examples_language
+    )
     jobs = []
     for _ in range(params.prompt.prompts_per_batch if n is None else n):
         if params.strategy == "alpaca":

@@ -2,9 +2,15 @@
 
 The rules are the Self-Instruct paper's, checked in its order: too short (3 words or fewer) or
 too long (more than 150 words), a word asking for something a text model cannot read or produce
-(image, file, audio...), "Write a program" (the model kept appending it to other tasks), a
-leading punctuation mark, and a leading non-ASCII character, the last only when the run is in
-English so that Chinese runs are not rejected wholesale.
+(image, file, audio...), "Write a program" (the model kept appending it to other tasks) and a
+leading punctuation mark. The paper's last rule, "starts with a non-ASCII character", was an
+English-only proxy for junk that rejects every Chinese task; here a leading character is rejected
+only when it is neither a letter nor a digit in any script (a symbol, an emoji, a control
+character).
+
+Each candidate is judged in its own language (`language`, as `filters.language` detects it):
+lengths and the blacklist default to that language's (`LENGTHS`, `BLACKLISTS`), calibrated so
+that the project's seeds of every language pass.
 
 Choices the paper leaves open:
 
@@ -25,7 +31,7 @@ from __future__ import annotations
 import re
 import string
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -34,6 +40,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from filters.errors import InvalidFilterConfig
+from filters.rouge import rouge_l
 from filters.tokenize import CJK_CHARACTERS, count_cjk, strip_cjk
 
 DEFAULT_BLACKLIST: tuple[str, ...] = (
@@ -41,6 +48,25 @@ DEFAULT_BLACKLIST: tuple[str, ...] = (
     "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram",
 )  # fmt: skip
 """The paper's list plus the Alpaca additions (video, audio, music, flowchart, diagram)."""
+
+BLACKLISTS: dict[str, tuple[str, ...]] = {
+    "en": DEFAULT_BLACKLIST,
+    # The same things in Chinese; English words are checked too, since mixed text is common.
+    "zh": (
+        "图片", "图像", "照片", "画图", "绘图", "绘制", "视频", "音频", "音乐", "文件",
+        "地图", "流程图", "示意图", "图表", "录音",
+    ),
+}  # fmt: skip
+"""Blacklists by language; a language without one uses the English list."""
+
+# (fewest, most) words, in the unit of the language: characters for Chinese, Japanese, Korean.
+# The paper's 4..150 for English; the starter seeds in Chinese have 13 to 40 characters.
+LENGTHS: dict[str, tuple[int, int]] = {
+    "en": (4, 150),
+    "zh": (6, 300),
+    "ja": (6, 300),
+    "ko": (6, 300),
+}
 
 
 class HeuristicReason(StrEnum):
@@ -52,7 +78,10 @@ class HeuristicReason(StrEnum):
     BLACKLISTED_WORD = "blacklisted_word"
     WRITE_A_PROGRAM = "write_a_program"
     STARTS_WITH_PUNCTUATION = "starts_with_punctuation"
-    NON_ASCII_START = "non_ascii_start"
+    STARTS_WITH_SYMBOL = "starts_with_symbol"
+    ECHOES_PROMPT = "echoes_prompt"
+    LANGUAGE_NOT_IN_POOL = "language_not_in_pool"
+    NON_ASCII_START = "non_ascii_start"  # stored on candidates of earlier versions; no longer used
 
 
 class HeuristicConfig(BaseModel):
@@ -64,16 +93,29 @@ class HeuristicConfig(BaseModel):
     reject_too_short: bool = Field(
         default=True, description="Reject instructions with fewer than `min_words` words."
     )
-    min_words: int = Field(default=4, ge=0, le=1000, description="Fewest words (paper: 4).")
+    min_words: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Fewest words (characters for Chinese, Japanese, Korean); default: the "
+        "candidate language's (English 4, as in the paper; Chinese 6).",
+    )
     reject_too_long: bool = Field(
         default=True, description="Reject instructions with more than `max_words` words."
     )
-    max_words: int = Field(default=150, ge=1, le=100_000, description="Most words (paper: 150).")
+    max_words: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Most words (characters for Chinese, Japanese, Korean); default: the "
+        "candidate language's (English 150, as in the paper; Chinese 300).",
+    )
     # Content.
-    blacklist: tuple[str, ...] = Field(
-        default=DEFAULT_BLACKLIST,
+    blacklist: tuple[str, ...] | None = Field(
+        default=None,
         max_length=1000,
-        description="Whole words or phrases, matched case-insensitively; empty to disable.",
+        description="Whole words or phrases, matched case-insensitively; empty to disable; "
+        "default: the candidate language's list plus the English one.",
     )
     reject_write_a_program: bool = Field(
         default=True, description='Reject instructions starting with "Write a program".'
@@ -82,19 +124,36 @@ class HeuristicConfig(BaseModel):
     reject_punctuation_start: bool = Field(
         default=True, description="Reject a leading punctuation mark."
     )
-    reject_non_ascii_start: bool = Field(
-        default=True, description="Reject a leading non-ASCII character, in English runs only."
+    reject_symbol_start: bool = Field(
+        default=True,
+        description="Reject a leading character that is neither a letter nor a digit in any "
+        "script (a symbol, an emoji); letters of every script pass.",
+    )
+    reject_non_ascii_start: bool | None = Field(
+        default=None,
+        description="Deprecated: the paper's English-only rule. Setting it sets "
+        "`reject_symbol_start`; no letter is rejected for its script.",
     )
     language: str = Field(
         default="en",
         min_length=2,
         max_length=16,
-        description="The run's language: en, zh, en-US, ...",
+        description="The candidate's language (the pipeline sets it per candidate).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_start_rule(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("reject_non_ascii_start") is not None:
+            data = {**data}
+            data.setdefault("reject_symbol_start", data["reject_non_ascii_start"])
+        return data
 
     @field_validator("blacklist")
     @classmethod
-    def _clean_blacklist(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _clean_blacklist(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
         words = tuple(" ".join(word.split()).lower() for word in value)
         if any(not word for word in words):
             raise ValueError("blacklist entries must not be blank; remove the empty strings")
@@ -102,16 +161,33 @@ class HeuristicConfig(BaseModel):
 
     @model_validator(mode="after")
     def _length_range(self) -> Self:
-        if self.reject_too_short and self.reject_too_long and self.max_words < self.min_words:
+        low, high = self.min_words, self.max_words
+        both = self.reject_too_short and self.reject_too_long
+        if both and low is not None and high is not None and high < low:
             raise ValueError(
-                f"max_words ({self.max_words}) is below min_words ({self.min_words}), so every "
+                f"max_words ({high}) is below min_words ({low}), so every "
                 "instruction would be rejected; raise max_words or lower min_words"
             )
         return self
 
     @property
-    def is_english(self) -> bool:
-        return self.language.lower().split("-")[0].split("_")[0] in ("en", "english")
+    def base_language(self) -> str:
+        return self.language.lower().replace("_", "-").split("-")[0]
+
+    def length_bounds(self) -> tuple[int, int]:
+        """(fewest, most) words for this language, the explicit settings first."""
+        low, high = LENGTHS.get(self.base_language, LENGTHS["en"])
+        return (
+            low if self.min_words is None else self.min_words,
+            high if self.max_words is None else self.max_words,
+        )
+
+    def words(self) -> tuple[str, ...]:
+        """The blacklist for this language."""
+        if self.blacklist is not None:
+            return self.blacklist
+        own = BLACKLISTS.get(self.base_language, ())
+        return tuple(dict.fromkeys((*own, *DEFAULT_BLACKLIST)))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Self:
@@ -184,6 +260,22 @@ def _is_punctuation(char: str) -> bool:
     return char in string.punctuation or unicodedata.category(char).startswith("P")
 
 
+ECHO_THRESHOLD = 0.5
+"""ROUGE-L to a sentence of the prompt's own wording at or above which a candidate is an echo.
+"The list of tasks is a numbered list of varied tasks" (the bundled model's) scores 0.54 against
+the English header; "Create a numbered list of tasks for moving house" 0.40."""
+
+
+def check_echo(text: str, references: Sequence[str]) -> Verdict:
+    """Reject a candidate that repeats the prompt's own instructions instead of a task."""
+    for reference in references:
+        if rouge_l(text, reference) >= ECHO_THRESHOLD:
+            return Verdict.reject(
+                HeuristicReason.ECHOES_PROMPT, f"repeats the prompt's own words: {reference!r}"
+            )
+    return PASS
+
+
 def check_instruction(text: str, config: HeuristicConfig = DEFAULT_CONFIG) -> Verdict:
     """The first rule `text` breaks, in the paper's order, or `PASS`.
 
@@ -193,15 +285,16 @@ def check_instruction(text: str, config: HeuristicConfig = DEFAULT_CONFIG) -> Ve
     if not stripped:
         return Verdict.reject(HeuristicReason.EMPTY, "the instruction is empty")
     words = count_words(stripped)
-    if config.reject_too_short and words < config.min_words:
+    low, high = config.length_bounds()
+    if config.reject_too_short and words < low:
         return Verdict.reject(
-            HeuristicReason.TOO_SHORT, f"{words} words; at least {config.min_words} are needed"
+            HeuristicReason.TOO_SHORT, f"{words} words; at least {low} are needed"
         )
-    if config.reject_too_long and words > config.max_words:
+    if config.reject_too_long and words > high:
         return Verdict.reject(
-            HeuristicReason.TOO_LONG, f"{words} words; at most {config.max_words} are allowed"
+            HeuristicReason.TOO_LONG, f"{words} words; at most {high} are allowed"
         )
-    pattern = _blacklist_pattern(config.blacklist)
+    pattern = _blacklist_pattern(config.words())
     if pattern is not None and (found := pattern.search(stripped)):
         return Verdict.reject(
             HeuristicReason.BLACKLISTED_WORD,
@@ -214,9 +307,9 @@ def check_instruction(text: str, config: HeuristicConfig = DEFAULT_CONFIG) -> Ve
         return Verdict.reject(
             HeuristicReason.STARTS_WITH_PUNCTUATION, f"starts with the punctuation mark {first!r}"
         )
-    if config.reject_non_ascii_start and config.is_english and not first.isascii():
+    if config.reject_symbol_start and not unicodedata.category(first).startswith(("L", "N")):
         return Verdict.reject(
-            HeuristicReason.NON_ASCII_START,
-            f"starts with the non-ASCII character {first!r} in an English run",
+            HeuristicReason.STARTS_WITH_SYMBOL,
+            f"starts with {first!r}, which is neither a letter nor a digit",
         )
     return PASS

@@ -94,6 +94,7 @@ class PromptExample:
     instruction: str
     input: str = ""
     output: str = ""
+    language: str = ""  # detected; a prompt in one language shows examples of that language
 
 
 ExampleLike = PromptExample | Mapping[str, Any]
@@ -148,6 +149,16 @@ def sample_prompt_examples(
     chosen += rng.sample(seeds, min(n_total - len(chosen), len(seeds)))
     rng.shuffle(chosen)
     return chosen
+
+
+def check_prompt_language(language: str | None) -> str | None:
+    """`language` when prompts exist for it (None passes); a ValueError naming them otherwise."""
+    if language is None or language in LANGUAGES:
+        return language
+    raise ValueError(
+        f"language {language!r} has no prompts; supported: {', '.join(LANGUAGES)} "
+        "(leave it out to use the languages of the seeds)"
+    )
 
 
 def _check_language(language: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -11,13 +13,17 @@ from sqlmodel import Session, col, select
 from app.llm import ModelEntry, backend_for, price_table
 from app.models import Dataset, Run, Task, TaskOrigin, TaskStatus
 from app.run_schemas import RunCreate
+from app.services.datasets import pool_languages
 from app.settings import Settings
 from app.strategies import Candidate, Pool
+from filters.heuristics import HeuristicConfig
+from filters.language import UNKNOWN
 from filters.neighbour_process import NeighbourProcess
 from filters.novelty import NoveltyVerdict, RecentItems
 from generators.base import Generation, SamplingParams
 from generators.errors import GeneratorError
-from generators.prompts import PromptExample, to_chat_messages
+from generators.prompt_text import BOOTSTRAP_HEADERS
+from generators.prompts import LANGUAGES, PromptExample, to_chat_messages
 
 NEIGHBOURS = 10
 PENDING = "p"  # index keys of tasks accepted but not committed yet: "p1", "p2", ...
@@ -126,17 +132,20 @@ class RunContext:
         self.dataset_id: int = dataset.id  # type: ignore[assignment]
         self.target = run.target
         self.params = RunCreate.model_validate(run.params)
-        self.language = self.params.language or (
-            "zh" if dataset.language.startswith("zh") else "en"
+        self.pool, texts = loaded or load_pool(engine, dataset_id=self.dataset_id)
+        seeds = Counter(e.language or UNKNOWN for e in self.pool.seeds)
+        # What candidates may be in, and the weights prompts are drawn in (filters.language).
+        self.languages = (
+            {self.params.language: 1}
+            if self.params.language
+            else pool_languages(dataset=dataset, seeds=dict(seeds))
         )
-        self.heuristics = self.params.filters.heuristics.model_copy(
-            update={"language": self.language}
-        )
+        self._heuristics: dict[str, HeuristicConfig] = {}
+        self.echo_references = echo_references(self.params.prompt.header)
         self.backend = backend_for(settings, model)
         self.chat = model.mode == "chat"
         self.prices = price_table(settings)
         self.model_id = model.id
-        self.pool, texts = loaded or load_pool(engine, dataset_id=self.dataset_id)
         self.watermark = max((task_id for task_id, _ in texts), default=0)
         # Large pools: the decision uses the exact verdict alone; the top-10 a stored task
         # carries comes from a process of its own (filters/neighbour_process.py).
@@ -167,6 +176,18 @@ class RunContext:
         self._pending = 0
         self.last_error: str | None = None  # the latest failed request, for the run's error
         self.last_unparseable: str | None = None
+
+    def heuristics(self, language: str) -> HeuristicConfig:
+        """The run's heuristics, judged in `language` (its lengths and blacklist)."""
+        config = self._heuristics.get(language)
+        if config is None:
+            config = self.params.filters.heuristics.model_copy(update={"language": language})
+            self._heuristics[language] = config
+        return config
+
+    def prompt_language(self, language: str) -> str:
+        """The wording used for a task in `language`: its own where prompts exist, else English."""
+        return language if language in LANGUAGES else "en"
 
     def ask_neighbours(self, text: str) -> int:
         """Ask the neighbour process for the top-10 of `text` against the pool as it is now."""
@@ -206,11 +227,11 @@ class RunContext:
     # --- LLM calls ---
 
     async def complete(
-        self, text: str, sampling: dict[str, Any], stop: tuple[str, ...]
+        self, text: str, sampling: dict[str, Any], stop: tuple[str, ...], *, language: str = "en"
     ) -> Generation | None:
         """One request; a failure after the backend's retries becomes None (and is counted)."""
         self.check_budget()
-        prompt: Any = to_chat_messages(text, language=self.language) if self.chat else text
+        prompt: Any = to_chat_messages(text, language=language) if self.chat else text
         params = SamplingParams(**sampling, stop=stop)
         self.in_flight += 1
         try:
@@ -243,14 +264,23 @@ class RunContext:
         }
 
 
-def example_of(task_id: object, instruction: str, instances: list[dict[str, str]]) -> PromptExample:
+def example_of(
+    task_id: object, instruction: str, instances: list[dict[str, str]], language: str
+) -> PromptExample:
     first = instances[0] if instances else {}
     return PromptExample(
         id=str(task_id),
         instruction=instruction,
         input=first.get("input", ""),
         output=first.get("output", ""),
+        language=language,
     )
+
+
+def echo_references(header: str | None) -> list[str]:
+    """The sentences of the prompts' own wording a candidate must not repeat."""
+    texts = [*BOOTSTRAP_HEADERS.values(), *([header] if header else [])]
+    return [s.strip() for t in texts for s in re.split(r"(?<=[.!?。！？])\s*", t) if s.strip()]
 
 
 def load_pool(engine: Engine, *, dataset_id: int) -> tuple[Pool, list[tuple[int, str]]]:
@@ -259,12 +289,12 @@ def load_pool(engine: Engine, *, dataset_id: int) -> tuple[Pool, list[tuple[int,
     texts: list[tuple[int, str]] = []
     with Session(engine) as session:
         rows = session.exec(
-            select(Task.id, Task.instruction, Task.instances, Task.origin)
+            select(Task.id, Task.instruction, Task.instances, Task.origin, Task.language)  # type: ignore[call-overload]
             .where(Task.dataset_id == dataset_id, Task.status == TaskStatus.accepted.value)
             .order_by(col(Task.id))
         )
-        for task_id, instruction, instances, origin in rows:
-            example = example_of(task_id, instruction, list(instances))
+        for task_id, instruction, instances, origin, language in rows:
+            example = example_of(task_id, instruction, list(instances), language or UNKNOWN)
             (pool.seeds if origin == TaskOrigin.seed.value else pool.machine).append(example)
             texts.append((task_id or 0, instruction))
     # One bulk build: adding 1M tasks one by one took three times as long.

@@ -363,8 +363,8 @@ class Stream:
         for v in done.demoted:
             drop(ctx, v)
             self.accepted -= 1
-        for task_id, instruction, instances, origin in done.foreign:
-            example = example_of(task_id, instruction, instances)
+        for task_id, instruction, instances, origin, language in done.foreign:
+            example = example_of(task_id, instruction, instances, language)
             (ctx.pool.seeds if origin == "seed" else ctx.pool.machine).append(example)
             ctx.pool_add(task_id, instruction)
             ctx.foreign.append((task_id, instruction))

@@ -12,8 +12,9 @@ from typing import Any
 from app.models import TaskStatus
 from app.pipeline.context import NEIGHBOURS, Item, RunContext, Verdict, example_of
 from app.strategies import Candidate, candidates_from, prompt_jobs, template_candidates
-from filters.heuristics import check_instruction
+from filters.heuristics import check_echo, check_instruction
 from filters.instances import filter_instances
+from filters.language import UNKNOWN, detect_language
 from filters.novelty import Neighbour, NoveltyVerdict, merge_verdicts
 from generators.parsing import parse_classification_answer, parse_instances
 from generators.prompts import (
@@ -41,8 +42,17 @@ async def generate_candidates(ctx: RunContext, rng: random.Random) -> list[Candi
             rng=rng,
             lineage=ctx.lineage,
         )
-    (job,) = prompt_jobs(pool=ctx.pool, params=ctx.params, language=ctx.language, rng=rng, n=1)
-    gen = await ctx.complete(job.text, ctx.sampling(), job.stop)
+    language = pick_language(ctx, rng)
+    wording = ctx.prompt_language(language)
+    (job,) = prompt_jobs(
+        pool=ctx.pool,
+        params=ctx.params,
+        language=wording,
+        rng=rng,
+        n=1,
+        examples_language=language,
+    )
+    gen = await ctx.complete(job.text, ctx.sampling(), job.stop, language=wording)
     if gen is None:
         return None
     ctx.tally.completions += 1
@@ -53,10 +63,40 @@ async def generate_candidates(ctx: RunContext, rng: random.Random) -> list[Candi
     return found
 
 
+def pick_language(ctx: RunContext, rng: random.Random) -> str:
+    """The language of one prompt: the run's, or one of the pool's in proportion to its seeds."""
+    if ctx.params.language:
+        return ctx.params.language
+    if not ctx.languages:
+        return "en"
+    codes = sorted(ctx.languages)
+    return rng.choices(codes, weights=[ctx.languages[c] for c in codes])[0]
+
+
 def screen(ctx: RunContext, cand: Candidate, in_flight: set[str]) -> Item | Verdict:
-    """Heuristics and novelty against the pool as it is: a rejection costs no request."""
+    """Language, heuristics and novelty against the pool as it is: a rejection costs no
+    request. Each candidate is judged by the rules of its own language."""
     cand.instruction = cand.instruction.strip()
-    verdict = check_instruction(cand.instruction, ctx.heuristics)
+    cand.language = detect_language(cand.instruction)
+    filters = ctx.params.filters
+    if (
+        filters.reject_other_languages
+        and ctx.languages
+        and cand.language != UNKNOWN
+        and cand.language not in ctx.languages
+    ):
+        held = ", ".join(sorted(ctx.languages))
+        return rejected(
+            cand,
+            "language_not_in_pool",
+            f"written in {cand.language}; the pool holds {held} (set the run's `language` or "
+            "filters.reject_other_languages=false to keep it)",
+        )
+    if filters.reject_echoes:
+        echo = check_echo(cand.instruction, ctx.echo_references)
+        if not echo.ok:
+            return Verdict(cand, TaskStatus.rejected, echo.reason, echo.detail)
+    verdict = check_instruction(cand.instruction, ctx.heuristics(cand.language))
     if not verdict.ok:
         return Verdict(cand, TaskStatus.rejected, verdict.reason, verdict.detail)
     mark = len(ctx.added)
@@ -96,8 +136,11 @@ def screen(ctx: RunContext, cand: Candidate, in_flight: set[str]) -> Item | Verd
 async def classify(ctx: RunContext, item: Item) -> None:
     if not ctx.params.classify:
         return
-    prompt = build_classification_prompt(item.candidate.instruction, language=ctx.language)
-    gen = await ctx.complete(prompt.text, CLASSIFICATION_SAMPLING.as_dict(), prompt.stop_sequences)
+    language = ctx.prompt_language(item.candidate.language)
+    prompt = build_classification_prompt(item.candidate.instruction, language=language)
+    gen = await ctx.complete(
+        prompt.text, CLASSIFICATION_SAMPLING.as_dict(), prompt.stop_sequences, language=language
+    )
     item.label = parse_classification_answer(gen.text) if gen else None
 
 
@@ -108,14 +151,17 @@ async def make_instances(ctx: RunContext, item: Item) -> None:
     if not ctx.params.generate_instances or cand.instances is not None:
         return
     output_first = bool(item.label)
+    language = ctx.prompt_language(cand.language)
     prompt = build_instance_prompt(
         cand.instruction,
         is_classification=output_first,
-        language=ctx.language,
+        language=language,
         max_instances=ctx.params.filters.max_instances,
     )
     sampling = CLASSIFICATION_INSTANCE_SAMPLING if output_first else INSTANCE_SAMPLING
-    gen = await ctx.complete(prompt.text, sampling.as_dict(), prompt.stop_sequences)
+    gen = await ctx.complete(
+        prompt.text, sampling.as_dict(), prompt.stop_sequences, language=language
+    )
     if gen is not None:
         item.raw_instances = parse_instances(
             gen.text, output_first=output_first, finish_reason=gen.finish_reason
@@ -174,7 +220,7 @@ def decide(ctx: RunContext, item: Item) -> Verdict:
 
 
 def _example(v: Verdict) -> Any:
-    return example_of(v.key, v.candidate.instruction, v.instances)
+    return example_of(v.key, v.candidate.instruction, v.instances, v.candidate.language)
 
 
 def drop(ctx: RunContext, v: Verdict) -> None:

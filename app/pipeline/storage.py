@@ -37,6 +37,7 @@ from app.pipeline.context import NEIGHBOURS, PENDING, RunContext, Tally, Totals,
 from app.pipeline.stages import neighbours
 from app.run_schemas import Caps
 from app.services.runs import counters
+from filters.language import UNKNOWN
 from filters.novelty import Neighbour, NoveltyVerdict, check_against, merge_verdicts
 
 
@@ -48,7 +49,8 @@ class Committed:
     run: Run | None = None
     stored: dict[str, int] = field(default_factory=dict)  # pending key -> task id
     demoted: list[Verdict] = field(default_factory=list)
-    foreign: list[tuple[int, str, list[dict[str, str]], str]] = field(default_factory=list)
+    # tasks others accepted: id, instruction, instances, origin, language
+    foreign: list[tuple[int, str, list[dict[str, str]], str, str]] = field(default_factory=list)
     awaiting: dict[int, int] = field(default_factory=dict)  # neighbour query -> task id
 
 
@@ -81,7 +83,7 @@ def commit_group(
             return Committed(running=False, run=run)
         foreign = list(
             session.exec(
-                select(Task.id, Task.instruction, Task.instances, Task.origin)
+                select(Task.id, Task.instruction, Task.instances, Task.origin, Task.language)  # type: ignore[call-overload]
                 .where(
                     Task.dataset_id == ctx.dataset_id,
                     Task.status == TaskStatus.accepted.value,
@@ -90,7 +92,7 @@ def commit_group(
                 .order_by(col(Task.id))
             )
         )
-        known = [*foreign_seen, *((i or 0, text) for i, text, _, _ in foreign)]
+        known = [*foreign_seen, *((i or 0, text) for i, text, _, _, _ in foreign)]
         demoted = _demote_near_copies(ctx, verdicts, known)
         accepted = [v for v in verdicts if v.status == TaskStatus.accepted]
         task_ids = _new_task_ids(session, len(verdicts))
@@ -153,7 +155,9 @@ def commit_group(
             run=run,
             stored=stored,
             demoted=demoted,
-            foreign=[(i or 0, t, list(inst), str(o)) for i, t, inst, o in foreign],
+            foreign=[
+                (i or 0, t, list(inst), str(o), lang or UNKNOWN) for i, t, inst, o, lang in foreign
+            ],
             awaiting={
                 v.query: row["id"]
                 for v, row in zip(verdicts, rows, strict=True)
@@ -221,6 +225,7 @@ def _row(
         "id": task_id,
         "dataset_id": ctx.dataset_id,
         "instruction": v.candidate.instruction,
+        "language": v.candidate.language,
         "instances": v.instances,
         "is_classification": v.is_classification,
         "origin": TaskOrigin.generated.value,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -10,6 +11,7 @@ from sqlmodel import Session, col, select
 from app.errors import Conflict, NotFound
 from app.models import Dataset, Task, TaskOrigin, TaskStatus, utcnow
 from app.schemas import DatasetCreate, DatasetPublic
+from filters.language import UNKNOWN
 
 DEFAULT_DATASET = "default"
 
@@ -40,12 +42,45 @@ def delete_dataset(*, session: Session, dataset: Dataset) -> None:
     session.commit()
 
 
-def _counts(session: Session, dataset_ids: list[int]) -> dict[int, dict[str, int]]:
-    counts: dict[int, dict[str, int]] = defaultdict(
-        lambda: {"seeds": 0, "accepted": 0, "rejected": 0}
+def seed_languages(session: Session, dataset_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Seeds per detected language, per dataset: where a pool's languages come from."""
+    found: dict[int, dict[str, int]] = defaultdict(dict)
+    if not dataset_ids:
+        return found
+    rows = session.exec(
+        select(Task.dataset_id, Task.language, sa.func.count())
+        .where(
+            col(Task.dataset_id).in_(dataset_ids),
+            Task.origin == TaskOrigin.seed.value,
+            Task.status == TaskStatus.accepted.value,
+        )
+        .group_by(col(Task.dataset_id), col(Task.language))
+    ).all()
+    for dataset_id, language, n in rows:
+        found[dataset_id][language or UNKNOWN] = n
+    return found
+
+
+def pool_languages(*, dataset: Dataset, seeds: dict[str, int]) -> dict[str, int]:
+    """The languages a pool holds, with their weight: the override alone, else the seeds'
+    detected languages (`unknown` left out; an empty result means any language)."""
+    if dataset.language:
+        return {dataset.language: 1}
+    return {code: n for code, n in seeds.items() if code != UNKNOWN}
+
+
+def _counts(session: Session, dataset_ids: list[int]) -> dict[int, dict[str, Any]]:
+    counts: dict[int, dict[str, Any]] = defaultdict(
+        lambda: {"seeds": 0, "accepted": 0, "rejected": 0, "languages": {}}
     )
     if not dataset_ids:
         return counts
+    for dataset_id, by_language in seed_languages(session, dataset_ids).items():
+        total = sum(by_language.values())
+        counts[dataset_id]["languages"] = {
+            code: round(n / total, 4)
+            for code, n in sorted(by_language.items(), key=lambda kv: -kv[1])
+        }
     rows = session.exec(
         select(Task.dataset_id, Task.origin, Task.status, sa.func.count())
         .where(col(Task.dataset_id).in_(dataset_ids))
@@ -72,7 +107,7 @@ def list_datasets(*, session: Session) -> list[DatasetPublic]:
     return [_public(d, counts[d.id]) for d in datasets if d.id is not None]
 
 
-def _public(dataset: Dataset, counts: dict[str, int]) -> DatasetPublic:
+def _public(dataset: Dataset, counts: dict[str, Any]) -> DatasetPublic:
     return DatasetPublic(
         name=dataset.name,
         description=dataset.description,

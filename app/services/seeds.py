@@ -14,6 +14,7 @@ from app.errors import InvalidInput, PayloadTooLarge
 from app.models import Dataset, Task, TaskOrigin, TaskStatus, utcnow
 from app.schemas import ErrorItem, SeedImportResult, SeedTask
 from app.services.datasets import touch
+from filters.language import detect_language
 
 STARTER_SEEDS = "starter_seed_tasks.jsonl"
 MAX_REPORTED_ERRORS = 100
@@ -127,6 +128,7 @@ def import_seeds(*, session: Session, dataset: Dataset, seeds: list[SeedTask]) -
         fields: dict[str, Any] = {
             "name": seed.name,
             "instruction": seed.instruction,
+            "language": detect_language(seed.instruction),
             "instances": [i.model_dump() for i in seed.instances],
             "is_classification": seed.is_classification,
         }

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_right
 from collections import Counter
 from statistics import mean
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from sqlmodel import Session, select
 
 from app.models import Dataset, Run, Task, TaskOrigin, TaskStatus
+from filters.heuristics import count_words
+from filters.language import UNKNOWN
 from filters.novelty import NoveltyIndex
-from filters.tokenize import count_cjk, is_cjk
+from filters.tokenize import is_cjk
 
 HISTOGRAM_BINS = 10
 TOP_VERBS = 20
@@ -24,6 +28,24 @@ class HistogramBin(BaseModel):
     low: float
     high: float
     count: int
+
+
+class LanguageStats(BaseModel):
+    """Table 1 of the paper for the tasks of one language, in that language's unit."""
+
+    instructions: int
+    instances: int
+    unit: Literal["words", "characters"] = Field(
+        description="Characters for Chinese, Japanese and Korean, words otherwise."
+    )
+    mean_instruction_length: float
+    mean_input_length: float
+    mean_output_length: float
+    leading: list[tuple[str, int]] = Field(
+        description="The paper's Figure 2 where a part-of-speech tagger exists for the language "
+        "(Chinese: jieba), as 'verb noun' pairs; elsewhere the leading words."
+    )
+    leading_kind: Literal["verb_noun_pairs", "leading_words"]
 
 
 class DatasetStats(BaseModel):
@@ -44,15 +66,19 @@ class DatasetStats(BaseModel):
     input_length: list[HistogramBin] = Field(description="Words per instance input.")
     output_length: list[HistogramBin] = Field(description="Words per instance output.")
     rejected_by_reason: dict[str, int]
-    leading_verbs: list[tuple[str, int]] = Field(description="Most common first words.")
+    leading_words: list[tuple[str, int]] = Field(
+        description="Most common first words, all languages together (Chinese: two characters)."
+    )
+    by_language: dict[str, LanguageStats] = Field(
+        description="Per detected language (`unknown`: too short to tell)."
+    )
     seeds: int
 
 
 def words(text: str) -> int:
-    """Whitespace words, where each CJK character counts as one word (Chinese has no spaces)."""
-    cjk = count_cjk(text)
-    latin = "".join(" " if is_cjk(ch) else ch for ch in text) if cjk else text
-    return len(latin.split()) + cjk
+    """Words as the length rules count them: each CJK character is one (Chinese has no spaces),
+    a lone punctuation mark is none."""
+    return count_words(text)
 
 
 def leading_word(text: str) -> str:
@@ -66,9 +92,9 @@ def leading_word(text: str) -> str:
 
 def dataset_stats(*, session: Session, dataset: Dataset) -> DatasetStats:
     rows = session.exec(
-        select(Task.instruction, Task.instances, Task.is_classification, Task.origin).where(
-            Task.dataset_id == dataset.id, Task.status == TaskStatus.accepted.value
-        )
+        select(
+            Task.instruction, Task.instances, Task.is_classification, Task.origin, Task.language
+        ).where(Task.dataset_id == dataset.id, Task.status == TaskStatus.accepted.value)
     ).all()
     seeds = [r for r in rows if r[3] == TaskOrigin.seed.value]
     tasks = [r for r in rows if r[3] != TaskOrigin.seed.value]
@@ -103,9 +129,55 @@ def dataset_stats(*, session: Session, dataset: Dataset) -> DatasetStats:
         input_length=length_histogram(input_words),
         output_length=length_histogram(output_words),
         rejected_by_reason=dict(reasons.most_common()),
-        leading_verbs=verbs.most_common(TOP_VERBS),
+        leading_words=verbs.most_common(TOP_VERBS),
+        by_language=_by_language(tasks),
         seeds=len(seeds),
     )
+
+
+CHARACTER_LANGUAGES = frozenset({"zh", "ja", "ko"})
+# Politeness and helper verbs that open Chinese requests without saying what to do.
+_ZH_OPENERS = frozenset({"请", "请你", "帮", "帮我", "麻烦", "给", "让", "能", "可以"})
+
+
+def _by_language(tasks: list[Any]) -> dict[str, LanguageStats]:
+    groups: dict[str, list[Any]] = {}
+    for row in tasks:
+        groups.setdefault(row[4] or UNKNOWN, []).append(row)
+    out = {}
+    for language, group in sorted(groups.items()):
+        instances = [i for r in group for i in (r[1] or [])]
+        tagged = language == "zh"
+        leading = Counter((verb_noun_zh(r[0]) if tagged else leading_word(r[0])) for r in group)
+        leading.pop("", None)
+        out[language] = LanguageStats(
+            instructions=len(group),
+            instances=len(instances),
+            unit="characters" if language in CHARACTER_LANGUAGES else "words",
+            mean_instruction_length=_mean([words(r[0]) for r in group]),
+            mean_input_length=_mean([words(i.get("input", "")) for i in instances]),
+            mean_output_length=_mean([words(i.get("output", "")) for i in instances]),
+            leading=leading.most_common(TOP_VERBS),
+            leading_kind="verb_noun_pairs" if tagged else "leading_words",
+        )
+    return out
+
+
+def verb_noun_zh(text: str) -> str:
+    """The first verb of a Chinese instruction and the first noun after it ("写 诗"), tagged by
+    jieba; the verb alone when no noun follows; "" when there is no verb."""
+    import jieba
+    import jieba.posseg
+
+    jieba.setLogLevel(logging.WARNING)
+    verb = ""
+    for token in jieba.posseg.cut(text):
+        if not verb:
+            if token.flag.startswith("v") and token.word not in _ZH_OPENERS:
+                verb = token.word
+        elif token.flag.startswith("n"):
+            return f"{verb} {token.word}"
+    return verb
 
 
 def length_histogram(values: list[int]) -> list[HistogramBin]:

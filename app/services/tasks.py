@@ -10,6 +10,7 @@ from sqlmodel import Session, col, select
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import Dataset, Task, TaskOrigin, TaskStatus, utcnow
 from app.schemas import TaskEdit, TaskPublic, TaskReview, TasksPublic
+from filters.language import detect_language
 
 REVIEWER_REJECTED = "reviewer_rejected"
 REPLACED_BY_EDIT = "replaced_by_edit"
@@ -157,6 +158,9 @@ def edit_task(*, session: Session, task_id: int, edit: TaskEdit) -> TaskPublic:
         dataset_id=original.dataset_id,
         name=original.name,
         instruction=edit.instruction if edit.instruction is not None else original.instruction,
+        language=(
+            detect_language(edit.instruction) if edit.instruction is not None else original.language
+        ),
         instances=(
             [i.model_dump() for i in edit.instances]
             if edit.instances is not None

@@ -119,17 +119,60 @@ def test_write_a_program_is_rejected_in_any_case() -> None:
 )
 def test_leading_punctuation_is_rejected(text: str) -> None:
     assert reason(text) == "starts_with_punctuation"
-    assert reason(text, reject_punctuation_start=False) in (None, "non_ascii_start")
+    assert reason(text, reject_punctuation_start=False) in (None, "starts_with_symbol")
 
 
-def test_non_ascii_start_is_rejected_only_in_english_runs() -> None:
-    text = "Él es un buen amigo, traduce esta frase."
-    assert reason(text) == "non_ascii_start"
-    assert reason(text, language="en-US") == "non_ascii_start"
-    assert reason(text, language="es") is None
-    assert reason(text, reject_non_ascii_start=False) is None
-    assert reason("写一首关于春天的诗。", language="zh") is None
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [
+        ("Él es un buen amigo, traduce esta frase.", "es"),
+        ("Élaborez un plan de voyage pour trois jours.", "fr"),
+        ("写一首关于春天的诗，要求押韵。", "zh"),
+        ("春についての短い詩を書いてください。", "ja"),
+        ("봄에 관한 짧은 시를 써 주세요.", "ko"),
+        ("Объясните, как работает фотосинтез у растений.", "ru"),
+    ],
+)
+def test_no_letter_is_rejected_for_its_script(text: str, language: str) -> None:
+    assert reason(text, language=language) is None
+    assert reason(text, language="en") is None  # whatever the language, a letter is a letter
+
+
+def test_a_leading_symbol_is_rejected_in_any_script() -> None:
+    assert reason("→ Explain how rainbows form in the sky.") == "starts_with_symbol"
+    assert reason("★请解释彩虹是如何形成的。", language="zh") == "starts_with_symbol"
+    assert reason("→ Explain how rainbows form.", reject_symbol_start=False) is None
+    # the old switch still turns the rule off
+    assert reason("→ Explain how rainbows form.", reject_non_ascii_start=False) is None
     assert reason("《红楼梦》的作者是谁。请简要介绍。", language="zh") == "starts_with_punctuation"
+
+
+def test_lengths_are_counted_in_the_unit_of_the_language() -> None:
+    assert reason("写一首诗", language="zh") == "too_short"  # 4 characters
+    assert reason("写一首关于春天的诗", language="zh") is None
+    assert reason("春" * 301, language="zh") == "too_long"
+    assert reason("春" * 300, language="zh") is None
+    assert reason("Write a poem.", language="en") == "too_short"  # the paper's 4 words
+
+
+def test_blacklists_are_per_language() -> None:
+    assert reason("请根据描述生成一张图片并说明。", language="zh") == "blacklisted_word"
+    assert reason("请把这段视频的内容总结一下。", language="zh") == "blacklisted_word"
+    assert reason("请解释一下这个image的含义是什么。", language="zh") == "blacklisted_word"
+    assert reason("请解释图灵测试的基本思想。", language="zh") is None
+    assert reason("Describe the picture on the wall.") == "blacklisted_word"
+
+
+def test_the_starter_seeds_of_every_language_pass() -> None:
+    import json
+    from pathlib import Path
+
+    from filters.language import detect_language
+
+    path = Path(__file__).resolve().parents[2] / "app" / "seeds" / "starter_seed_tasks.jsonl"
+    for line in path.read_text().splitlines():
+        text = json.loads(line)["instruction"]
+        assert reason(text, language=detect_language(text)) is None, text
 
 
 def test_rules_apply_in_the_papers_order() -> None:

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from filters.novelty import NoveltyIndex
 from tests.factories import seed
-from tests.generators.fakes import Reply
+from tests.generators.fakes import Reply, completion_body
 from tests.runs.conftest import STUB_MODEL, wait_for_run
 from tests.runs.stub_llm import StubLLM
 
@@ -188,8 +188,8 @@ def test_event_stream_reports_verdicts_and_the_end(api: TestClient) -> None:
     assert all("score" in c and "reason" in c for c in candidates)
 
 
-def test_chinese_seeds_produce_chinese_tasks(api: TestClient) -> None:
-    api.post("/v1/datasets", json={"name": "zh", "language": "zh"})
+def test_chinese_seeds_produce_chinese_tasks_with_no_setting(api: TestClient) -> None:
+    api.post("/v1/datasets", json={"name": "zh"})  # no language: the seeds tell
     seeds = [
         seed(instruction=f"请用一句话介绍{city}的历史。")
         for city in ["北京", "上海", "西安", "南京", "成都", "杭州", "广州", "苏州", "重庆"]
@@ -202,7 +202,7 @@ def test_chinese_seeds_produce_chinese_tasks(api: TestClient) -> None:
     accepted = _tasks(api, "zh", run_id=run["id"], status="accepted")
     assert len(accepted) == 3
     assert all("\u4e00" <= t["instruction"][0] <= "\u9fff" for t in accepted)
-    assert "non_ascii_start" not in run["counters"]["rejected_by_reason"]
+    assert "starts_with_symbol" not in run["counters"]["rejected_by_reason"]
     assert accepted[0]["lineage"]["template_version"].endswith(":zh")
 
 
@@ -245,11 +245,94 @@ def test_template_strategy_and_topic(api: TestClient) -> None:
     assert shown <= nearest, "examples must come from the tasks nearest to the topic"
 
 
-def test_stats_describe_the_grown_pool(api: TestClient) -> None:
+def test_the_mixed_starter_pool_grows_in_both_languages_with_stats_for_each(
+    api: TestClient,
+) -> None:
+    """No setting at all: the starter pool holds English and Chinese seeds, so a run accepts
+    tasks in both, each judged by its own rules, and the stats report each language in its own
+    unit, with verb-noun pairs from a tagger for Chinese and leading words for English."""
+    dataset = api.get("/v1/datasets/default").json()
+    assert dataset["language"] is None
+    assert set(dataset["languages"]) == {"en", "zh"} and dataset["languages"]["en"] > 0.5
     run = wait_for_run(
         api,
-        api.post("/v1/datasets/default/runs", json={"target": 5, "model": STUB_MODEL}).json()["id"],
+        api.post("/v1/datasets/default/runs", json={"target": 30, "model": STUB_MODEL}).json()[
+            "id"
+        ],
     )
+    assert run["status"] == "succeeded", run
+    accepted = _tasks(api, run_id=run["id"], status="accepted")
+    assert {t["language"] for t in accepted} == {"en", "zh"}
+    for task in accepted:
+        chinese = "\u4e00" <= task["instruction"][0] <= "\u9fff"
+        assert task["language"] == ("zh" if chinese else "en")
+    stats = api.get("/v1/datasets/default/stats").json()["by_language"]
+    assert stats["zh"]["unit"] == "characters" and stats["en"]["unit"] == "words"
+    assert stats["zh"]["leading_kind"] == "verb_noun_pairs"
+    assert all(pair.startswith("解释") for pair, _ in stats["zh"]["leading"])
+    assert stats["en"]["leading_kind"] == "leading_words"
+    assert stats["zh"]["instructions"] + stats["en"]["instructions"] == 30
+    zh = [t for t in accepted if t["language"] == "zh"]
+    assert stats["zh"]["mean_instruction_length"] == pytest.approx(
+        sum(len(t["instruction"]) - 1 for t in zh) / len(zh),
+        abs=0.01,  # characters, no "。"
+    )
+
+
+def test_an_english_pool_rejects_a_chinese_candidate(api: TestClient, stub: StubLLM) -> None:
+    api.post("/v1/datasets", json={"name": "en-only"})
+    seeds = [
+        seed(instruction=f"Explain the history of the city of {c} in two sentences.")
+        for c in ["Paris", "Rome", "Lima", "Oslo", "Cairo", "Delhi", "Quito", "Hanoi"]
+    ]
+    api.post("/v1/datasets/en-only/seeds", json=seeds)
+    stub.enqueue(
+        Reply(
+            body=completion_body(
+                " 请解释量子纠缠的基本含义并举一个例子。\n"
+                "10. Describe the rules of cricket to a child."
+            )
+        )
+    )
+    run = wait_for_run(
+        api,
+        api.post("/v1/datasets/en-only/runs", json={"target": 1, "model": STUB_MODEL}).json()["id"],
+    )
+    rejected = _tasks(api, "en-only", run_id=run["id"], status="rejected")
+    chinese = [t for t in rejected if t["instruction"].startswith("请解释量子纠缠")]
+    assert chinese and chinese[0]["rejection_reason"] == "language_not_in_pool"
+    assert "holds en" in chinese[0]["rejection_detail"]
+
+
+def test_a_run_may_ask_for_a_language_the_seeds_are_not_in(api: TestClient) -> None:
+    api.post("/v1/datasets", json={"name": "en-seeds"})
+    seeds = [
+        seed(instruction=f"Explain the history of the city of {c} in two sentences.")
+        for c in ["Paris", "Rome", "Lima", "Oslo", "Cairo", "Delhi", "Quito", "Hanoi"]
+    ]
+    api.post("/v1/datasets/en-seeds/seeds", json=seeds)
+    assert api.get("/v1/datasets/en-seeds").json()["languages"] == {"en": 1.0}
+    run = wait_for_run(
+        api,
+        api.post(
+            "/v1/datasets/en-seeds/runs", json={"target": 3, "model": STUB_MODEL, "language": "zh"}
+        ).json()["id"],
+    )
+    assert run["status"] == "succeeded", run
+    accepted = _tasks(api, "en-seeds", run_id=run["id"], status="accepted")
+    assert len(accepted) == 3 and {t["language"] for t in accepted} == {"zh"}
+    refused = api.post(
+        "/v1/datasets/en-seeds/runs", json={"target": 3, "model": STUB_MODEL, "language": "fr"}
+    )
+    assert refused.status_code == 422
+    assert "has no prompts; supported: en, zh" in refused.text
+    refused = api.post("/v1/datasets", json={"name": "fr", "language": "fr"})
+    assert refused.status_code == 422 and "supported: en, zh" in refused.text
+
+
+def test_stats_describe_the_grown_pool(api: TestClient) -> None:
+    body = {"target": 5, "model": STUB_MODEL, "language": "en"}  # English tasks only
+    run = wait_for_run(api, api.post("/v1/datasets/default/runs", json=body).json()["id"])
     stats = api.get("/v1/datasets/default/stats").json()
     accepted = _tasks(api, run_id=run["id"], status="accepted")
     assert stats["instructions"] == len(accepted) == 5
@@ -258,7 +341,7 @@ def test_stats_describe_the_grown_pool(api: TestClient) -> None:
     assert stats["instances"] == sum(len(t["instances"]) for t in accepted)
     assert sum(b["count"] for b in stats["rouge_to_nearest_seed"]) == 5
     assert stats["rejected_by_reason"] == run["counters"]["rejected_by_reason"]
-    verbs = dict(stats["leading_verbs"])
+    verbs = dict(stats["leading_words"])
     assert sum(verbs.values()) == 5
     assert set(verbs) <= {
         v.lower()

@@ -495,7 +495,7 @@ async function statsView(name) {
       h("div", { class: "card", "data-chart": "instruction_length" }, h("h2", {}, "Instruction length (words)"), lengthChart(stats.instruction_length)),
       h("div", { class: "card", "data-chart": "input_length" }, h("h2", {}, "Input length (words)"), lengthChart(stats.input_length)),
       h("div", { class: "card", "data-chart": "output_length" }, h("h2", {}, "Output length (words)"), lengthChart(stats.output_length)),
-      h("div", { class: "card", "data-chart": "verbs" }, h("h2", {}, "Leading verbs"), hbars(stats.leading_verbs)),
+      h("div", { class: "card", "data-chart": "verbs" }, h("h2", {}, "Leading words"), hbars(stats.leading_words)),
       h("div", { class: "card", "data-chart": "classification" }, h("h2", {}, "Classification share"), hbars(classification)),
       h("div", { class: "card", "data-chart": "reasons" }, h("h2", {}, "Rejections by reason"), hbars(reasons, { cls: "bar bad" }))),
   ];
