@@ -148,6 +148,11 @@ class RunCounters(BaseModel):
     instances: int
     retries: int = Field(description="Extra attempts the model server needed (429, 5xx, timeouts).")
     unparseable_completions: int = Field(description="Answers that held no task at all.")
+    instances_wrong_language: int = Field(
+        0,
+        description="Instances dropped because their output was in a language neither the "
+        "instruction nor the input is in (and no translation was asked for).",
+    )
     in_flight: int = Field(0, description="Model requests in flight at the last commit.")
     requests_per_s: float = Field(0.0, description="Model requests per second, recently.")
     accepted_per_s: float = Field(0.0, description="Tasks accepted per second, recently.")

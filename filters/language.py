@@ -60,3 +60,23 @@ def base_language(code: str | None) -> str | None:
     if code is None:
         return None
     return code.replace("_", "-").split("-")[0].lower()
+
+
+# Words that ask for another language, so an answer in it is right.
+_TRANSLATION = re.compile(
+    r"translat|tradu[ci]|übersetz|翻译|翻譯|译成|译为|翻訳|번역", re.IGNORECASE
+)
+
+
+def asks_for_translation(instruction: str) -> bool:
+    return _TRANSLATION.search(instruction) is not None
+
+
+def foreign_output(instruction_language: str, instance: dict[str, str]) -> bool:
+    """Whether an instance's output is in a language that neither its instruction nor its
+    input is in (a model that drifted into another language), when that can be told."""
+    output = detect_language(instance.get("output", ""))
+    if output in (UNKNOWN, instruction_language):
+        return False
+    given = instance.get("input", "")
+    return not (given and detect_language(given) == output)

@@ -100,6 +100,7 @@ class Verdict:
     key: Any = None  # the index key of an accepted candidate until it is committed
     foreign_mark: int = 0  # tasks of other writers this verdict was decided against
     query: int | None = None  # neighbours asked of the neighbour process, not received yet
+    wrong_language: int = 0  # instances dropped: output in another language, not asked for
 
 
 @dataclass

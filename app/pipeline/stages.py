@@ -14,7 +14,7 @@ from app.pipeline.context import NEIGHBOURS, Item, RunContext, Verdict, example_
 from app.strategies import Candidate, candidates_from, prompt_jobs, template_candidates
 from filters.heuristics import check_echo, check_instruction
 from filters.instances import filter_instances
-from filters.language import UNKNOWN, detect_language
+from filters.language import UNKNOWN, asks_for_translation, detect_language, foreign_output
 from filters.novelty import Neighbour, NoveltyVerdict, merge_verdicts
 from generators.parsing import parse_classification_answer, parse_instances
 from generators.prompts import (
@@ -191,6 +191,10 @@ def decide(ctx: RunContext, item: Item) -> Verdict:
         kept = filter_instances(
             item.raw_instances, max_instances=ctx.params.filters.max_instances
         ).kept
+    wrong_language = 0
+    if kept and cand.language != UNKNOWN and not asks_for_translation(cand.instruction):
+        same = [i for i in kept if not foreign_output(cand.language, i)]
+        wrong_language, kept = len(kept) - len(same), same
     needs_instances = ctx.params.generate_instances or cand.instances is not None
     check = recheck(ctx, item)
     v = Verdict(
@@ -201,6 +205,7 @@ def decide(ctx: RunContext, item: Item) -> Verdict:
         nearest=neighbours(check.nearest),
         instances=kept,
         foreign_mark=len(ctx.foreign),
+        wrong_language=wrong_language,
     )
     if ctx.neighbours is not None:  # asked before the task joins the pool: it is not its own
         v.max_rouge, v.nearest = None, []

@@ -276,6 +276,9 @@ def _add_counters(
     state["groups"] = state.get("groups", 0) + 1
     state["retries"] = state.get("retries", 0) + tally.retries
     state["unparseable_completions"] = state.get("unparseable_completions", 0) + tally.unparseable
+    state["instances_wrong_language"] = state.get("instances_wrong_language", 0) + sum(
+        v.wrong_language for v in verdicts
+    )
     state.update(live)
     run.state = state
     run.updated_at = utcnow()

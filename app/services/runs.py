@@ -124,6 +124,7 @@ def counters(run: Run) -> RunCounters:
         instances=run.instances,
         retries=run.state.get("retries", 0),
         unparseable_completions=run.state.get("unparseable_completions", 0),
+        instances_wrong_language=run.state.get("instances_wrong_language", 0),
         in_flight=run.state.get("in_flight", 0) if run.status == RunStatus.running else 0,
         requests_per_s=run.state.get("requests_per_s", 0.0),
         accepted_per_s=run.state.get("accepted_per_s", 0.0),

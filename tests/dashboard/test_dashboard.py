@@ -40,6 +40,11 @@ def open_view(page: Page, fragment: str) -> None:
 def test_datasets_page_lists_the_starter_pool_and_shows_chinese(page: Page, live_base: str) -> None:
     open_view(page, "#/")
     expect(page.locator("table")).to_contain_text("default")
+    # the starter pool's languages, detected from its seeds with no setting
+    shares = httpx.get(f"{live_base}/v1/datasets/default").json()["languages"]
+    expected = " · ".join(f"{code} {round(share * 100)}%" for code, share in shares.items())
+    expect(page.locator('[data-languages="default"]')).to_have_text(expected)
+    assert set(shares) == {"en", "zh"}
     chinese = httpx.get(
         f"{live_base}/v1/datasets/default/tasks", params={"contains": "的", "limit": 1}
     ).json()["data"][0]

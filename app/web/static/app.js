@@ -283,13 +283,21 @@ function lossChart(train, evals) {
 
 // --- views -----------------------------------------------------------------------------------
 
+// "en 73% · zh 27%" from the seeds; a fixed language shows as "zh (fixed)".
+function languages(d) {
+  if (d.language) return `${d.language} (fixed)`;
+  const shares = Object.entries(d.languages || {});
+  if (!shares.length) return "any";
+  return shares.map(([code, share]) => `${code} ${Math.round(share * 100)}%`).join(" · ");
+}
+
 async function datasetsView() {
   const datasets = await api("GET", "/v1/datasets");
   const rows = datasets.data.map((d) =>
     h("tr", {},
       h("td", {}, h("a", { href: `#/d/${enc(d.name)}` }, d.name)),
       h("td", {}, d.description || ""),
-      h("td", {}, d.language),
+      h("td", { "data-languages": d.name }, languages(d)),
       h("td", {}, num(d.seeds)),
       h("td", {}, num(d.accepted)),
       h("td", {}, num(d.rejected)),
@@ -307,7 +315,7 @@ async function datasetsView() {
   return [
     h("h1", {}, "Datasets"),
     h("table", {},
-      h("thead", {}, h("tr", {}, ["Name", "Description", "Language", "Seeds", "Accepted", "Rejected"].map((c) => h("th", {}, c)))),
+      h("thead", {}, h("tr", {}, ["Name", "Description", "Languages", "Seeds", "Accepted", "Rejected"].map((c) => h("th", {}, c)))),
       h("tbody", {}, rows)),
     h("h2", {}, "New dataset"),
     h("div", { class: "card" }, create),
@@ -338,7 +346,7 @@ async function datasetView(name) {
       field("Strategy", h("select", { name: "strategy" },
         ["self_instruct", "alpaca", "template"].map((v) => h("option", { value: v }, v)))),
       field("Language", h("select", { name: "language" },
-        h("option", { value: "" }, "the dataset's"), h("option", { value: "en" }, "en"), h("option", { value: "zh" }, "zh"))),
+        h("option", { value: "" }, "the pool's languages"), h("option", { value: "en" }, "en"), h("option", { value: "zh" }, "zh"))),
       field("Topic (optional: steers the examples)", h("input", { name: "topic" })),
       field("Max tokens per completion", numberInput("sampling.max_tokens", { placeholder: "default" })),
       field("Random seed", numberInput("seed", { placeholder: "default" })),
@@ -366,6 +374,7 @@ async function datasetView(name) {
   return [
     h("h1", {}, `Dataset ${dataset.name}`),
     h("p", { class: "muted" }, dataset.description || ""),
+    h("p", { id: "dataset-languages" }, `Languages: ${languages(dataset)}`),
     h("div", { class: "counters" },
       counter("seeds", dataset.seeds), counter("accepted", dataset.accepted), counter("rejected", dataset.rejected)),
     h("p", { class: "row" },
