@@ -20,6 +20,7 @@ from generators.base import Generation
 from generators.parsing import parse_alpaca_completion, parse_bootstrap_completion
 from generators.prompts import (
     PromptExample,
+    as_example,
     build_alpaca_prompt,
     build_bootstrap_prompt,
     sample_prompt_examples,
@@ -49,6 +50,7 @@ class PromptJob:
     next_number: int
     numbering: str = "{n}."
     stop_at: int | None = None
+    lead: str = ""  # the start of the next item, written in the prompt
 
 
 @dataclass
@@ -124,12 +126,18 @@ def prompt_jobs(
             n_machine=params.prompt.machine_examples,
             rng=rng,
         )
+        # Examples in other languages only (a run asking for a language the pool lacks):
+        # the prompt says which language to write in and starts the next item in it.
+        foreign = bool(chosen) and all(
+            e.language and e.language != language for e in map(as_example, chosen)
+        )
         boot = build_bootstrap_prompt(
             chosen,
             language=language,
             header=params.prompt.header,
             numbering=params.prompt.numbering,
             stop_at=params.prompt.stop_at,
+            foreign_examples=foreign and examples_language == language,
         )
         jobs.append(
             PromptJob(
@@ -141,6 +149,7 @@ def prompt_jobs(
                 next_number=boot.next_number,
                 numbering=boot.numbering,
                 stop_at=boot.stop_at,
+                lead=boot.lead,
             )
         )
     return jobs
@@ -168,7 +177,7 @@ def candidates_from(
             for t in tasks
         ]
     items = parse_bootstrap_completion(
-        generation.text,
+        job.lead + generation.text,
         next_number=job.next_number,
         finish_reason=generation.finish_reason,
         numbering=job.numbering,

@@ -21,6 +21,15 @@ BOOTSTRAP_HEADERS: dict[str, str] = {
     ),
 }
 
+# When a run asks for tasks in a language its examples are not in: a sentence added to the header,
+# and the first words of the next item written for the model, so it starts in that language
+# (the bundled 135M model otherwise follows the examples' language).
+BOOTSTRAP_LANGUAGE_NOTES: dict[str, str] = {
+    "en": "Write the new tasks in English.",
+    "zh": "新任务请用中文书写。",
+}
+BOOTSTRAP_LEADS: dict[str, str] = {"en": "", "zh": "请"}
+
 # (instruction, is_classification): mixed answers and languages, including near misses
 # (open-ended questions that look like labelling, labelling tasks phrased as questions).
 CLASSIFICATION_EXAMPLES: tuple[tuple[str, bool], ...] = (

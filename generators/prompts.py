@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar
 from generators.prompt_text import (
     ALPACA_WORDS,
     BOOTSTRAP_HEADERS,
+    BOOTSTRAP_LANGUAGE_NOTES,
+    BOOTSTRAP_LEADS,
     CHAT_SYSTEM_MESSAGES,
     CLASSIFICATION_EXAMPLES,
     CLASSIFICATION_WORDS,
@@ -191,6 +193,7 @@ class BootstrapPrompt:
     numbering: str
     stop_at: int
     stop_sequences: tuple[str, ...]
+    lead: str = ""  # written after the last label: the completion continues it
 
 
 def format_number(numbering: str, n: int) -> str:
@@ -217,10 +220,13 @@ def build_bootstrap_prompt(
     header: str | None = None,
     numbering: str = DEFAULT_NUMBERING,
     stop_at: int = BOOTSTRAP_STOP_AT,
+    foreign_examples: bool = False,
 ) -> BootstrapPrompt:
     """Number the example instructions and end on the next bare label for the model to fill.
 
     Examples are shown in the order given: the caller shuffles (``sample_prompt_examples``).
+    With ``foreign_examples`` (tasks are wanted in ``language``, the examples are in another)
+    the header says which language to write in and the next item starts with its lead words.
     """
     _check_language(language)
     items = [as_example(e) for e in examples]
@@ -231,20 +237,25 @@ def build_bootstrap_prompt(
             "show fewer examples or raise stop_at"
         )
     lines = [BOOTSTRAP_HEADERS[language] if header is None else header.strip()]
+    lead = BOOTSTRAP_LEADS.get(language, "") if foreign_examples else ""
+    if foreign_examples:
+        lines[0] += " " + BOOTSTRAP_LANGUAGE_NOTES[language]
     lines += [
         f"{format_number(numbering, i)} {_one_line(e.instruction)}"
         for i, e in enumerate(items, start=1)
     ]
-    lines.append(format_number(numbering, next_number))
+    lines.append(format_number(numbering, next_number) + (f" {lead}" if lead else ""))
     return BootstrapPrompt(
         text="\n".join(lines),
         next_number=next_number,
         example_ids=tuple(e.id for e in items),
-        template_version=f"{BOOTSTRAP_TEMPLATE_VERSION}:{language}",
+        template_version=f"{BOOTSTRAP_TEMPLATE_VERSION}:{language}"
+        + ("+foreign" if foreign_examples else ""),
         language=language,
         numbering=numbering,
         stop_at=stop_at,
         stop_sequences=bootstrap_stop_sequences(numbering, stop_at),
+        lead=lead,
     )
 
 

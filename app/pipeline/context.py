@@ -142,6 +142,7 @@ class RunContext:
             else pool_languages(dataset=dataset, seeds=dict(seeds))
         )
         self._heuristics: dict[str, HeuristicConfig] = {}
+        self.language_credit: dict[str, float] = {}  # the prompt languages' round-robin
         self.echo_references = echo_references(self.params.prompt.header)
         self.backend = backend_for(settings, model)
         self.chat = model.mode == "chat"

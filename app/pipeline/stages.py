@@ -64,13 +64,25 @@ async def generate_candidates(ctx: RunContext, rng: random.Random) -> list[Candi
 
 
 def pick_language(ctx: RunContext, rng: random.Random) -> str:
-    """The language of one prompt: the run's, or one of the pool's in proportion to its seeds."""
+    """The language of one prompt: the run's, or one of the pool's in proportion to its seeds.
+
+    Smooth weighted round-robin (as nginx balances upstreams) rather than a random draw: every
+    window of prompts holds each language in proportion, so a pool of 73% English and 27%
+    Chinese asks in Chinese about every fourth prompt, from the first ones on.
+    """
     if ctx.params.language:
         return ctx.params.language
     if not ctx.languages:
         return "en"
-    codes = sorted(ctx.languages)
-    return rng.choices(codes, weights=[ctx.languages[c] for c in codes])[0]
+    credit = ctx.language_credit
+    total = sum(ctx.languages.values())
+    if not credit:  # where in the cycle a run starts comes from its seed
+        credit.update({code: rng.random() * total for code in ctx.languages})
+    for code, weight in ctx.languages.items():
+        credit[code] += weight
+    chosen = max(sorted(credit), key=lambda code: credit[code])
+    credit[chosen] -= total
+    return chosen
 
 
 def screen(ctx: RunContext, cand: Candidate, in_flight: set[str]) -> Item | Verdict:

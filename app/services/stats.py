@@ -92,7 +92,7 @@ def leading_word(text: str) -> str:
 
 def dataset_stats(*, session: Session, dataset: Dataset) -> DatasetStats:
     rows = session.exec(
-        select(
+        select(  # type: ignore[call-overload]
             Task.instruction, Task.instances, Task.is_classification, Task.origin, Task.language
         ).where(Task.dataset_id == dataset.id, Task.status == TaskStatus.accepted.value)
     ).all()

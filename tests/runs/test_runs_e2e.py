@@ -185,3 +185,66 @@ def test_kill9_mid_run_then_restart_finishes_consistently(
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         _wipe(settings.db_url)
+
+
+def _starter(chinese: bool) -> list[dict]:  # type: ignore[type-arg]
+    path = Path(__file__).resolve().parents[2] / "app" / "seeds" / "starter_seed_tasks.jsonl"
+    seeds = [json.loads(line) for line in path.read_text().splitlines()]
+    return [s for s in seeds if any("\u4e00" <= c <= "\u9fff" for c in s["instruction"]) == chinese]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("seeds", "run_language", "expected"),
+    [("zh", None, {"zh"}), ("en", "zh", {"zh"})],
+    ids=["chinese-seeds-no-setting", "chinese-from-english-seeds"],
+)
+def test_bundled_model_writes_chinese_tasks(
+    sqlite_settings: Settings, seeds: str, run_language: str | None, expected: set[str]
+) -> None:
+    """As a user who sets nothing: a dataset created without a language, seeded in Chinese,
+    reaches its target with Chinese tasks; and a run that asks for Chinese from English seeds
+    gets Chinese tasks."""
+    settings = sqlite_settings
+    _wipe(settings.db_url)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/datasets", json={"name": "pool"}).status_code == 201
+        imported = client.post("/v1/datasets/pool/seeds", json=_starter(seeds == "zh"))
+        assert imported.status_code in (200, 201), imported.text
+        body = {**SMALL_RUN, "seed": 5, **({"language": run_language} if run_language else {})}
+        run_id = client.post("/v1/datasets/pool/runs", json=body).json()["id"]
+        run = wait_for_run(client, run_id, timeout_s=900)
+        assert run["status"] == "succeeded", run
+        accepted = client.get(
+            "/v1/datasets/pool/tasks", params={"run_id": run_id, "status": "accepted"}
+        ).json()["data"]
+        assert {t["language"] for t in accepted} == expected, accepted
+        assert "non_ascii_start" not in run["counters"]["rejected_by_reason"]
+        _counts_match_rows(client, run)
+    _wipe(settings.db_url)
+
+
+@pytest.mark.slow
+def test_bundled_model_grows_the_mixed_starter_pool_in_both_languages(
+    sqlite_settings: Settings,
+) -> None:
+    """No setting at all: the starter pool is English and Chinese, and a run on it keeps
+    accepting tasks of either language until it has both."""
+    settings = sqlite_settings
+    _wipe(settings.db_url)
+    with TestClient(create_app(settings)) as client:
+        found: set[str] = set()
+        for attempt in range(3):  # about every fourth prompt is in Chinese
+            body = {**SMALL_RUN, "target": 4, "seed": 11 + attempt}
+            run_id = client.post("/v1/datasets/default/runs", json=body).json()["id"]
+            run = wait_for_run(client, run_id, timeout_s=900)
+            assert run["status"] == "succeeded", run
+            _counts_match_rows(client, run)
+            accepted = client.get(
+                "/v1/datasets/default/tasks", params={"run_id": run_id, "status": "accepted"}
+            ).json()["data"]
+            found |= {t["language"] for t in accepted}
+            if found >= {"en", "zh"}:
+                break
+        assert found == {"en", "zh"}, found
+    _wipe(settings.db_url)
