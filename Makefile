@@ -51,6 +51,8 @@ bench: $(VENV)/.test-deps
 	$(BIN)/python -m bench.generation
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.export
+	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.language
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -393,3 +393,56 @@ def test_cost_follows_the_price_table(settings_factory, stub: StubLLM) -> None: 
             ).json()["id"],
         )
         assert capped["stop_reason"] == "max_cost" and capped["counters"]["cost"] >= 0.01
+
+
+class ChineseAnswers(StubLLM):
+    """Writes every instance's output in Chinese, whatever the task's language."""
+
+    def answer(self, prompt: str) -> str:
+        if prompt.rstrip().endswith(("Example 1", "示例 1")):
+            return "\nInput: \nOutput: 这是一个用中文写的回答，与任务的语言不同。"
+        return super().answer(prompt)
+
+
+def test_outputs_in_a_language_nobody_asked_for_are_dropped_and_counted(
+    settings_factory,  # type: ignore[no-untyped-def]
+) -> None:
+    from app.main import create_app
+    from tests.conftest import _wipe
+    from tests.runs.conftest import stub_settings
+
+    llm = ChineseAnswers()
+    llm.start()
+    settings = stub_settings(settings_factory, llm)
+    _wipe(settings.db_url)
+    try:
+        with TestClient(create_app(settings)) as client:
+            body = {"target": 1, "model": STUB_MODEL, "language": "en"}
+            run_id = client.post("/v1/datasets/default/runs", json=body).json()["id"]
+            deadline = time.monotonic() + 60
+            while (
+                client.get(f"/v1/runs/{run_id}").json()["counters"]["instances_wrong_language"] < 3
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            run = client.post(f"/v1/runs/{run_id}/cancel").json()
+    finally:
+        llm.stop()
+        _wipe(settings.db_url)
+    assert run["counters"]["accepted"] == 0
+    assert run["counters"]["rejected_by_reason"].get("no_valid_instances", 0) >= 3
+
+
+def test_seeds_too_short_to_tell_are_kept_as_unknown(api: TestClient) -> None:
+    api.post("/v1/datasets", json={"name": "mixed"})
+    seeds = [
+        seed(instruction="Explain the water cycle to a ten-year-old child."),
+        seed(instruction="12 + 30 = ?"),
+        seed(instruction="请解释水循环的过程。"),
+        seed(instruction="Describe how bees make honey in a hive."),
+    ]
+    assert api.post("/v1/datasets/mixed/seeds", json=seeds).status_code in (200, 201)
+    shares = api.get("/v1/datasets/mixed").json()["languages"]
+    assert shares == {"en": 0.5, "unknown": 0.25, "zh": 0.25}
+    tasks = _tasks(api, "mixed", origin="seed")
+    assert {t["instruction"]: t["language"] for t in tasks}["12 + 30 = ?"] == "unknown"
