@@ -36,6 +36,22 @@ class Pool:
     seeds: list[PromptExample] = field(default_factory=list)
     machine: list[PromptExample] = field(default_factory=list)
     index: NoveltyIndex = field(default_factory=NoveltyIndex)
+    # The same examples by language, kept as they arrive: a prompt in one language must not
+    # scan a pool of 1M tasks to find its examples.
+    by_language: dict[str, tuple[list[PromptExample], list[PromptExample]]] = field(
+        default_factory=dict
+    )
+
+    def add_example(self, example: PromptExample, *, seed: bool) -> None:
+        (self.seeds if seed else self.machine).append(example)
+        own = self.by_language.setdefault(example.language, ([], []))
+        (own[0] if seed else own[1]).append(example)
+
+    def drop_machine(self, example_id: str) -> None:
+        """Take a generated example out again (rare: a demotion)."""
+        self.machine[:] = [e for e in self.machine if e.id != example_id]
+        for _, machine in self.by_language.values():
+            machine[:] = [e for e in machine if e.id != example_id]
 
 
 @dataclass(frozen=True)
@@ -66,11 +82,9 @@ def _examples(
 ) -> tuple[Sequence[PromptExample], Sequence[PromptExample]]:
     """Seeds and machine tasks to sample from: of `language` when the pool holds that language
     (all of them otherwise, shown as they are); with a topic, only those nearest to it."""
-    if language is not None:
-        seeds = [e for e in pool.seeds if e.language == language]
-        if seeds:
-            machine = [e for e in pool.machine if e.language == language]
-            pool = Pool(seeds=seeds, machine=machine, index=pool.index)
+    if language is not None and pool.by_language.get(language, ([], []))[0]:
+        seeds, machine = pool.by_language[language]
+        pool = Pool(seeds=seeds, machine=machine, index=pool.index)
     if not topic:
         return pool.seeds, pool.machine
     k = max(TOPIC_NEIGHBOURS, 2 * per_prompt)
@@ -100,7 +114,7 @@ def prompt_jobs(
         if params.strategy == "alpaca":
             chosen = sample_prompt_examples(
                 [s for s in seeds if s.output],
-                [m for m in machine if m.output],
+                _with_output(machine, rng),
                 n_total=3,
                 n_machine=1,
                 rng=rng,
@@ -153,6 +167,15 @@ def prompt_jobs(
             )
         )
     return jobs
+
+
+def _with_output(examples: Sequence[PromptExample], rng: random.Random) -> list[PromptExample]:
+    """Examples that show an output: all of a small pool; a random few of a large one, where
+    scanning every task for each prompt would cost more than the prompt."""
+    if len(examples) <= 5000:
+        return [e for e in examples if e.output]
+    picked = {rng.randrange(len(examples)) for _ in range(32)}
+    return [examples[i] for i in sorted(picked) if examples[i].output]
 
 
 def candidates_from(

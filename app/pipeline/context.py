@@ -17,7 +17,7 @@ from app.services.datasets import pool_languages
 from app.settings import Settings
 from app.strategies import Candidate, Pool
 from filters.heuristics import HeuristicConfig
-from filters.language import UNKNOWN
+from filters.language import UNKNOWN, detect_language
 from filters.neighbour_process import NeighbourProcess
 from filters.novelty import NoveltyVerdict, RecentItems
 from generators.base import Generation, SamplingParams
@@ -143,6 +143,7 @@ class RunContext:
         )
         self._heuristics: dict[str, HeuristicConfig] = {}
         self.language_credit: dict[str, float] = {}  # the prompt languages' round-robin
+        self.topic_language = detect_language(self.params.topic) if self.params.topic else None
         self.echo_references = echo_references(self.params.prompt.header)
         self.backend = backend_for(settings, model)
         self.chat = model.mode == "chat"
@@ -297,7 +298,7 @@ def load_pool(engine: Engine, *, dataset_id: int) -> tuple[Pool, list[tuple[int,
         )
         for task_id, instruction, instances, origin, language in rows:
             example = example_of(task_id, instruction, list(instances), language or UNKNOWN)
-            (pool.seeds if origin == TaskOrigin.seed.value else pool.machine).append(example)
+            pool.add_example(example, seed=origin == TaskOrigin.seed.value)
             texts.append((task_id or 0, instruction))
     # One bulk build: adding 1M tasks one by one took three times as long.
     pool.index.add_many(texts)

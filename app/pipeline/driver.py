@@ -365,7 +365,7 @@ class Stream:
             self.accepted -= 1
         for task_id, instruction, instances, origin, language in done.foreign:
             example = example_of(task_id, instruction, instances, language)
-            (ctx.pool.seeds if origin == "seed" else ctx.pool.machine).append(example)
+            ctx.pool.add_example(example, seed=origin == "seed")
             ctx.pool_add(task_id, instruction)
             ctx.foreign.append((task_id, instruction))
         ctx.watermark = max([ctx.watermark, *done.stored.values(), *(f[0] for f in done.foreign)])

@@ -74,6 +74,8 @@ def pick_language(ctx: RunContext, rng: random.Random) -> str:
         return ctx.params.language
     if not ctx.languages:
         return "en"
+    if ctx.topic_language in ctx.languages:  # a topic steers toward its own language too
+        return ctx.topic_language
     credit = ctx.language_credit
     total = sum(ctx.languages.values())
     if not credit:  # where in the cycle a run starts comes from its seed
@@ -232,7 +234,7 @@ def decide(ctx: RunContext, item: Item) -> Verdict:
         v.status = TaskStatus.accepted
         v.key = ctx.new_key()
         ctx.pool_add(v.key, cand.instruction)
-        ctx.pool.machine.append(_example(v))
+        ctx.pool.add_example(_example(v), seed=False)
     return v
 
 
@@ -246,7 +248,7 @@ def drop(ctx: RunContext, v: Verdict) -> None:
     ctx.dropped.add(v.key)
     if ctx.neighbours is not None:
         ctx.neighbours.remove(v.key)
-    ctx.pool.machine[:] = [e for e in ctx.pool.machine if e.id != v.key]
+    ctx.pool.drop_machine(v.key)
 
 
 def rejected(cand: Candidate, reason: str, detail: str) -> Verdict:
