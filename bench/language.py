@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench._corpus import real_sentences
-from filters.language import detect_language
+from filters.language import UNKNOWN, detect_language
 from filters.novelty import NoveltyIndex
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +66,18 @@ def main() -> None:
             print(f"{name}: {path} is missing, skipped")
             continue
         texts = _instructions(path)
-        wrong = [(t, detect_language(t)) for t in texts if detect_language(t) != _truth(t)]
-        print(f"{name}: {len(texts) - len(wrong)}/{len(texts)} detected right")
-        for text, found in wrong[:5]:
-            print(f"  {found}: {text}")
+        found = [(t, detect_language(t)) for t in texts]
+        unsure = [t for t, code in found if code == UNKNOWN]
+        wrong = [(t, code) for t, code in found if code not in (UNKNOWN, _truth(t))]
+        right = len(texts) - len(unsure) - len(wrong)
+        print(
+            f"{name}: {right}/{len(texts)} right, {len(unsure)} unknown (too unsure to name), "
+            f"{len(wrong)} wrong"
+        )
+        for text, code in wrong[:5]:
+            print(f"  wrong, {code}: {text}")
+        for text in unsure[:6]:
+            print(f"  unknown: {text}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ UNKNOWN = "unknown"
 # ISO 639-1 codes lingua may answer with, for text without CJK characters.
 DETECTABLE: tuple[str, ...] = ("en", "fr", "de", "es", "it", "pt", "nl", "ru")
 MIN_LETTERS = 3  # fewer letters than this: too short to tell
+# lingua's confidence in its best language below which a text is `UNKNOWN`. Short English gets
+# low values for a wrong language ("Convert 5 km to miles.": es 0.30, "Generate a haiku.": de
+# 0.32, "Paris": fr 0.28) and real sentences high ones ("Write a poem about the sea.": en 0.66).
+MIN_CONFIDENCE = 0.5
 
 _KANA = re.compile(
     r"[\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff\uff66-\uff9d]"
@@ -49,10 +53,10 @@ def detect_language(text: str) -> str:
     if len(_LETTER.findall(text)) < MIN_LETTERS:
         return UNKNOWN
     with _lock:  # lingua loads its models on first use
-        found = _detector().detect_language_of(text)
-    if found is None:
+        ranked = _detector().compute_language_confidence_values(text)
+    if not ranked or ranked[0].value < MIN_CONFIDENCE:
         return UNKNOWN
-    return str(found.iso_code_639_1.name).lower()
+    return str(ranked[0].language.iso_code_639_1.name).lower()
 
 
 def base_language(code: str | None) -> str | None:
@@ -72,11 +76,29 @@ def asks_for_translation(instruction: str) -> bool:
     return _TRANSLATION.search(instruction) is not None
 
 
-def foreign_output(instruction_language: str, instance: dict[str, str]) -> bool:
-    """Whether an instance's output is in a language that neither its instruction nor its
-    input is in (a model that drifted into another language), when that can be told."""
-    output = detect_language(instance.get("output", ""))
-    if output in (UNKNOWN, instruction_language):
-        return False
+_CODE = re.compile(r"[{}()\[\];=<>_#$\\/]")
+MIN_FOREIGN_WORDS = 6  # a shorter Latin-script output (a label, a name, a number) is not judged
+
+
+def foreign_output(instruction: str, instance: dict[str, str]) -> bool:
+    """Whether an instance's output is written in another script family than its instruction
+    and its input (a model that drifted into Chinese on an English task, or the reverse).
+
+    Only the script is judged, not the language within a script: labels ("True", "Neutral"),
+    names and code look like other Latin-script languages to any detector, and an answer in the
+    instruction's script is never dropped. Latin-script outputs must be prose of some length
+    without code characters to count as foreign to a CJK task."""
+    output = instance.get("output", "")
     given = instance.get("input", "")
-    return not (given and detect_language(given) == output)
+    if _HAN.search(instruction):  # a Chinese, Japanese or Korean task
+        if _HAN.search(output) or _CODE.search(output):
+            return False
+        if len(output.split()) < MIN_FOREIGN_WORDS or len(_LETTER.findall(output)) < 20:
+            return False
+        return not (given and not _HAN.search(given))
+    # a Latin-or-other-script task: foreign when the output is mostly CJK characters
+    letters = len(_LETTER.findall(output))
+    cjk = len(_HAN.findall(output))
+    if not letters or cjk / letters < 0.5:
+        return False
+    return not (given and _HAN.search(given))

@@ -382,7 +382,7 @@ class OpenAIBackend(Backend):
                 response = await client.request(method, url, json=body)
             except httpx.TimeoutException as exc:
                 status, failure = None, f"timed out ({type(exc).__name__})"
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, httpx.DecodingError) as exc:
                 status, failure = None, f"connection failed ({type(exc).__name__}: {exc})"
             except BaseException:
                 pool.release(replica, "neutral")

@@ -228,10 +228,13 @@ class ReplicaPool:
                     replica.paused_until = max(replica.paused_until, now + retry_after_s)
             else:
                 replica.failed += 1
-                replica.failures += 1
                 replica.last_error = error
-                wait = min(self.cooldown_max_s, self.cooldown_base_s * 2 ** (replica.failures - 1))
-                replica.cooldown_until = now + wait
+                # Requests that fail together (a restart with 64 in flight) are one failure:
+                # only a failure after the cooldown ran out lengthens the next one.
+                if now >= replica.cooldown_until:
+                    replica.failures = min(replica.failures + 1, 32)
+                    wait = self.cooldown_base_s * 2 ** min(replica.failures - 1, 16)
+                    replica.cooldown_until = now + min(self.cooldown_max_s, wait)
         self._wake_one()
 
     def snapshot(self) -> list[dict[str, object]]:

@@ -166,6 +166,7 @@ class RunContext:
             "run_id": self.run_id,
         }
         self.tally = Tally()
+        self.committing = Tally()  # taken for the commit in progress, not in `committed` yet
         self.committed = Totals.of(run)
         self.in_flight = 0  # requests sent and not answered
         # Every addition to the index in order, so a decision checks only what joined the pool
@@ -215,16 +216,15 @@ class RunContext:
     def check_budget(self) -> None:
         """Raise CapReached when a cap forbids sending one more request now."""
         caps = self.params.caps
-        t = self.tally
+        t, c = self.tally, self.committing
         if caps.max_requests is not None and (
-            self.committed.requests + t.requests + self.in_flight >= caps.max_requests
+            self.committed.requests + t.requests + c.requests + self.in_flight >= caps.max_requests
         ):
             raise CapReached("max_requests")
-        if caps.max_tokens is not None and (
-            self.committed.tokens + t.prompt_tokens + t.completion_tokens >= caps.max_tokens
-        ):
+        tokens = t.prompt_tokens + t.completion_tokens + c.prompt_tokens + c.completion_tokens
+        if caps.max_tokens is not None and self.committed.tokens + tokens >= caps.max_tokens:
             raise CapReached("max_tokens")
-        if caps.max_cost is not None and self.committed.cost + t.cost >= caps.max_cost:
+        if caps.max_cost is not None and self.committed.cost + t.cost + c.cost >= caps.max_cost:
             raise CapReached("max_cost")
 
     # --- LLM calls ---

@@ -36,6 +36,7 @@ from app.models import Dataset, Run, RunEvent, RunStatus, TaskStatus
 from app.pipeline.context import (
     CapReached,
     RunContext,
+    Tally,
     Totals,
     Verdict,
     example_of,
@@ -122,13 +123,18 @@ async def _renewing(
         done, _ = await asyncio.wait({task}, timeout=lease_seconds / 3)
         if done:
             return task.result()
-        if worker is not None and not await asyncio.to_thread(
-            renew_lease,
-            engine,
-            run_id=run_id,
-            worker_id=worker.worker_id,
-            lease_seconds=lease_seconds,
-        ):
+        try:
+            kept = worker is None or await asyncio.to_thread(
+                renew_lease,
+                engine,
+                run_id=run_id,
+                worker_id=worker.worker_id,
+                lease_seconds=lease_seconds,
+            )
+        except Exception:  # a database hiccup: the lease has a while to run; try again
+            log.warning("run %s: lease renewal failed; retrying", run_id, exc_info=True)
+            kept = True
+        if not kept:
             with contextlib.suppress(BaseException):
                 await task
             return None
@@ -319,6 +325,17 @@ class Stream:
         the next commit, the others wait for their verdict's commit."""
         if self.ctx.neighbours is None:
             return
+        if not self.ctx.neighbours.alive:
+            # Killed (out of memory with a second copy of a large pool): decide with the inline
+            # check from now on; rows still waiting keep empty neighbours.
+            log.error(
+                "run %s: the neighbour process died; computing neighbours inline", self.ctx.run_id
+            )
+            self.ctx.neighbours = None
+            self.awaiting.clear()
+            for v in self.buffer:
+                v.query = None
+            return
         for query, best, near in self.ctx.neighbours.results(wait_s=wait_s):
             found = [{"task_id": key, "score": float(score)} for key, score in near]
             assert isinstance(query, int)
@@ -336,7 +353,7 @@ class Stream:
                 v.max_rouge, v.nearest = self.answers.pop(v.query)
                 v.query = None
         late, self.late = self.late, []
-        tally = ctx.tally.take()
+        tally = ctx.committing = ctx.tally.take()
         self.committing = asyncio.get_running_loop().create_task(
             asyncio.to_thread(
                 commit_group, ctx, verdicts, tally, list(ctx.foreign), self._live(), late
@@ -381,6 +398,8 @@ class Stream:
         except Exception:
             log.exception("run %s: a commit failed", self.ctx.run_id)
             raise
+        finally:
+            self.ctx.committing = Tally()  # now in `committed`, or lost with the run
         return self.apply(done)
 
     # --- the loop ---
@@ -438,7 +457,8 @@ class Stream:
     async def _drained_and_finished(self) -> bool:
         """Nothing in flight and nothing to start: write the last group, then end the run
         unless that commit changed the picture (a demotion freed room)."""
-        await self.finish_commit()
+        if not await self.finish_commit():
+            return True  # cancelled or taken over meanwhile
         await self._drain_neighbours()
         self.start_commit()
         if not await self.finish_commit():
@@ -471,8 +491,13 @@ class Stream:
         if neighbours is None:
             return
         deadline = time.monotonic() + NEIGHBOUR_DRAIN_S
+        lease = self.ctx.settings.worker_lease_seconds
         while neighbours.pending and neighbours.alive and time.monotonic() < deadline:
             await asyncio.to_thread(self.collect_neighbours, 0.5)
+            if self.worker is not None and time.monotonic() - self.last_renew >= lease / 3:
+                self.last_renew = time.monotonic()
+                if not await self._renew():
+                    return
         if self.buffer or self.late:
             self.start_commit()
             await self.finish_commit()

@@ -206,8 +206,8 @@ def decide(ctx: RunContext, item: Item) -> Verdict:
             item.raw_instances, max_instances=ctx.params.filters.max_instances
         ).kept
     wrong_language = 0
-    if kept and cand.language != UNKNOWN and not asks_for_translation(cand.instruction):
-        same = [i for i in kept if not foreign_output(cand.language, i)]
+    if kept and not asks_for_translation(cand.instruction):
+        same = [i for i in kept if not foreign_output(cand.instruction, i)]
         wrong_language, kept = len(kept) - len(same), same
     needs_instances = ctx.params.generate_instances or cand.instances is not None
     check = recheck(ctx, item)

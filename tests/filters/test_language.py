@@ -12,6 +12,8 @@ from filters.language import UNKNOWN, asks_for_translation, detect_language, for
 from filters.novelty import NoveltyIndex
 from generators.prompt_text import BOOTSTRAP_HEADERS
 
+EN_TASK = "Name the capital of France."
+ZH_TASK = "请说出法国的首都。"
 STARTER = Path(__file__).resolve().parents[2] / "app" / "seeds" / "starter_seed_tasks.jsonl"
 
 
@@ -26,6 +28,9 @@ STARTER = Path(__file__).resolve().parents[2] / "app" / "seeds" / "starter_seed_
         ("Schreiben Sie ein kurzes Gedicht über den Herbstregen.", "de"),
         ("Escribe un poema corto sobre la lluvia de otoño.", "es"),
         ("Ok", UNKNOWN),  # too short to tell
+        ("Convert 5 km to miles.", UNKNOWN),  # short: lingua leans Spanish, with low confidence
+        ("Generate a haiku.", UNKNOWN),
+        ("Paris", UNKNOWN),
         ("12 + 30 = ?", UNKNOWN),  # symbols only
     ],
 )
@@ -53,12 +58,16 @@ def test_a_candidate_that_repeats_the_prompt_is_an_echo() -> None:
 def test_an_output_in_a_language_nobody_asked_for_is_foreign() -> None:
     english_answer = {"input": "", "output": "The capital of France is Paris, of course."}
     chinese_answer = {"input": "", "output": "法国的首都是巴黎。"}
-    assert foreign_output("en", chinese_answer)
-    assert not foreign_output("en", english_answer)
-    assert foreign_output("zh", english_answer)
+    assert foreign_output(EN_TASK, chinese_answer)
+    assert not foreign_output(EN_TASK, english_answer)
+    assert foreign_output(ZH_TASK, english_answer)
     # the input is in the output's language: answering in it is right
-    assert not foreign_output("zh", {"input": "Bonjour à tous", "output": "Bonjour à tous !"})
-    assert not foreign_output("en", {"input": "", "output": "42"})  # cannot tell
+    assert not foreign_output(ZH_TASK, {"input": "Bonjour à tous", "output": "Bonjour à tous !"})
+    assert not foreign_output(EN_TASK, {"input": "", "output": "42"})  # cannot tell
+    # labels, names and code are never judged foreign, whatever they look like
+    for output in ("Neutral", "True", "Paris", 'print("hello")', "def f(x): return x * 2"):
+        assert not foreign_output(EN_TASK, {"input": "", "output": output})
+        assert not foreign_output(ZH_TASK, {"input": "", "output": output})
     assert asks_for_translation("Translate the sentence into Chinese.")
     assert asks_for_translation("把下面的句子翻译成英文。")
     assert not asks_for_translation("Summarise the paragraph.")

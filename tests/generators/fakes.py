@@ -113,9 +113,17 @@ class ScriptedServer:
                 with server._lock:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                self._counted = True
                 try:
                     self._reply()
                 finally:
+                    self._done()
+
+            def _done(self) -> None:
+                """The request stops counting once its answer is ready to go: the client may
+                send its next one as soon as it has read this one."""
+                if self._counted:
+                    self._counted = False
                     with server._lock:
                         server.in_flight -= 1
 
@@ -136,6 +144,7 @@ class ScriptedServer:
                 payload = (
                     reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
                 )
+                self._done()
                 try:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", "application/json")

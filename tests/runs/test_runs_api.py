@@ -267,16 +267,17 @@ def test_the_mixed_starter_pool_grows_in_both_languages_with_stats_for_each(
     )
     assert run["status"] == "succeeded", run
     accepted = _tasks(api, run_id=run["id"], status="accepted")
-    assert {t["language"] for t in accepted} == {"en", "zh"}
+    # the stub's English is random words: some are too odd for the detector to be sure of
+    assert {"en", "zh"} <= {t["language"] for t in accepted} <= {"en", "zh", "unknown"}
     for task in accepted:
         chinese = "\u4e00" <= task["instruction"][0] <= "\u9fff"
-        assert task["language"] == ("zh" if chinese else "en")
+        assert task["language"] in (("zh",) if chinese else ("en", "unknown"))
     stats = api.get("/v1/datasets/default/stats").json()["by_language"]
     assert stats["zh"]["unit"] == "characters" and stats["en"]["unit"] == "words"
     assert stats["zh"]["leading_kind"] == "verb_noun_pairs"
     assert all(pair.startswith("解释") for pair, _ in stats["zh"]["leading"])
     assert stats["en"]["leading_kind"] == "leading_words"
-    assert stats["zh"]["instructions"] + stats["en"]["instructions"] == 30
+    assert sum(s["instructions"] for s in stats.values()) == 30
     zh = [t for t in accepted if t["language"] == "zh"]
     assert stats["zh"]["mean_instruction_length"] == pytest.approx(
         sum(len(t["instruction"]) - 1 for t in zh) / len(zh),

@@ -384,3 +384,21 @@ def test_a_pool_with_no_live_replica_fails_the_run_saying_so(
     assert run["counters"]["failed_requests"] == run["counters"]["requests"] > 0
     assert_run_matches_rows(settings.db_url, run_id)
     _wipe(settings.db_url)
+
+
+def test_max_requests_is_never_passed_with_dozens_in_flight(
+    settings_factory: Callable[..., Settings], servers: list[StubLLM]
+) -> None:
+    """Requests in flight and those of a commit still being written count against the cap."""
+    stub = _start(servers)
+    stub.delay_s = 0.05
+    settings = _settings(settings_factory, {"base_url": stub.base_url, "max_concurrency": 32})
+    _wipe(settings.db_url)
+    with TestClient(create_app(settings)) as api:
+        body = {"target": 100_000, "model": STUB_MODEL, "caps": {"max_requests": 150}}
+        run = wait_for_run(api, api.post("/v1/datasets/default/runs", json=body).json()["id"])
+    assert run["status"] == "succeeded" and run["stop_reason"] == "max_requests", run
+    assert run["counters"]["requests"] == 150
+    assert len(stub.requests_to("/completions")) == 150
+    assert_run_matches_rows(settings.db_url, run["id"])
+    _wipe(settings.db_url)
