@@ -604,26 +604,10 @@ def check_against(
 ) -> NoveltyVerdict:
     """`NoveltyIndex.check` against a few items, scored directly: what joined a pool after a
     query of its index, so that query plus this one equal a query of the pool as it is now."""
-    _check_threshold(threshold)
-    _check_k(k)
-    tokens = list(tokenizer(text))
-    scored: list[tuple[float, int, Hashable, bool]] = []
-    for order, (key, other) in enumerate(items):
-        other_tokens = list(tokenizer(other))
-        if not tokens or not other_tokens:
-            continue
-        lcs = int(LCSseq.similarity(tokens, other_tokens))
-        if lcs == 0:
-            continue
-        score = rouge_l_f1(lcs, len(tokens), len(other_tokens))
-        scored.append((score, order, key, exceeds(lcs, len(tokens), len(other_tokens), threshold)))
-    scored.sort(key=lambda s: (-s[0], s[1]))
-    return NoveltyVerdict(
-        novel=not any(s[3] for s in scored),
-        max_score=scored[0][0] if scored else 0.0,
-        threshold=threshold,
-        nearest=tuple(Neighbour(key, score) for score, _, key, _ in scored[:k]),
-    )
+    recent = RecentItems(tokenizer)
+    for key, other in items:
+        recent.append(key, other)
+    return recent.check(text, since=0, threshold=threshold, k=k)
 
 
 def merge_verdicts(earlier: NoveltyVerdict, later: NoveltyVerdict, k: int) -> NoveltyVerdict:

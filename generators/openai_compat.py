@@ -48,6 +48,7 @@ from generators.errors import (
     RetryBudgetExhausted,
 )
 from generators.pool import Outcome, Replica, ReplicaPool, shared_replica
+from generators.pool import capacity as pool_capacity
 from generators.ratelimit import RateLimiter, shared_rate_limiter
 from generators.retry import RetryPolicy, is_retryable_status, parse_retry_after, retry_delay
 
@@ -190,9 +191,7 @@ class OpenAIBackend(Backend):
 
     def capacity(self) -> int:
         """Requests worth having in flight now: the live replicas' adaptive limits."""
-        return (
-            ReplicaPool(self.replicas).capacity() if self._pool is None else self._pool.capacity()
-        )
+        return pool_capacity(self.replicas)
 
     def replica_health(self) -> list[dict[str, object]]:
         return [r.snapshot() for r in self.replicas]

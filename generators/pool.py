@@ -114,6 +114,14 @@ def reset_shared_replicas() -> None:
         _SHARED.clear()
 
 
+def capacity(replicas: list[Replica]) -> int:
+    """Requests a pool takes at once now: the limits of live replicas (of all when none is live,
+    since requests then still go to the cooling ones)."""
+    now = time.monotonic()
+    live = [r for r in replicas if r.live(now)] or replicas
+    return sum(max(1, int(r.limit)) for r in live)
+
+
 class ReplicaPool:
     """Slots on a set of replicas for one event loop; `acquire` then `release` per attempt."""
 
@@ -134,11 +142,7 @@ class ReplicaPool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def capacity(self) -> int:
-        """Requests the pool takes at once now: the limits of live replicas (of all when none
-        is live, since requests then still go to the cooling ones)."""
-        now = time.monotonic()
-        live = [r for r in self.replicas if r.live(now)] or self.replicas
-        return sum(max(1, int(r.limit)) for r in live)
+        return capacity(self.replicas)
 
     def in_flight(self) -> int:
         return sum(r.in_flight for r in self.replicas)

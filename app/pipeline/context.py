@@ -131,7 +131,6 @@ class RunContext:
         self.settings = settings
         self.run_id: int = run.id  # type: ignore[assignment]
         self.dataset_id: int = dataset.id  # type: ignore[assignment]
-        self.target = run.target
         self.params = RunCreate.model_validate(run.params)
         self.pool, texts = loaded or load_pool(engine, dataset_id=self.dataset_id)
         seeds = Counter(e.language or UNKNOWN for e in self.pool.seeds)

@@ -33,7 +33,7 @@ from app.models import (
     TaskStatus,
     utcnow,
 )
-from app.pipeline.context import NEIGHBOURS, PENDING, RunContext, Tally, Totals, Verdict
+from app.pipeline.context import NEIGHBOURS, PENDING, RunContext, Tally, Verdict
 from app.pipeline.stages import neighbours
 from app.run_schemas import Caps
 from app.services.runs import counters
@@ -326,7 +326,3 @@ def cap_reached(run: Run, caps: Caps) -> str | None:
     if caps.max_cost is not None and run.cost >= caps.max_cost:
         return "max_cost"
     return None
-
-
-def totals(run: Run) -> Totals:
-    return Totals.of(run)

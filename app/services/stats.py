@@ -75,12 +75,6 @@ class DatasetStats(BaseModel):
     seeds: int
 
 
-def words(text: str) -> int:
-    """Words as the length rules count them: each CJK character is one (Chinese has no spaces),
-    a lone punctuation mark is none."""
-    return count_words(text)
-
-
 def leading_word(text: str) -> str:
     stripped = text.strip()
     if not stripped:
@@ -107,9 +101,9 @@ def dataset_stats(*, session: Session, dataset: Dataset) -> DatasetStats:
     reasons: Counter[str] = Counter()
     for counts in session.exec(select(Run.rejected_by_reason).where(Run.dataset_id == dataset.id)):
         reasons.update(counts)
-    instruction_words = [words(r[0]) for r in tasks]
-    input_words = [words(i.get("input", "")) for i in instances]
-    output_words = [words(i.get("output", "")) for i in instances]
+    instruction_words = [count_words(r[0]) for r in tasks]
+    input_words = [count_words(i.get("input", "")) for i in instances]
+    output_words = [count_words(i.get("output", "")) for i in instances]
     verbs = Counter(leading_word(r[0]) for r in tasks)
     verbs.pop("", None)
     return DatasetStats(
@@ -154,9 +148,9 @@ def _by_language(tasks: list[Any]) -> dict[str, LanguageStats]:
             instructions=len(group),
             instances=len(instances),
             unit="characters" if language in CHARACTER_LANGUAGES else "words",
-            mean_instruction_length=_mean([words(r[0]) for r in group]),
-            mean_input_length=_mean([words(i.get("input", "")) for i in instances]),
-            mean_output_length=_mean([words(i.get("output", "")) for i in instances]),
+            mean_instruction_length=_mean([count_words(r[0]) for r in group]),
+            mean_input_length=_mean([count_words(i.get("input", "")) for i in instances]),
+            mean_output_length=_mean([count_words(i.get("output", "")) for i in instances]),
             leading=leading.most_common(TOP_VERBS),
             leading_kind="verb_noun_pairs" if tagged else "leading_words",
         )

@@ -140,7 +140,7 @@ def test_a_replica_that_goes_down_gets_no_work_until_it_answers_again(
             return int(api.get(f"/v1/runs/{run_id}").json()["counters"]["accepted"])
 
         def replica(url: str) -> dict[str, Any]:
-            (model,) = [m for m in api.get("/v1/models").json()["data"] if m["id"] == STUB_MODEL]
+            model = _stub_model(api)
             return next(r for r in model["replicas"] if r["base_url"] == url)
 
         _wait(lambda: accepted() >= 20)
@@ -183,7 +183,7 @@ def test_a_429_storm_lowers_the_concurrency_and_the_run_still_finishes(
             "/v1/datasets/default/runs", json={"target": 60, "model": STUB_MODEL}
         ).json()["id"]
         while (run := api.get(f"/v1/runs/{run_id}").json())["status"] in ("queued", "running"):
-            (model,) = [m for m in api.get("/v1/models").json()["data"] if m["id"] == STUB_MODEL]
+            model = _stub_model(api)
             limits.append(model["replicas"][0]["concurrency_limit"])
             time.sleep(0.02)
     assert run["status"] == "succeeded", run
@@ -306,6 +306,12 @@ def test_two_workers_on_postgres_never_accept_near_copies_of_each_other(
     _wipe(postgres_url)
 
 
+def _stub_model(api: TestClient) -> dict[str, Any]:
+    """The stub model's entry in GET /v1/models, with its replicas."""
+    (model,) = [m for m in api.get("/v1/models").json()["data"] if m["id"] == STUB_MODEL]
+    return model  # type: ignore[no-any-return]
+
+
 def _wait(condition: Callable[[], bool], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -375,7 +381,7 @@ def test_a_pool_with_no_live_replica_fails_the_run_saying_so(
             "/v1/datasets/default/runs", json={"target": 5, "model": STUB_MODEL}
         ).json()["id"]
         run = wait_for_run(api, run_id, timeout_s=120)
-        (model,) = [m for m in api.get("/v1/models").json()["data"] if m["id"] == STUB_MODEL]
+        model = _stub_model(api)
     assert run["status"] == "failed" and run["stop_reason"] == "backend_failing", run
     assert "No replica of the pool's 2 answered" in run["error"], run["error"]
     assert "connection failed" in run["error"]
