@@ -92,6 +92,11 @@ class FineTuningJobCreate(BaseModel):
     )
     lora: LoraSettings | None = Field(None, description="LoRA instead of full fine-tuning.")
     max_seq_len: int = Field(1024, ge=32, le=32768)
+    long_examples: Literal["truncate", "drop", "fail"] = Field(
+        "truncate",
+        description="An example longer than max_seq_len: truncate (keep the prompt, cut the "
+        "answer's end), drop it, or fail the job. Counts appear in training_data and events.",
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     checkpoint_interval: int = Field(
         100, ge=1, le=100_000, description="Checkpoint every N steps; a lost job resumes there."
@@ -131,6 +136,12 @@ class TrainingData(BaseModel):
     examples: int | None = None
     tokens: int | None = None
     sha256: str | None = None
+    truncated_examples: int | None = Field(
+        None, description="Examples cut to max_seq_len (known once training starts)."
+    )
+    dropped_examples: int | None = Field(
+        None, description="Examples left out: too long, or nothing to learn after the cut."
+    )
 
 
 class FineTuningJob(BaseModel):

@@ -64,6 +64,7 @@ def job_spec(settings: Settings, engine: Engine, job: FineTuneJob) -> dict[str, 
             "batch_size": hyper["batch_size"],
             "learning_rate_multiplier": hyper["learning_rate_multiplier"],
             "max_seq_len": method.get("max_seq_len", 1024),
+            "long_examples": method.get("long_examples", "truncate"),
             "seed": job.seed or 0,
             "checkpoint_interval": method.get("checkpoint_interval", 100),
         },
@@ -139,9 +140,18 @@ def record_event(engine: Engine, job_id: str, worker_id: str, event: dict[str, A
             )
             message = f"Checkpoint saved at step {event['step']}"
         elif kind == "start":
-            stats = {**_job(engine, job_id).data_stats, "tokens": event.get("train_tokens")}
+            long_counts = {
+                key: event.get(key, 0) for key in ("truncated_examples", "dropped_examples")
+            }
+            stats = {
+                **_job(engine, job_id).data_stats,
+                "tokens": event.get("train_tokens"),
+                **long_counts,
+            }
             _update(engine, job_id, worker_id, data_stats=stats)
             message = "Training started"
+            if any(long_counts.values()):
+                add_event(session, job_id, _long_examples_message(long_counts), data=long_counts)
         elif kind == "done":
             message = f"Training finished after step {event['step']}"
         else:
@@ -149,6 +159,14 @@ def record_event(engine: Engine, job_id: str, worker_id: str, event: dict[str, A
         add_event(session, job_id, message, data=_plain(event))
         session.commit()
     return still_mine(engine, job_id, worker_id)
+
+
+def _long_examples_message(counts: dict[str, int]) -> str:
+    """Says what happened to examples over max_seq_len, so a user sees data was cut or left out."""
+    return (
+        f"{counts['truncated_examples']} training examples longer than max_seq_len were "
+        f"truncated and {counts['dropped_examples']} were dropped (long_examples)"
+    )
 
 
 def still_mine(engine: Engine, job_id: str, worker_id: str) -> bool:

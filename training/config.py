@@ -82,8 +82,16 @@ class FinetuneConfig:
     max_seq_len: int = field(
         default=2048,
         metadata=_help(
-            "Tokens per row. A longer example is refused (TrainingDataError naming its line); "
-            "with packing, several examples share one row of this length."
+            "Tokens per row; a longer example is handled as long_examples says. With packing, "
+            "several examples share one row of this length."
+        ),
+    )
+    long_examples: Literal["truncate", "drop", "fail"] = field(
+        default="truncate",
+        metadata=_help(
+            "An example longer than max_seq_len: 'truncate' keeps its first max_seq_len tokens "
+            "(the prompt stays, the answer's end is cut; dropped if no answer token is left), "
+            "'drop' leaves it out, 'fail' refuses the file naming the line. Counts are reported."
         ),
     )
     packing: bool = field(
@@ -216,6 +224,7 @@ class FinetuneConfig:
                     f"e.g. {LORA_TARGETS_LLAMA}."
                 )
         _at_least("max_seq_len", self.max_seq_len, 16)
+        _choice("long_examples", self.long_examples, ("truncate", "drop", "fail"))
         _in_range("validation_fraction", self.validation_fraction, 0.0, 0.5)
         _at_least("n_epochs", self.n_epochs, 1)
         _at_least("batch_size", self.batch_size, 1)

@@ -20,12 +20,15 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from training.errors import TrainingDataError, TrainingError
 
 IGNORE_INDEX = -100  # label of a token that carries no loss (torch's cross_entropy default)
 ROLES = ("system", "user", "assistant")
+LONG_EXAMPLES = ("truncate", "drop", "fail")  # what to do with an example over max_seq_len
+
+LongExamples = Literal["truncate", "drop", "fail"]
 
 Message = dict[str, Any]
 
@@ -58,6 +61,8 @@ class DatasetStats:
     n_tokens: int  # all tokens of the rendered conversations
     n_target_tokens: int  # tokens that carry loss (assistant text + end-of-turn)
     sha256: str  # of the file's bytes, so a job names exactly the data it saw
+    n_truncated: int = 0  # examples cut to max_seq_len (their end was dropped)
+    n_dropped: int = 0  # examples left out: too long, or no target token left after the cut
 
 
 def task_to_messages(
@@ -196,26 +201,80 @@ def _inside_any(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
 
 
 def load_chat_jsonl(
-    path: Path | str, tokenizer: Any, *, max_seq_len: int
+    path: Path | str,
+    tokenizer: Any,
+    *,
+    max_seq_len: int,
+    long_examples: LongExamples = "truncate",
 ) -> tuple[list[TokenizedExample], DatasetStats]:
-    """Read, validate and tokenize a chat JSONL file; refuses an example longer than max_seq_len."""
+    """Read, validate and tokenize a chat JSONL file; `long_examples` decides what happens to an
+    example longer than max_seq_len (see `fit_to_length`). Stats count what was kept."""
     chats, sha256 = read_chat_jsonl(path)
-    examples = tokenize_conversations(chats, tokenizer)
-    for example in examples:
-        if len(example) > max_seq_len:
-            raise TrainingDataError(
-                line=example.line,
-                reason=f"{len(example)} tokens, longer than max_seq_len={max_seq_len}; shorten "
-                "the conversation or raise max_seq_len",
-                path=str(path),
-            )
+    examples, n_truncated, n_dropped = fit_to_length(
+        tokenize_conversations(chats, tokenizer),
+        max_seq_len=max_seq_len,
+        long_examples=long_examples,
+        path=str(path),
+    )
+    if not examples:
+        raise TrainingDataError(
+            line=0,
+            reason=f"all {n_dropped} examples are longer than max_seq_len={max_seq_len} and "
+            f"long_examples={long_examples!r} left nothing to train on; raise max_seq_len or use "
+            "long_examples='truncate'",
+            path=str(path),
+        )
     stats = DatasetStats(
         n_examples=len(examples),
         n_tokens=sum(len(e) for e in examples),
         n_target_tokens=sum(t != IGNORE_INDEX for e in examples for t in e.labels),
         sha256=sha256,
+        n_truncated=n_truncated,
+        n_dropped=n_dropped,
     )
     return examples, stats
+
+
+def fit_to_length(
+    examples: Sequence[TokenizedExample],
+    *,
+    max_seq_len: int,
+    long_examples: LongExamples,
+    path: str | None = None,
+) -> tuple[list[TokenizedExample], int, int]:
+    """Apply the long-example policy; returns (kept examples, number truncated, number dropped).
+
+    'truncate' keeps the first max_seq_len tokens: the prompt survives and the answer is cut at
+    its end, as OpenAI and the usual trainers do. Cutting the start instead would leave answers
+    to questions the model never sees. An example whose cut leaves no target token (the prompt
+    alone fills max_seq_len) has nothing to learn and is dropped. Target tokens are counted from
+    position 1, because the label of the first token is never predicted (see packing.collate).
+    'drop' leaves every long example out; 'fail' refuses the file, naming the line.
+    """
+    if long_examples not in LONG_EXAMPLES:
+        raise TrainingError(
+            f"long_examples={long_examples!r} is not supported; use one of {list(LONG_EXAMPLES)}"
+        )
+    kept: list[TokenizedExample] = []
+    n_truncated = n_dropped = 0
+    for example in examples:
+        if len(example) <= max_seq_len:
+            kept.append(example)
+            continue
+        if long_examples == "fail":
+            raise TrainingDataError(
+                line=example.line,
+                reason=f"{len(example)} tokens, longer than max_seq_len={max_seq_len}; shorten "
+                "the conversation, raise max_seq_len, or set long_examples='truncate'",
+                path=path,
+            )
+        labels = example.labels[:max_seq_len]
+        if long_examples == "drop" or all(t == IGNORE_INDEX for t in labels[1:]):
+            n_dropped += 1
+            continue
+        kept.append(TokenizedExample(example.input_ids[:max_seq_len], labels, example.line))
+        n_truncated += 1
+    return kept, n_truncated, n_dropped
 
 
 def split_validation(

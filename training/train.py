@@ -184,9 +184,15 @@ def prepare_data(
     config: FinetuneConfig, tokenizer: Any, train_path: Path | str, valid_path: Path | str | None
 ) -> tuple[list[TokenizedExample], list[TokenizedExample], DatasetStats, DatasetStats | None]:
     """Training and validation examples: a validation file, a seeded held-out share, or none."""
-    examples, train_stats = load_chat_jsonl(train_path, tokenizer, max_seq_len=config.max_seq_len)
+
+    def load(path: Path | str) -> tuple[list[TokenizedExample], DatasetStats]:
+        return load_chat_jsonl(
+            path, tokenizer, max_seq_len=config.max_seq_len, long_examples=config.long_examples
+        )
+
+    examples, train_stats = load(train_path)
     if valid_path is not None:
-        valid, valid_stats = load_chat_jsonl(valid_path, tokenizer, max_seq_len=config.max_seq_len)
+        valid, valid_stats = load(valid_path)
         return examples, valid, train_stats, valid_stats
     examples, valid = split_off_validation(examples, config.validation_fraction, config.seed)
     return examples, valid, train_stats, None
@@ -272,6 +278,9 @@ def train(
             "n_train_examples": len(examples),
             "n_valid_examples": len(valid),
             "train_tokens": train_stats.n_tokens,
+            # examples over max_seq_len, handled as config.long_examples says
+            "truncated_examples": train_stats.n_truncated,
+            "dropped_examples": train_stats.n_dropped,
             "params": n_params,
             "trainable_params": n_trainable,
             "device": str(device),

@@ -124,6 +124,7 @@ def create_job(*, session: Session, settings: Settings, body: FineTuningJobCreat
             "supervised": {"hyperparameters": hyper},
             "lora": body.lora.model_dump() if body.lora else None,
             "max_seq_len": body.max_seq_len,
+            "long_examples": body.long_examples,
             "max_steps": body.max_steps,
             "checkpoint_interval": body.checkpoint_interval,
         },
@@ -285,7 +286,11 @@ def job_public(*, session: Session, job: FineTuneJob) -> FineTuningJob:
             **{k: v for k, v in (job.progress or {}).items() if k in Progress.model_fields}
         ),
         training_data=TrainingData(
-            examples=stats.get("examples"), tokens=stats.get("tokens"), sha256=stats.get("sha256")
+            examples=stats.get("examples"),
+            tokens=stats.get("tokens"),
+            sha256=stats.get("sha256"),
+            truncated_examples=stats.get("truncated_examples"),
+            dropped_examples=stats.get("dropped_examples"),
         ),
     )
 

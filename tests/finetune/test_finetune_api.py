@@ -228,3 +228,51 @@ def test_a_file_over_the_example_limit_fails_validation(settings_factory) -> Non
         assert job["status"] == "failed"
         assert job["error"]["code"] == "invalid_training_file"
         assert "SELFINSTRUCT_MAX_TRAINING_EXAMPLES" in job["error"]["message"]
+
+
+def test_long_examples_policy_is_kept_for_the_worker(
+    client: TestClient, settings: Settings
+) -> None:
+    from app.finetune_worker import job_spec
+
+    file_id = upload(client, chat_jsonl())["id"]
+    body = {"model": "SmolLM2-135M-Instruct", "training_file": file_id}
+    bad = client.post("/v1/fine_tuning/jobs", json=body | {"long_examples": "shorten"})
+    assert bad.status_code == 422 and "long_examples" in bad.json()["detail"]
+    default = client.post("/v1/fine_tuning/jobs", json=body).json()
+    dropping = client.post("/v1/fine_tuning/jobs", json=body | {"long_examples": "drop"}).json()
+    assert default["method"]["long_examples"] == "truncate"
+    assert dropping["method"]["long_examples"] == "drop"
+    engine = make_engine(settings)
+    with Session(engine) as session:
+        row = session.get(FineTuneJob, dropping["id"])
+        assert row is not None
+        assert job_spec(settings, engine, row)["config"]["long_examples"] == "drop"
+    engine.dispose()
+
+
+def test_truncated_and_dropped_counts_reach_the_job_and_its_events(
+    client: TestClient, settings: Settings
+) -> None:
+    from app.finetune_worker import record_event
+
+    file_id = upload(client, chat_jsonl())["id"]
+    job = client.post(
+        "/v1/fine_tuning/jobs", json={"model": "SmolLM2-135M-Instruct", "training_file": file_id}
+    ).json()
+    engine = make_engine(settings)
+    with Session(engine) as session:  # as a worker's claim leaves it
+        row = session.get(FineTuneJob, job["id"])
+        assert row is not None
+        row.status, row.worker_id = JobStatus.running, "w-1"
+        session.add(row)
+        session.commit()
+    start = {"type": "start", "train_tokens": 90, "truncated_examples": 2, "dropped_examples": 1}
+    assert record_event(engine, job["id"], "w-1", start)
+    engine.dispose()
+    data = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["training_data"]
+    assert (data["truncated_examples"], data["dropped_examples"], data["tokens"]) == (2, 1, 90)
+    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()["data"]
+    [notice] = [e for e in events if "truncated" in e["message"]]
+    assert notice["message"].startswith("2 training examples longer than max_seq_len")
+    assert notice["data"] == {"truncated_examples": 2, "dropped_examples": 1}

@@ -27,6 +27,7 @@ def base(tmp_path: Path) -> str:
         ({"device": "cpu", "dtype": "bf16"}, "dtype='bf16' needs device='cuda'"),
         ({"method": "lora", "lora_target_modules": []}, "lora_target_modules is empty"),
         ({"max_seq_len": 4}, "max_seq_len=4"),
+        ({"long_examples": "cut"}, "long_examples='cut' is not supported"),
         ({"warmup_ratio": 1.0}, "warmup_ratio=1.0"),
         ({"base_model": "/no/such/model"}, "base_model '/no/such/model' does not exist"),
     ],

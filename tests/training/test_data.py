@@ -71,12 +71,12 @@ def test_a_bad_line_is_refused_by_number(tmp_path: Path, bad_line: Any, reason: 
     assert "line 3" in str(caught.value)
 
 
-def test_an_example_longer_than_max_seq_len_is_refused_by_number(
+def test_with_fail_an_example_longer_than_max_seq_len_is_refused_by_number(
     tmp_path: Path, tokenizer: Any
 ) -> None:
     path = write_jsonl(tmp_path / "data.jsonl", [GOOD, chat_record("Say hi", "word " * 80)])
     with pytest.raises(TrainingDataError) as caught:
-        load_chat_jsonl(path, tokenizer, max_seq_len=64)
+        load_chat_jsonl(path, tokenizer, max_seq_len=64, long_examples="fail")
     assert caught.value.line == 2
     assert "longer than max_seq_len=64" in caught.value.reason
 
