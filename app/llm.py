@@ -136,6 +136,7 @@ def _build(settings: Settings, entry: ModelEntry) -> Backend:
             "max_retries": ep.max_retries,
             "requests_per_minute": ep.requests_per_minute,
             "tokens_per_minute": ep.tokens_per_minute,
+            "chat_template": ep.chat_template,
         },
     )
 

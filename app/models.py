@@ -44,8 +44,14 @@ def _ts(**kwargs: Any) -> Any:
 
 class TaskOrigin(StrEnum):
     seed = "seed"
-    generated = "generated"
+    generated = "generated"  # self_instruct, alpaca, template, magpie
     edited = "edited"
+    evolved = "evolved"  # rewritten from a pool task (strategy `evolve`)
+    backtranslated = "backtranslated"  # an instruction written for a user's passage
+
+
+# Tasks a run or a reviewer made: everything but seeds. Exports and the pool treat them alike.
+MACHINE_ORIGINS: tuple[str, ...] = tuple(o.value for o in TaskOrigin if o != TaskOrigin.seed)
 
 
 class TaskStatus(StrEnum):
@@ -238,6 +244,49 @@ class RunEvent(SQLModel, table=True):
     kind: str = Field(max_length=32)
     data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
     created_at: datetime = _ts()
+
+
+class Document(SQLModel, table=True):
+    """Material a user posted so runs can write instructions for it (strategy `backtranslate`)."""
+
+    __table_args__ = (sa.Index("ix_document_dataset", "dataset_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("dataset.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    name: str = Field(max_length=255)
+    format: str = Field(max_length=16)  # text | markdown | jsonl
+    bytes: int
+    sha256: str = Field(max_length=64)
+    passages: int = Field(default=0)
+    created_at: datetime = _ts()
+
+
+class Passage(SQLModel, table=True):
+    """One piece of a document, of at most the size asked for; the output of a candidate."""
+
+    __table_args__ = (
+        sa.Index("ix_passage_dataset", "dataset_id", "id"),
+        sa.Index("ix_passage_document", "document_id", "position"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    document_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("document.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    dataset_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("dataset.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    position: int
+    text: str = Field(sa_type=sa.Text)
+    language: str = Field(default="unknown", max_length=16)
 
 
 class StoredFile(SQLModel, table=True):

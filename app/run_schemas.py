@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from app.models import RunStatus
 from app.settings import BUNDLED_MODEL_ID
 from filters.heuristics import HeuristicConfig
-from generators.prompts import check_prompt_language
+from generators.prompts import EVOLVE_OPERATIONS, check_prompt_language
 
 
 class _Strict(BaseModel):
@@ -99,9 +99,64 @@ class TemplateSpec(_Strict):
         return self
 
 
+EvolveOperation = Literal[
+    "add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth"
+]
+assert set(EvolveOperation.__args__) == set(EVOLVE_OPERATIONS)  # type: ignore[attr-defined]
+
+
+class EvolveSpec(_Strict):
+    """Evol-Instruct: each prompt rewrites one pool task by one operation."""
+
+    operations: dict[EvolveOperation, float] = Field(
+        default_factory=lambda: dict.fromkeys(EVOLVE_OPERATIONS, 1.0),  # type: ignore[arg-type]
+        description="Operations and their weights (each prompt draws one in proportion): "
+        "add_constraints, deepen, concretize, increase_reasoning, complicate_input (in depth) "
+        "and breadth (a new task in the same domain).",
+    )
+    max_depth: int = Field(
+        3, ge=1, le=20, description="A task evolved this many times is not evolved again."
+    )
+
+    @field_validator("operations")
+    @classmethod
+    def _some_weight(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in value.values()) or not any(w > 0 for w in value.values()):
+            raise ValueError("give at least one operation a weight above 0, none below 0")
+        return value
+
+
+class BacktranslateSpec(_Strict):
+    """Instruction back-translation: each prompt asks what a passage of a document answers."""
+
+    documents: list[int] | None = Field(
+        None, max_length=1000, description="Document ids to use; default all of the dataset's."
+    )
+    uses_per_passage: int = Field(
+        1, ge=1, le=20, description="Prompts per passage in this run (sampled answers differ)."
+    )
+
+
+class MagpieSpec(_Strict):
+    """Magpie: the model writes the user's message itself from its chat template's prefix."""
+
+    system_prompt: str | None = Field(
+        None, max_length=4000, description="Put in the template's system turn; None: its default."
+    )
+    temperature: float = Field(1.0, ge=0.0, le=2.0, description="For the instruction.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="For the instruction.")
+
+
 class RunCreate(_Strict):
     target: int = Field(ge=1, description="Accepted instructions to reach.")
-    strategy: Literal["self_instruct", "alpaca", "template"] = "self_instruct"
+    strategy: Literal[
+        "self_instruct", "alpaca", "template", "evolve", "backtranslate", "magpie"
+    ] = Field(
+        "self_instruct",
+        description="self_instruct (the paper's bootstrap), alpaca (whole tasks per prompt), "
+        "template (no model), evolve (rewrite pool tasks), backtranslate (instructions for "
+        "your documents' passages), magpie (the model's own chat template writes the query).",
+    )
     model: str = Field(BUNDLED_MODEL_ID, description="Any id from GET /v1/models.")
     sampling: SamplingOptions = Field(default_factory=SamplingOptions)
     prompt: PromptMix = Field(default_factory=PromptMix)
@@ -121,6 +176,9 @@ class RunCreate(_Strict):
     )
     alpaca_tasks: int = Field(20, ge=4, le=100, description="Tasks asked for per alpaca prompt.")
     template: TemplateSpec | None = None
+    evolve: EvolveSpec = Field(default_factory=EvolveSpec)
+    backtranslate: BacktranslateSpec = Field(default_factory=BacktranslateSpec)
+    magpie: MagpieSpec = Field(default_factory=MagpieSpec)
     seed: int = Field(0, description="Random seed for example sampling.")
 
     @field_validator("language")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
@@ -112,6 +112,54 @@ class SeedImportResult(BaseModel):
     received: int = Field(description="Tasks in the request.")
     created: int = Field(description="New seed tasks.")
     updated: int = Field(description="Seed tasks whose id already existed and were replaced.")
+
+
+# --- documents ---
+
+
+class DocumentText(BaseModel):
+    """One document sent as JSON; files go as multipart uploads instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255)
+    text: str = Field(description='Plain text, Markdown, or JSONL of {"text": ...} lines.')
+    format: Literal["text", "markdown", "jsonl"] | None = Field(
+        default=None, description="Default: from the name's extension (.md, .jsonl), else text."
+    )
+
+
+class DocumentsCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[DocumentText] = Field(min_length=1, max_length=100)
+
+
+class DocumentPublic(BaseModel):
+    id: int
+    dataset: str
+    name: str
+    format: Literal["text", "markdown", "jsonl"]
+    bytes: int
+    sha256: str
+    passages: int = Field(description="Pieces it was split into; each is one candidate's output.")
+    created_at: datetime
+
+
+class PassagePublic(BaseModel):
+    id: int
+    position: int = Field(description="Order in the document, from 0.")
+    text: str
+    language: str
+
+
+class DocumentDetail(DocumentPublic):
+    passage_list: list[PassagePublic]
+
+
+class DocumentsPublic(BaseModel):
+    data: list[DocumentPublic]
+    count: int
 
 
 # --- tasks ---

@@ -54,6 +54,11 @@ class EndpointConfig(BaseModel):
     tokens_per_minute: int | None = Field(default=None, ge=1)
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=5, ge=0, le=100)
+    chat_template: str | None = Field(
+        default=None,
+        description="The models' Jinja chat template, for strategy magpie on a completion "
+        "endpoint that does not report it (llama.cpp's server does, at /props).",
+    )
 
     @model_validator(mode="after")
     def _one_pool(self) -> EndpointConfig:
@@ -124,6 +129,13 @@ class Settings(BaseSettings):
     load_starter_seeds: bool = Field(
         default=True,
         description="Create dataset `default` with the bundled starter seeds when it is missing.",
+    )
+
+    # --- documents (strategy backtranslate) ---
+    document_max_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        gt=0,
+        description="Largest document one upload may hold; a larger one refuses the upload.",
     )
 
     # --- generation ---

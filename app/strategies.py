@@ -1,8 +1,11 @@
 """Strategies: from the pool to candidate instructions. One function per way of constructing.
 
 `self_instruct` and `alpaca` ask the model to continue a list of pool tasks; `template` fills
-instruction templates from value lists without a model. A `topic` narrows the examples any
-prompt shows to the pool tasks nearest to it, which steers generation toward a domain.
+instruction templates from value lists without a model. `evolve` rewrites one pool task by one
+operation (Evol-Instruct); `backtranslate` asks which instruction a passage of the user's
+documents answers; `magpie` lets a chat model write the user's turn from its own template. A
+`topic` narrows the pool tasks a prompt shows (or evolves) to those nearest to it, which steers
+generation toward a domain.
 """
 
 from __future__ import annotations
@@ -14,15 +17,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.run_schemas import RunCreate, TemplateSpec
+from app.models import TaskOrigin
+from app.run_schemas import EvolveSpec, RunCreate, TemplateSpec
 from filters.novelty import NoveltyIndex
 from generators.base import Generation
-from generators.parsing import parse_alpaca_completion, parse_bootstrap_completion
+from generators.parsing import (
+    parse_alpaca_completion,
+    parse_backtranslation,
+    parse_bootstrap_completion,
+    parse_evolved_task,
+)
 from generators.prompts import (
     PromptExample,
+    TaskPrompt,
     as_example,
     build_alpaca_prompt,
+    build_backtranslate_prompt,
     build_bootstrap_prompt,
+    build_evolve_prompt,
     sample_prompt_examples,
 )
 
@@ -73,8 +85,20 @@ class PromptJob:
 class Candidate:
     instruction: str
     lineage: dict[str, Any]
-    instances: list[dict[str, str]] | None = None  # alpaca tasks arrive with one
+    instances: list[dict[str, str]] | None = None  # alpaca and backtranslated tasks bring one
     language: str = "unknown"  # detected at screening
+    origin: str = TaskOrigin.generated.value
+    parent: str | None = None  # the instruction an evolved task was rewritten from
+
+
+@dataclass(frozen=True)
+class PassageRef:
+    """A passage of a document, as a backtranslate run uses it."""
+
+    id: int
+    document_id: int
+    text: str
+    language: str
 
 
 def _examples(
@@ -239,3 +263,127 @@ def template_space(spec: TemplateSpec) -> int:
         slots = list(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(template) if f))
         total += math.prod(len(spec.values[s]) for s in slots)
     return total
+
+
+# --- evolve ------------------------------------------------------------------------------------
+
+PARENT_DRAWS = 20  # tries to find a parent below the depth limit before giving up on a prompt
+
+
+@dataclass(frozen=True)
+class Evolution:
+    """One evolve prompt: the parent task, the operation and the prompt that asks for it."""
+
+    parent: PromptExample
+    operation: str
+    depth: int  # of the task this prompt asks for: the parent's + 1
+    prompt: TaskPrompt
+
+
+def evolve_job(
+    *,
+    pool: Pool,
+    spec: EvolveSpec,
+    topic: str | None,
+    language: str,
+    wording: str,
+    depths: dict[str, int],
+    rng: random.Random,
+) -> Evolution | None:
+    """Draw a parent (of `language`, nearest the topic when there is one) below the depth limit
+    and an operation by its weight; None when no pool task can be evolved further."""
+    seeds, machine = _examples(pool, topic, 1, language)
+    tasks = [*seeds, *machine]
+    if not tasks:
+        return None
+    for _ in range(PARENT_DRAWS):
+        parent = rng.choice(tasks)
+        depth = depths.get(parent.id, 0)
+        if depth < spec.max_depth:
+            break
+    else:
+        return None
+    names = [op for op, weight in spec.operations.items() if weight > 0]
+    operation = rng.choices(names, weights=[spec.operations[op] for op in names])[0]
+    prompt = build_evolve_prompt(
+        parent.instruction, parent.input, operation=operation, language=wording
+    )
+    return Evolution(parent=parent, operation=operation, depth=depth + 1, prompt=prompt)
+
+
+def evolved_candidate(
+    evolution: Evolution, generation: Generation, lineage: dict[str, Any]
+) -> Candidate | None:
+    task = parse_evolved_task(generation.text, finish_reason=generation.finish_reason)
+    if task is None:
+        return None
+    parent = evolution.parent
+    given = f"{parent.instruction}\n{parent.input}" if parent.input.strip() else parent.instruction
+    return Candidate(
+        instruction=task,
+        origin=TaskOrigin.evolved.value,
+        parent=given,
+        lineage={
+            **lineage,
+            "parent_task_id": parent.id,
+            "example_task_ids": [parent.id],
+            "operation": evolution.operation,
+            "evolution_depth": evolution.depth,
+            "template_version": evolution.prompt.template_version,
+            "request_id": generation.request_id,
+            "finish_reason": generation.finish_reason,
+        },
+    )
+
+
+# --- backtranslate -----------------------------------------------------------------------------
+
+
+def backtranslate_prompt(passage: PassageRef, wording: str) -> TaskPrompt:
+    return build_backtranslate_prompt(passage.text, language=wording)
+
+
+def backtranslated_candidate(
+    passage: PassageRef, prompt: TaskPrompt, generation: Generation, lineage: dict[str, Any]
+) -> Candidate | None:
+    """The passage is the output; the model wrote the instruction (and input) it answers."""
+    found = parse_backtranslation(generation.text, finish_reason=generation.finish_reason)
+    if found is None:
+        return None
+    instruction, task_input = found
+    return Candidate(
+        instruction=instruction,
+        instances=[{"input": task_input, "output": passage.text}],
+        origin=TaskOrigin.backtranslated.value,
+        lineage={
+            **lineage,
+            "document_id": passage.document_id,
+            "passage_id": passage.id,
+            "template_version": prompt.template_version,
+            "request_id": generation.request_id,
+            "finish_reason": generation.finish_reason,
+        },
+    )
+
+
+# --- magpie ------------------------------------------------------------------------------------
+
+MAGPIE_TEMPLATE_VERSION = "magpie-v1"
+
+
+def magpie_candidate(generation: Generation, lineage: dict[str, Any]) -> Candidate | None:
+    """What the model wrote as the user's message; None when empty or cut off."""
+    if generation.finish_reason == "length":
+        return None
+    text = generation.text.strip()
+    if not text:
+        return None
+    return Candidate(
+        instruction=text,
+        lineage={
+            **lineage,
+            "template_version": MAGPIE_TEMPLATE_VERSION,
+            "request_id": generation.request_id,
+            "finish_reason": generation.finish_reason,
+        },
+    )

@@ -81,6 +81,7 @@ class HeuristicReason(StrEnum):
     STARTS_WITH_SYMBOL = "starts_with_symbol"
     ECHOES_PROMPT = "echoes_prompt"
     LANGUAGE_NOT_IN_POOL = "language_not_in_pool"
+    EVOLUTION_FAILED = "evolution_failed"
     NON_ASCII_START = "non_ascii_start"  # stored on candidates of earlier versions; no longer used
 
 
@@ -311,5 +312,37 @@ def check_instruction(text: str, config: HeuristicConfig = DEFAULT_CONFIG) -> Ve
         return Verdict.reject(
             HeuristicReason.STARTS_WITH_SYMBOL,
             f"starts with {first!r}, which is neither a letter nor a digit",
+        )
+    return PASS
+
+
+# How a model declines, at the start of its answer, in the languages prompts are written in.
+_REFUSAL = re.compile(
+    r"^\W*(?:i(?:'m| am) sorry|sorry\b|i apologi[sz]e|i(?: cannot|can't|can not|'m unable|"
+    r" am unable| won't)|as an ai\b|as a language model|unfortunately,? i\b"
+    r"|抱歉|对不起|很抱歉|我不能|我无法|作为一个?(?:ai|人工智能|语言模型))",
+    re.IGNORECASE,
+)
+
+
+def is_refusal(text: str) -> bool:
+    """Whether `text` opens by declining (an evolved task that refuses is no task)."""
+    return bool(_REFUSAL.match(text.strip()))
+
+
+def check_evolution(parent: str, child: str, threshold: float) -> Verdict:
+    """Reject a rewrite that is no real evolution of `parent`: a copy, one that scores above
+    the run's novelty threshold against it, or a refusal."""
+    if normalize_instruction(child).casefold() == normalize_instruction(parent).casefold():
+        return Verdict.reject(HeuristicReason.EVOLUTION_FAILED, "copies the task it evolves")
+    if is_refusal(child):
+        return Verdict.reject(
+            HeuristicReason.EVOLUTION_FAILED, "the model declined instead of rewriting the task"
+        )
+    score = rouge_l(child, parent)
+    if score > threshold:
+        return Verdict.reject(
+            HeuristicReason.EVOLUTION_FAILED,
+            f"ROUGE-L {score:.2f} to the task it evolves, above the threshold {threshold}",
         )
     return PASS

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal, TypeAlias, overload
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from generators.chat_template import ChatTemplate
 from generators.errors import GeneratorError, UnknownBackend, UnsupportedRequest
 
 
@@ -206,6 +207,10 @@ class Backend(ABC):
     async def check(self) -> bool:
         """Whether the backend can serve requests now, answered quickly without generating."""
         return True
+
+    async def chat_template(self) -> ChatTemplate | None:
+        """The model's own chat template, where the backend can know it (None otherwise)."""
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections or handles; the backend may not be used afterwards."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from generators.base import ChatMessage, FinishReason, SamplingParams
+from generators.chat_template import ChatTemplate
 from generators.errors import BackendNotInstalled, UnsupportedRequest
 from generators.local import Sample
 
@@ -56,6 +57,16 @@ class TransformersModel:
         self.model.eval()
         self.device = device
         self.n_ctx = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+
+    def chat_template(self) -> ChatTemplate | None:
+        source = getattr(self.tokenizer, "chat_template", None)
+        if not isinstance(source, str):
+            return None
+        return ChatTemplate(
+            source,
+            bos_token=self.tokenizer.bos_token or "",
+            eos_token=self.tokenizer.eos_token or "",
+        )
 
     def complete(
         self, prompt: str, params: SamplingParams, seed: int, extra: Mapping[str, Any]

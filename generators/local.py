@@ -36,6 +36,7 @@ from generators.base import (
     register_backend,
 )
 from generators.bundled import BUNDLED_MODEL_ID, bundled_model_path
+from generators.chat_template import ChatTemplate
 from generators.errors import (
     BackendNotInstalled,
     GeneratorError,
@@ -90,6 +91,8 @@ class LoadedModel(Protocol):
         seed: int,
         extra: Mapping[str, Any],
     ) -> Sample: ...
+
+    def chat_template(self) -> ChatTemplate | None: ...
 
 
 class LocalBackend(Backend):
@@ -193,6 +196,9 @@ class LocalBackend(Backend):
             return _cached(key, lambda: LlamaCppModel(path, opts.n_ctx, threads, opts.n_batch))
         key = (kind, str(path), opts.device, threads)
         return _cached(key, lambda: _load_transformers(path, opts.device, threads))
+
+    async def chat_template(self) -> ChatTemplate | None:
+        return (await self.load()).chat_template()
 
     async def execute(
         self, prompts: list[NormalizedPrompt], params: SamplingParams
@@ -324,6 +330,18 @@ class LlamaCppModel:
 
     def close(self) -> None:
         self.llama.close()
+
+    def chat_template(self) -> ChatTemplate | None:
+        source = self.llama.metadata.get("tokenizer.chat_template")
+        if not source:
+            return None
+
+        def token(token_id: int) -> str:
+            return self.llama.detokenize([token_id], special=True).decode("utf-8", "replace")
+
+        return ChatTemplate(
+            source, bos_token=token(self.llama.token_bos()), eos_token=token(self.llama.token_eos())
+        )
 
     @staticmethod
     def _kwargs(params: SamplingParams, seed: int, extra: Mapping[str, Any]) -> dict[str, Any]:

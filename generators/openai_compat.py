@@ -41,6 +41,7 @@ from generators.base import (
     prompt_text,
     register_backend,
 )
+from generators.chat_template import ChatTemplate
 from generators.errors import (
     BadResponse,
     GeneratorError,
@@ -138,6 +139,11 @@ class OpenAIBackend(Backend):
             description="Server-specific request fields, e.g. {'top_k': 40} for llama.cpp/vLLM.",
         )
         headers: dict[str, str] = Field(default_factory=dict)
+        chat_template: str | None = Field(
+            default=None,
+            description="The served model's Jinja chat template, for raw-template prompts "
+            "(strategy magpie); None asks the server (llama.cpp's GET /props).",
+        )
 
         @field_validator("base_url")
         @classmethod
@@ -246,6 +252,27 @@ class OpenAIBackend(Backend):
             return response.is_success
 
         return any(await asyncio.gather(*(answers(r.base_url) for r in self.replicas)))
+
+    async def chat_template(self) -> ChatTemplate | None:
+        """The configured template, else the one a llama.cpp server reports at `/props`."""
+        if self.options.chat_template:
+            return ChatTemplate(self.options.chat_template)
+        client, _ = self._http()
+        root = self.options.base_url.removesuffix("/v1")
+        try:
+            response = await client.get(f"{root}/props", timeout=self.options.connect_timeout_s)
+            data = response.json() if response.is_success else {}
+        except (httpx.HTTPError, ValueError):
+            return None
+        source = data.get("chat_template") if isinstance(data, dict) else None
+        if not isinstance(source, str) or not source:
+            return None
+        bos, eos = data.get("bos_token"), data.get("eos_token")
+        return ChatTemplate(
+            source,
+            bos_token=bos if isinstance(bos, str) else "",
+            eos_token=eos if isinstance(eos, str) else "",
+        )
 
     async def list_models(self) -> list[str]:
         """Model ids the server offers (`GET /models`), retried like generation requests."""

@@ -305,3 +305,58 @@ def parse_alpaca_completion(
         for block in blocks
         if block.get("instruction") and block.get("output")
     ]
+
+
+_EVOLVED_LABEL_RE = re.compile(
+    r"^\W*(?:new|rewritten|evolved|created)?\s*(?:task|prompt|instruction)\s*[:：]\s*"
+    r"|^\W*(?:新任务|改写后的任务|任务|指令)\s*[:：]\s*",
+    re.IGNORECASE,
+)
+# Where a model starts answering the task it was asked to write: not part of the task.
+_ANSWER_RE = re.compile(
+    r"\n\s*(?:\*\*)?(?:answer|output|response|solution|回答|答案|输出|解答)(?:\*\*)?\s*[:：]",
+    re.IGNORECASE,
+)
+
+
+_INPUT_LINE_RE = re.compile(r"^\s*(?:\*\*)?(?:input|输入)(?:\*\*)?\s*[:：]", re.I | re.M)
+
+
+def parse_evolved_task(completion: str | None, *, finish_reason: str | None = None) -> str | None:
+    """The rewritten task of an evolve answer (its input, if any, stays on its own lines);
+    None when there is none or the answer was cut off mid-task."""
+    if not isinstance(completion, str) or finish_reason == "length":
+        return None
+    text = _CONTROL.sub("", completion.replace("\r\n", "\n"))
+    answer = _ANSWER_RE.search(text)
+    if answer:
+        text = text[: answer.start()]
+    text = _EVOLVED_LABEL_RE.sub("", text.strip(), count=1).strip().strip('"“”').strip()
+    match = _INPUT_LINE_RE.search(text)
+    head, given = (text[: match.start()], text[match.end() :]) if match else (text, "")
+    instruction = " ".join(head.split())
+    lines = [line.rstrip() for line in given.strip("\n").split("\n") if line.strip()]
+    if not instruction:
+        return None
+    return "\n".join([instruction, *lines])
+
+
+def parse_backtranslation(
+    completion: str | None, *, finish_reason: str | None = None
+) -> tuple[str, str] | None:
+    """(instruction, input) of a back-translation answer; the input is "" when there is none.
+    The prompt ends on "Instruction:", so the first text is the instruction."""
+    if not isinstance(completion, str):
+        return None
+    blocks = _parse_field_blocks(
+        completion,
+        order=("instruction", "input", "output"),
+        boundary=_ALPACA_BOUNDARY_RE,
+        leading_key="instruction",
+        truncated=False,
+    )
+    first = blocks[0] if blocks else {}
+    instruction = re.sub(r"\s+", " ", first.get("instruction", "")).strip()
+    if not instruction or (finish_reason == "length" and "input" not in first):
+        return None
+    return instruction, first.get("input", "")

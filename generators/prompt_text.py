@@ -228,3 +228,89 @@ CHAT_SYSTEM_MESSAGES: dict[str, str] = {
         "只回复续写的内容：不要打招呼，不要解释，也不要重复已给出的文字。"
     ),
 }
+
+# --- Strategy evolve (after Evol-Instruct, Xu et al. 2023) ---------------------------------------
+# One template per language; each operation fills in what the rewrite must change. `breadth`
+# asks for a sibling task instead of a harder version.
+
+EVOLVE_WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "intro": (
+            "You rewrite tasks for training an AI assistant. Rewrite the given task into a new "
+            "task that {goal} The new task must make sense on its own, be answerable with text "
+            "alone and be written in the same language as the given task. Write only the new "
+            "task (with its input, if it needs one); do not answer it."
+        ),
+        "breadth": (
+            "You write tasks for training an AI assistant. Take the given task as inspiration "
+            "and write a brand-new task in the same domain that is rarer and about something "
+            "else, of similar length and difficulty. It must make sense on its own, be "
+            "answerable with text alone and be written in the same language as the given task. "
+            "Write only the new task (with its input, if it needs one); do not answer it."
+        ),
+        "given": "Given task:",
+        "input": "Input:",
+        "new": "New task:",
+        "add_constraints": "adds one more constraint or requirement to it.",
+        "deepen": "asks about the same subject in more depth and breadth.",
+        "concretize": "replaces its general concepts with more specific ones.",
+        "increase_reasoning": (
+            "can only be answered by reasoning in several explicit steps, where the given task "
+            "needs only a few simple ones."
+        ),
+        "complicate_input": (
+            "works on a harder, more complex input (longer, or structured data such as a "
+            "table, a list or code), written out in full in the new task."
+        ),
+    },
+    "zh": {
+        "intro": (
+            "你负责改写用于训练 AI 助手的任务。请把给出的任务改写成一个新任务，要求：{goal}"
+            "新任务必须本身意思完整，只靠文字就能回答，并且与给出的任务使用同一种语言。"
+            "只写新任务（需要输入时连同输入一起写），不要回答它。"
+        ),
+        "breadth": (
+            "你负责编写用于训练 AI 助手的任务。请以给出的任务为灵感，在同一领域写一个全新的、"
+            "更少见的、内容不同的任务，长度和难度与之相当。新任务必须本身意思完整，只靠文字就能"
+            "回答，并且与给出的任务使用同一种语言。只写新任务（需要输入时连同输入一起写），"
+            "不要回答它。"
+        ),
+        "given": "给出的任务：",
+        "input": "输入：",
+        "new": "新任务：",
+        "add_constraints": "在原任务基础上再增加一个限制或要求。",
+        "deepen": "就同一主题提出更深入、更广泛的问题。",
+        "concretize": "把原任务中笼统的概念换成更具体的概念。",
+        "increase_reasoning": "必须经过多个明确的推理步骤才能回答，而原任务只需要简单几步。",
+        "complicate_input": (
+            "处理一个更难、更复杂的输入（更长，或是表格、列表、代码等结构化数据），"
+            "并把这个输入完整写进新任务。"
+        ),
+    },
+}
+
+# --- Strategy backtranslate (instruction back-translation, Li et al. 2023) -----------------------
+
+BACKTRANSLATE_WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "intro": (
+            "Below is a passage. Write the request a user could have made to which this passage "
+            "is a good, complete answer: one instruction and, only if the request needs "
+            "material to work on, an input. Write them in the same language as the passage. "
+            "Do not mention the passage itself."
+        ),
+        "passage": "Passage:",
+        "instruction": "Instruction:",
+        "input": "Input:",
+    },
+    "zh": {
+        "intro": (
+            "下面是一段文字。请写出用户可能提出的请求，使这段文字正好是对它完整、恰当的回答："
+            "写一条指令；只有当请求需要处理的材料时，才另写一个输入。请使用与这段文字相同的语言，"
+            "不要提到“这段文字”本身。"
+        ),
+        "passage": "文字：",
+        "instruction": "指令：",
+        "input": "输入：",
+    },
+}

@@ -19,12 +19,14 @@ from typing import Any, Literal, TypeVar
 
 from generators.prompt_text import (
     ALPACA_WORDS,
+    BACKTRANSLATE_WORDS,
     BOOTSTRAP_HEADERS,
     BOOTSTRAP_LANGUAGE_NOTES,
     BOOTSTRAP_LEADS,
     CHAT_SYSTEM_MESSAGES,
     CLASSIFICATION_EXAMPLES,
     CLASSIFICATION_WORDS,
+    EVOLVE_WORDS,
     INPUT_FIRST_EXAMPLES,
     INSTANCE_WORDS,
     NO_INPUT,
@@ -41,6 +43,8 @@ CLASSIFICATION_TEMPLATE_VERSION = "classify-v1"
 INPUT_FIRST_TEMPLATE_VERSION = "instances-input-first-v1"
 OUTPUT_FIRST_TEMPLATE_VERSION = "instances-output-first-v1"
 ALPACA_TEMPLATE_VERSION = "alpaca-v1"
+EVOLVE_TEMPLATE_VERSION = "evolve-v1"
+BACKTRANSLATE_TEMPLATE_VERSION = "backtranslate-v1"
 
 # Paper defaults (Self-Instruct §2.2 and its released scripts).
 BOOTSTRAP_PROMPT_EXAMPLES = 8  # instructions shown in one bootstrap prompt
@@ -86,6 +90,9 @@ CLASSIFICATION_INSTANCE_SAMPLING = SamplingDefaults(
     temperature=0.0, top_p=1.0, max_tokens=300, presence_penalty=1.5
 )
 ALPACA_SAMPLING = SamplingDefaults(temperature=1.0, top_p=1.0, max_tokens=3072)
+# Evol-Instruct samples its rewrites at temperature 1; a rewritten task is short.
+EVOLVE_SAMPLING = SamplingDefaults(temperature=1.0, top_p=1.0, max_tokens=512)
+BACKTRANSLATE_SAMPLING = SamplingDefaults(temperature=0.7, top_p=1.0, max_tokens=256)
 
 
 @dataclass(frozen=True)
@@ -415,6 +422,68 @@ def build_alpaca_prompt(
         language=language,
         stop_sequences=(f"### {words['task']} {num_tasks + 1}",),
     )
+
+
+# --- Strategies evolve and backtranslate ---------------------------------------------------------
+
+EVOLVE_OPERATIONS: tuple[str, ...] = (
+    "add_constraints",
+    "deepen",
+    "concretize",
+    "increase_reasoning",
+    "complicate_input",
+    "breadth",
+)
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    """A prompt whose answer is one task: the text, where to stop and its template version."""
+
+    text: str
+    stop_sequences: tuple[str, ...]
+    template_version: str
+    language: str
+
+
+def build_evolve_prompt(
+    instruction: str, task_input: str = "", *, operation: str, language: str = "en"
+) -> TaskPrompt:
+    """Ask for one evolved version of a task; the text ends on the "New task:" label."""
+    _check_language(language)
+    if operation not in EVOLVE_OPERATIONS:
+        raise ValueError(f"unknown evolve operation {operation!r}; one of {EVOLVE_OPERATIONS}")
+    words = EVOLVE_WORDS[language]
+    intro = (
+        words["breadth"] if operation == "breadth" else words["intro"].format(goal=words[operation])
+    )
+    given = instruction.strip()
+    if task_input.strip():
+        given += f"\n{words['input']} {task_input.strip()}"
+    return TaskPrompt(
+        text=f"{intro}\n\n{words['given']}\n{given}\n\n{words['new']}\n",
+        stop_sequences=(f"\n{words['given']}", f"\n{words['new']}"),
+        template_version=f"{EVOLVE_TEMPLATE_VERSION}:{operation}:{language}",
+        language=language,
+    )
+
+
+def build_backtranslate_prompt(passage: str, *, language: str = "en") -> TaskPrompt:
+    """Ask for the instruction (and input) a passage answers; the text ends on "Instruction:"."""
+    _check_language(language)
+    words = BACKTRANSLATE_WORDS[language]
+    return TaskPrompt(
+        text=f"{words['intro']}\n\n{words['passage']}\n{passage.strip()}\n\n{words['instruction']}",
+        stop_sequences=(f"\n{words['passage']}",),
+        template_version=f"{BACKTRANSLATE_TEMPLATE_VERSION}:{language}",
+        language=language,
+    )
+
+
+def strategy_wording(language: str) -> list[str]:
+    """The evolve and backtranslate prompts' own sentences, which no candidate may repeat."""
+    words = [*EVOLVE_WORDS.get(language, {}).values(), BACKTRANSLATE_WORDS[language]["intro"]]
+    return [w.replace("{goal}", "") for w in words if len(w) > 40]
 
 
 # --- Chat-only models ---------------------------------------------------------------------------

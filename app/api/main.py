@@ -9,6 +9,7 @@ from app.api.errors import COMMON_ERRORS
 from app.api.routes import (
     chat,
     datasets,
+    documents,
     evaluations,
     fine_tuning,
     health,
@@ -24,6 +25,7 @@ api_router = APIRouter(
     responses=COMMON_ERRORS,
 )
 api_router.include_router(datasets.router)
+api_router.include_router(documents.router)
 api_router.include_router(tasks.router)
 api_router.include_router(runs.router)
 api_router.include_router(models.router)

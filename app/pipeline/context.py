@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import re
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -11,19 +12,20 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from app.llm import ModelEntry, backend_for, price_table
-from app.models import Dataset, Run, Task, TaskOrigin, TaskStatus
+from app.models import Dataset, Passage, Run, Task, TaskOrigin, TaskStatus
 from app.run_schemas import RunCreate
 from app.services.datasets import pool_languages
 from app.settings import Settings
-from app.strategies import Candidate, Pool
+from app.strategies import Candidate, PassageRef, Pool
 from filters.heuristics import HeuristicConfig
 from filters.language import UNKNOWN, detect_language
 from filters.neighbour_process import NeighbourProcess
 from filters.novelty import NoveltyVerdict, RecentItems
 from generators.base import Generation, SamplingParams
-from generators.errors import GeneratorError
+from generators.chat_template import ChatTemplate
+from generators.errors import GeneratorError, UnsupportedRequest
 from generators.prompt_text import BOOTSTRAP_HEADERS
-from generators.prompts import LANGUAGES, PromptExample, to_chat_messages
+from generators.prompts import LANGUAGES, PromptExample, strategy_wording, to_chat_messages
 
 NEIGHBOURS = 10
 PENDING = "p"  # index keys of tasks accepted but not committed yet: "p1", "p2", ...
@@ -143,7 +145,21 @@ class RunContext:
         self._heuristics: dict[str, HeuristicConfig] = {}
         self.language_credit: dict[str, float] = {}  # the prompt languages' round-robin
         self.topic_language = detect_language(self.params.topic) if self.params.topic else None
-        self.echo_references = echo_references(self.params.prompt.header)
+        self.echo_references = echo_references(self.params.prompt.header, self.params.strategy)
+        # Strategy inputs: parents' evolution depths, and the passages still to write for.
+        self.depths: dict[str, int] = {}
+        self.passages: collections.deque[PassageRef] = collections.deque()
+        if self.params.strategy == "evolve":
+            self.depths = evolution_depths(engine, self.dataset_id)
+        if self.params.strategy == "backtranslate":
+            self.passages = passage_queue(engine, self.run_id, self.dataset_id, self.params)
+            # A passage in another language writes tasks in it: the pool takes them.
+            if self.languages and not self.params.language:
+                for passage in self.passages:
+                    self.languages.setdefault(passage.language, 0)
+                self.languages.pop(UNKNOWN, None)
+        self._chat_template: ChatTemplate | None = None
+        self.exhausted: str | None = None  # the strategy has nothing left to prompt with
         self.backend = backend_for(settings, model)
         self.chat = model.mode == "chat"
         self.prices = price_table(settings)
@@ -191,6 +207,18 @@ class RunContext:
     def prompt_language(self, language: str) -> str:
         """The wording used for a task in `language`: its own where prompts exist, else English."""
         return language if language in LANGUAGES else "en"
+
+    async def chat_template(self) -> ChatTemplate:
+        """The model's chat template (strategy magpie), asked of the backend once."""
+        if self._chat_template is None:
+            found = await self.backend.chat_template()
+            if found is None:
+                raise UnsupportedRequest(
+                    f"model '{self.model_id}' reports no chat template; strategy magpie needs "
+                    "one (set `chat_template` on its endpoint in SELFINSTRUCT_ENDPOINTS)"
+                )
+            self._chat_template = found
+        return self._chat_template
 
     def ask_neighbours(self, text: str) -> int:
         """Ask the neighbour process for the top-10 of `text` against the pool as it is now."""
@@ -279,9 +307,11 @@ def example_of(
     )
 
 
-def echo_references(header: str | None) -> list[str]:
+def echo_references(header: str | None, strategy: str = "self_instruct") -> list[str]:
     """The sentences of the prompts' own wording a candidate must not repeat."""
-    texts = [*BOOTSTRAP_HEADERS.values(), *([header] if header else [])]
+    rewrites = strategy in ("evolve", "backtranslate")
+    own = [w for code in LANGUAGES for w in strategy_wording(code)] if rewrites else []
+    texts = [*BOOTSTRAP_HEADERS.values(), *own, *([header] if header else [])]
     return [s.strip() for t in texts for s in re.split(r"(?<=[.!?。！？])\s*", t) if s.strip()]
 
 
@@ -302,3 +332,44 @@ def load_pool(engine: Engine, *, dataset_id: int) -> tuple[Pool, list[tuple[int,
     # One bulk build: adding 1M tasks one by one took three times as long.
     pool.index.add_many(texts)
     return pool, texts
+
+
+def evolution_depths(engine: Engine, dataset_id: int) -> dict[str, int]:
+    """How many times each accepted evolved task was evolved (others are depth 0)."""
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Task.id, Task.lineage).where(  # type: ignore[call-overload]
+                Task.dataset_id == dataset_id,
+                Task.status == TaskStatus.accepted.value,
+                Task.origin == TaskOrigin.evolved.value,
+            )
+        )
+        return {str(task_id): int(lineage.get("evolution_depth", 1)) for task_id, lineage in rows}
+
+
+def passage_queue(
+    engine: Engine, run_id: int, dataset_id: int, params: RunCreate
+) -> collections.deque[PassageRef]:
+    """The passages this run still owes prompts: each `uses_per_passage` times, round by round
+    (every passage once before any twice), less those its tasks already came from (a resume)."""
+    spec = params.backtranslate
+    with Session(engine) as session:
+        query = select(Passage).where(Passage.dataset_id == dataset_id)
+        if spec.documents is not None:
+            query = query.where(col(Passage.document_id).in_(spec.documents))
+        passages = [
+            PassageRef(id=p.id, document_id=p.document_id, text=p.text, language=p.language)  # type: ignore[arg-type]
+            for p in session.exec(query.order_by(col(Passage.id)))
+        ]
+        used = Counter(
+            lineage.get("passage_id")
+            for lineage in session.exec(
+                select(Task.lineage).where(
+                    Task.run_id == run_id, Task.origin == TaskOrigin.backtranslated.value
+                )
+            )
+        )
+    queue: collections.deque[PassageRef] = collections.deque()
+    for round_ in range(spec.uses_per_passage):
+        queue.extend(p for p in passages if used.get(p.id, 0) <= round_)
+    return queue

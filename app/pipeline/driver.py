@@ -279,7 +279,7 @@ class Stream:
             return False
         if self.useless >= self.useless_limit or self.idle >= self.idle_limit:
             return False
-        if self._templates_exhausted():
+        if self._templates_exhausted() or ctx.exhausted:
             return False
         if ctx.neighbours is not None and ctx.neighbours.pending >= NEIGHBOUR_BACKLOG:
             return False
@@ -469,7 +469,7 @@ class Stream:
         if run.accepted >= run.target:
             reason: str | None = "target_reached"
         else:
-            reason = self.capped or cap_reached(run, ctx.params.caps)
+            reason = self.capped or cap_reached(run, ctx.params.caps) or ctx.exhausted
         if reason:
             finish(ctx.engine, run_id=ctx.run_id, status=RunStatus.succeeded, stop_reason=reason)
         elif self.useless >= self.useless_limit:

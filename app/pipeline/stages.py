@@ -9,21 +9,36 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from app.models import TaskStatus
+from app.models import TaskOrigin, TaskStatus
 from app.pipeline.context import NEIGHBOURS, Item, RunContext, Verdict, example_of
-from app.strategies import Candidate, candidates_from, prompt_jobs, template_candidates
-from filters.heuristics import check_echo, check_instruction
+from app.strategies import (
+    Candidate,
+    backtranslate_prompt,
+    backtranslated_candidate,
+    candidates_from,
+    evolve_job,
+    evolved_candidate,
+    magpie_candidate,
+    prompt_jobs,
+    template_candidates,
+)
+from filters.heuristics import check_echo, check_evolution, check_instruction
 from filters.instances import filter_instances
 from filters.language import UNKNOWN, asks_for_translation, detect_language, foreign_output
 from filters.novelty import Neighbour, NoveltyVerdict, merge_verdicts
 from generators.parsing import parse_classification_answer, parse_instances
 from generators.prompts import (
+    BACKTRANSLATE_SAMPLING,
     CLASSIFICATION_INSTANCE_SAMPLING,
     CLASSIFICATION_SAMPLING,
+    EVOLVE_SAMPLING,
     INSTANCE_SAMPLING,
     build_classification_prompt,
     build_instance_prompt,
 )
+
+MAGPIE_QUERY_TOKENS = 512  # a user's message; a longer one is cut off and dropped
+MAGPIE_ANSWER_SAMPLING = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 1024}
 
 
 def neighbours(nearest: Sequence[Neighbour]) -> list[dict[str, Any]]:
@@ -42,8 +57,14 @@ async def generate_candidates(ctx: RunContext, rng: random.Random) -> list[Candi
             rng=rng,
             lineage=ctx.lineage,
         )
+    if ctx.params.strategy == "backtranslate":
+        return await _backtranslate(ctx)
+    if ctx.params.strategy == "magpie":
+        return await _magpie(ctx)
     language = pick_language(ctx, rng)
     wording = ctx.prompt_language(language)
+    if ctx.params.strategy == "evolve":
+        return await _evolve(ctx, rng, language, wording)
     (job,) = prompt_jobs(
         pool=ctx.pool,
         params=ctx.params,
@@ -61,6 +82,70 @@ async def generate_candidates(ctx: RunContext, rng: random.Random) -> list[Candi
         ctx.tally.unparseable += 1
         ctx.tally.last_unparseable = ctx.last_unparseable = gen.text[:200]
     return found
+
+
+def _found(ctx: RunContext, cand: Candidate | None, text: str) -> list[Candidate]:
+    """One candidate of an answer, counted as a completion; none counted as unparseable."""
+    ctx.tally.completions += 1
+    if cand is None:
+        ctx.tally.unparseable += 1
+        ctx.tally.last_unparseable = ctx.last_unparseable = text[:200]
+        return []
+    return [cand]
+
+
+async def _evolve(
+    ctx: RunContext, rng: random.Random, language: str, wording: str
+) -> list[Candidate] | None:
+    evolution = evolve_job(
+        pool=ctx.pool,
+        spec=ctx.params.evolve,
+        topic=ctx.params.topic,
+        language=language,
+        wording=wording,
+        depths=ctx.depths,
+        rng=rng,
+    )
+    if evolution is None:
+        ctx.exhausted = "pool_fully_evolved"
+        return []
+    sampling = {**EVOLVE_SAMPLING.as_dict(), "seed": ctx.params.seed}
+    prompt = evolution.prompt
+    gen = await ctx.complete(prompt.text, sampling, prompt.stop_sequences, language=wording)
+    if gen is None:
+        return None
+    return _found(ctx, evolved_candidate(evolution, gen, ctx.lineage), gen.text)
+
+
+async def _backtranslate(ctx: RunContext) -> list[Candidate] | None:
+    if not ctx.passages:
+        ctx.exhausted = "passages_used"
+        return []
+    passage = ctx.passages.popleft()
+    wording = ctx.prompt_language(passage.language)
+    prompt = backtranslate_prompt(passage, wording)
+    sampling = {**BACKTRANSLATE_SAMPLING.as_dict(), "seed": ctx.params.seed}
+    gen = await ctx.complete(prompt.text, sampling, prompt.stop_sequences, language=wording)
+    if gen is None:
+        ctx.passages.append(passage)  # the request failed: the passage is still owed
+        return None
+    return _found(ctx, backtranslated_candidate(passage, prompt, gen, ctx.lineage), gen.text)
+
+
+async def _magpie(ctx: RunContext) -> list[Candidate] | None:
+    template = await ctx.chat_template()
+    spec = ctx.params.magpie
+    sampling = {
+        "temperature": spec.temperature,
+        "top_p": spec.top_p,
+        "max_tokens": MAGPIE_QUERY_TOKENS,
+        "seed": ctx.params.seed,
+    }
+    prefix = template.user_prefix(spec.system_prompt)
+    gen = await ctx.complete(prefix, sampling, template.stop_sequences())
+    if gen is None:
+        return None
+    return _found(ctx, magpie_candidate(gen, ctx.lineage), gen.text)
 
 
 def pick_language(ctx: RunContext, rng: random.Random) -> str:
@@ -93,6 +178,10 @@ def screen(ctx: RunContext, cand: Candidate, in_flight: set[str]) -> Item | Verd
     cand.instruction = cand.instruction.strip()
     cand.language = detect_language(cand.instruction)
     filters = ctx.params.filters
+    if cand.parent is not None:
+        evolved = check_evolution(cand.parent, cand.instruction, filters.rouge_threshold)
+        if not evolved.ok:
+            return Verdict(cand, TaskStatus.rejected, evolved.reason, evolved.detail)
     if (
         filters.reject_other_languages
         and ctx.languages
@@ -164,6 +253,9 @@ async def make_instances(ctx: RunContext, item: Item) -> None:
     item.raw_instances = cand.instances
     if not ctx.params.generate_instances or cand.instances is not None:
         return
+    if ctx.params.strategy == "magpie":
+        await _magpie_answer(ctx, item)
+        return
     output_first = bool(item.label)
     language = ctx.prompt_language(cand.language)
     prompt = build_instance_prompt(
@@ -180,6 +272,19 @@ async def make_instances(ctx: RunContext, item: Item) -> None:
         item.raw_instances = parse_instances(
             gen.text, output_first=output_first, finish_reason=gen.finish_reason
         )
+
+
+async def _magpie_answer(ctx: RunContext, item: Item) -> None:
+    """The model answers its own query through the same chat template: one instance."""
+    template = await ctx.chat_template()
+    prompt = template.answer_prompt(item.candidate.instruction, ctx.params.magpie.system_prompt)
+    sampling = {**MAGPIE_ANSWER_SAMPLING, "seed": ctx.params.seed}
+    gen = await ctx.complete(prompt, sampling, template.stop_sequences())
+    if gen is None:
+        return
+    answer = gen.text.strip()
+    usable = answer and gen.finish_reason != "length"
+    item.raw_instances = [{"input": "", "output": answer}] if usable else []
 
 
 def recheck(ctx: RunContext, item: Item) -> NoveltyVerdict:
@@ -235,6 +340,8 @@ def decide(ctx: RunContext, item: Item) -> Verdict:
         v.key = ctx.new_key()
         ctx.pool_add(v.key, cand.instruction)
         ctx.pool.add_example(_example(v), seed=False)
+        if cand.origin == TaskOrigin.evolved:
+            ctx.depths[v.key] = int(cand.lineage["evolution_depth"])
     return v
 
 

@@ -29,7 +29,6 @@ from app.models import (
     RunEvent,
     RunStatus,
     Task,
-    TaskOrigin,
     TaskStatus,
     utcnow,
 )
@@ -228,7 +227,7 @@ def _row(
         "language": v.candidate.language,
         "instances": v.instances,
         "is_classification": v.is_classification,
-        "origin": TaskOrigin.generated.value,
+        "origin": v.candidate.origin,
         "status": v.status.value,
         "rejection_reason": v.reason,
         "rejection_detail": v.detail,
@@ -249,11 +248,17 @@ def _task_id(key: Any, ids: dict[str, int]) -> Any:
 
 
 def _lineage_ids(lineage: dict[str, Any], ids: dict[str, int]) -> dict[str, Any]:
-    """Prompt examples accepted a moment before the prompt was built carry pending keys."""
+    """Prompt examples (and an evolved task's parent) accepted a moment before the prompt was
+    built carry pending keys."""
     examples = lineage.get("example_task_ids")
-    if not examples or not any(str(e).startswith(PENDING) for e in examples):
+    parent = lineage.get("parent_task_id")
+    pending = [str(e) for e in [*(examples or []), parent] if str(e).startswith(PENDING)]
+    if not pending:
         return lineage
-    return {**lineage, "example_task_ids": [str(_task_id(e, ids)) for e in examples]}
+    out = {**lineage, "example_task_ids": [str(_task_id(e, ids)) for e in examples or []]}
+    if parent is not None:
+        out["parent_task_id"] = str(_task_id(parent, ids))
+    return out
 
 
 def _add_counters(

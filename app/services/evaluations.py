@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from app.errors import InvalidInput
 from app.llm import backend_for, find_model
-from app.models import Dataset, Task, TaskStatus
+from app.models import Dataset, Task, TaskOrigin, TaskStatus
 from app.settings import Settings
 from filters.rouge import rouge_l
 from generators.base import Generation, SamplingParams
@@ -26,7 +26,7 @@ class EvaluationCreate(BaseModel):
     task_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] | None = Field(
         None, max_length=1000, description="Only these tasks."
     )
-    origin: Literal["seed", "generated", "edited"] | None = None
+    origin: TaskOrigin | None = None
     limit: int = Field(20, ge=1, le=500, description="Tasks to evaluate, oldest first.")
     max_tokens: int = Field(128, ge=1, le=4096)
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
-from app.models import Task, TaskOrigin, TaskStatus
+from app.models import MACHINE_ORIGINS, Task, TaskOrigin, TaskStatus
 from app.schemas import ExportFormat
 from training.data import task_to_messages
 
@@ -85,7 +85,7 @@ FORMATTERS: dict[ExportFormat, Formatter] = {
 def export_query(*, dataset_id: int, include_seeds: bool) -> sa.Select:  # type: ignore[type-arg]
     """Accepted tasks of a dataset, oldest first; seeds only when asked for."""
     # Plain strings: the raw DBAPI cursor below binds them without SQLAlchemy's type handling.
-    origins = [TaskOrigin.generated.value, TaskOrigin.edited.value]
+    origins = list(MACHINE_ORIGINS)
     if include_seeds:
         origins.append(TaskOrigin.seed.value)
     return (

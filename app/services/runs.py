@@ -13,6 +13,7 @@ from app.llm import find_model
 from app.models import Dataset, Run, RunEvent, RunStatus, utcnow
 from app.run_schemas import RunCounters, RunCreate, RunEventPublic, RunPublic
 from app.schemas import ErrorItem
+from app.services.documents import check_documents
 from app.settings import Settings
 
 FINAL = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled})
@@ -41,8 +42,20 @@ def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: 
             f"(SELFINSTRUCT_MAX_ACTIVE_RUNS_PER_DATASET); wait for one or cancel it.",
             errors=[ErrorItem(field="name", reason="too many active runs on this dataset")],
         )
-    if body.strategy == "template" and body.topic:
-        raise InvalidInput("topic: template runs fill slots and show no examples; drop `topic`.")
+    if body.strategy in ("template", "backtranslate", "magpie") and body.topic:
+        raise InvalidInput(
+            f"topic: {body.strategy} runs show no pool tasks to choose by topic; drop `topic`.",
+            errors=[ErrorItem(field="topic", reason=f"not used by strategy {body.strategy}")],
+        )
+    if body.strategy == "magpie" and entry.backend == "openai" and entry.mode == "chat":
+        raise InvalidInput(
+            f"strategy 'magpie' needs the model's raw chat template, but '{entry.id}' is served "
+            "chat-only (its endpoint's mode is `chat`), which cannot continue a template. Use a "
+            "completion endpoint or the bundled model.",
+            errors=[ErrorItem(field="strategy", reason="magpie needs a completion endpoint")],
+        )
+    if body.strategy == "backtranslate":
+        check_documents(session=session, dataset=dataset, document_ids=body.backtranslate.documents)
     assert dataset.id is not None
     run = Run(
         dataset_id=dataset.id,

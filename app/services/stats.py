@@ -49,7 +49,7 @@ class LanguageStats(BaseModel):
 
 
 class DatasetStats(BaseModel):
-    instructions: int = Field(description="Accepted generated and edited instructions.")
+    instructions: int = Field(description="Accepted instructions of every origin but seed.")
     classification: int
     non_classification: int
     instances: int
@@ -73,6 +73,14 @@ class DatasetStats(BaseModel):
         description="Per detected language (`unknown`: too short to tell)."
     )
     seeds: int
+    by_origin: dict[str, int] = Field(
+        default_factory=dict,
+        description="Accepted tasks by origin (generated, evolved, backtranslated, edited).",
+    )
+    evolved: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Accepted evolved tasks by operation, then by depth (times evolved).",
+    )
 
 
 def leading_word(text: str) -> str:
@@ -126,7 +134,24 @@ def dataset_stats(*, session: Session, dataset: Dataset) -> DatasetStats:
         leading_words=verbs.most_common(TOP_VERBS),
         by_language=_by_language(tasks),
         seeds=len(seeds),
+        by_origin=dict(Counter(r[3] for r in tasks).most_common()),
+        evolved=_evolved(session, dataset),
     )
+
+
+def _evolved(session: Session, dataset: Dataset) -> dict[str, dict[str, int]]:
+    """Operation -> depth -> accepted tasks; only evolved tasks' lineage is read."""
+    counts: dict[str, Counter[str]] = {}
+    for lineage in session.exec(
+        select(Task.lineage).where(
+            Task.dataset_id == dataset.id,
+            Task.status == TaskStatus.accepted.value,
+            Task.origin == TaskOrigin.evolved.value,
+        )
+    ):
+        operation = str(lineage.get("operation", "unknown"))
+        counts.setdefault(operation, Counter())[str(lineage.get("evolution_depth", 1))] += 1
+    return {op: dict(sorted(c.items())) for op, c in sorted(counts.items())}
 
 
 CHARACTER_LANGUAGES = frozenset({"zh", "ja", "ko"})

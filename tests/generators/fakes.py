@@ -60,6 +60,7 @@ class ScriptedServer:
         self.script: deque[Reply] = deque()
         self.by_prompt: dict[str, Reply] = {}
         self.default = Reply()
+        self.props: dict[str, Any] | None = None  # llama.cpp's GET /props, when set
         self.received: list[Received] = []
         self.in_flight = 0  # requests being answered now
         self._connections: set[socket.socket] = set()
@@ -137,6 +138,8 @@ class ScriptedServer:
                     )
                 if self.command == "GET" and self.path.endswith("/models"):
                     reply = Reply(body={"object": "list", "data": [{"id": "fake-model"}]})
+                elif self.command == "GET" and self.path.endswith("/props"):
+                    reply = Reply(body=server.props or {}, status=200 if server.props else 404)
                 else:
                     reply = server._next_reply(body)
                 if reply.delay_s and server._closing.wait(reply.delay_s):

@@ -22,6 +22,14 @@ WORDS = (
 VERBS = "Explain Describe Compare Summarise Suggest Outline Rank Critique Plan Define".split()
 ZH = "春夏秋冬山水花鸟风云月星江河湖海松竹梅兰书画琴棋茶酒诗词天地日光雨雪林石田园"
 CLASSIFY_MARK = build_classification_prompt("x").text.split("\n", 1)[0][:40]
+# SmolLM2's chat template, as its GGUF file stores it: ChatML with a default system turn.
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 class StubLLM(ScriptedServer):
@@ -49,6 +57,15 @@ class StubLLM(ScriptedServer):
 
     def answer(self, prompt: str) -> str:
         chinese = bool(re.search(r"[\u4e00-\u9fff]{6}", prompt[:200]))
+        tail = prompt.rstrip()
+        if tail.endswith(("New task:", "新任务：")):  # evolve: a rewritten task
+            return self.sentence(chinese)
+        if tail.endswith(("Instruction:", "指令：")):  # backtranslate: what the passage answers
+            return " " + self.sentence(chinese) + "\nInput: <noinput>"
+        if prompt.endswith("<|im_start|>user\n"):  # magpie: the user's message
+            return self.sentence(chinese)
+        if prompt.endswith("<|im_start|>assistant\n"):  # magpie: the answer
+            return "Sure. " + self.sentence(chinese)
         if prompt.startswith(CLASSIFY_MARK) or "标签是否固定有限" in prompt[-80:]:
             return " No"
         if prompt.rstrip().endswith(("Example 1", "示例 1")):

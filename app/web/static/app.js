@@ -573,7 +573,7 @@ async function tasksView(name, params) {
   const filters = h("form", { class: "inline", id: "task-filters" },
     field("Search", h("input", { name: "contains", value: params.get("contains") || "", placeholder: "text in the instruction" })),
     field("Status", h("select", { name: "status" }, ["", "accepted", "rejected"].map((v) => h("option", { value: v, selected: params.get("status") === v }, v || "any")))),
-    field("Origin", h("select", { name: "origin" }, ["", "seed", "generated", "edited"].map((v) => h("option", { value: v, selected: params.get("origin") === v }, v || "any")))),
+    field("Origin", h("select", { name: "origin" }, ["", "seed", "generated", "edited", "evolved", "backtranslated"].map((v) => h("option", { value: v, selected: params.get("origin") === v }, v || "any")))),
     field("Classification", h("select", { name: "is_classification" }, [["", "any"], ["true", "yes"], ["false", "no"]].map(([v, t]) => h("option", { value: v, selected: params.get("is_classification") === v }, t)))),
     field("Run", h("input", { name: "run_id", type: "number", value: params.get("run_id") || "", min: 1 })),
     h("button", { type: "submit" }, "Filter"));
