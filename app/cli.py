@@ -11,11 +11,12 @@ from sqlmodel import Session
 
 from app.db import check_migrated, make_engine, migrate
 from app.errors import ServiceError
+from app.models import Dataset
 from app.schemas import ExportFormat
 from app.services.datasets import get_dataset
 from app.services.export import export_chunks
 from app.services.seeds import import_seeds, parse_json_array, parse_jsonl
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 
 cli = typer.Typer(help="Grow instruction-tuning data with Self-Instruct.", no_args_is_help=True)
 seeds_cli = typer.Typer(help="Manage seed tasks.", no_args_is_help=True)
@@ -161,16 +162,46 @@ def worker(
         runner.stop()
 
 
+def _add_documents(
+    session: Session, settings: Settings, dataset: Dataset, paths: list[Path]
+) -> None:
+    from app.services.documents import DEFAULT_PASSAGE_CHARS, add_documents, parse_document
+
+    parsed = [
+        parse_document(
+            path.name,
+            path.read_bytes(),
+            declared=None,
+            max_bytes=settings.document_max_bytes,
+            max_chars=DEFAULT_PASSAGE_CHARS,
+        )
+        for path in paths
+    ]
+    for doc in add_documents(session=session, dataset=dataset, parsed=parsed):
+        typer.echo(f"document {doc.id} '{doc.name}': {doc.passages} passages")
+
+
 @cli.command()
 def generate(
     target: Annotated[int, typer.Option(help="Accepted instructions to reach.")],
     dataset: Annotated[str, typer.Option(help="Dataset to grow.")] = "default",
     model: Annotated[str | None, typer.Option(help="A model id from GET /v1/models.")] = None,
-    strategy: Annotated[str, typer.Option(help="self_instruct, alpaca or template.")] = (
-        "self_instruct"
-    ),
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="self_instruct, alpaca, template, evolve, backtranslate (needs documents: "
+            "--document) or magpie."
+        ),
+    ] = "self_instruct",
     params: Annotated[
         str | None, typer.Option(help="More run parameters as JSON, as POST /v1/.../runs takes.")
+    ] = None,
+    document: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A text, Markdown or JSONL file to add to the dataset's documents first "
+            "(repeat for several); backtranslate runs write instructions for them."
+        ),
     ] = None,
 ) -> None:
     """Run a generation here, with a live progress bar, through the same code as the API."""
@@ -195,6 +226,8 @@ def generate(
     try:
         with Session(engine, expire_on_commit=False) as session:
             target_ds = get_dataset(session=session, name=dataset)
+            if document:
+                _add_documents(session, settings, target_ds, document)
             run = create_run(
                 session=session,
                 settings=settings,

@@ -205,3 +205,42 @@ def test_a_fine_tune_job_started_from_the_form_draws_its_loss_curve(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-job.png"), full_page=True)
     assert page.locator("#job-events pre").count() >= 4
+
+
+def test_the_run_form_offers_every_strategy_and_documents_are_managed(
+    page: Page, live_base: str
+) -> None:
+    page.goto("/")
+    page.evaluate(f"localStorage.setItem('selfinstruct.apiToken', '{TOKEN}')")
+    open_view(page, "#/d/default")
+    form = page.locator("#run-form")
+    options = form.locator('[name="strategy"] option')
+    assert options.evaluate_all("els => els.map(e => e.value)") == [
+        "self_instruct", "alpaca", "template", "evolve", "backtranslate", "magpie",
+    ]  # fmt: skip
+    form.locator('[name="strategy"]').select_option("evolve")
+    expect(form.locator('[data-strategy="evolve"]')).to_be_visible()
+    expect(form.locator('[data-strategy="magpie"]')).to_be_hidden()
+    expect(form.locator('[name="evolve.operations.deepen"]')).to_be_enabled()
+    expect(form.locator('[name="magpie.system_prompt"]')).to_be_disabled()
+
+    # backtranslate with no documents: the API's refusal is shown, and no run is created
+    runs_before = httpx.get(f"{live_base}/v1/datasets/default/runs").json()["count"]
+    form.locator('[name="strategy"]').select_option("backtranslate")
+    form.locator('[name="target"]').fill("1")
+    form.locator('button[type="submit"]').click()
+    expect(form).to_contain_text("needs documents")
+    assert httpx.get(f"{live_base}/v1/datasets/default/runs").json()["count"] == runs_before
+
+    text = "# Tea\n\nGreen tea is brewed below boiling.\n\n# Bread\n\nBread needs time to rise."
+    page.locator("#document-form input[type=file]").set_input_files(
+        [{"name": "notes.md", "mimeType": "text/markdown", "buffer": text.encode()}]
+    )
+    page.locator('#document-form button[type="submit"]').click()
+    item = page.locator("#documents li[data-document]")
+    expect(item).to_contain_text("notes.md · markdown · 2 passages")
+    docs = httpx.get(f"{live_base}/v1/datasets/default/documents").json()["data"]
+    assert [(d["name"], d["passages"]) for d in docs] == [("notes.md", 2)]
+    item.locator("button").click()
+    expect(page.locator("#documents")).to_contain_text("No documents yet.")
+    assert httpx.get(f"{live_base}/v1/datasets/default/documents").json()["count"] == 0

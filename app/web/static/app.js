@@ -338,13 +338,14 @@ async function datasetView(name) {
       h("td", {}, num(r.counters.rejected)),
       h("td", {}, when(r.created_at)),
     ));
+  const { strategySelect, strategyFields } = strategyInputs();
   const runForm = apiForm(
     { class: "stack", id: "run-form" },
     [
       field("Target (accepted tasks)", numberInput("target", { value: 10, min: 1 })),
       field("Model", h("select", { name: "model" }, modelOptions(models))),
-      field("Strategy", h("select", { name: "strategy" },
-        ["self_instruct", "alpaca", "template"].map((v) => h("option", { value: v }, v)))),
+      field("Strategy", strategySelect),
+      ...strategyFields,
       field("Language", h("select", { name: "language" },
         h("option", { value: "" }, "the pool's languages"), h("option", { value: "en" }, "en"), h("option", { value: "zh" }, "zh"))),
       field("Topic (optional: steers the examples)", h("input", { name: "topic" })),
@@ -388,7 +389,76 @@ async function datasetView(name) {
     h("div", { class: "grid" },
       h("div", { class: "card" }, h("h2", {}, "Start a run"), runForm),
       h("div", { class: "card" }, h("h2", {}, "Fine-tune on this dataset"), jobForm)),
+    h("div", { class: "card" }, h("h2", {}, "Documents (for backtranslate runs)"), await documentsPanel(name)),
   ];
+}
+
+const EVOLVE_OPERATIONS = ["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth"];
+
+/** The strategy <select> and each strategy's own fields; the fields of the strategies not
+ * chosen are hidden and disabled, so the form sends only what the chosen one takes. */
+function strategyInputs() {
+  const own = {
+    evolve: [
+      field("Evolve: deepest rewrite of a rewrite", numberInput("evolve.max_depth", { placeholder: "3" })),
+      h("fieldset", {}, h("legend", {}, "Evolve operations and weights (empty: all equal)"),
+        EVOLVE_OPERATIONS.map((op) => field(op, h("input", { type: "number", name: `evolve.operations.${op}`, "data-type": "float", min: 0, step: "any" })))),
+    ],
+    backtranslate: [
+      field("Prompts per passage", numberInput("backtranslate.uses_per_passage", { placeholder: "1" })),
+    ],
+    magpie: [
+      field("System prompt (empty: the template's own)", h("input", { name: "magpie.system_prompt" })),
+    ],
+  };
+  const strategyFields = Object.entries(own).map(([strategy, fields]) =>
+    h("div", { class: "stack", "data-strategy": strategy, hidden: true }, fields));
+  const strategySelect = h("select", { name: "strategy" },
+    ["self_instruct", "alpaca", "template", "evolve", "backtranslate", "magpie"].map((v) => h("option", { value: v }, v)));
+  const show = () => {
+    for (const box of strategyFields) {
+      const on = box.dataset.strategy === strategySelect.value;
+      box.hidden = !on;
+      box.querySelectorAll("[name]").forEach((input) => { input.disabled = !on; });
+    }
+  };
+  strategySelect.addEventListener("change", show);
+  show();
+  return { strategySelect, strategyFields };
+}
+
+/** The dataset's documents, an upload (read here, sent as JSON) and a delete per document. */
+async function documentsPanel(name) {
+  const list = h("ul", { id: "documents" });
+  const message = h("p", { class: "muted", id: "documents-message" });
+  const refresh = async () => {
+    const docs = (await api("GET", `/v1/datasets/${enc(name)}/documents`)).data;
+    list.replaceChildren(...docs.map((d) => h("li", { "data-document": d.id },
+      `${d.name} · ${d.format} · ${num(d.passages)} passages `,
+      h("button", { type: "button", class: "danger", onclick: async () => {
+        await api("DELETE", `/v1/datasets/${enc(name)}/documents/${d.id}`);
+        await refresh();
+      } }, "Delete"))));
+    if (!docs.length) list.replaceChildren(h("li", { class: "muted" }, "No documents yet."));
+  };
+  const files = h("input", { type: "file", multiple: true, accept: ".txt,.md,.markdown,.jsonl,text/*" });
+  const upload = h("form", { class: "row", id: "document-form" }, files,
+    h("button", { type: "submit" }, "Add documents"));
+  upload.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    message.textContent = "";
+    try {
+      const documents = await Promise.all([...files.files].map(async (f) => ({ name: f.name, text: await f.text() })));
+      const added = await api("POST", `/v1/datasets/${enc(name)}/documents`, { documents });
+      message.textContent = `Added ${added.count} document(s).`;
+      upload.reset();
+      await refresh();
+    } catch (error) {
+      message.textContent = error.message;
+    }
+  });
+  await refresh();
+  return [list, upload, message];
 }
 
 function rate(value) {
