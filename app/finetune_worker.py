@@ -187,7 +187,7 @@ def run_training(
     """Train, resuming from the newest checkpoint in `output_dir`; returns how the job ends
     (`status` and fields) or None when it was cancelled or taken over."""
     from training.config import FinetuneConfig, bundled_base_model
-    from training.errors import TrainingDataError, TrainingError
+    from training.errors import InsufficientMemory, TrainingDataError, TrainingError
     from training.train import train
 
     checkpoints = complete_checkpoints(output_dir)
@@ -209,6 +209,8 @@ def run_training(
     except Exception as exc:
         if isinstance(exc, TrainingDataError):
             code, message = "invalid_training_file", str(exc)
+        elif isinstance(exc, InsufficientMemory):
+            code, message = "insufficient_memory", str(exc)
         elif isinstance(exc, TrainingError):
             code, message = "training_failed", str(exc)
         else:

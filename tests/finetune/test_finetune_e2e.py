@@ -355,3 +355,33 @@ def test_remote_worker_trains_over_http_with_its_own_token(sqlite_url: str, tmp_
         assert done["fine_tuned_model"] in models
         assert remote.run_once() is False  # nothing left to claim
     _wipe(settings.db_url)
+
+
+def test_a_job_too_big_for_the_memory_fails_early_with_the_numbers(
+    sqlite_url: str, tmp_path: Path, tiny_base_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker estimates a job's peak memory before its first step; a job that cannot fit
+    ends `failed` with insufficient_memory and both figures, having trained nothing. The
+    machine's free memory is pinned at 64 MiB, which not even the tiny model's step fits."""
+    from training import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 64 << 20)
+    settings = Settings(database_url=sqlite_url, data_dir=tmp_path, embedded_worker=False)
+    migrate(settings)
+    _wipe(settings.db_url)
+    base = _register_base(settings, tiny_base_dir)
+    with TestClient(create_app(settings)) as client:
+        _greet_dataset(client)
+        job_id = _tiny_lora_job(client, base, max_steps=2, seed=4)
+        worker = Worker(
+            engine=make_engine(settings), settings=settings, kind="finetune", device="cpu"
+        )
+        asyncio.run(worker.run_forever(once=True))
+        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        assert job["status"] == "failed", job
+        assert job["error"]["code"] == "insufficient_memory"
+        assert "only 0.1 GiB is available on cpu" in job["error"]["message"]
+        assert "activations for" in job["error"]["message"]
+        assert job["progress"]["step"] == 0 and not job["trained_tokens"]
+        assert client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"] == []
+    _wipe(settings.db_url)

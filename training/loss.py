@@ -1,0 +1,110 @@
+"""Cross-entropy through the LM head, only at target positions and a chunk of them at a time.
+
+The plain path (`model(...).logits` then cross_entropy) holds B x T x V logits, their float32
+copy, the log-softmax and its gradient at once: 4 rows x 2,048 tokens x 49,152 words of SmolLM2
+are 1.6 GB each. Here the decoder's final hidden states are gathered at the positions that carry
+a target (prompt tokens never reach the head), and each chunk of `chunk_tokens` of them goes
+through the head, the log-sum-exp and its own gradient before the next chunk starts. The
+gradients with respect to the hidden states and the head's weight are computed in the forward
+pass (the softmax is at hand there) and kept, N x H and V x H: no logits survive a chunk, and
+backward only scales them. The sum is the same number the plain path gives, to float tolerance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(hidden[i] @ weight.T (+ bias), targets[i]); see the module doc."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,  # (N, H)
+        weight: torch.Tensor,  # (V, H)
+        bias: torch.Tensor | None,  # (V,)
+        targets: torch.Tensor,  # (N,)
+        chunk_tokens: int,
+    ) -> torch.Tensor:
+        want_grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        # float32 accumulators: a bf16 sum over thousands of chunks would lose the small terms
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            if ctx.needs_input_grad[1]
+            else None
+        )
+        grad_bias = (
+            torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
+            if bias is not None and ctx.needs_input_grad[2]
+            else None
+        )
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_tokens):
+            h = hidden[start : start + chunk_tokens]  # (n, H)
+            y = targets[start : start + chunk_tokens]  # (n,)
+            logits = h @ weight.T  # (n, V), in the compute dtype as the plain head would be
+            if bias is not None:
+                logits = logits + bias
+            logits = logits.float()  # the softmax in float32, as the plain path's .float()
+            log_z = torch.logsumexp(logits, dim=-1)  # (n,)
+            total += (log_z - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            if not want_grads:
+                continue
+            # d(loss)/d(logits) = softmax - one_hot, computed in place over the logits buffer
+            d_logits = logits.sub_(log_z[:, None]).exp_()
+            d_logits[torch.arange(len(y), device=y.device), y] -= 1.0
+            if grad_bias is not None:
+                grad_bias += d_logits.sum(0)
+            d_logits = d_logits.to(weight.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start : start + chunk_tokens] = d_logits @ weight
+            if grad_weight is not None:
+                grad_weight += (d_logits.T @ h).float()
+        ctx.save_for_backward(
+            *(t if t is not None else torch.empty(0) for t in (grad_hidden, grad_weight, grad_bias))
+        )
+        ctx.has = (grad_hidden is not None, grad_weight is not None, grad_bias is not None)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        saved = ctx.saved_tensors
+        hidden_dtype, weight_dtype = ctx.dtypes
+        has_hidden, has_weight, has_bias = ctx.has
+        grad_hidden = (saved[0] * grad_output).to(hidden_dtype) if has_hidden else None
+        grad_weight = (saved[1] * grad_output).to(weight_dtype) if has_weight else None
+        grad_bias = (saved[2] * grad_output).to(weight_dtype) if has_bias else None
+        return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def chunked_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    chunk_tokens: int = 1024,
+) -> torch.Tensor:
+    """Summed cross-entropy of `hidden @ weight.T + bias` against `targets`, without ever holding
+    more than chunk_tokens x V logits; a float32 scalar.
+
+    `hidden` (N, H) holds target positions only. Under autocast the matmuls run in the autocast
+    dtype (the cast is an autograd op, so the float32 master weight still gets its gradient).
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens={chunk_tokens} must be >= 1")
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    with torch.autocast(device_type, enabled=False):
+        loss: torch.Tensor = _ChunkedLinearCrossEntropy.apply(
+            hidden, weight, bias, targets, chunk_tokens
+        )
+    return loss
