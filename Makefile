@@ -53,6 +53,7 @@ bench: $(VENV)/.test-deps
 	$(BIN)/python -m bench.export
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.language
+	$(BIN)/python -m bench.strategies
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -7,8 +7,9 @@ itself limits a run.
 
 GET /stats reports requests answered and the most ever in flight, for the benchmark to read.
 It answers each prompt kind of the pipeline plausibly: a numbered list for bootstrap prompts,
-"No" for the classification check, an input/output pair for instance prompts; and a judge-style
-answer is left for later stages. Raw ASGI on uvicorn keeps its own CPU cost low.
+"No" for the classification check, an input/output pair for instance prompts, one task for
+evolve, backtranslate and magpie prompts, and an answer for magpie's second request; GET /props
+reports a chat template as llama.cpp's server does. Raw ASGI on uvicorn keeps its own CPU cost low.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in ("a", "e", "i", "o", "u", 
 VOCAB = ["".join(p) for p in itertools.product(SYLLABLES, repeat=2)]  # 9,604 made-up words
 CLASSIFY_MARK = build_classification_prompt("x").text.split("\n", 1)[0][:40]
 VERBS = "Explain Describe Compare Summarise Suggest Outline Rank Critique Plan Define".split()
+# SmolLM2's chat template, as its GGUF file stores it: ChatML with a default system turn.
+# Served at /props as llama.cpp's server does, for magpie runs.
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 class Script:
@@ -45,6 +55,13 @@ class Script:
     def answer(self, prompt: str) -> str:
         if prompt.startswith(CLASSIFY_MARK):
             return " No"
+        tail = prompt.rstrip()
+        if tail.endswith("New task:") or prompt.endswith("<|im_start|>user\n"):
+            return self.sentence()  # an evolved task; a magpie query
+        if tail.endswith("Instruction:"):  # backtranslate: what the passage answers
+            return f" {self.sentence()}\nInput: <noinput>"
+        if prompt.endswith("<|im_start|>assistant\n"):
+            return f"Sure. {self.sentence()}"
         if prompt.rstrip().endswith("Example 1"):
             return f"\nInput: {self.sentence()}\nOutput: Sure. {self.sentence()}"
         match = re.search(r"(\d+)\.\s*$", prompt)
@@ -89,6 +106,8 @@ def make_app(script: Script) -> Any:
             }
         elif path.endswith("/models"):
             payload = {"object": "list", "data": [{"id": "scripted"}]}
+        elif path.endswith("/props"):
+            payload = {"chat_template": CHATML, "eos_token": "<|im_end|>"}
         else:
             script.in_flight += 1
             script.max_in_flight = max(script.max_in_flight, script.in_flight)

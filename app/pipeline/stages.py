@@ -58,9 +58,9 @@ async def generate_candidates(ctx: RunContext, rng: random.Random) -> list[Candi
             lineage=ctx.lineage,
         )
     if ctx.params.strategy == "backtranslate":
-        return await _backtranslate(ctx)
+        return await _backtranslate(ctx, rng)
     if ctx.params.strategy == "magpie":
-        return await _magpie(ctx)
+        return await _magpie(ctx, rng)
     language = pick_language(ctx, rng)
     wording = ctx.prompt_language(language)
     if ctx.params.strategy == "evolve":
@@ -109,7 +109,7 @@ async def _evolve(
     if evolution is None:
         ctx.exhausted = "pool_fully_evolved"
         return []
-    sampling = {**EVOLVE_SAMPLING.as_dict(), "seed": ctx.params.seed}
+    sampling = {**EVOLVE_SAMPLING.as_dict(), "seed": _request_seed(rng)}
     prompt = evolution.prompt
     gen = await ctx.complete(prompt.text, sampling, prompt.stop_sequences, language=wording)
     if gen is None:
@@ -117,14 +117,20 @@ async def _evolve(
     return _found(ctx, evolved_candidate(evolution, gen, ctx.lineage), gen.text)
 
 
-async def _backtranslate(ctx: RunContext) -> list[Candidate] | None:
+def _request_seed(rng: random.Random) -> int:
+    """A sampling seed per request, drawn from the run's: the same prompt sent twice (magpie's
+    always is; a passage used twice) must not get the same answer twice."""
+    return rng.randrange(2**31)
+
+
+async def _backtranslate(ctx: RunContext, rng: random.Random) -> list[Candidate] | None:
     if not ctx.passages:
         ctx.exhausted = "passages_used"
         return []
     passage = ctx.passages.popleft()
     wording = ctx.prompt_language(passage.language)
     prompt = backtranslate_prompt(passage, wording)
-    sampling = {**BACKTRANSLATE_SAMPLING.as_dict(), "seed": ctx.params.seed}
+    sampling = {**BACKTRANSLATE_SAMPLING.as_dict(), "seed": _request_seed(rng)}
     gen = await ctx.complete(prompt.text, sampling, prompt.stop_sequences, language=wording)
     if gen is None:
         ctx.passages.append(passage)  # the request failed: the passage is still owed
@@ -132,14 +138,14 @@ async def _backtranslate(ctx: RunContext) -> list[Candidate] | None:
     return _found(ctx, backtranslated_candidate(passage, prompt, gen, ctx.lineage), gen.text)
 
 
-async def _magpie(ctx: RunContext) -> list[Candidate] | None:
+async def _magpie(ctx: RunContext, rng: random.Random) -> list[Candidate] | None:
     template = await ctx.chat_template()
     spec = ctx.params.magpie
     sampling = {
         "temperature": spec.temperature,
         "top_p": spec.top_p,
         "max_tokens": MAGPIE_QUERY_TOKENS,
-        "seed": ctx.params.seed,
+        "seed": _request_seed(rng),
     }
     prefix = template.user_prefix(spec.system_prompt)
     gen = await ctx.complete(prefix, sampling, template.stop_sequences())

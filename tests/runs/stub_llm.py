@@ -22,14 +22,6 @@ WORDS = (
 VERBS = "Explain Describe Compare Summarise Suggest Outline Rank Critique Plan Define".split()
 ZH = "春夏秋冬山水花鸟风云月星江河湖海松竹梅兰书画琴棋茶酒诗词天地日光雨雪林石田园"
 CLASSIFY_MARK = build_classification_prompt("x").text.split("\n", 1)[0][:40]
-# SmolLM2's chat template, as its GGUF file stores it: ChatML with a default system turn.
-CHATML = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
-    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
-    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 class StubLLM(ScriptedServer):

@@ -248,3 +248,58 @@ def test_bundled_model_grows_the_mixed_starter_pool_in_both_languages(
                 break
         assert found == {"en", "zh"}, found
     _wipe(settings.db_url)
+
+
+TEA = (
+    "Green tea is made from leaves that are not oxidised. After picking, the leaves are heated "
+    "quickly, by steaming or pan-firing, which keeps their colour and fresh taste.\n\n"
+    "To brew green tea, use water below boiling, about 80 degrees Celsius, and steep the leaves "
+    "for two to three minutes. Water that is too hot makes the tea bitter.\n\n"
+    "Black tea is fully oxidised before it is dried. It has a stronger taste and keeps longer, "
+    "which is why it travelled well on long sea voyages."
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["evolve", "backtranslate", "magpie"])
+def test_bundled_model_constructs_tasks_with_each_strategy(
+    sqlite_settings: Settings, strategy: str
+) -> None:
+    """Each strategy, with no other setting, on the bundled model in this process: the run
+    reaches a small target and every stored task says where it came from."""
+    settings = sqlite_settings
+    _wipe(settings.db_url)
+    with TestClient(create_app(settings)) as client:
+        passages: dict[int, str] = {}
+        if strategy == "backtranslate":
+            posted = client.post(
+                "/v1/datasets/default/documents",
+                json={"documents": [{"name": "tea.txt", "text": TEA}]},
+                params={"passage_chars": 200},
+            ).json()["data"][0]
+            shown = client.get(f"/v1/datasets/default/documents/{posted['id']}").json()
+            passages = {p["id"]: p["text"] for p in shown["passage_list"]}
+            assert len(passages) == 3
+        body = {**SMALL_RUN, "strategy": strategy, "prompt": {"prompts_per_batch": 1}}
+        run_id = client.post("/v1/datasets/default/runs", json=body).json()["id"]
+        run = wait_for_run(client, run_id, timeout_s=900)
+        assert run["status"] == "succeeded", run
+        assert run["counters"]["accepted"] == 1, run
+        _counts_match_rows(client, run)
+        rows = client.get("/v1/datasets/default/tasks", params={"run_id": run_id}).json()["data"]
+    _wipe(settings.db_url)
+    accepted = [t for t in rows if t["status"] == "accepted"]
+    for task in rows:
+        lineage = task["lineage"]
+        assert lineage["model"] == "SmolLM2-135M-Instruct" and lineage["strategy"] == strategy
+        if strategy == "evolve":
+            assert task["origin"] == "evolved"
+            assert lineage["operation"] and lineage["evolution_depth"] == 1
+            assert int(lineage["parent_task_id"]) > 0
+        elif strategy == "backtranslate":
+            assert task["origin"] == "backtranslated"
+            assert task["instances"][0]["output"] == passages[lineage["passage_id"]]
+        else:
+            assert task["origin"] == "generated"
+            assert lineage["template_version"] == "magpie-v1"
+    assert accepted[0]["instances"] and accepted[0]["instances"][0]["output"]
