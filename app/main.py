@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from app.api.main import api_router, health_router, workers_router
+from app.api.main import api_router, health_router, openapi_builder, workers_router
 from app.bootstrap import ensure_default_dataset
 from app.db import check_migrated, make_engine
 from app.errors import install_error_handlers
@@ -62,4 +62,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(workers_router)
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.openapi = openapi_builder(app)  # type: ignore[method-assign]
     return app

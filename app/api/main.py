@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from app.api.deps import require_token_for_writes
 from app.api.errors import COMMON_ERRORS
@@ -18,6 +22,7 @@ from app.api.routes import (
     tasks,
     workers,
 )
+from app.schemas import DocumentsCreate, SeedTask
 
 api_router = APIRouter(
     prefix="/v1",
@@ -32,6 +37,32 @@ api_router.include_router(models.router)
 api_router.include_router(fine_tuning.router)
 api_router.include_router(chat.router)
 api_router.include_router(evaluations.router)
+
+# Bodies the routes read by hand (they take several content types), so FastAPI does not see
+# their models; the routes' `openapi_extra` refers to these by name.
+HAND_READ_BODIES: tuple[type[BaseModel], ...] = (SeedTask, DocumentsCreate)
+
+
+def openapi_builder(app: FastAPI) -> Any:
+    """FastAPI's schema plus the hand-read bodies' models, so every `$ref` resolves."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in HAND_READ_BODIES:
+            found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, sub in found.pop("$defs", {}).items():
+                components.setdefault(name, sub)
+            components.setdefault(model.__name__, found)
+        app.openapi_schema = schema
+        return schema
+
+    return build
+
 
 health_router = health.router
 # Workers authenticate with their own token, so their routes sit outside the API token's router.

@@ -55,6 +55,23 @@ async def test_chat_uses_the_models_chat_template() -> None:
     assert chat.prompt_tokens > raw.prompt_tokens + 4
 
 
+async def test_the_bundled_models_chat_template_comes_from_its_gguf_file() -> None:
+    """Magpie's prompt is the template's text up to the user's message, exactly."""
+    template = await LocalBackend().chat_template()
+    assert template is not None
+    system = (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    )
+    assert template.user_prefix() == f"{system}<|im_end|>\n<|im_start|>user\n"
+    assert template.user_prefix("Be brief.") == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"
+    )
+    assert template.answer_prompt("Hi") == (
+        f"{system}<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert template.stop_sequences() == ("<|im_end|>",)
+
+
 async def test_stop_string_ends_the_choice_with_reason_stop() -> None:
     backend = LocalBackend()
     result = await backend.generate_one(
@@ -161,3 +178,6 @@ async def test_hugging_face_model_directory_generates(tmp_path: Path) -> None:
         assert result.prompt_tokens == 2 and 0 < result.completion_tokens <= 5
         assert result.model == tmp_path.name
         assert result.finish_reason in ("stop", "length")
+    template = await backend.chat_template()  # magpie reads the tokenizer's own template
+    assert template is not None and template.eos_token == "<eos>"
+    assert template.answer_prompt("five six") == "five six "
