@@ -4,6 +4,8 @@
     data.py        chat JSONL reading/validation, chat template, assistant-only labels (no torch)
     errors.py      TrainingError, TrainingDataError(line, reason), InvalidConfig
     packing.py     packed rows, the data order of a whole job, micro-batch tensors
+    loss.py        cross-entropy through the LM head on target tokens only, in chunks
+    memory.py      a job's peak-memory estimate and the device's available memory
     model.py       offline loading (HF directory or .gguf), LoRA, FLOPs and device peaks for MFU
     train.py       train(config, train_path, valid_path, on_event=, should_stop=, resume_from=)
     checkpoint.py  checkpoints/step-N, final/ and adapter/

@@ -5,7 +5,10 @@
 Each optimizer step takes its rows from a plan fixed up front (packing.plan_steps), runs them as
 grad_accum_steps micro-batches, normalises the loss by the step's number of target tokens (so
 every learned token weighs the same however the rows were cut), clips, sets the learning rate from
-get_lr and steps AdamW. Events go to `on_event` as plain dicts; `should_stop` is asked before every
+get_lr and steps AdamW. Memory follows the tokens in flight: the loss runs through the LM head on
+target tokens only, a chunk at a time (training/loss.py), activation checkpointing is on by default
+on the CPU, and the step's peak is estimated (training/memory.py) and refused before the first step
+when it cannot fit. Events go to `on_event` as plain dicts; `should_stop` is asked before every
 optimizer step, so a cancel takes effect within one step.
 
 Outputs under config.output_dir: checkpoints/step-N/, final/ and, for LoRA, adapter/ (see
