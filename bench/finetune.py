@@ -17,6 +17,13 @@ Both report real (non-padding) tokens/s and MFU = FLOPs per token (6N; see
 training.model.flops_per_token) x tokens/s / the device's dense bf16 peak (989e12 on H100 SXM).
 Goals on one H100: ours >= 350,000 tokens/s and >= 20x the baseline.
 
+Memory on the CPU (`--cpu-memory`, the default without a GPU): full fine-tuning of the SmolLM2
+shape on 1 and 4 packed rows x 2,048 tokens, today's trainer defaults (activation checkpointing,
+chunked loss over target tokens only) against the trainer as it was (`loss_chunk_tokens=0`: full
+B x T x V logits; no checkpointing). Each configuration runs in a fresh subprocess, because a
+process's peak RSS (ru_maxrss) never goes down; a child that passes `--rss-cap-gb` (default: 80%
+of the memory available at the start) stops itself and reports the cap instead of being killed.
+
 Run from the repository root: ``python -m bench.finetune`` on a CUDA machine; ``--quick`` runs
 tiny sizes on the CPU, only to show the benchmark works (its numbers mean nothing).
 """
@@ -25,11 +32,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import os
 import platform
 import random
+import resource
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,8 +53,9 @@ if __package__ in (None, ""):  # `python bench/finetune.py` from the repository 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from training.config import bundled_base_model
+from training.config import LOSS_CHUNK_TOKENS, bundled_base_model
 from training.data import IGNORE_INDEX, TokenizedExample
+from training.memory import available_memory
 from training.model import count_params, flops_per_token, peak_flops
 from training.packing import collate, micro_batches, pack_rows
 from training.train import autocast_dtype, configure_optimizer, train_step
@@ -237,6 +249,118 @@ def describe(name: str, m: Measurement) -> str:
     return f"{name:<9} {m.tokens_per_s:>12,.0f} tokens/s   {mfu}   padding {m.padding:5.1%}"
 
 
+# --- peak memory on the CPU ------------------------------------------------------------------
+
+MEMORY_ROWS = (1, 4)
+MEMORY_SEQ_LEN = 2048
+# trainer options per mode: (activation checkpointing, loss_chunk_tokens)
+MEMORY_MODES = {"before": (False, 0), "now": (True, LOSS_CHUNK_TOKENS)}
+
+
+def _rss_guard(cap_bytes: int) -> None:
+    """Stop this process, reporting the cap, once its resident memory passes it: the kernel's
+    OOM killer would otherwise pick a process of its own choosing."""
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def watch() -> None:
+        while True:
+            with open("/proc/self/statm") as statm:
+                rss = int(statm.read().split()[1]) * page
+            if rss > cap_bytes:
+                print(json.dumps({"exceeded_bytes": cap_bytes}), flush=True)
+                os._exit(3)
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def memory_child(rows: int, mode: str, *, warmup: int, steps: int, cap_bytes: int) -> None:
+    """One configuration, in its own process: prints a JSON line with tokens/s and peak RSS."""
+    _rss_guard(cap_bytes)
+    checkpointing, chunk = MEMORY_MODES[mode]
+    config = LlamaConfig(**SMOLLM2_135M, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model: Any = LlamaForCausalLM(config).train()
+    if checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    device = torch.device("cpu")
+    optimizer = configure_optimizer(
+        model, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.95), device=device
+    )
+    examples = synthetic_examples(400, config.vocab_size, 600, 0)
+    packed = pack_rows([len(e) for e in examples], range(len(examples)), MEMORY_SEQ_LEN)
+    losses: list[float] = []
+
+    def step(i: int) -> tuple[int, int]:
+        batch = collate(
+            packed[i * rows : (i + 1) * rows], examples, pad_id=0, pad_to_len=MEMORY_SEQ_LEN
+        )
+        loss = train_step(
+            model,
+            optimizer,
+            [batch],
+            device=device,
+            amp=None,
+            grad_clip=1.0,
+            loss_chunk_tokens=chunk,
+        )
+        losses.append(loss.item())
+        return batch.n_tokens, batch.input_ids.numel()
+
+    seconds, real, _slots = timed(step, warmup=warmup, steps=steps, device=device)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux counts kB
+    print(json.dumps({"tokens_per_s": real / seconds, "peak_rss_bytes": peak, "losses": losses}))
+
+
+def run_memory_comparison(args: argparse.Namespace) -> None:
+    """Both modes at 1 and 4 rows, each in a fresh subprocess; prints figures and ratios."""
+    free = available_memory(torch.device("cpu")) or 0
+    cap = int(args.rss_cap_gb * 1e9) if args.rss_cap_gb else int(0.8 * free)
+    print(
+        f"peak memory, CPU ({platform.machine()}, {os.cpu_count()} cores, "
+        f"{free / 1e9:.1f} GB available), SmolLM2-135M shape, full fine-tune, fp32, sdpa; "
+        f"{args.warmup} warm-up + {args.steps} timed step(s); children stop at "
+        f"{cap / 1e9:.1f} GB RSS",
+        flush=True,
+    )
+    results: dict[tuple[int, str], dict[str, Any]] = {}
+    for rows in MEMORY_ROWS:
+        for mode in MEMORY_MODES:
+            command = [
+                sys.executable, "-m", "bench.finetune", "--memory-child", f"{rows}:{mode}",
+                "--warmup", str(args.warmup), "--steps", str(args.steps),
+                "--rss-cap-gb", str(cap / 1e9),
+            ]  # fmt: skip
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+            if not lines:
+                raise SystemExit(f"{rows}x{mode} failed (exit {done.returncode}):\n{done.stderr}")
+            result = results[rows, mode] = json.loads(lines[-1])
+            checkpointing, chunk = MEMORY_MODES[mode]
+            label = (
+                f"{rows} x {MEMORY_SEQ_LEN} {mode:<6} (checkpointing "
+                f"{'on' if checkpointing else 'off'}, loss {'chunked' if chunk else 'full logits'})"
+            )
+            if "exceeded_bytes" in result:
+                print(f"{label}: peak RSS > {result['exceeded_bytes'] / 1e9:.1f} GB (stopped)")
+            else:
+                print(
+                    f"{label}: peak RSS {result['peak_rss_bytes'] / 1e9:5.2f} GB, "
+                    f"{result['tokens_per_s']:7.1f} tokens/s, losses {result['losses']}",
+                    flush=True,
+                )
+        before, now = results[rows, "before"], results[rows, "now"]
+        if "peak_rss_bytes" not in now:
+            continue
+        if "peak_rss_bytes" in before:
+            lower = f"{before['peak_rss_bytes'] / now['peak_rss_bytes']:.1f}x"
+            speed = f", speed {now['tokens_per_s'] / before['tokens_per_s']:.2f}x"
+        else:  # stopped at the cap: the true ratio is larger, and no speed was measured
+            lower, speed = f">= {before['exceeded_bytes'] / now['peak_rss_bytes']:.1f}x", ""
+        print(f"{rows} x {MEMORY_SEQ_LEN} ratio now/before: memory {lower} lower{speed}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes on the CPU: a smoke run")
@@ -248,6 +372,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (ours)")
     parser.add_argument(
+        "--cpu-memory",
+        action="store_true",
+        help="peak RSS and tokens/s on the CPU, now against before (the default without a GPU)",
+    )
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)  # ROWS:MODE, internal
+    parser.add_argument("--rss-cap-gb", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument(
         "--attn",
         default="sdpa",
         choices=["sdpa", "flex_attention", "flash_attention_2"],
@@ -255,10 +386,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    if args.memory_child:
+        rows, mode = args.memory_child.split(":")
+        memory_child(
+            int(rows),
+            mode,
+            warmup=args.warmup,
+            steps=args.steps,
+            cap_bytes=int(args.rss_cap_gb * 1e9),
+        )
+        return 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu" and not args.quick:
-        print("note: no CUDA GPU here; running --quick sizes (the goals are for an H100)")
-        args.quick = True
+    if args.cpu_memory or (device.type == "cpu" and not args.quick):
+        if not args.cpu_memory:
+            print("note: no CUDA GPU here; measuring CPU memory (--quick: a throughput smoke run)")
+            args.warmup, args.steps = 1, 1
+        run_memory_comparison(args)
+        return 0
     shape = QUICK_SHAPE if args.quick else SMOLLM2_135M
     if args.quick:
         args.seq_len, args.rows, args.baseline_batch = 1024, 2, 4
