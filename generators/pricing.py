@@ -1,13 +1,18 @@
 """What generation costs: per-model prices per 1,000 prompt and completion tokens.
 
-A run's budget caps need a price for each answering model. Servers often answer with a dated
-snapshot id (`gpt-4o-mini-2024-07-18`) for a requested alias, so a model id that is not listed
-matches the longest listed id it starts with. Unknown and local models cost nothing.
+A run's budget caps need a price for each answering model. Prices come from two places, in this
+order: the table built from settings (`SELFINSTRUCT_PRICES`, and the bundled model at zero), then
+`genai-prices`, a price list maintained on the package registry and read from its offline
+snapshot (never fetched at run time). Servers often answer with a dated snapshot id
+(`gpt-4o-mini-2024-07-18`) for a requested alias: a model id that is not listed matches the
+longest listed id it starts with, and genai-prices matches such ids itself. A model neither
+knows has no price: `known()` says so, so that a cost cap is refused instead of never firing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,7 +30,7 @@ class ModelPrice(BaseModel):
 
 
 class PriceTable(BaseModel):
-    """Model id → price; build one from settings to override or extend the defaults."""
+    """Model id → price, ahead of genai-prices; build one from settings to override it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -33,17 +38,21 @@ class PriceTable(BaseModel):
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
 
     def price_for(self, model: str) -> ModelPrice | None:
-        """The price of `model`, or of the longest listed id it starts with, or None."""
+        """The listed price of `model`, or of the longest listed id it starts with, or None."""
         if model in self.prices:
             return self.prices[model]
         prefixes = [m for m in self.prices if model.startswith(m)]
         return self.prices[max(prefixes, key=len)] if prefixes else None
 
+    def known(self, model: str) -> bool:
+        """Whether `model` has a price here or in genai-prices."""
+        return self.price_for(model) is not None or _registry_cost(model, 0, 0) is not None
+
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
-        """The price of one call; 0 for models not in the table (local or unknown)."""
+        """The price of one call; 0 for a model with no known price (see `known`)."""
         price = self.price_for(model)
         if price is None:
-            return 0.0
+            return _registry_cost(model, prompt_tokens, completion_tokens) or 0.0
         return (
             prompt_tokens * price.prompt_per_1k + completion_tokens * price.completion_per_1k
         ) / 1000.0
@@ -61,15 +70,33 @@ class PriceTable(BaseModel):
         return PriceTable(currency=self.currency, prices=prices)
 
 
-# Published list prices (USD) at the time of writing; settings should override them when they
-# change. The bundled model is listed at zero so reports show it as known and free.
+@lru_cache(maxsize=256)
+def _registry_model(model: str) -> bool:
+    """Whether genai-prices' snapshot prices `model` (looked up once per id)."""
+    return _registry_cost(model, 1, 1, cached=False) is not None
+
+
+def _registry_cost(
+    model: str, prompt_tokens: int, completion_tokens: int, *, cached: bool = True
+) -> float | None:
+    """The cost in USD by genai-prices' offline snapshot; None for a model it does not list."""
+    if cached and not _registry_model(model):
+        return None
+    from genai_prices import Usage, calc_price
+
+    try:
+        found = calc_price(
+            Usage(input_tokens=prompt_tokens, output_tokens=completion_tokens), model
+        )
+    except LookupError:
+        return None
+    return float(found.total_price)
+
+
+# The bundled model is listed at zero so reports show it as known and free; every other price
+# comes from genai-prices unless settings list it.
 DEFAULT_PRICES = PriceTable(
-    prices={
-        BUNDLED_MODEL_ID: ModelPrice(prompt_per_1k=0.0, completion_per_1k=0.0),
-        "gpt-4o-mini": ModelPrice(prompt_per_1k=0.00015, completion_per_1k=0.0006),
-        "gpt-4o": ModelPrice(prompt_per_1k=0.0025, completion_per_1k=0.01),
-        "gpt-3.5-turbo-instruct": ModelPrice(prompt_per_1k=0.0015, completion_per_1k=0.002),
-    }
+    prices={BUNDLED_MODEL_ID: ModelPrice(prompt_per_1k=0.0, completion_per_1k=0.0)}
 )
 
 

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from app.llm import find_model
+from app.llm import find_model, price_table
 from app.models import Dataset, Run, RunEvent, RunStatus, utcnow
 from app.run_schemas import RunCounters, RunCreate, RunEventPublic, RunPublic
 from app.schemas import ErrorItem
@@ -53,6 +53,14 @@ def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: 
             "chat-only (its endpoint's mode is `chat`), which cannot continue a template. Use a "
             "completion endpoint or the bundled model.",
             errors=[ErrorItem(field="strategy", reason="magpie needs a completion endpoint")],
+        )
+    priced = entry.backend != "openai" or price_table(settings).known(entry.id)
+    if body.caps.max_cost is not None and not priced:
+        raise InvalidInput(
+            f"caps.max_cost: model '{entry.id}' has no known price, so the cap could never "
+            "stop the run; add its price to SELFINSTRUCT_PRICES or use max_requests or "
+            "max_tokens.",
+            errors=[ErrorItem(field="caps.max_cost", reason="the model has no known price")],
         )
     if body.strategy == "backtranslate":
         check_documents(session=session, dataset=dataset, document_ids=body.backtranslate.documents)

@@ -123,7 +123,10 @@ def test_price_table_charges_known_models_and_nothing_else() -> None:
     )
     assert table.cost("my-model", 2000, 500) == pytest.approx(1.5)
     merged = DEFAULT_PRICES.merged({"my-model": {"prompt_per_1k": 1, "completion_per_1k": 1}})
-    assert merged.cost("my-model", 1000, 0) == 1.0 and merged.price_for("gpt-4o") is not None
+    assert merged.cost("my-model", 1000, 0) == 1.0 and merged.known("gpt-4o")
+    # prices not in settings come from genai-prices' snapshot; a model nobody lists is unknown
+    assert cost("claude-3-5-sonnet-latest", 1000, 1000) > 0
+    assert not DEFAULT_PRICES.known("my-own-server-model") and DEFAULT_PRICES.known("gpt-4o-mini")
     generation = Generation(
         choices=[Choice(text="x", finish_reason="stop")],
         prompt_tokens=1000,

@@ -447,3 +447,19 @@ def test_seeds_too_short_to_tell_are_kept_as_unknown(api: TestClient) -> None:
     assert shares == {"en": 0.5, "unknown": 0.25, "zh": 0.25}
     tasks = _tasks(api, "mixed", origin="seed")
     assert {t["instruction"]: t["language"] for t in tasks}["12 + 30 = ?"] == "unknown"
+
+
+def test_a_cost_cap_on_a_model_with_no_known_price_is_refused(api: TestClient) -> None:
+    """It could never fire: the run would spend without limit while the user thinks it is capped."""
+    response = api.post(
+        "/v1/datasets/default/runs",
+        json={"target": 5, "model": STUB_MODEL, "caps": {"max_cost": 1.0}},
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "caps.max_cost"
+    assert STUB_MODEL in response.json()["detail"]
+    assert api.get("/v1/datasets/default/runs").json()["count"] == 0
+    # the bundled model is known to cost nothing: its cap is accepted
+    local = api.post("/v1/datasets/default/runs", json={"target": 1, "caps": {"max_cost": 1.0}})
+    assert local.status_code == 201
+    api.post(f"/v1/runs/{local.json()['id']}/cancel")
