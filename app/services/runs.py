@@ -54,8 +54,8 @@ def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: 
             "completion endpoint or the bundled model.",
             errors=[ErrorItem(field="strategy", reason="magpie needs a completion endpoint")],
         )
-    priced = entry.backend != "openai" or price_table(settings).known(entry.id)
-    if body.caps.max_cost is not None and not priced:
+    capped_by_cost = body.caps.max_cost is not None and entry.backend == "openai"
+    if capped_by_cost and not price_table(settings).known(entry.id):
         raise InvalidInput(
             f"caps.max_cost: model '{entry.id}' has no known price, so the cap could never "
             "stop the run; add its price to SELFINSTRUCT_PRICES or use max_requests or "
