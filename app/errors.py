@@ -49,6 +49,17 @@ class PayloadTooLarge(ServiceError):
     code = "payload_too_large"
 
 
+class TooBusy(ServiceError):
+    """The work would have to wait behind more than the service lets wait; try again later."""
+
+    status_code = 429
+    code = "too_busy"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
 class UpstreamError(ServiceError):
     """A model server failed after its retries; the client's request itself was fine."""
 
@@ -79,6 +90,8 @@ def _loc_to_field(loc: tuple[Any, ...]) -> str:
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    if isinstance(exc, TooBusy):
+        headers = {"Retry-After": str(exc.retry_after_s)}
     return error_response(exc.status_code, exc.code, exc.detail, exc.errors, headers)
 
 

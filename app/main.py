@@ -12,7 +12,7 @@ from app.api.main import api_router, health_router, openapi_builder, workers_rou
 from app.bootstrap import ensure_default_dataset
 from app.db import check_migrated, make_engine
 from app.errors import install_error_handlers
-from app.limits import BodyLimitMiddleware
+from app.limits import BodyLimitMiddleware, LocalQueue
 from app.metrics import MetricsMiddleware
 from app.settings import Settings, get_settings
 from app.web import STATIC_DIR
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.local_queue = LocalQueue(settings.local_queue_size)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)

@@ -149,6 +149,22 @@ class Settings(BaseSettings):
         description='Per-model prices per 1K tokens as JSON, e.g. {"gpt-4o-mini": '
         '{"prompt_per_1k": 0.00015, "completion_per_1k": 0.0006}}',
     )
+    local_queue_size: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Chat and evaluation requests on in-process models that may run or wait "
+        "at once; beyond it the answer is 429 with Retry-After.",
+    )
+    chat_max_n: int = Field(
+        default=8, ge=1, le=32, description="Most choices (`n`) one chat completion may ask for."
+    )
+    chat_max_tokens: int = Field(
+        default=4096,
+        ge=16,
+        le=32768,
+        description="Most tokens one chat completion may ask for per choice.",
+    )
     local_threads: int | None = Field(
         default=None, ge=1, description="CPU threads for the bundled model; empty = all cores."
     )

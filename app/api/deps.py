@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app.errors import Unauthorized
+from app.limits import LocalQueue
 from app.models import Dataset
 from app.services.datasets import get_dataset
 from app.settings import Settings
@@ -30,8 +31,14 @@ def get_engine(request: Request) -> Engine:
     return engine
 
 
+def get_local_queue(request: Request) -> LocalQueue:
+    queue: LocalQueue = request.app.state.local_queue
+    return queue
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+LocalQueueDep = Annotated[LocalQueue, Depends(get_local_queue)]
 
 
 def get_db(engine: EngineDep) -> Iterator[Session]:

@@ -23,6 +23,7 @@ from app.api.routes import (
     workers,
 )
 from app.schemas import DocumentsCreate, SeedTask
+from app.settings import Settings
 
 api_router = APIRouter(
     prefix="/v1",
@@ -58,10 +59,26 @@ def openapi_builder(app: FastAPI) -> Any:
             for name, sub in found.pop("$defs", {}).items():
                 components.setdefault(name, sub)
             components.setdefault(model.__name__, found)
+        _state_ceilings(components, app.state.settings)
         app.openapi_schema = schema
         return schema
 
     return build
+
+
+def _state_ceilings(components: dict[str, Any], settings: Settings) -> None:
+    """The chat ceilings are settings: the schema states this server's values."""
+    fields = components.get("ChatCompletionRequest", {}).get("properties", {})
+    ceilings = {
+        "n": settings.chat_max_n,
+        "max_tokens": settings.chat_max_tokens,
+        "max_completion_tokens": settings.chat_max_tokens,
+    }
+    for name, ceiling in ceilings.items():
+        field = fields.get(name, {})
+        for branch in [field, *field.get("anyOf", [])]:
+            if branch.get("type") == "integer":
+                branch["maximum"] = ceiling
 
 
 health_router = health.router

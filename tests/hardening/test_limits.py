@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -146,3 +147,46 @@ def test_active_runs_per_dataset_hold_under_concurrent_requests(limited: TestCli
     assert limited.post(f"/v1/runs/{runs[0]['id']}/cancel").status_code == 200
     assert limited.post("/v1/datasets/pool/runs", json={"target": 3}).status_code == 201
     _refused(limited.post("/v1/datasets/pool/runs", json={"target": 3}), 409)
+
+
+def test_chats_on_the_in_process_model_beyond_the_queue_get_429_with_retry_after(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """The bundled model answers one chat at a time: with room for one, a second chat sent
+    while the first runs is told when to come back instead of holding its connection."""
+    settings = settings_factory(local_queue_size=1, chat_max_n=2, embedded_worker=False)
+    _wipe(settings.db_url)
+    long_chat = {
+        "model": "SmolLM2-135M-Instruct",
+        "messages": [{"role": "user", "content": "Tell a long story about a lighthouse."}],
+        "max_tokens": 120,
+        "temperature": 0,
+    }
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(1) as pool:
+        client.post("/v1/chat/completions", json={**long_chat, "max_tokens": 1})  # load it
+        first = pool.submit(client.post, "/v1/chat/completions", json=long_chat)
+        queue = client.app.state.local_queue  # type: ignore[attr-defined]
+        while queue.active == 0 and not first.done():  # until the first one holds the slot
+            time.sleep(0.005)
+        refused = client.post("/v1/chat/completions", json={**long_chat, "max_tokens": 1})
+        assert refused.status_code == 429, refused.text
+        assert int(refused.headers["retry-after"]) >= 1
+        assert (
+            refused.json()["code"] == "too_busy" and "LOCAL_QUEUE_SIZE" in refused.json()["detail"]
+        )
+        assert first.result().status_code == 200
+        after = client.post("/v1/chat/completions", json={**long_chat, "max_tokens": 1})
+        assert after.status_code == 200  # the slot is free again
+
+        too_many = client.post("/v1/chat/completions", json={**long_chat, "n": 3})
+        assert too_many.status_code == 422 and too_many.json()["errors"][0]["field"] == "n"
+        too_long = client.post("/v1/chat/completions", json={**long_chat, "max_tokens": 5000})
+        assert too_long.status_code == 422
+        assert too_long.json()["errors"][0]["field"] == "max_tokens"
+        schema = client.get("/openapi.json").json()["components"]["schemas"]
+        fields = schema["ChatCompletionRequest"]["properties"]
+        assert fields["n"]["maximum"] == 2  # the schema states this server's ceilings
+        assert {"type": "integer", "maximum": 4096}.items() <= fields["max_tokens"]["anyOf"][
+            0
+        ].items()
+    _wipe(settings.db_url)

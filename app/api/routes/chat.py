@@ -3,6 +3,7 @@ or a fine-tuned one, so a tuned model can be tried the moment its job succeeds."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
@@ -14,10 +15,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from app.api.deps import EngineDep, SettingsDep
-from app.errors import UpstreamError
+from app.api.deps import EngineDep, LocalQueueDep, SettingsDep
+from app.errors import InvalidInput, UpstreamError
 from app.llm import backend_for, find_model
-from app.schemas import ErrorResponse
+from app.schemas import ErrorItem, ErrorResponse
+from app.settings import Settings
 from generators.base import ChatMessage, SamplingParams
 from generators.errors import GeneratorError
 
@@ -49,14 +51,18 @@ class ChatCompletionRequest(BaseModel):
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, le=32768)
-    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
+    max_tokens: int | None = Field(
+        None, ge=1, le=32768, description="At most SELFINSTRUCT_CHAT_MAX_TOKENS (default 4096)."
+    )
+    max_completion_tokens: int | None = Field(
+        None, ge=1, le=32768, description="At most SELFINSTRUCT_CHAT_MAX_TOKENS (default 4096)."
+    )
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stop: str | list[str] | None = None
-    n: int = Field(1, ge=1, le=8)
+    n: int = Field(1, ge=1, le=32, description="At most SELFINSTRUCT_CHAT_MAX_N (default 8).")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Sampling seed (uint32).")
     stream: bool = False
 
@@ -80,15 +86,17 @@ class ChatCompletion(BaseModel):
     "/chat/completions",
     responses={
         404: {"model": ErrorResponse},
+        429: {"model": ErrorResponse, "description": "In-process models are busy: Retry-After."},
         502: {"model": ErrorResponse},
         200: {"content": {"text/event-stream": {}}},
     },
 )
 async def chat_completions(
-    settings: SettingsDep, engine: EngineDep, body: ChatCompletionRequest
+    settings: SettingsDep, engine: EngineDep, queue: LocalQueueDep, body: ChatCompletionRequest
 ) -> Any:
     """Answer a chat with any model from GET /v1/models; `stream` sends server-sent chunks."""
     entry = find_model(settings, body.model, engine)
+    check_ceilings(settings, body)
     params = SamplingParams(
         max_tokens=body.max_completion_tokens or body.max_tokens or 256,
         temperature=body.temperature,
@@ -99,8 +107,10 @@ async def chat_completions(
         n=body.n,
         seed=body.seed,
     )
+    admitted = queue.admit("this chat") if entry.backend == "local" else contextlib.nullcontext()
     try:
-        generation = await backend_for(settings, entry).generate_one(body.messages, params)
+        with admitted:
+            generation = await backend_for(settings, entry).generate_one(body.messages, params)
     except GeneratorError as exc:
         raise UpstreamError(f"The model '{body.model}' failed to answer: {exc}") from exc
     completion = ChatCompletion(
@@ -124,6 +134,25 @@ async def chat_completions(
     if not body.stream:
         return completion
     return StreamingResponse(_chunks(completion), media_type="text/event-stream")
+
+
+def check_ceilings(settings: Settings, body: ChatCompletionRequest) -> None:
+    """The configured ceilings on what one request may ask for (the schema states them too)."""
+    asked = {
+        "n": (body.n, settings.chat_max_n, "SELFINSTRUCT_CHAT_MAX_N"),
+        "max_tokens": (body.max_tokens, settings.chat_max_tokens, "SELFINSTRUCT_CHAT_MAX_TOKENS"),
+        "max_completion_tokens": (
+            body.max_completion_tokens,
+            settings.chat_max_tokens,
+            "SELFINSTRUCT_CHAT_MAX_TOKENS",
+        ),
+    }
+    for field, (value, ceiling, setting) in asked.items():
+        if value is not None and value > ceiling:
+            raise InvalidInput(
+                f"{field}: {value} is above this server's ceiling of {ceiling} ({setting}).",
+                errors=[ErrorItem(field=field, reason=f"at most {ceiling}")],
+            )
 
 
 async def _chunks(completion: ChatCompletion) -> AsyncIterator[str]:
