@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         default=None,
         description="When set, every state-changing route needs `Authorization: Bearer <token>`.",
     )
+    private_reads: bool = Field(
+        default=False,
+        description="Every /v1 read needs the API token too (exports, uploaded files and "
+        "tasks included); needs SELFINSTRUCT_API_TOKEN.",
+    )
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above)."
     )
@@ -229,6 +234,15 @@ class Settings(BaseSettings):
                     )
                 seen[model] = endpoint.name
         return value
+
+    @model_validator(mode="after")
+    def _reads_need_a_token(self) -> Settings:
+        if self.private_reads and self.api_token is None:
+            raise ValueError(
+                "SELFINSTRUCT_PRIVATE_READS=true needs SELFINSTRUCT_API_TOKEN: without a token "
+                "no client could read anything"
+            )
+        return self
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

@@ -49,18 +49,32 @@ def get_db(engine: EngineDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_db)]
 
 
-def require_token_for_writes(request: Request, settings: SettingsDep) -> None:
-    """Applied to the whole API router so every new state-changing route is covered too."""
-    if request.method in SAFE_METHODS or settings.api_token is None:
+READ_COOKIE = "selfinstruct_token"  # the dashboard's token, for reads the browser makes itself
+
+
+def require_token(request: Request, settings: SettingsDep) -> None:
+    """Applied to the whole API router so every new route is covered too: changes need the
+    token whenever one is set, reads only with `private_reads`.
+
+    A read may carry the token in a cookie instead of the header: the browser's own requests
+    (event streams, download links) cannot set headers. A change never accepts the cookie, so
+    another site cannot make a browser change anything (no cross-site request forgery).
+    """
+    if settings.api_token is None:
+        return
+    read = request.method in SAFE_METHODS
+    if read and not settings.private_reads:
         return
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    expected = settings.api_token.get_secret_value()
     if scheme.lower() != "bearer" or not token:
+        scheme, token = "bearer", (request.cookies.get(READ_COOKIE, "") if read else "")
+    if not token:
+        what = "This read needs" if read else "This route changes state and needs"
         raise Unauthorized(
-            "This route changes state and needs `Authorization: Bearer <token>` "
-            "(the server's SELFINSTRUCT_API_TOKEN)."
+            f"{what} `Authorization: Bearer <token>` (the server's SELFINSTRUCT_API_TOKEN)."
         )
+    expected = settings.api_token.get_secret_value()
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
         raise Unauthorized("The bearer token is wrong; use the server's SELFINSTRUCT_API_TOKEN.")
 

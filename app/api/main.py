@@ -1,4 +1,4 @@
-"""Gathers the routers: `/v1/...` behind the write token, health and metrics outside it."""
+"""Gathers the routers: `/v1/...` behind the API token, health and metrics outside it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from app.api.deps import require_token_for_writes
+from app.api.deps import require_token
 from app.api.errors import COMMON_ERRORS
 from app.api.routes import (
     chat,
@@ -27,7 +27,7 @@ from app.settings import Settings
 
 api_router = APIRouter(
     prefix="/v1",
-    dependencies=[Depends(require_token_for_writes)],
+    dependencies=[Depends(require_token)],
     responses=COMMON_ERRORS,
 )
 api_router.include_router(datasets.router)

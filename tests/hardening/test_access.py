@@ -113,6 +113,45 @@ def test_every_route_takes_only_its_own_token(guarded: TestClient) -> None:
     assert guarded.get("/v1/runs/987654/events").status_code == 404
 
 
+def test_private_reads_close_every_read_and_the_cookie_opens_reads_only(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """With SELFINSTRUCT_PRIVATE_READS every /v1 read needs the token (exports and uploaded
+    files included); the dashboard's cookie opens reads (its event streams and downloads) but
+    never a change, so another site cannot change anything through a visitor's browser."""
+    settings = settings_factory(api_token=API_TOKEN, private_reads=True)
+    _wipe(settings.db_url)
+    with TestClient(create_app(settings)) as client:
+        reads = [
+            (m, t, p)
+            for m, t, p in _operations(client)
+            if m == "GET" and t.startswith("/v1/") and not t.startswith("/v1/workers/")
+        ]
+        assert len(reads) >= 15
+        for _, template, path in reads:
+            for headers in ({}, WRONG):
+                response = client.get(path, headers=headers)
+                assert response.status_code == 401, (template, headers, response.text)
+        for path in ("/v1/datasets/default/export", "/v1/fine_tuning/jobs", "/v1/models"):
+            assert client.get(path, headers=API).status_code == 200, path
+        assert client.get("/healthz").status_code == 200  # probes stay open
+        assert client.get("/").status_code == 200  # the dashboard page, which asks first
+
+        client.cookies.set("selfinstruct_token", API_TOKEN)
+        assert client.get("/v1/datasets").status_code == 200
+        before = _counts_with(client)
+        changed = client.post("/v1/datasets", json={"name": "via-cookie"})
+        assert changed.status_code == 401 and _counts_with(client) == before
+        client.cookies.clear()
+    _wipe(settings.db_url)
+    with pytest.raises(ValueError, match="PRIVATE_READS=true needs SELFINSTRUCT_API_TOKEN"):
+        Settings(private_reads=True)
+
+
+def _counts_with(client: TestClient) -> int:
+    return client.get("/v1/datasets", headers=API).json()["count"]  # type: ignore[no-any-return]
+
+
 def test_worker_routes_are_closed_without_a_worker_token(
     settings_factory: Callable[..., Settings],
 ) -> None:

@@ -78,6 +78,7 @@ function askToken(reason) {
         const value = tokenForm.elements.token.value.trim();
         if (tokenDialog.returnValue === "save" && value) {
           localStorage.setItem(TOKEN_KEY, value);
+          setReadCookie(value);
           resolve(value);
         } else resolve(null);
       },
@@ -88,12 +89,19 @@ function askToken(reason) {
 }
 document.getElementById("token-button").addEventListener("click", () => askToken());
 
+/** Event streams and download links cannot send a header: with private reads the server takes
+ * the token from this cookie for reads (never for changes). */
+function setReadCookie(token) {
+  document.cookie = `selfinstruct_token=${encodeURIComponent(token)}; path=/v1; SameSite=Strict`;
+}
+if (localStorage.getItem(TOKEN_KEY)) setReadCookie(localStorage.getItem(TOKEN_KEY));
+
 async function api(method, path, body) {
   const send = () => {
     const headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     const token = localStorage.getItem(TOKEN_KEY);
-    if (method !== "GET" && token) headers.Authorization = `Bearer ${token}`;
+    if (token) headers.Authorization = `Bearer ${token}`;
     return fetch(path, {
       method,
       headers,
@@ -101,10 +109,12 @@ async function api(method, path, body) {
     });
   };
   let response = await send();
-  if (response.status === 401 && method !== "GET") {
+  if (response.status === 401) {
     const reason = localStorage.getItem(TOKEN_KEY)
       ? "The saved API token was refused; enter the current one."
-      : undefined;
+      : method === "GET"
+        ? "This service keeps its data private: reading needs its API token. It is kept in this browser only."
+        : undefined;
     if (await askToken(reason)) response = await send();
   }
   const type = response.headers.get("content-type") || "";
