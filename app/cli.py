@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +15,9 @@ from sqlmodel import Session
 from app.db import check_migrated, make_engine, migrate
 from app.errors import ServiceError
 from app.models import Dataset
-from app.schemas import ExportFormat
+from app.schemas import HUB_LICENSE_PATTERN, BundleFileFormat, ExportFormat
+from app.services.bundle import BundleOptions, write_bundle
+from app.services.bundle import push_to_hub as hub_upload
 from app.services.datasets import get_dataset
 from app.services.export import export_chunks
 from app.services.seeds import import_seeds, parse_json_array, parse_jsonl
@@ -80,31 +85,22 @@ def seeds_import(
     typer.echo(f"{result.created} created, {result.updated} updated in '{result.dataset}'")
 
 
-@cli.command()
-def export(
-    dataset: Annotated[str, typer.Option(help="Dataset to export.")] = "default",
-    format: Annotated[ExportFormat, typer.Option(help="Output format.")] = (
-        ExportFormat.self_instruct
-    ),
-    include_seeds: Annotated[bool, typer.Option(help="Add the seed tasks.")] = False,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="File; stdout if absent.")
-    ] = None,
-) -> None:
-    """Write accepted tasks as JSONL."""
-    settings = get_settings()
-    engine = make_engine(settings)
-    check_migrated(settings, engine)
-    try:
-        with Session(engine) as session:
-            dataset_id = get_dataset(session=session, name=dataset).id
-    except ServiceError as exc:
-        _fail(exc)
-        return
-    assert dataset_id is not None
-    chunks = export_chunks(
-        engine=engine, dataset_id=dataset_id, fmt=format, include_seeds=include_seeds
-    )
+def _hub_token() -> str:
+    """The Hugging Face token `huggingface_hub` finds (HF_TOKEN, else `hf auth login`'s file)."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        typer.echo(
+            "error: --push-to-hub needs a Hugging Face token with write access: set HF_TOKEN "
+            "or run `hf auth login`; nothing was exported.",
+            err=True,
+        )
+        raise typer.Exit(code=2)
+    return token
+
+
+def _write_stream(chunks: Iterator[bytes], output: Path | None) -> None:
     if output is None:
         for chunk in chunks:
             sys.stdout.buffer.write(chunk)
@@ -114,6 +110,80 @@ def export(
         for chunk in chunks:
             fh.write(chunk)
     typer.echo(f"wrote {output}", err=True)
+
+
+@cli.command()
+def export(
+    dataset: Annotated[str, typer.Option(help="Dataset to export.")] = "default",
+    format: Annotated[
+        ExportFormat, typer.Option(help="A JSONL record shape, or parquet (flat rows).")
+    ] = ExportFormat.self_instruct,
+    include_seeds: Annotated[bool, typer.Option(help="Add the seed tasks.")] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File; stdout if absent.")
+    ] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a Hub-ready bundle (splits and dataset card) into this new or empty "
+            "directory instead of one file; --format is not used."
+        ),
+    ] = None,
+    bundle_format: Annotated[
+        BundleFileFormat, typer.Option(help="The bundle's split files.")
+    ] = BundleFileFormat.parquet,
+    license: Annotated[
+        str, typer.Option(help="The card's Hub license id (apache-2.0, cc-by-4.0, mit, ...).")
+    ] = "other",
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option(
+            help="Upload the bundle to this Hub dataset repository (user/name); needs HF_TOKEN."
+        ),
+    ] = None,
+    private: Annotated[
+        bool, typer.Option(help="Create the Hub repository private (if it is new).")
+    ] = True,
+) -> None:
+    """Write accepted tasks as JSONL or Parquet, or a Hub-ready bundle (--bundle, --push-to-hub)."""
+    if not re.fullmatch(HUB_LICENSE_PATTERN, license):
+        typer.echo(
+            f"error: --license '{license}' is not a Hub license id (e.g. apache-2.0).", err=True
+        )
+        raise typer.Exit(code=2)
+    if bundle is not None and bundle.exists() and (not bundle.is_dir() or any(bundle.iterdir())):
+        typer.echo(f"error: --bundle {bundle} must be a new or empty directory.", err=True)
+        raise typer.Exit(code=2)
+    token = _hub_token() if push_to_hub else None  # before any work, so a missing one costs nothing
+    settings = get_settings()
+    engine = make_engine(settings)
+    check_migrated(settings, engine)
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            target = get_dataset(session=session, name=dataset)
+    except ServiceError as exc:
+        _fail(exc)
+        return
+    assert target.id is not None
+    if bundle is None and push_to_hub is None:
+        chunks = export_chunks(
+            engine=engine, dataset_id=target.id, fmt=format, include_seeds=include_seeds
+        )
+        _write_stream(chunks, output)
+        return
+    options = BundleOptions(file_format=bundle_format, license=license, include_seeds=include_seeds)
+    with tempfile.TemporaryDirectory(prefix="selfinstruct-bundle-") as tmp:
+        directory = bundle or Path(tmp)
+        summary = write_bundle(engine=engine, dataset=target, directory=directory, options=options)
+        rows = summary.counts.rows
+        typer.echo(
+            f"wrote {', '.join(summary.files)} to {directory} "
+            f"(train {rows['train']:,} rows, validation {rows['validation']:,})",
+            err=True,
+        )
+        if push_to_hub and token:
+            url = hub_upload(directory=directory, repo_id=push_to_hub, token=token, private=private)
+            typer.echo(f"uploaded to {url}", err=True)
 
 
 @cli.command()

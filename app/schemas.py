@@ -242,10 +242,28 @@ class TasksPublic(BaseModel):
 
 
 class ExportFormat(StrEnum):
+    """What one export holds: a JSONL record shape, or Parquet (one fixed flat table)."""
+
     self_instruct = "self_instruct"
     alpaca = "alpaca"
     openai_messages = "openai_messages"
     prompt_completion = "prompt_completion"
+    # Parquet is a file format, not a fifth record shape: its table is alpaca's flat
+    # instruction/input/output plus id, origin, language and is_classification (FLAT_SCHEMA in
+    # app/services/export.py). It sits in this enum so `?format=parquet` is all a user types.
+    parquet = "parquet"
+
+
+class BundleFileFormat(StrEnum):
+    """The files a dataset bundle's splits are written in; both hold the same flat rows."""
+
+    parquet = "parquet"
+    jsonl = "jsonl"
+
+
+# A Hub license id (apache-2.0, cc-by-4.0, mit, other, ...): lowercase letters, digits, dots and
+# dashes. The Hub keeps the list; this only refuses what could never be one.
+HUB_LICENSE_PATTERN = r"^[a-z0-9][a-z0-9.\-]{0,63}$"
 
 
 # --- health ---

@@ -1,4 +1,5 @@
-"""JSONL export, streamed from a server-side cursor so memory stays flat at any row count."""
+"""JSONL and Parquet exports, streamed from a server-side cursor so memory stays flat at any
+row count."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
@@ -15,6 +18,9 @@ from app.schemas import ExportFormat
 from training.data import task_to_messages
 
 ROWS_PER_FETCH = 2000
+# Parquet row groups: a few thousand rows keep the writer's buffer to a few MB while staying large
+# enough for readers (and the Hub's viewer) to scan efficiently.
+ROWS_PER_GROUP = 5000
 
 
 def _user_text(instruction: str, task_input: str) -> str:
@@ -29,6 +35,8 @@ class ExportRow(NamedTuple):
     instruction: str
     instances: list[dict[str, str]]
     is_classification: bool | None
+    origin: str
+    language: str | None
 
 
 # Formatters return every line's object for one task: one for the seed format, one per instance
@@ -97,6 +105,8 @@ def export_query(*, dataset_id: int, include_seeds: bool) -> sa.Select:  # type:
             # Raw JSON text: decoding it ourselves with orjson is several times faster.
             sa.cast(col(Task.instances), sa.Text).label("instances"),
             col(Task.is_classification),
+            col(Task.origin),
+            col(Task.language),
         )
         .where(
             col(Task.dataset_id) == dataset_id,
@@ -128,24 +138,155 @@ def _row_batches(conn: Connection, query: sa.Select) -> Iterator[list[Any]]:  # 
         cursor.close()
 
 
+def task_batches(
+    *, engine: Engine, dataset_id: int, include_seeds: bool
+) -> Iterator[list[ExportRow]]:
+    """Exported tasks in batches; owns its connection because it outlives the request's session."""
+    query = export_query(dataset_id=dataset_id, include_seeds=include_seeds)
+    loads = orjson.loads
+    with engine.connect() as conn:
+        for rows in _row_batches(conn, query):
+            yield [
+                ExportRow(task_id, seed_id, name, instruction, loads(raw) if raw else [], *rest)
+                for task_id, seed_id, name, instruction, raw, *rest in rows
+            ]
+
+
+JSONL_MEDIA_TYPE = "application/x-ndjson"
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"  # registered with IANA in 2024
+
+
+def export_file(*, dataset_name: str, fmt: ExportFormat) -> tuple[str, str]:
+    """The media type and download file name of an export."""
+    if fmt == ExportFormat.parquet:
+        return PARQUET_MEDIA_TYPE, f"{dataset_name}.parquet"
+    return JSONL_MEDIA_TYPE, f"{dataset_name}-{fmt.value}.jsonl"
+
+
 def export_chunks(
     *, engine: Engine, dataset_id: int, fmt: ExportFormat, include_seeds: bool
 ) -> Iterator[bytes]:
-    """Yield JSONL in chunks; owns its connection because it outlives the request's session."""
-    formatter = FORMATTERS[fmt]
-    query = export_query(dataset_id=dataset_id, include_seeds=include_seeds)
-    dumps, loads = orjson.dumps, orjson.loads
-    with engine.connect() as conn:
-        for rows in _row_batches(conn, query):
-            lines = [
-                dumps(obj)
-                for task_id, seed_id, name, instruction, raw, is_cls in rows
-                for obj in formatter(
-                    ExportRow(
-                        task_id, seed_id, name, instruction, loads(raw) if raw else [], is_cls
-                    )
-                )
-            ]
-            if lines:
-                lines.append(b"")
-                yield b"\n".join(lines)
+    """Yield the export in chunks: JSONL lines in the chosen shape, or a Parquet file."""
+    if fmt == ExportFormat.parquet:
+        yield from parquet_chunks(engine=engine, dataset_id=dataset_id, include_seeds=include_seeds)
+        return
+    formatter, dumps = FORMATTERS[fmt], orjson.dumps
+    for tasks in task_batches(engine=engine, dataset_id=dataset_id, include_seeds=include_seeds):
+        lines = [dumps(obj) for task in tasks for obj in formatter(task)]
+        if lines:
+            lines.append(b"")
+            yield b"\n".join(lines)
+
+
+# --- flat rows: the Parquet export and the bundle's splits ---
+
+# One row per instance, like alpaca, plus what a user filters or stratifies on. `id` is the
+# self_instruct export's id, so a row can be traced back to its task.
+FLAT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("instruction", pa.string(), nullable=False),
+        pa.field("input", pa.string(), nullable=False),
+        pa.field("output", pa.string(), nullable=False),
+        pa.field("is_classification", pa.bool_(), nullable=False),
+        pa.field("origin", pa.string(), nullable=False),
+        pa.field("language", pa.string()),  # detected code (en, zh, ...); null if never detected
+    ]
+)
+
+
+class FlatColumns:
+    """Flat rows gathered column by column, the layout Arrow builds its arrays from cheaply."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list[Any]] = {}
+        self.rows = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.columns = {name: [] for name in FLAT_SCHEMA.names}
+        self.rows = 0
+
+    def add(self, task: ExportRow) -> None:
+        cols = self.columns
+        task_id = task.seed_id or f"task_{task.task_id}"
+        for inst in task.instances:
+            cols["id"].append(task_id)
+            cols["instruction"].append(task.instruction)
+            cols["input"].append(inst["input"])
+            cols["output"].append(inst["output"])
+            cols["is_classification"].append(bool(task.is_classification))
+            cols["origin"].append(task.origin)
+            cols["language"].append(task.language)
+        self.rows += len(task.instances)
+
+    def take(self) -> pa.RecordBatch:
+        """The gathered rows as one batch; the buffer starts empty again."""
+        batch = pa.record_batch(
+            [pa.array(self.columns[f.name], f.type) for f in FLAT_SCHEMA], schema=FLAT_SCHEMA
+        )
+        self._reset()
+        return batch
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        """The gathered rows as JSON objects (the bundle's JSONL splits); the buffer empties."""
+        cols, names = self.columns, FLAT_SCHEMA.names
+        rows = [
+            dict(zip(names, values, strict=True)) for values in zip(*cols.values(), strict=True)
+        ]
+        self._reset()
+        return rows
+
+
+class ByteSink:
+    """A write-only file that keeps what was written until drained, so a Parquet (or zip) writer
+    can feed a streaming response instead of a whole file in memory."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._position = 0
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        chunk = bytes(data)
+        self._parts.append(chunk)
+        self._position += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._position
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def drain(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
+def parquet_chunks(*, engine: Engine, dataset_id: int, include_seeds: bool) -> Iterator[bytes]:
+    """Yield a Parquet file of flat rows, one row group per ROWS_PER_GROUP rows as they are read.
+
+    An empty dataset gives a valid file with the schema and no rows.
+    """
+    sink = ByteSink()
+    buffer = FlatColumns()
+    with pq.ParquetWriter(sink, FLAT_SCHEMA) as writer:
+        for tasks in task_batches(
+            engine=engine, dataset_id=dataset_id, include_seeds=include_seeds
+        ):
+            for task in tasks:
+                buffer.add(task)
+            if buffer.rows >= ROWS_PER_GROUP:
+                writer.write_batch(buffer.take())
+                yield sink.drain()
+        if buffer.rows:
+            writer.write_batch(buffer.take())
+    yield sink.drain()  # the footer, written on close

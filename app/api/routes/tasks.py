@@ -1,4 +1,5 @@
-"""Tasks: browse a dataset's pool with filters, read one task, export JSONL."""
+"""Tasks: browse a dataset's pool with filters, read one task, export JSONL, Parquet or a
+Hub-ready bundle."""
 
 from __future__ import annotations
 
@@ -10,9 +11,19 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep, TaskId
 from app.errors import InvalidInput
 from app.models import TaskOrigin, TaskStatus
-from app.schemas import ErrorResponse, ExportFormat, TaskEdit, TaskPublic, TaskReview, TasksPublic
+from app.schemas import (
+    HUB_LICENSE_PATTERN,
+    BundleFileFormat,
+    ErrorResponse,
+    ExportFormat,
+    TaskEdit,
+    TaskPublic,
+    TaskReview,
+    TasksPublic,
+)
 from app.services import tasks as svc
-from app.services.export import export_chunks
+from app.services.bundle import BundleOptions, bundle_archive
+from app.services.export import JSONL_MEDIA_TYPE, PARQUET_MEDIA_TYPE, export_chunks, export_file
 
 router = APIRouter(tags=["tasks"])
 
@@ -76,24 +87,70 @@ def edit_task(session: SessionDep, task_id: TaskId, edit: TaskEdit) -> TaskPubli
     "/datasets/{name}/export",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"application/x-ndjson": {}}, "description": "One JSON object a line."},
+        200: {
+            "content": {JSONL_MEDIA_TYPE: {}, PARQUET_MEDIA_TYPE: {}},
+            "description": "JSONL, one object a line; or, for `format=parquet`, a Parquet file.",
+        },
         404: {"model": ErrorResponse},
     },
 )
 def export_dataset(
     engine: EngineDep,
     dataset: DatasetDep,
-    format: ExportFormat = ExportFormat.self_instruct,
+    format: Annotated[
+        ExportFormat,
+        Query(
+            description="A JSONL record shape, or `parquet`: one row per instance with id, "
+            "instruction, input, output, is_classification, origin and language."
+        ),
+    ] = ExportFormat.self_instruct,
     include_seeds: bool = False,
 ) -> StreamingResponse:
-    """Stream accepted tasks as JSONL in the chosen format."""
+    """Stream accepted tasks as JSONL in the chosen shape, or as Parquet."""
     assert dataset.id is not None
     chunks = export_chunks(
         engine=engine, dataset_id=dataset.id, fmt=format, include_seeds=include_seeds
     )
-    filename = f"{dataset.name}-{format.value}.jsonl"
+    media_type, filename = export_file(dataset_name=dataset.name, fmt=format)
     return StreamingResponse(
         chunks,
-        media_type="application/x-ndjson",
+        media_type=media_type,
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.get(
+    "/datasets/{name}/bundle",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"application/zip": {}},
+            "description": "A zip of `<name>/README.md` (the dataset card) and "
+            "`<name>/data/{train,validation}-00000-of-00001.{parquet,jsonl}`.",
+        },
+        404: {"model": ErrorResponse},
+    },
+)
+def download_bundle(
+    engine: EngineDep,
+    dataset: DatasetDep,
+    file_format: Annotated[
+        BundleFileFormat, Query(description="The splits' file format.")
+    ] = BundleFileFormat.parquet,
+    license: Annotated[
+        str,
+        Query(
+            pattern=HUB_LICENSE_PATTERN,
+            description="The card's Hub license id (apache-2.0, cc-by-4.0, mit, ...).",
+        ),
+    ] = "other",
+    include_seeds: bool = False,
+) -> StreamingResponse:
+    """Download a Hub-ready bundle: train and validation splits and a dataset card, zipped."""
+    options = BundleOptions(file_format=file_format, license=license, include_seeds=include_seeds)
+    chunks = bundle_archive(engine=engine, dataset=dataset, options=options)
+    return StreamingResponse(
+        chunks,
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{dataset.name}.zip"'},
     )
