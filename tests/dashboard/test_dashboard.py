@@ -7,6 +7,8 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -244,3 +246,43 @@ def test_the_run_form_offers_every_strategy_and_documents_are_managed(
     item.locator("button").click()
     expect(page.locator("#documents")).to_contain_text("No documents yet.")
     assert httpx.get(f"{live_base}/v1/datasets/default/documents").json()["count"] == 0
+
+
+@pytest.fixture(scope="module")
+def private_base(live_env: dict[str, str]) -> Iterator[str]:
+    """A second server on the same database with private reads."""
+    from tests.live import free_port, serve_api, wait_ready
+
+    port = free_port()
+    env = {**live_env, "SELFINSTRUCT_PRIVATE_READS": "true", "SELFINSTRUCT_EMBEDDED_WORKER": "0"}
+    log = Path(live_env["SELFINSTRUCT_DATA_DIR"]) / "private-server.log"
+    server = serve_api(env, port, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base)
+        yield base
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+
+
+def test_with_private_reads_the_dashboard_asks_for_the_token_first(
+    browser: Any, private_base: str
+) -> None:
+    context = browser.new_context(base_url=private_base)
+    page = context.new_page()
+    try:
+        assert httpx.get(f"{private_base}/v1/datasets").status_code == 401
+        page.goto("/#/")
+        dialog = page.locator("#token-dialog")
+        expect(dialog).to_be_visible()
+        expect(page.locator("#token-reason")).to_contain_text("reading needs its API token")
+        dialog.locator('[name="token"]').fill(TOKEN)
+        dialog.locator('button[value="save"]').click()
+        expect(page.locator("table")).to_contain_text("default")
+        # downloads and event streams carry the token in the read cookie the page set
+        export = page.request.get("/v1/datasets/default/export")
+        assert export.status == 200
+        assert page.request.post("/v1/datasets", data={"name": "x"}).status == 401
+    finally:
+        context.close()
