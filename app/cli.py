@@ -186,6 +186,17 @@ def export(
             typer.echo(f"uploaded to {url}", err=True)
 
 
+def _serve_metrics(settings: Settings, port: int) -> None:
+    """A worker's model calls happen in its own process: it serves them itself."""
+    from prometheus_client import start_http_server
+
+    from app.llm import price_table
+    from app.metrics import REGISTRY, use_prices
+
+    use_prices(price_table(settings))
+    start_http_server(port, addr=settings.host, registry=REGISTRY)
+
+
 @cli.command()
 def worker(
     kind: Annotated[str, typer.Option(help="generate (runs) or finetune (jobs).")] = "generate",
@@ -196,6 +207,10 @@ def worker(
     ] = None,
     worker_token: Annotated[
         str | None, typer.Option(envvar="SELFINSTRUCT_WORKER_TOKEN", help="With --api-url.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve this process's model-call metrics for Prometheus on this port."),
     ] = None,
 ) -> None:
     """Claim and execute queued runs or fine-tune jobs (as many workers as you like)."""
@@ -224,6 +239,8 @@ def worker(
     settings = get_settings()
     engine = make_engine(settings)
     check_migrated(settings, engine)
+    if metrics_port is not None:
+        _serve_metrics(settings, metrics_port)
     runner = Worker(engine=engine, settings=settings, kind=kind, device=device)
     typer.echo(f"{kind} worker {runner.worker_id} waiting", err=True)
     try:

@@ -13,7 +13,8 @@ from app.bootstrap import ensure_default_dataset
 from app.db import check_migrated, make_engine
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware, LocalQueue
-from app.metrics import MetricsMiddleware
+from app.llm import price_table
+from app.metrics import MetricsMiddleware, use_prices
 from app.settings import Settings, get_settings
 from app.web import STATIC_DIR
 from app.web import router as web_router
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.local_queue = LocalQueue(settings.local_queue_size)
+    use_prices(price_table(settings))
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)

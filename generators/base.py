@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal, TypeAlias, overload
 
@@ -302,6 +302,9 @@ class Backend(ABC):
 
     def _account(self, results: Sequence[Generation | GeneratorError], elapsed: float) -> None:
         self.stats.latency_s += elapsed
+        for observe in CALL_OBSERVERS:
+            for result in results:
+                observe(self, result)
         for result in results:
             if isinstance(result, Generation):
                 self.stats.calls += 1
@@ -314,6 +317,10 @@ class Backend(ABC):
                 self.stats.attempts += result.attempts
                 self.stats.retries += max(0, result.attempts - 1)
 
+
+# Called with every answered or failed prompt of any backend, in the process that sent it: the
+# service's metrics register here, so backends need not know about them.
+CALL_OBSERVERS: list[Callable[[Backend, Generation | GeneratorError], None]] = []
 
 _REGISTRY: dict[str, type[Backend]] = {}
 

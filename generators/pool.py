@@ -108,6 +108,12 @@ def shared_replica(base_url: str, api_key: str | None, max_concurrency: int) -> 
         return replica
 
 
+def shared_replicas() -> list[Replica]:
+    """Every replica this process has state for (the metrics read them)."""
+    with _SHARED_LOCK:
+        return list(_SHARED.values())
+
+
 def reset_shared_replicas() -> None:
     """Forget every replica's health (tests, or after changing endpoints at run time)."""
     with _SHARED_LOCK:

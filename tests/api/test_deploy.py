@@ -22,6 +22,15 @@ def test_compose_file_is_accepted() -> None:
     assert result.returncode == 0, result.stderr
     assert "api:" in result.stdout and "postgres:" in result.stdout
     assert "postgresql+psycopg://" in result.stdout
+    services = yaml.safe_load(result.stdout)["services"]
+    prometheus = services["prometheus"]  # scrapes the API's /metrics
+    mounted = [
+        v if isinstance(v, str) else f"{v['source']}:{v['target']}" for v in prometheus["volumes"]
+    ]
+    assert any("prometheus.yml" in v for v in mounted)
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    (job,) = scrape["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == ["api:8000"]
 
 
 def test_full_deployment_adds_a_gpu_worker_and_vllm_under_profiles() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 
@@ -463,3 +464,55 @@ def test_a_cost_cap_on_a_model_with_no_known_price_is_refused(api: TestClient) -
     local = api.post("/v1/datasets/default/runs", json={"target": 1, "caps": {"max_cost": 1.0}})
     assert local.status_code == 201
     api.post(f"/v1/runs/{local.json()['id']}/cancel")
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_show_model_calls_replicas_and_verdicts_after_a_run(
+    api: TestClient, stub: StubLLM
+) -> None:
+    before = api.get("/metrics").text
+    run = wait_for_run(
+        api,
+        api.post("/v1/datasets/default/runs", json={"target": 4, "model": STUB_MODEL}).json()["id"],
+    )
+    text = api.get("/metrics").text
+    ok = {"model": STUB_MODEL, "backend": "openai", "outcome": "ok"}
+    sent = _metric(text, "selfinstruct_model_requests_total", **ok) - _metric(
+        before, "selfinstruct_model_requests_total", **ok
+    )
+    assert sent == run["counters"]["requests"] - run["counters"]["failed_requests"] > 0
+    for kind, counter in (("prompt", "prompt_tokens"), ("completion", "completion_tokens")):
+        grew = _metric(text, "selfinstruct_model_tokens_total", model=STUB_MODEL, kind=kind) - (
+            _metric(before, "selfinstruct_model_tokens_total", model=STUB_MODEL, kind=kind)
+        )
+        assert grew == run["counters"][counter]
+    assert (
+        _metric(text, "selfinstruct_model_request_duration_seconds_count", model=STUB_MODEL) >= sent
+    )
+    served = _metric(
+        text, "selfinstruct_replica_attempts_total", base_url=stub.base_url, outcome="served"
+    )
+    assert served >= sent
+    accepted = _metric(text, "selfinstruct_candidates", dataset="default", verdict="accepted")
+    assert accepted == run["counters"]["accepted"] == 4
+    for reason, n in run["counters"]["rejected_by_reason"].items():
+        assert (
+            _metric(
+                text,
+                "selfinstruct_candidates",
+                dataset="default",
+                verdict="rejected",
+                reason=reason,
+            )
+            == n
+        )
