@@ -1,4 +1,5 @@
-"""Export throughput and memory: the HTTP route against a plain sqlite3 query written to a file.
+"""Export throughput and memory: the HTTP route against a plain sqlite3 query written to a file,
+and the Parquet export against the JSONL one.
 
     python -m bench.export [--rows 1000000]
 
@@ -6,6 +7,7 @@ Builds a SQLite database of generated tasks, starts the real server in a subproc
 `GET /v1/datasets/bench/export?format=alpaca` to a file, and reports rows/s and the server's
 peak resident memory at two sizes (a tenth of the rows, then all of them), so flat memory shows
 as equal peaks. The baseline is the same rows read by one `sqlite3` query and written as JSONL.
+Then `format=parquet` through a fresh server: its rows/s and peak against the JSONL export's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import pyarrow.parquet as pq
 
 from app.db import migrate
 from app.settings import Settings
@@ -111,7 +114,7 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def through_http(path: Path, out: Path) -> tuple[int, float, float]:
+def through_http(path: Path, out: Path, fmt: str = "alpaca") -> tuple[int, float, float]:
     """Rows, rows/s and the server's peak RSS for one export through a fresh server."""
     from tests.live import free_port, serve_api, wait_ready
 
@@ -132,7 +135,7 @@ def through_http(path: Path, out: Path) -> tuple[int, float, float]:
         with (
             out.open("wb") as fh,
             httpx.stream(
-                "GET", f"{base}/v1/datasets/bench/export", params={"format": "alpaca"}, timeout=600
+                "GET", f"{base}/v1/datasets/bench/export", params={"format": fmt}, timeout=600
             ) as response,
         ):
             response.raise_for_status()
@@ -140,6 +143,8 @@ def through_http(path: Path, out: Path) -> tuple[int, float, float]:
                 fh.write(chunk)
                 n += chunk.count(b"\n")
         elapsed = time.perf_counter() - start
+        if fmt == "parquet":  # the whole file has arrived: its footer counts the rows
+            n = pq.ParquetFile(out).metadata.num_rows
         return n, n / elapsed, max(rss_before, peak_rss_mb(server.pid))
     finally:
         server.terminate()
@@ -152,6 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="selfinstruct-bench-") as tmp:
         results = []
+        parquet: list[tuple[int, float, float, float]] = []  # rows, rows/s, peak MB, MB on disk
         for rows in (args.rows // 10, args.rows):
             db = Path(tmp) / f"export-{rows}.db"
             t0 = time.perf_counter()
@@ -161,6 +167,11 @@ def main() -> None:
             assert n == rows, f"exported {n} of {rows} rows"
             base_rate = baseline(db, Path(tmp) / "baseline.jsonl", rows)
             results.append((rows, http_rate, base_rate, peak))
+            out = Path(tmp) / "http.parquet"
+            n, pq_rate, pq_peak = through_http(db, out, fmt="parquet")
+            assert n == rows, f"exported {n} of {rows} rows as Parquet"
+            parquet.append((rows, pq_rate, pq_peak, out.stat().st_size / 2**20))
+            print(f"exported {rows:,} rows as JSONL and Parquet", flush=True)
             db.unlink()
         print(
             f"\n{'rows':>10} {'HTTP rows/s':>12} {'sqlite3 rows/s':>15} {'ratio':>6} "
@@ -175,6 +186,22 @@ def main() -> None:
         print(
             f"\npeak memory growth from {results[0][0]:,} to {results[1][0]:,} rows: "
             f"{growth:+.1f} MB (flat streaming keeps this near zero)"
+        )
+        print(
+            f"\nParquet against JSONL (alpaca), each through a fresh server:\n"
+            f"{'rows':>10} {'Parquet rows/s':>15} {'JSONL rows/s':>13} {'ratio':>6} "
+            f"{'Parquet peak MB':>16} {'JSONL peak MB':>14} {'Parquet file MB':>16}"
+        )
+        for (rows, pq_rate, pq_peak, size), (_, http_rate, _, peak) in zip(
+            parquet, results, strict=True
+        ):
+            print(
+                f"{rows:>10,} {pq_rate:>15,.0f} {http_rate:>13,.0f} {pq_rate / http_rate:>6.2f} "
+                f"{pq_peak:>16.1f} {peak:>14.1f} {size:>16.1f}"
+            )
+        print(
+            f"Parquet peak memory growth from {parquet[0][0]:,} to {parquet[1][0]:,} rows: "
+            f"{parquet[1][2] - parquet[0][2]:+.1f} MB"
         )
 
 
