@@ -12,8 +12,6 @@ Rows are the Parquet export's (one per instance); a task's instances always shar
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import json
 import shutil
 import tempfile
 import zipfile
@@ -22,19 +20,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import orjson
-import pyarrow as pa
 import pyarrow.parquet as pq
-import sqlalchemy as sa
-from huggingface_hub import DatasetCardData
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from app.models import MACHINE_ORIGINS, Dataset, Run, Task, TaskOrigin, TaskStatus
+from app.models import Dataset
 from app.schemas import BundleFileFormat
-from app.services.datasets import pool_languages, seed_languages
+from app.services.dataset_card import SplitFacts, card_facts, card_text, service_version
 from app.services.export import (
     FLAT_SCHEMA,
     ROWS_PER_GROUP,
@@ -215,208 +210,6 @@ def write_splits(
     return counts
 
 
-# --- the card ---
-
-
-@dataclass
-class RunFacts:
-    id: int
-    strategy: str
-    backend: str
-    model: str
-    status: str
-    accepted: int
-    filters: dict[str, Any]
-
-
-@dataclass
-class CardFacts:
-    """Everything the card states, read from the database in one place."""
-
-    name: str
-    description: str
-    seeds: int
-    accepted: int
-    rejected_by_reason: dict[str, int]
-    runs: list[RunFacts]
-    pool_languages: list[str]
-
-
-def _card_facts(*, session: Session, dataset: Dataset) -> CardFacts:
-    assert dataset.id is not None
-    by_status = session.exec(
-        select(Task.origin, Task.status, Task.rejection_reason, sa.func.count())
-        .where(Task.dataset_id == dataset.id)
-        .group_by(col(Task.origin), col(Task.status), col(Task.rejection_reason))
-    ).all()
-    seeds = accepted = 0
-    rejected: Counter[str] = Counter()
-    for origin, status, reason, n in by_status:
-        if origin == TaskOrigin.seed.value:
-            seeds += n if status == TaskStatus.accepted.value else 0
-        elif origin in MACHINE_ORIGINS and status == TaskStatus.accepted.value:
-            accepted += n
-        elif origin in MACHINE_ORIGINS:
-            rejected[reason or "unspecified"] += n
-    runs = session.exec(select(Run).where(Run.dataset_id == dataset.id).order_by(col(Run.id))).all()
-    languages = pool_languages(
-        dataset=dataset, seeds=seed_languages(session, [dataset.id]).get(dataset.id, {})
-    )
-    return CardFacts(
-        name=dataset.name,
-        description=dataset.description,
-        seeds=seeds,
-        accepted=accepted,
-        rejected_by_reason=dict(rejected.most_common()),
-        runs=[
-            RunFacts(
-                id=run.id or 0,
-                strategy=run.strategy,
-                backend=run.backend,
-                model=run.model,
-                status=run.status,
-                accepted=run.accepted,
-                filters=dict(run.params.get("filters") or {}),
-            )
-            for run in runs
-        ],
-        pool_languages=sorted({c for c in map(base_language, languages) if c}),
-    )
-
-
-def size_category(rows: int) -> str:
-    """The Hub's `size_categories` bucket for a row count (its list: n<1K ... n>1T)."""
-    bounds = ["1K", "10K", "100K", "1M", "10M", "100M", "1B", "10B", "100B", "1T"]
-    if rows < 1_000:
-        return "n<1K"
-    for i, upper in enumerate(bounds[1:]):
-        if rows < 10 ** (i + 4):
-            return f"{bounds[i]}<n<{upper}"
-    return "n>1T"
-
-
-def service_version() -> str:
-    """The installed package's version, the one the API reports too (pyproject's)."""
-    try:
-        return importlib.metadata.version("selfinstruct")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def judge_ratings_section(facts: CardFacts) -> str | None:
-    """Judge ratings of the accepted tasks, once the service stores any.
-
-    Hook: no judge exists yet, so there is nothing to state and the card says so. When one lands,
-    read its ratings into CardFacts and return a Markdown section here.
-    """
-    return None
-
-
-def _card_metadata(
-    *, facts: CardFacts, counts: SplitCounts, options: BundleOptions
-) -> DatasetCardData:
-    languages = sorted(counts.languages) or facts.pool_languages
-    total = sum(counts.rows.values())
-    features = [
-        {"name": f.name, "dtype": "bool" if pa.types.is_boolean(f.type) else "string"}
-        for f in FLAT_SCHEMA
-    ]
-    extra: dict[str, Any] = {}
-    if languages:
-        extra["language"] = languages
-        extra["multilinguality"] = "multilingual" if len(languages) > 1 else "monolingual"
-    return DatasetCardData(
-        license=options.license,
-        pretty_name=facts.name,
-        size_categories=[size_category(total)],
-        task_categories=["text-generation"],
-        annotations_creators=["machine-generated"],
-        language_creators=["machine-generated"],
-        source_datasets=["original"],
-        tags=["self-instruct", "synthetic", "instruction-tuning"],
-        configs=[
-            {
-                "config_name": "default",
-                "data_files": [
-                    {"split": split, "path": split_path(split, options.file_format)}
-                    for split in SPLITS
-                ],
-            }
-        ],
-        # Features only: `datasets` wants a split's Arrow size next to its row count, which
-        # the card's body states instead.
-        dataset_info={"features": features},
-        **extra,
-    )
-
-
-def _body(*, facts: CardFacts, counts: SplitCounts, options: BundleOptions) -> str:
-    lines = [f"# {facts.name}", ""]
-    if facts.description:
-        lines += [facts.description, ""]
-    seeds_note = "included" if options.include_seeds else "not included"
-    lines += [
-        "Instruction-tuning data grown from a seed pool with the Self-Instruct method "
-        "(Wang et al., 2022, arXiv:2212.10560) by the `selfinstruct` service, version "
-        f"{service_version()}, exported {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
-        "",
-        "## Data",
-        "",
-        "One row per instance: `instruction`, `input` (may be empty), `output`, plus `id` (the "
-        "task's id; a task's instances share it), `is_classification`, `origin` (seed, "
-        "generated, edited, evolved, backtranslated) and `language` (detected; null if never "
-        "detected).",
-        "",
-        "| split | tasks | rows |",
-        "|---|---:|---:|",
-        *(f"| {s} | {counts.tasks[s]:,} | {counts.rows[s]:,} |" for s in SPLITS),
-        "",
-        f"Splits: {SPLIT_RULE}. This is a fixed rule, not a held-out set chosen before generation.",
-        "",
-        "## How it was made",
-        "",
-        f"- Seeds: {facts.seeds:,} seed tasks ({seeds_note} in the splits).",
-        f"- Accepted machine-made tasks: {facts.accepted:,}.",
-        f"- Rejected candidates: {sum(facts.rejected_by_reason.values()):,}"
-        + (":" if facts.rejected_by_reason else "."),
-        *(f"  - {reason}: {n:,}" for reason, n in facts.rejected_by_reason.items()),
-        "",
-    ]
-    if facts.runs:
-        lines += [
-            "### Runs",
-            "",
-            "| run | strategy | model | backend | status | accepted |",
-            "|---:|---|---|---|---|---:|",
-            *(
-                f"| {r.id} | {r.strategy} | {r.model or '-'} | {r.backend} | {r.status} "
-                f"| {r.accepted:,} |"
-                for r in facts.runs
-            ),
-            "",
-            "### Filters",
-            "",
-            "Each distinct filter setting and the runs that used it:",
-            "",
-        ]
-        by_setting: dict[str, list[int]] = {}
-        for r in facts.runs:
-            by_setting.setdefault(json.dumps(r.filters, sort_keys=True, indent=2), []).append(r.id)
-        for setting, run_ids in by_setting.items():
-            lines += [f"Runs {', '.join(map(str, run_ids))}:", "", "```json", setting, "```", ""]
-    else:
-        lines += ["No generation runs are recorded for this dataset.", ""]
-    lines += ["## Judge ratings", ""]
-    lines += [judge_ratings_section(facts) or "No judge has rated these tasks.", ""]
-    return "\n".join(lines)
-
-
-def card_text(*, facts: CardFacts, counts: SplitCounts, options: BundleOptions) -> str:
-    """The README.md: the Hub's YAML header between `---` lines, then the body."""
-    metadata = _card_metadata(facts=facts, counts=counts, options=options)
-    return f"---\n{metadata.to_yaml()}\n---\n\n{_body(facts=facts, counts=counts, options=options)}"
-
-
 # --- the bundle ---
 
 
@@ -435,11 +228,19 @@ def write_bundle(
     counts = write_splits(
         engine=engine, dataset_id=dataset.id, directory=directory, options=options
     )
-    with Session(engine) as session:
-        facts = _card_facts(session=session, dataset=dataset)
-    (directory / "README.md").write_text(
-        card_text(facts=facts, counts=counts, options=options), encoding="utf-8"
+    splits = SplitFacts(
+        rows=counts.rows,
+        tasks=counts.tasks,
+        paths={split: split_path(split, options.file_format) for split in SPLITS},
+        languages=sorted(counts.languages),
+        rule=SPLIT_RULE,
     )
+    with Session(engine) as session:
+        facts = card_facts(session=session, dataset=dataset)
+    card = card_text(
+        facts=facts, splits=splits, license=options.license, include_seeds=options.include_seeds
+    )
+    (directory / "README.md").write_text(card, encoding="utf-8")
     files = ["README.md", *(split_path(s, options.file_format) for s in SPLITS)]
     return BundleSummary(directory=directory, files=files, counts=counts)
 

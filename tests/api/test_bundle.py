@@ -19,7 +19,8 @@ from sqlmodel import Session, select
 
 from app.db import make_engine
 from app.models import Dataset, Run
-from app.services.bundle import size_category, split_of
+from app.services.bundle import split_of
+from app.services.dataset_card import size_category
 from app.services.export import ExportRow
 from app.settings import Settings
 from tests.api.test_tasks_export import _add_generated
