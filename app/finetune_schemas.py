@@ -3,7 +3,7 @@ plus our extensions (a dataset instead of a file, LoRA, progress) in the same ob
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -24,22 +24,15 @@ class FileObject(BaseModel):
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n_epochs: int | Literal["auto"] = Field("auto", description="1-50; auto = 3.")
-    batch_size: int | Literal["auto"] = Field("auto", description="1-256; auto = 8.")
-    learning_rate_multiplier: float | Literal["auto"] = Field(
+    n_epochs: Annotated[int, Field(ge=1, le=50)] | Literal["auto"] = Field(
+        "auto", description="1-50; auto = 3."
+    )
+    batch_size: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+        "auto", description="1-256; auto = 8."
+    )
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] = Field(
         "auto", description="Scales the base learning rate; 0 < m <= 10; auto = 1."
     )
-
-    @model_validator(mode="after")
-    def _possible(self) -> Hyperparameters:
-        if isinstance(self.n_epochs, int) and not 1 <= self.n_epochs <= 50:
-            raise ValueError("n_epochs must be between 1 and 50")
-        if isinstance(self.batch_size, int) and not 1 <= self.batch_size <= 256:
-            raise ValueError("batch_size must be between 1 and 256")
-        lrm = self.learning_rate_multiplier
-        if isinstance(lrm, float | int) and not 0 < lrm <= 10:
-            raise ValueError("learning_rate_multiplier must be greater than 0 and at most 10")
-        return self
 
     def resolved(self) -> dict[str, Any]:
         return {
@@ -75,8 +68,24 @@ class LoraSettings(BaseModel):
     )
 
 
+# Exactly one source: a file id or a dataset name (the other absent or null), stated in the
+# schema too so that generated clients and fuzzers know it.
+_ONE_SOURCE: dict[str, Any] = {
+    "oneOf": [
+        {
+            "required": ["training_file"],
+            "properties": {"training_file": {"type": "string"}, "dataset": {"type": "null"}},
+        },
+        {
+            "required": ["dataset"],
+            "properties": {"dataset": {"type": "string"}, "training_file": {"type": "null"}},
+        },
+    ]
+}
+
+
 class FineTuningJobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_SOURCE)
 
     model: str = Field(description="A base model from GET /v1/models or a fine-tuned one.")
     training_file: str | None = Field(None, description="A file id from POST /v1/files.")

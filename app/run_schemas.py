@@ -3,16 +3,17 @@
 
 from __future__ import annotations
 
+import re
 import string
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.models import RunStatus
 from app.settings import BUNDLED_MODEL_ID
 from filters.heuristics import HeuristicConfig
-from generators.prompts import EVOLVE_OPERATIONS, check_prompt_language
+from generators.prompts import EVOLVE_OPERATIONS, LANGUAGES, check_prompt_language
 
 
 class _Strict(BaseModel):
@@ -42,15 +43,22 @@ class PromptMix(_Strict):
         "windows that end a run: 3x useless answers in a row, 25x prompts without an acceptance.",
     )
     header: str | None = Field(None, max_length=4000, description="Replaces the default header.")
-    numbering: str = Field("{n}.", max_length=32, description="Label style; must contain {n}.")
+    numbering: str = Field(
+        "{n}.",
+        max_length=32,
+        json_schema_extra={"pattern": "^[^{}]*\\{n\\}[^{}]*$"},
+        description="Label style: `{n}` once, no other braces (e.g. '{n}.', 'Task {n}:').",
+    )
     stop_at: int = Field(16, ge=3, le=200, description="The model stops before this item.")
 
     @model_validator(mode="after")
     def _consistent(self) -> PromptMix:
         if self.machine_examples > self.examples_per_prompt:
             raise ValueError("machine_examples must not exceed examples_per_prompt")
-        if self.numbering.count("{n}") != 1:
-            raise ValueError("numbering must contain '{n}' exactly once, e.g. '{n}.'")
+        if re.fullmatch(r"[^{}]*\{n\}[^{}]*", self.numbering) is None:
+            raise ValueError(
+                "numbering must contain '{n}' exactly once and no other braces, e.g. '{n}.'"
+            )
         if self.stop_at <= self.examples_per_prompt + 1:
             raise ValueError("stop_at must be greater than examples_per_prompt + 1")
         return self
@@ -108,22 +116,16 @@ assert set(EvolveOperation.__args__) == set(EVOLVE_OPERATIONS)  # type: ignore[a
 class EvolveSpec(_Strict):
     """Evol-Instruct: each prompt rewrites one pool task by one operation."""
 
-    operations: dict[EvolveOperation, float] = Field(
+    operations: dict[EvolveOperation, Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: dict.fromkeys(EVOLVE_OPERATIONS, 1.0),  # type: ignore[arg-type]
-        description="Operations and their weights (each prompt draws one in proportion): "
-        "add_constraints, deepen, concretize, increase_reasoning, complicate_input (in depth) "
-        "and breadth (a new task in the same domain).",
+        min_length=1,
+        description="Operations and their weights (each prompt draws one in proportion; leave "
+        "one out to never use it): add_constraints, deepen, concretize, increase_reasoning, "
+        "complicate_input (in depth) and breadth (a new task in the same domain).",
     )
     max_depth: int = Field(
         3, ge=1, le=20, description="A task evolved this many times is not evolved again."
     )
-
-    @field_validator("operations")
-    @classmethod
-    def _some_weight(cls, value: dict[str, float]) -> dict[str, float]:
-        if any(w < 0 for w in value.values()) or not any(w > 0 for w in value.values()):
-            raise ValueError("give at least one operation a weight above 0, none below 0")
-        return value
 
 
 class BacktranslateSpec(_Strict):
@@ -166,6 +168,7 @@ class RunCreate(_Strict):
     generate_instances: bool = Field(True, description="Generate input/output instances.")
     language: str | None = Field(
         None,
+        json_schema_extra={"enum": [*LANGUAGES, None]},
         description="Ask for tasks in this language (prompts say so in it, examples are shown "
         "as they are); default: the pool's languages, each prompt in one of them in proportion.",
     )

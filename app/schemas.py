@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
 from app.models import TaskOrigin, TaskStatus
-from generators.prompts import check_prompt_language
+from generators.prompts import LANGUAGES, check_prompt_language
 
 DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
@@ -38,6 +38,7 @@ class DatasetCreate(BaseModel):
     description: str = Field(default="", max_length=2000)
     language: str | None = Field(
         default=None,
+        json_schema_extra={"enum": [*LANGUAGES, None]},
         description="Leave out: the pool's languages are those of its seeds, as detected. "
         "A code fixes them to one language (one of the languages prompts exist for).",
     )
@@ -117,15 +118,22 @@ class SeedImportResult(BaseModel):
 # --- documents ---
 
 
+# Whitespace as JSON Schema's `\s` defines it, so the schema's rule and the service's agree.
+JSON_WHITESPACE = "\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+SOME_TEXT = f"^[^\u0000]*[^\u0000{JSON_WHITESPACE}][^\u0000]*$"
+
+
 class DocumentText(BaseModel):
-    """One document sent as JSON; files go as multipart uploads instead."""
+    """One document sent as JSON; JSONL, and files of any kind, go as multipart uploads."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=255)
-    text: str = Field(description='Plain text, Markdown, or JSONL of {"text": ...} lines.')
-    format: Literal["text", "markdown", "jsonl"] | None = Field(
-        default=None, description="Default: from the name's extension (.md, .jsonl), else text."
+    name: str = Field(min_length=1, max_length=255, pattern="^[^\u0000]+$")
+    text: str = Field(
+        pattern=SOME_TEXT, description="Plain text or Markdown: not empty, no NUL characters."
+    )
+    format: Literal["text", "markdown"] | None = Field(
+        default=None, description="Default: markdown for a name ending in .md, else text."
     )
 
 

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -67,6 +67,16 @@ LENGTHS: dict[str, tuple[int, int]] = {
     "ja": (6, 300),
     "ko": (6, 300),
 }
+
+
+# The characters str.split() breaks on, as a regex class: a blacklist entry needs one other.
+PYTHON_WHITESPACE = (
+    "\\t\\n\\v\\f\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f"
+    "\\u205f\\u3000"
+)
+
+
+_NonBlank = Annotated[str, Field(json_schema_extra={"pattern": f"[^{PYTHON_WHITESPACE}]"})]
 
 
 class HeuristicReason(StrEnum):
@@ -112,7 +122,8 @@ class HeuristicConfig(BaseModel):
         "candidate language's (English 150, as in the paper; Chinese 300).",
     )
     # Content.
-    blacklist: tuple[str, ...] | None = Field(
+    # The pattern states the blank rule in the schema; the validator below enforces it in words.
+    blacklist: tuple[_NonBlank, ...] | None = Field(
         default=None,
         max_length=1000,
         description="Whole words or phrases, matched case-insensitively; empty to disable; "
@@ -206,7 +217,7 @@ class HeuristicConfig(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class HeuristicVerdict:
     """Whether a candidate passes; when not, a stable reason code and words for a reviewer."""
 
     ok: bool
@@ -214,11 +225,11 @@ class Verdict:
     detail: str | None = None
 
     @classmethod
-    def reject(cls, reason: HeuristicReason, detail: str) -> Verdict:
+    def reject(cls, reason: HeuristicReason, detail: str) -> HeuristicVerdict:
         return cls(False, str(reason), detail)
 
 
-PASS = Verdict(True)
+PASS = HeuristicVerdict(True)
 DEFAULT_CONFIG = HeuristicConfig()
 
 # "3. ", "3) ", "(3) ", "3: " and bullets, plus the full-width marks ) 、 . : of CJK text;
@@ -267,49 +278,51 @@ ECHO_THRESHOLD = 0.5
 the English header; "Create a numbered list of tasks for moving house" 0.40."""
 
 
-def check_echo(text: str, references: Sequence[str]) -> Verdict:
+def check_echo(text: str, references: Sequence[str]) -> HeuristicVerdict:
     """Reject a candidate that repeats the prompt's own instructions instead of a task."""
     for reference in references:
         if rouge_l(text, reference) >= ECHO_THRESHOLD:
-            return Verdict.reject(
+            return HeuristicVerdict.reject(
                 HeuristicReason.ECHOES_PROMPT, f"repeats the prompt's own words: {reference!r}"
             )
     return PASS
 
 
-def check_instruction(text: str, config: HeuristicConfig = DEFAULT_CONFIG) -> Verdict:
+def check_instruction(text: str, config: HeuristicConfig = DEFAULT_CONFIG) -> HeuristicVerdict:
     """The first rule `text` breaks, in the paper's order, or `PASS`.
 
     `text` is judged as given apart from surrounding whitespace; normalise it first.
     """
     stripped = text.strip()
     if not stripped:
-        return Verdict.reject(HeuristicReason.EMPTY, "the instruction is empty")
+        return HeuristicVerdict.reject(HeuristicReason.EMPTY, "the instruction is empty")
     words = count_words(stripped)
     low, high = config.length_bounds()
     if config.reject_too_short and words < low:
-        return Verdict.reject(
+        return HeuristicVerdict.reject(
             HeuristicReason.TOO_SHORT, f"{words} words; at least {low} are needed"
         )
     if config.reject_too_long and words > high:
-        return Verdict.reject(
+        return HeuristicVerdict.reject(
             HeuristicReason.TOO_LONG, f"{words} words; at most {high} are allowed"
         )
     pattern = _blacklist_pattern(config.words())
     if pattern is not None and (found := pattern.search(stripped)):
-        return Verdict.reject(
+        return HeuristicVerdict.reject(
             HeuristicReason.BLACKLISTED_WORD,
             f"contains '{found.group(0)}', which a text-only model cannot handle",
         )
     if config.reject_write_a_program and _WRITE_A_PROGRAM.match(stripped):
-        return Verdict.reject(HeuristicReason.WRITE_A_PROGRAM, 'starts with "Write a program"')
+        return HeuristicVerdict.reject(
+            HeuristicReason.WRITE_A_PROGRAM, 'starts with "Write a program"'
+        )
     first = stripped[0]
     if config.reject_punctuation_start and _is_punctuation(first):
-        return Verdict.reject(
+        return HeuristicVerdict.reject(
             HeuristicReason.STARTS_WITH_PUNCTUATION, f"starts with the punctuation mark {first!r}"
         )
     if config.reject_symbol_start and not unicodedata.category(first).startswith(("L", "N")):
-        return Verdict.reject(
+        return HeuristicVerdict.reject(
             HeuristicReason.STARTS_WITH_SYMBOL,
             f"starts with {first!r}, which is neither a letter nor a digit",
         )
@@ -330,18 +343,20 @@ def is_refusal(text: str) -> bool:
     return bool(_REFUSAL.match(text.strip()))
 
 
-def check_evolution(parent: str, child: str, threshold: float) -> Verdict:
+def check_evolution(parent: str, child: str, threshold: float) -> HeuristicVerdict:
     """Reject a rewrite that is no real evolution of `parent`: a copy, one that scores above
     the run's novelty threshold against it, or a refusal."""
     if normalize_instruction(child).casefold() == normalize_instruction(parent).casefold():
-        return Verdict.reject(HeuristicReason.EVOLUTION_FAILED, "copies the task it evolves")
+        return HeuristicVerdict.reject(
+            HeuristicReason.EVOLUTION_FAILED, "copies the task it evolves"
+        )
     if is_refusal(child):
-        return Verdict.reject(
+        return HeuristicVerdict.reject(
             HeuristicReason.EVOLUTION_FAILED, "the model declined instead of rewriting the task"
         )
     score = rouge_l(child, parent)
     if score > threshold:
-        return Verdict.reject(
+        return HeuristicVerdict.reject(
             HeuristicReason.EVOLUTION_FAILED,
             f"ROUGE-L {score:.2f} to the task it evolves, above the threshold {threshold}",
         )

@@ -106,7 +106,7 @@ class Neighbour(NamedTuple):
 class NoveltyVerdict:
     """Outcome of a novelty check: ``novel`` unless the best score exceeds ``threshold``.
 
-    ``ok``, ``reason`` and ``detail`` mirror the heuristic filters' `Verdict`.
+    ``ok``, ``reason`` and ``detail`` mirror the heuristic filters' `HeuristicVerdict`.
     """
 
     novel: bool

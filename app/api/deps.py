@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -65,18 +66,27 @@ def require_token(request: Request, settings: SettingsDep) -> None:
     read = request.method in SAFE_METHODS
     if read and not settings.private_reads:
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        scheme, token = "bearer", (request.cookies.get(READ_COOKIE, "") if read else "")
+    token = bearer_token(request) or (request.cookies.get(READ_COOKIE) if read else None)
     if not token:
         what = "This read needs" if read else "This route changes state and needs"
         raise Unauthorized(
             f"{what} `Authorization: Bearer <token>` (the server's SELFINSTRUCT_API_TOKEN)."
         )
-    expected = settings.api_token.get_secret_value()
-    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+    if not token_matches(token, settings.api_token):
         raise Unauthorized("The bearer token is wrong; use the server's SELFINSTRUCT_API_TOKEN.")
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header; None without one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def token_matches(given: str, expected: SecretStr) -> bool:
+    """In constant time, so the comparison leaks nothing of the secret."""
+    return hmac.compare_digest(given.encode(), expected.get_secret_value().encode())
 
 
 def dataset_by_name(

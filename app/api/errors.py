@@ -8,6 +8,7 @@ from typing import Any
 from app.schemas import ErrorResponse
 
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body could not be read as its type."},
     401: {"model": ErrorResponse, "description": "Missing or wrong bearer token."},
     413: {"model": ErrorResponse, "description": "The body is over a configured limit."},
     422: {"model": ErrorResponse, "description": "The request is invalid; `errors` says where."},

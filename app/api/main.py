@@ -59,15 +59,26 @@ def openapi_builder(app: FastAPI) -> Any:
             for name, sub in found.pop("$defs", {}).items():
                 components.setdefault(name, sub)
             components.setdefault(model.__name__, found)
-        _state_ceilings(components, app.state.settings)
+        _state_ceilings(schema, app.state.settings)
         app.openapi_schema = schema
         return schema
 
     return build
 
 
-def _state_ceilings(components: dict[str, Any], settings: Settings) -> None:
-    """The chat ceilings are settings: the schema states this server's values."""
+def _state_ceilings(schema: dict[str, Any], settings: Settings) -> None:
+    """Ceilings that are settings (chat `n` and `max_tokens`, page sizes): the schema states
+    this server's values."""
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            for param in operation.get("parameters", []):
+                bounds = param.setdefault("schema", {})
+                if param.get("in") == "query" and param.get("name") == "limit":
+                    bounds.setdefault("maximum", settings.page_size_max)  # fixed ones stay
+    components = schema["components"]["schemas"]
+    target = components.get("RunCreate", {}).get("properties", {}).get("target", {})
+    if target:
+        target["maximum"] = settings.max_run_target
     fields = components.get("ChatCompletionRequest", {}).get("properties", {})
     ceilings = {
         "n": settings.chat_max_n,

@@ -23,7 +23,13 @@ from sqlmodel import Session, col, delete, select
 
 from app.errors import InvalidInput, NotFound, PayloadTooLarge
 from app.models import Dataset, Document, Passage
-from app.schemas import DocumentDetail, DocumentPublic, ErrorItem, PassagePublic
+from app.schemas import (
+    JSON_WHITESPACE,
+    DocumentDetail,
+    DocumentPublic,
+    ErrorItem,
+    PassagePublic,
+)
 from filters.language import detect_language
 
 DEFAULT_PASSAGE_CHARS = 1500
@@ -119,6 +125,11 @@ def _is_cjk_end(text: str) -> bool:
 # --- reading uploads ---------------------------------------------------------------------------
 
 
+def text_format(name: str) -> str:
+    """A document sent as JSON text: Markdown by its name, else plain text (never JSONL)."""
+    return "markdown" if document_format(name, None) == "markdown" else "text"
+
+
 def document_format(name: str, declared: str | None) -> str:
     if declared is not None:
         return declared
@@ -149,6 +160,8 @@ def parse_document(
         passages = _jsonl_passages(name, text, max_chars)
     else:
         passages = split_passages(text, max_chars=max_chars, markdown=fmt == "markdown")
+        if not passages and _has_text(text):  # a short document is one short passage
+            passages = [text.strip() or text]
     if not passages:
         raise _refuse(name, "is empty: it holds no passage of text")
     return ParsedDocument(name=name, format=fmt, raw=raw, passages=passages)
@@ -172,6 +185,10 @@ def _jsonl_passages(name: str, text: str, max_chars: int) -> list[str]:
             )
         passages += split_passages(value, max_chars=max_chars)
     return passages
+
+
+def _has_text(text: str) -> bool:
+    return bool(re.search(f"[^\u0000{JSON_WHITESPACE}]", text))
 
 
 def _refuse(name: str, reason: str, *, line: int | None = None) -> InvalidInput:

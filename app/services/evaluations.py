@@ -23,7 +23,8 @@ class EvaluationCreate(BaseModel):
 
     models: list[str] = Field(min_length=1, max_length=4, description="E.g. a base and its tune.")
     dataset: str = Field(description="Held-out tasks: a dataset the models were not trained on.")
-    task_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] | None = Field(
+    # 2**53 - 1: the largest integer a JSON number carries exactly (ids never come near it)
+    task_ids: list[Annotated[int, Field(ge=1, le=2**53 - 1)]] | None = Field(
         None, max_length=1000, description="Only these tasks."
     )
     origin: TaskOrigin | None = None

@@ -6,6 +6,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from app.errors import InvalidInput, NotFound
@@ -251,6 +252,24 @@ def list_events(
         query = query.where(col(FineTuneEvent.id) < int(number))
     rows = list(session.exec(query.order_by(col(FineTuneEvent.id).desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit
+
+
+def events_after(engine: Engine, *, job_id: str, after: int) -> list[FineTuneEvent]:
+    """A job's events after id `after`, oldest first (what a live stream sends next)."""
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(FineTuneEvent)
+                .where(FineTuneEvent.job_id == job_id, col(FineTuneEvent.id) > after)
+                .order_by(col(FineTuneEvent.id))
+            )
+        )
+
+
+def job_status(engine: Engine, *, job_id: str) -> str:
+    with Session(engine) as session:
+        job = session.get(FineTuneJob, job_id)
+        return job.status if job is not None else JobStatus.failed.value
 
 
 def list_checkpoints(*, session: Session, job: FineTuneJob) -> list[FineTuneCheckpoint]:

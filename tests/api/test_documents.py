@@ -124,10 +124,16 @@ def test_json_documents_and_unknown_ids(api: TestClient) -> None:
         params={"passage_chars": 200},
     )
     assert response.status_code == 201 and response.json()["data"][0]["passages"] == 2
-    empty = api.post(
-        "/v1/datasets/default/documents", json={"documents": [{"name": "x", "text": "\u0000"}]}
+    for text in ("\u0000", " \n\u3000 "):  # the schema's rule: some text and no NUL
+        empty = api.post(
+            "/v1/datasets/default/documents", json={"documents": [{"name": "x", "text": text}]}
+        )
+        assert empty.status_code == 422 and empty.json()["errors"][0]["field"] == "documents.0.text"
+    short = api.post(  # a short document is one short passage
+        "/v1/datasets/default/documents", json={"documents": [{"name": "one.md", "text": "Hi"}]}
     )
-    assert empty.status_code == 422 and "'x'" in empty.json()["detail"]
+    assert short.status_code == 201 and short.json()["data"][0]["passages"] == 1
+    assert short.json()["data"][0]["format"] == "markdown"
     assert api.post("/v1/datasets/default/documents", json={"documents": []}).status_code == 422
     too_small = api.post(
         "/v1/datasets/default/documents",
@@ -138,4 +144,4 @@ def test_json_documents_and_unknown_ids(api: TestClient) -> None:
     assert api.get("/v1/datasets/default/documents/999").status_code == 404
     assert api.delete("/v1/datasets/default/documents/999").status_code == 404
     assert api.get("/v1/datasets/nope/documents").status_code == 404
-    assert _count(api) == 1
+    assert _count(api) == 2

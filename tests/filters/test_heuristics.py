@@ -10,7 +10,7 @@ from filters.heuristics import (
     DEFAULT_BLACKLIST,
     PASS,
     HeuristicConfig,
-    Verdict,
+    HeuristicVerdict,
     check_instruction,
     count_words,
     normalize_instruction,
@@ -31,7 +31,7 @@ def test_a_plain_instruction_passes() -> None:
 def test_empty_text_is_rejected() -> None:
     for text in ("", "   \n"):
         verdict = check_instruction(text)
-        assert verdict == Verdict(False, "empty", "the instruction is empty")
+        assert verdict == HeuristicVerdict(False, "empty", "the instruction is empty")
 
 
 def test_three_words_are_too_short_and_four_are_enough() -> None:

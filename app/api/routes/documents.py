@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from app.api.deps import DatasetDep, SessionDep, SettingsDep
 from app.errors import InvalidInput
 from app.schemas import (
+    SOME_TEXT,
     DocumentDetail,
     DocumentsCreate,
     DocumentsPublic,
@@ -35,7 +36,17 @@ UPLOAD_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                        "file": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "string",
+                                "pattern": SOME_TEXT,
+                                "contentMediaType": "text/plain",
+                                "description": "A file of UTF-8 text: plain, Markdown (.md) or "
+                                'JSONL (.jsonl, one {"text": ...} a line).',
+                            },
+                        }
                     },
                     "required": ["file"],
                 }
@@ -101,16 +112,19 @@ async def _uploads(request: Request, limit: int) -> list[tuple[str, bytes, str |
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         form = await request.form()
-        files = [f for f in form.getlist("file") if not isinstance(f, str)]
-        if not files:
+        parts = form.getlist("file")
+        if not parts:
             raise InvalidInput(
                 "Multipart document upload needs one or more files in the field 'file'.",
                 errors=[ErrorItem(field="file", reason="missing")],
             )
         out: list[tuple[str, bytes, str | None]] = []
-        for upload in files:
-            raw = await upload.read(limit + 1)
-            out.append((upload.filename or "upload", raw, None))
+        for number, part in enumerate(parts, start=1):
+            if isinstance(part, str):  # a plain form field: text, named by its position
+                out.append((f"file-{number}", part.encode(), "text"))
+            else:
+                raw = await part.read(limit + 1)
+                out.append((part.filename or f"file-{number}", raw, None))
         return out
     if content_type != "application/json":
         raise InvalidInput(
@@ -128,4 +142,7 @@ async def _uploads(request: Request, limit: int) -> list[tuple[str, bytes, str |
         raise InvalidInput(
             f"{where}: {first['msg']}", errors=[ErrorItem(field=where, reason=first["msg"])]
         ) from exc
-    return [(doc.name, doc.text.encode(), doc.format) for doc in body.documents]
+    return [
+        (doc.name, doc.text.encode(), doc.format or svc.text_format(doc.name))
+        for doc in body.documents
+    ]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Header, Query, Request, UploadFile
@@ -12,6 +10,8 @@ from fastapi.responses import FileResponse
 from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import EngineDep, SessionDep, SettingsDep
+from app.api.sse import Event, follow
+from app.api.sse import last_event_id as sse_start
 from app.finetune_schemas import (
     FileObject,
     FineTuningJob,
@@ -129,7 +129,13 @@ async def list_events(
     session: SessionDep,
     engine: EngineDep,
     job: JobDep,
-    after: str | None = None,
+    after: Annotated[
+        str | None,
+        Query(
+            pattern="^(ftevent-)?[0-9]{1,18}$",
+            description="An event id from a previous page (ftevent-<n>).",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
     stream: bool = False,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -137,43 +143,19 @@ async def list_events(
     """Job events, newest first; `stream=true` (or Accept: text/event-stream) follows them live
     in order, resuming after `Last-Event-ID` when a client reconnects."""
     if stream or "text/event-stream" in request.headers.get("accept", ""):
-        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-        return EventSourceResponse(_follow(request, engine, job.id, start))
+        return EventSourceResponse(_follow(request, engine, job.id, sse_start(last_event_id)))
     events, more = svc.list_events(session=session, job=job, after=after, limit=limit)
     return Page[FineTuningJobEvent](data=[svc.event_public(e) for e in events], has_more=more)
 
 
-async def _follow(
-    request: Request, engine: Any, job_id: str, after: int
-) -> AsyncIterator[dict[str, str]]:
-    from sqlmodel import Session, col, select
+def _follow(request: Request, engine: Any, job_id: str, after: int) -> Any:
+    def read_after(last: int) -> list[Event]:
+        return [
+            (e.id, "event", json.dumps(svc.event_public(e).model_dump(), ensure_ascii=False))  # type: ignore[misc]
+            for e in svc.events_after(engine, job_id=job_id, after=last)
+        ]
 
-    from app.models import FineTuneEvent
+    def finished() -> bool:
+        return svc.job_status(engine, job_id=job_id) in svc.FINAL
 
-    last = after
-
-    def read() -> tuple[list[FineTuneEvent], str]:
-        with Session(engine) as session:
-            rows = list(
-                session.exec(
-                    select(FineTuneEvent)
-                    .where(FineTuneEvent.job_id == job_id, col(FineTuneEvent.id) > last)
-                    .order_by(col(FineTuneEvent.id))
-                )
-            )
-            state = session.get(FineTuneJob, job_id)
-            return rows, state.status if state else "failed"
-
-    while not await request.is_disconnected():
-        rows, state = await asyncio.to_thread(read)
-        for event in rows:
-            assert event.id is not None
-            last = event.id
-            yield {
-                "id": str(event.id),
-                "event": "event",
-                "data": json.dumps(svc.event_public(event).model_dump(), ensure_ascii=False),
-            }
-        if not rows and state in svc.FINAL:
-            return
-        await asyncio.sleep(0.5)
+    return follow(request, read_after=read_after, finished=finished, after=after)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep
+from app.api.sse import Event, follow
+from app.api.sse import last_event_id as sse_start
 from app.models import Dataset, Run
 from app.run_schemas import RunCreate, RunPublic, RunsPublic
 from app.schemas import ErrorResponse
@@ -92,30 +92,22 @@ async def run_events(
     """Stream the run's progress as server-sent events until it ends (resumes: Last-Event-ID)."""
     assert run.id is not None
     run_id = run.id
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    poll = min(max(poll_seconds, 0.05), 5.0)
 
-    async def stream() -> AsyncIterator[dict[str, str]]:
-        nonlocal after
-        while not await request.is_disconnected():
-            events = await asyncio.to_thread(svc.events_after, engine, run_id=run_id, after=after)
-            for event in events:
-                assert event.id is not None
-                after = event.id
-                yield {
-                    "id": str(event.id),
-                    "event": event.kind,
-                    "data": json.dumps(svc.event_public(event), ensure_ascii=False),
-                }
-            if not events:
-                state = await asyncio.to_thread(svc.run_status, engine, run_id=run_id)
-                if state is None or state in FINAL:
-                    # One last read: the end event is written with the final status.
-                    if not await asyncio.to_thread(
-                        svc.events_after, engine, run_id=run_id, after=after
-                    ):
-                        return
-                    continue
-                await asyncio.sleep(poll)
+    def read_after(after: int) -> list[Event]:
+        return [
+            (e.id, e.kind, json.dumps(svc.event_public(e), ensure_ascii=False))  # type: ignore[misc]
+            for e in svc.events_after(engine, run_id=run_id, after=after)
+        ]
 
-    return EventSourceResponse(stream(), ping=15)
+    def finished() -> bool:
+        state = svc.run_status(engine, run_id=run_id)
+        return state is None or state in FINAL
+
+    stream = follow(
+        request,
+        read_after=read_after,
+        finished=finished,
+        after=sse_start(last_event_id),
+        poll_s=min(max(poll_seconds, 0.05), 5.0),
+    )
+    return EventSourceResponse(stream, ping=15)

@@ -40,8 +40,13 @@ def list_tasks(
     contains: Annotated[
         str | None, Query(max_length=500, description="Case-insensitive text in the instruction.")
     ] = None,
-    after: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
-    limit: Annotated[int, Query(ge=1)] = 100,
+    after: Annotated[
+        str | None,
+        Query(pattern="^[0-9]{0,18}$", description="`next_cursor` of the previous page."),
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, description="At most SELFINSTRUCT_PAGE_SIZE_MAX (default 1000).")
+    ] = 100,
 ) -> TasksPublic:
     """List a dataset's tasks, oldest first, with filters and cursor pagination."""
     if limit > settings.page_size_max:

@@ -7,7 +7,6 @@ worker does directly, through the same functions.
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from sqlmodel import Session
 
-from app.api.deps import EngineDep, SessionDep, SettingsDep
+from app.api.deps import EngineDep, SessionDep, SettingsDep, bearer_token, token_matches
 from app.api.errors import COMMON_ERRORS
 from app.errors import Conflict, InvalidInput, Unauthorized
 from app.finetune_schemas import FineTuningJob
@@ -31,9 +30,8 @@ def require_worker_token(request: Request, settings: SettingsDep) -> None:
         raise Unauthorized(
             "Remote workers are disabled; set SELFINSTRUCT_WORKER_TOKEN to allow them."
         )
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    expected = settings.worker_token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+    token = bearer_token(request)
+    if token is None or not token_matches(token, settings.worker_token):
         raise Unauthorized("Workers need `Authorization: Bearer <SELFINSTRUCT_WORKER_TOKEN>`.")
 
 

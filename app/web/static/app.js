@@ -99,13 +99,14 @@ if (localStorage.getItem(TOKEN_KEY)) setReadCookie(localStorage.getItem(TOKEN_KE
 async function api(method, path, body) {
   const send = () => {
     const headers = { Accept: "application/json" };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const form = body instanceof FormData; // files: the browser writes the multipart body
+    if (body !== undefined && !form) headers["Content-Type"] = "application/json";
     const token = localStorage.getItem(TOKEN_KEY);
     if (token) headers.Authorization = `Bearer ${token}`;
     return fetch(path, {
       method,
       headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined || form ? body : JSON.stringify(body),
     });
   };
   let response = await send();
@@ -437,7 +438,7 @@ function strategyInputs() {
   return { strategySelect, strategyFields };
 }
 
-/** The dataset's documents, an upload (read here, sent as JSON) and a delete per document. */
+/** The dataset's documents, an upload (the files as they are, multipart) and a delete each. */
 async function documentsPanel(name) {
   const list = h("ul", { id: "documents" });
   const message = h("p", { class: "muted", id: "documents-message" });
@@ -458,8 +459,9 @@ async function documentsPanel(name) {
     event.preventDefault();
     message.textContent = "";
     try {
-      const documents = await Promise.all([...files.files].map(async (f) => ({ name: f.name, text: await f.text() })));
-      const added = await api("POST", `/v1/datasets/${enc(name)}/documents`, { documents });
+      const form = new FormData();
+      for (const file of files.files) form.append("file", file, file.name);
+      const added = await api("POST", `/v1/datasets/${enc(name)}/documents`, form);
       message.textContent = `Added ${added.count} document(s).`;
       upload.reset();
       await refresh();
