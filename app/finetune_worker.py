@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from app.leases import LeaseHolder, renew
-from app.models import FineTuneCheckpoint, FineTuneJob, JobStatus, utcnow
+from app.models import FineTuningJobCheckpointRow, FineTuningJobRow, JobStatus, utcnow
 from app.services.files import file_path
 from app.services.finetune import add_event, artifacts_dir, tuned_model_dir
 from app.settings import BUNDLED_MODEL_ID, Settings
@@ -26,7 +26,7 @@ log = logging.getLogger("selfinstruct.finetune")
 MAX_ATTEMPTS = 3  # claims of one job before it fails as worker_lost
 
 
-def fine_tuned_model_id(job: FineTuneJob) -> str:
+def fine_tuned_model_id(job: FineTuningJobRow) -> str:
     return f"ft:{job.model}:{job.suffix or 'selfinstruct'}:{job.id}"
 
 
@@ -34,9 +34,9 @@ def model_dir_for(settings: Settings, engine: Engine, model: str) -> str | None:
     """The Hugging Face directory of a fine-tuned model id (the merged model for LoRA)."""
     with Session(engine) as session:
         job = session.exec(
-            select(FineTuneJob).where(
-                FineTuneJob.fine_tuned_model == model,
-                FineTuneJob.status == JobStatus.succeeded.value,
+            select(FineTuningJobRow).where(
+                FineTuningJobRow.fine_tuned_model == model,
+                FineTuningJobRow.status == JobStatus.succeeded.value,
             )
         ).first()
     if job is None:
@@ -44,7 +44,7 @@ def model_dir_for(settings: Settings, engine: Engine, model: str) -> str | None:
     return tuned_model_dir(settings, job)
 
 
-def job_spec(settings: Settings, engine: Engine, job: FineTuneJob) -> dict[str, Any]:
+def job_spec(settings: Settings, engine: Engine, job: FineTuningJobRow) -> dict[str, Any]:
     """What a worker needs to train a job, as plain data (a remote worker gets it as JSON).
 
     `base_model` is None for the bundled model, which every worker finds in its own install.
@@ -84,7 +84,7 @@ def job_spec(settings: Settings, engine: Engine, job: FineTuneJob) -> dict[str, 
 def begin_attempt(engine: Engine, job_id: str) -> bool:
     """Count a claim; after MAX_ATTEMPTS the job fails as worker_lost instead of running."""
     with Session(engine, expire_on_commit=False) as session:
-        job = session.get(FineTuneJob, job_id)
+        job = session.get(FineTuningJobRow, job_id)
         assert job is not None
         attempts = int(job.progress.get("attempts", 0)) + 1
         job.progress = {**job.progress, "attempts": attempts}
@@ -134,7 +134,7 @@ def record_event(engine: Engine, job_id: str, worker_id: str, event: dict[str, A
                 "valid_loss": progress.get("valid_loss"),
             }
             session.add(
-                FineTuneCheckpoint(
+                FineTuningJobCheckpointRow(
                     job_id=job_id, step=event["step"], path=event["path"], metrics=metrics
                 )
             )
@@ -294,7 +294,7 @@ def execute_job(
 
     def renew_once() -> bool:
         return renew(
-            engine, FineTuneJob, row_id=job_id, worker_id=worker.worker_id, lease_seconds=lease
+            engine, FineTuningJobRow, row_id=job_id, worker_id=worker.worker_id, lease_seconds=lease
         )
 
     job = _job(engine, job_id)
@@ -340,9 +340,9 @@ def complete_job(engine: Engine, job_id: str, worker_id: str, outcome: dict[str,
 def _latest_checkpoint(engine: Engine, job_id: str) -> Path | None:
     with Session(engine) as session:
         ckpt = session.exec(
-            select(FineTuneCheckpoint)
-            .where(FineTuneCheckpoint.job_id == job_id)
-            .order_by(col(FineTuneCheckpoint.step).desc())
+            select(FineTuningJobCheckpointRow)
+            .where(FineTuningJobCheckpointRow.job_id == job_id)
+            .order_by(col(FineTuningJobCheckpointRow.step).desc())
         ).first()
     return Path(ckpt.path) if ckpt else None
 
@@ -350,7 +350,7 @@ def _latest_checkpoint(engine: Engine, job_id: str) -> Path | None:
 def _update(engine: Engine, job_id: str, worker_id: str, **fields: Any) -> bool:
     """Write fields if this worker still holds a running job; False means stop."""
     with Session(engine, expire_on_commit=False) as session:
-        job = session.get(FineTuneJob, job_id)
+        job = session.get(FineTuningJobRow, job_id)
         if job is None or job.status != JobStatus.running or job.worker_id != worker_id:
             return False
         for key, value in fields.items():
@@ -360,9 +360,9 @@ def _update(engine: Engine, job_id: str, worker_id: str, **fields: Any) -> bool:
         return True
 
 
-def _job(engine: Engine, job_id: str) -> FineTuneJob:
+def _job(engine: Engine, job_id: str) -> FineTuningJobRow:
     with Session(engine, expire_on_commit=False) as session:
-        job = session.get(FineTuneJob, job_id)
+        job = session.get(FineTuningJobRow, job_id)
         assert job is not None
         return job
 
@@ -377,7 +377,7 @@ def _plain(event: dict[str, Any]) -> dict[str, Any]:
 
 def _finish(engine: Engine, job_id: str, worker_id: str, status: JobStatus, **fields: Any) -> None:
     with Session(engine) as session:
-        job = session.get(FineTuneJob, job_id)
+        job = session.get(FineTuningJobRow, job_id)
         if job is None or job.status != JobStatus.running or job.worker_id != worker_id:
             return
         job.status = status

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
-from app.models import FineTuneJob, Run, utcnow
+from app.models import FineTuningJobRow, Run, utcnow
 
 
 class LeaseHolder(Protocol):
@@ -35,7 +35,7 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-Leased = type[Run] | type[FineTuneJob]
+Leased = type[Run] | type[FineTuningJobRow]
 
 
 def _claimable(model: Leased, now: object) -> sa.ColumnElement[bool]:
@@ -59,7 +59,7 @@ def claim(
     """
     now = utcnow()
     lease = now + timedelta(seconds=lease_seconds)
-    order = col(model.id) if model is Run else col(FineTuneJob.created_at)
+    order = col(model.id) if model is Run else col(FineTuningJobRow.created_at)
     with engine.begin() as conn:
         pick = sa.select(col(model.id)).where(_claimable(model, now)).order_by(order).limit(1)
         if row_id is not None:

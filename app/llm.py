@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 import generators.local  # noqa: F401  (registers the "local" backend)
 from app.errors import NotFound
-from app.models import FineTuneJob, JobStatus
+from app.models import FineTuningJobRow, JobStatus
 from app.schemas import ErrorItem
 from app.services.finetune import tuned_model_dir
 from app.settings import BUNDLED_MODEL_ID, EndpointConfig, Settings
@@ -52,9 +52,9 @@ def catalogue(settings: Settings, engine: Engine | None = None) -> list[ModelEnt
     if engine is not None:
         with Session(engine) as session:
             for job in session.exec(
-                select(FineTuneJob)
-                .where(FineTuneJob.status == JobStatus.succeeded.value)
-                .order_by(col(FineTuneJob.created_at))
+                select(FineTuningJobRow)
+                .where(FineTuningJobRow.status == JobStatus.succeeded.value)
+                .order_by(col(FineTuningJobRow.created_at))
             ):
                 if job.fine_tuned_model:
                     entries.append(

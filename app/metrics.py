@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.models import Dataset, FineTuneJob, Run, Task
+from app.models import Dataset, FineTuningJobRow, Run, Task
 from generators import base as generator_base
 from generators.errors import GeneratorError
 from generators.pool import shared_replicas
@@ -208,8 +208,12 @@ class _PoolCollector:
                 for (verdict, reason), n in counts.items():
                     candidates.add_metric([name, verdict, reason], n)
             latest = conn.execute(
-                sa.select(col(FineTuneJob.id), col(FineTuneJob.status), col(FineTuneJob.progress))
-                .order_by(col(FineTuneJob.created_at).desc())
+                sa.select(
+                    col(FineTuningJobRow.id),
+                    col(FineTuningJobRow.status),
+                    col(FineTuningJobRow.progress),
+                )
+                .order_by(col(FineTuningJobRow.created_at).desc())
                 .limit(FINETUNE_JOBS_SHOWN)
             )
             for job_id, status, progress in latest:

@@ -166,7 +166,7 @@ class Run(SQLModel, table=True):
     updated_at: datetime = _ts()
 
 
-class FineTuneJob(SQLModel, table=True):
+class FineTuningJobRow(SQLModel, table=True):
     """An OpenAI-shaped fine-tune job, claimed by a (possibly remote) GPU worker."""
 
     __tablename__ = "finetune_job"
@@ -199,7 +199,7 @@ class FineTuneJob(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
-class FineTuneEvent(SQLModel, table=True):
+class FineTuningJobEventRow(SQLModel, table=True):
     __tablename__ = "finetune_event"
     __table_args__ = (sa.Index("ix_finetune_event_job", "job_id", "id"),)
 
@@ -215,7 +215,7 @@ class FineTuneEvent(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
-class FineTuneCheckpoint(SQLModel, table=True):
+class FineTuningJobCheckpointRow(SQLModel, table=True):
     __tablename__ = "finetune_checkpoint"
     __table_args__ = (sa.Index("ix_finetune_checkpoint_job", "job_id", "step"),)
 

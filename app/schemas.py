@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from app.models import TaskOrigin, TaskStatus
+from generators.base import ChatMessage
 from generators.prompts import LANGUAGES, check_prompt_language
 
 DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+# The largest id the tables hold: their ids are INTEGER, 32 bits on PostgreSQL. A larger one
+# cannot name anything, and the schema says so rather than the database refusing it.
+MAX_ID = 2**31 - 1
 
 
 class ErrorItem(BaseModel):
@@ -285,3 +298,164 @@ class Readiness(BaseModel):
     status: str
     database: str
     schema_revision: str | None
+
+
+# --- dataset statistics ---
+
+
+class HistogramBin(BaseModel):
+    low: float
+    high: float
+    count: int
+
+
+class LanguageStats(BaseModel):
+    """Table 1 of the paper for the tasks of one language, in that language's unit."""
+
+    instructions: int
+    instances: int
+    unit: Literal["words", "characters"] = Field(
+        description="Characters for Chinese, Japanese and Korean, words otherwise."
+    )
+    mean_instruction_length: float
+    mean_input_length: float
+    mean_output_length: float
+    leading: list[tuple[str, int]] = Field(
+        description="The paper's Figure 2 where a part-of-speech tagger exists for the language "
+        "(Chinese: jieba), as 'verb noun' pairs; elsewhere the leading words."
+    )
+    leading_kind: Literal["verb_noun_pairs", "leading_words"]
+
+
+class DatasetStats(BaseModel):
+    instructions: int = Field(description="Accepted instructions of every origin but seed.")
+    classification: int
+    non_classification: int
+    instances: int
+    empty_inputs: int = Field(description="Instances whose input is empty.")
+    mean_instruction_words: float = Field(description="Words; each CJK character is a word.")
+    mean_input_words: float
+    mean_output_words: float
+    rouge_to_nearest_seed: list[HistogramBin] = Field(
+        description="Each generated instruction's ROUGE-L to its most similar seed."
+    )
+    instruction_length: list[HistogramBin] = Field(
+        description="Words per instruction; the last bin's `high` is the longest seen."
+    )
+    input_length: list[HistogramBin] = Field(description="Words per instance input.")
+    output_length: list[HistogramBin] = Field(description="Words per instance output.")
+    rejected_by_reason: dict[str, int]
+    leading_words: list[tuple[str, int]] = Field(
+        description="Most common first words, all languages together (Chinese: two characters)."
+    )
+    by_language: dict[str, LanguageStats] = Field(
+        description="Per detected language (`unknown`: too short to tell)."
+    )
+    seeds: int
+    by_origin: dict[str, int] = Field(
+        default_factory=dict,
+        description="Accepted tasks by origin (generated, evolved, backtranslated, edited).",
+    )
+    evolved: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Accepted evolved tasks by operation, then by depth (times evolved).",
+    )
+
+
+# --- evaluations ---
+
+
+class EvaluationCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(min_length=1, max_length=4, description="E.g. a base and its tune.")
+    dataset: str = Field(description="Held-out tasks: a dataset the models were not trained on.")
+    task_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = Field(
+        None, max_length=1000, description="Only these tasks."
+    )
+    origin: TaskOrigin | None = None
+    limit: int = Field(20, ge=1, le=500, description="Tasks to evaluate, oldest first.")
+    max_tokens: int = Field(128, ge=1, le=4096)
+
+
+class ModelScore(BaseModel):
+    model: str
+    mean_rouge_l: float
+    scores: list[float]
+    failed: int = Field(description="Tasks the model gave no answer for (scored 0).")
+
+
+class Sample(BaseModel):
+    task_id: int
+    instruction: str
+    input: str
+    reference: str
+    outputs: dict[str, str]
+
+
+class Evaluation(BaseModel):
+    object: Literal["evaluation"] = "evaluation"
+    metric: Literal["rougeL_f1"] = "rougeL_f1"
+    dataset: str
+    tasks: int
+    results: list[ModelScore]
+    samples: list[Sample]
+
+
+# --- chat completions (OpenAI's shape) ---
+
+
+# Fields some clients use to pick a server. Ignoring them would let a client believe it chose
+# the host; refusing them says plainly that only SELFINSTRUCT_ENDPOINTS picks servers.
+SERVER_FIELDS = ("base_url", "api_base", "api_url", "url", "endpoint", "host")
+
+
+class ChatCompletionRequest(BaseModel):
+    # Unknown OpenAI fields (user, logprobs...) are ignored: clients send them routinely.
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_server_choice(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in SERVER_FIELDS:
+                if name in data:
+                    raise PydanticCustomError(
+                        "server_not_selectable",
+                        "`{field}` is not accepted: the server's SELFINSTRUCT_ENDPOINTS decide "
+                        "which hosts are called; name a model from GET /v1/models instead",
+                        {"field": name},
+                    )
+        return data
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(
+        None, ge=1, le=32768, description="At most SELFINSTRUCT_CHAT_MAX_TOKENS (default 4096)."
+    )
+    max_completion_tokens: int | None = Field(
+        None, ge=1, le=32768, description="At most SELFINSTRUCT_CHAT_MAX_TOKENS (default 4096)."
+    )
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=32, description="At most SELFINSTRUCT_CHAT_MAX_N (default 8).")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Sampling seed (uint32).")
+    stream: bool = False
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: dict[str, str]
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: dict[str, int]

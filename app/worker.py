@@ -9,7 +9,7 @@ import threading
 from sqlalchemy.engine import Engine
 
 from app.leases import Leased, claim, new_worker_id
-from app.models import FineTuneJob, Run
+from app.models import FineTuningJobRow, Run
 from app.settings import Settings
 
 log = logging.getLogger("selfinstruct.worker")
@@ -42,7 +42,7 @@ class Worker:
         return self._stop.is_set()
 
     async def run_forever(self, *, once: bool = False) -> None:
-        model = FineTuneJob if self.kind == "finetune" else Run
+        model = FineTuningJobRow if self.kind == "finetune" else Run
         while not self._stop.is_set():
             try:
                 worked = await self._claim_and_execute(model)

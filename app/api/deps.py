@@ -14,11 +14,11 @@ from sqlmodel import Session
 from app.errors import Unauthorized
 from app.limits import LocalQueue
 from app.models import Dataset
+from app.schemas import MAX_ID
 from app.services.datasets import get_dataset
 from app.settings import Settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-MAX_ID = 2**63 - 1  # the largest id a database column holds; past it a lookup cannot match
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="Task id.")]
 
 

@@ -3,57 +3,19 @@ Self-Instruct paper reports, for several models on the same tasks in one request
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from app.errors import InvalidInput
 from app.llm import backend_for, find_model
-from app.models import Dataset, Task, TaskOrigin, TaskStatus
+from app.models import Dataset, Task, TaskStatus
+from app.schemas import Evaluation, EvaluationCreate, ModelScore, Sample
 from app.settings import Settings
 from filters.rouge import rouge_l
 from generators.base import Generation, SamplingParams
 from training.data import task_to_messages
-
-
-class EvaluationCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    models: list[str] = Field(min_length=1, max_length=4, description="E.g. a base and its tune.")
-    dataset: str = Field(description="Held-out tasks: a dataset the models were not trained on.")
-    # 2**53 - 1: the largest integer a JSON number carries exactly (ids never come near it)
-    task_ids: list[Annotated[int, Field(ge=1, le=2**53 - 1)]] | None = Field(
-        None, max_length=1000, description="Only these tasks."
-    )
-    origin: TaskOrigin | None = None
-    limit: int = Field(20, ge=1, le=500, description="Tasks to evaluate, oldest first.")
-    max_tokens: int = Field(128, ge=1, le=4096)
-
-
-class ModelScore(BaseModel):
-    model: str
-    mean_rouge_l: float
-    scores: list[float]
-    failed: int = Field(description="Tasks the model gave no answer for (scored 0).")
-
-
-class Sample(BaseModel):
-    task_id: int
-    instruction: str
-    input: str
-    reference: str
-    outputs: dict[str, str]
-
-
-class Evaluation(BaseModel):
-    object: Literal["evaluation"] = "evaluation"
-    metric: Literal["rougeL_f1"] = "rougeL_f1"
-    dataset: str
-    tasks: int
-    results: list[ModelScore]
-    samples: list[Sample]
 
 
 def _held_out(session: Session, dataset: Dataset, body: EvaluationCreate) -> list[Sample]:

@@ -21,9 +21,9 @@ from app.finetune_schemas import (
 )
 from app.models import (
     Dataset,
-    FineTuneCheckpoint,
-    FineTuneEvent,
-    FineTuneJob,
+    FineTuningJobCheckpointRow,
+    FineTuningJobEventRow,
+    FineTuningJobRow,
     JobStatus,
     StoredFile,
     utcnow,
@@ -43,7 +43,7 @@ def artifacts_dir(settings: Settings, job_id: str) -> Path:
     return settings.data_dir / "artifacts" / job_id
 
 
-def tuned_model_dir(settings: Settings, job: FineTuneJob) -> str:
+def tuned_model_dir(settings: Settings, job: FineTuningJobRow) -> str:
     """Where a succeeded job's model is: a remote worker reports its own (shared) path."""
     reported = (job.progress or {}).get("model_dir")
     return str(reported) if reported else str(artifacts_dir(settings, job.id) / "final")
@@ -58,9 +58,9 @@ def base_model_exists(session: Session, model: str) -> bool:
         return True
     return (
         session.exec(
-            select(FineTuneJob.id).where(
-                FineTuneJob.fine_tuned_model == model,
-                FineTuneJob.status == JobStatus.succeeded.value,
+            select(FineTuningJobRow.id).where(
+                FineTuningJobRow.fine_tuned_model == model,
+                FineTuningJobRow.status == JobStatus.succeeded.value,
             )
         ).first()
         is not None
@@ -75,10 +75,12 @@ def add_event(
     level: str = "info",
     data: dict[str, Any] | None = None,
 ) -> None:
-    session.add(FineTuneEvent(job_id=job_id, level=level, message=message, data=data or {}))
+    session.add(FineTuningJobEventRow(job_id=job_id, level=level, message=message, data=data or {}))
 
 
-def create_job(*, session: Session, settings: Settings, body: FineTuningJobCreate) -> FineTuneJob:
+def create_job(
+    *, session: Session, settings: Settings, body: FineTuningJobCreate
+) -> FineTuningJobRow:
     """Record the job, freeze its data, validate it; a bad file fails the job, not the request."""
     if not base_model_exists(session, body.model):
         raise NotFound(
@@ -112,7 +114,7 @@ def create_job(*, session: Session, settings: Settings, body: FineTuningJobCreat
     if body.validation_file is not None:
         get_file(session=session, file_id=body.validation_file)
     hyper = body.hyper().resolved()
-    job = FineTuneJob(
+    job = FineTuningJobRow(
         id=f"ftjob-{secrets.token_hex(12)}",
         dataset_id=dataset.id if dataset else None,
         model=body.model,
@@ -152,7 +154,7 @@ def _has_tasks(session: Session, dataset: Dataset) -> bool:
     )
 
 
-def _validate(session: Session, settings: Settings, job: FineTuneJob) -> None:
+def _validate(session: Session, settings: Settings, job: FineTuningJobRow) -> None:
     if job.training_file is None:
         _fail(
             session,
@@ -193,38 +195,42 @@ def _validate(session: Session, settings: Settings, job: FineTuneJob) -> None:
     )
 
 
-def _fail(session: Session, job: FineTuneJob, code: str, message: str, param: str | None) -> None:
+def _fail(
+    session: Session, job: FineTuningJobRow, code: str, message: str, param: str | None
+) -> None:
     job.status = JobStatus.failed
     job.error = {"code": code, "message": message, "param": param}
     job.finished_at = utcnow()
     add_event(session, job.id, message, level="error", data={"code": code})
 
 
-def get_job(*, session: Session, job_id: str) -> FineTuneJob:
-    job = session.get(FineTuneJob, job_id)
+def get_job(*, session: Session, job_id: str) -> FineTuningJobRow:
+    job = session.get(FineTuningJobRow, job_id)
     if job is None:
         raise NotFound(f"Fine-tuning job '{job_id}' does not exist.")
     return job
 
 
-def list_jobs(*, session: Session, after: str | None, limit: int) -> tuple[list[FineTuneJob], bool]:
-    query = select(FineTuneJob).order_by(
-        col(FineTuneJob.created_at).desc(), col(FineTuneJob.id).desc()
+def list_jobs(
+    *, session: Session, after: str | None, limit: int
+) -> tuple[list[FineTuningJobRow], bool]:
+    query = select(FineTuningJobRow).order_by(
+        col(FineTuningJobRow.created_at).desc(), col(FineTuningJobRow.id).desc()
     )
     if after:
         anchor = get_job(session=session, job_id=after)
         query = query.where(
-            (col(FineTuneJob.created_at) < anchor.created_at)
+            (col(FineTuningJobRow.created_at) < anchor.created_at)
             | (
-                (col(FineTuneJob.created_at) == anchor.created_at)
-                & (col(FineTuneJob.id) < anchor.id)
+                (col(FineTuningJobRow.created_at) == anchor.created_at)
+                & (col(FineTuningJobRow.id) < anchor.id)
             )
         )
     rows = list(session.exec(query.limit(limit + 1)))
     return rows[:limit], len(rows) > limit
 
 
-def cancel_job(*, session: Session, job: FineTuneJob) -> FineTuneJob:
+def cancel_job(*, session: Session, job: FineTuningJobRow) -> FineTuningJobRow:
     """Idempotent; final states never change. The worker stops within one optimizer step."""
     if job.status in FINAL:
         return job
@@ -238,10 +244,10 @@ def cancel_job(*, session: Session, job: FineTuneJob) -> FineTuneJob:
 
 
 def list_events(
-    *, session: Session, job: FineTuneJob, after: str | None, limit: int
-) -> tuple[list[FineTuneEvent], bool]:
+    *, session: Session, job: FineTuningJobRow, after: str | None, limit: int
+) -> tuple[list[FineTuningJobEventRow], bool]:
     """Newest first, as OpenAI lists them; `after` is an event id from a previous page."""
-    query = select(FineTuneEvent).where(FineTuneEvent.job_id == job.id)
+    query = select(FineTuningJobEventRow).where(FineTuningJobEventRow.job_id == job.id)
     if after:
         number = after.removeprefix("ftevent-")
         if not (number.isascii() and number.isdigit() and len(number) <= 18):
@@ -249,40 +255,44 @@ def list_events(
                 f"after must be an event id from a previous page (ftevent-<n>), got '{after}'.",
                 errors=[ErrorItem(field="after", reason="not an event id")],
             )
-        query = query.where(col(FineTuneEvent.id) < int(number))
-    rows = list(session.exec(query.order_by(col(FineTuneEvent.id).desc()).limit(limit + 1)))
+        query = query.where(col(FineTuningJobEventRow.id) < int(number))
+    rows = list(session.exec(query.order_by(col(FineTuningJobEventRow.id).desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit
 
 
-def events_after(engine: Engine, *, job_id: str, after: int) -> list[FineTuneEvent]:
+def events_after(engine: Engine, *, job_id: str, after: int) -> list[FineTuningJobEventRow]:
     """A job's events after id `after`, oldest first (what a live stream sends next)."""
     with Session(engine) as session:
         return list(
             session.exec(
-                select(FineTuneEvent)
-                .where(FineTuneEvent.job_id == job_id, col(FineTuneEvent.id) > after)
-                .order_by(col(FineTuneEvent.id))
+                select(FineTuningJobEventRow)
+                .where(
+                    FineTuningJobEventRow.job_id == job_id, col(FineTuningJobEventRow.id) > after
+                )
+                .order_by(col(FineTuningJobEventRow.id))
             )
         )
 
 
 def job_status(engine: Engine, *, job_id: str) -> str:
     with Session(engine) as session:
-        job = session.get(FineTuneJob, job_id)
+        job = session.get(FineTuningJobRow, job_id)
         return job.status if job is not None else JobStatus.failed.value
 
 
-def list_checkpoints(*, session: Session, job: FineTuneJob) -> list[FineTuneCheckpoint]:
+def list_checkpoints(
+    *, session: Session, job: FineTuningJobRow
+) -> list[FineTuningJobCheckpointRow]:
     return list(
         session.exec(
-            select(FineTuneCheckpoint)
-            .where(FineTuneCheckpoint.job_id == job.id)
-            .order_by(col(FineTuneCheckpoint.step).desc())
+            select(FineTuningJobCheckpointRow)
+            .where(FineTuningJobCheckpointRow.job_id == job.id)
+            .order_by(col(FineTuningJobCheckpointRow.step).desc())
         )
     )
 
 
-def job_public(*, session: Session, job: FineTuneJob) -> FineTuningJob:
+def job_public(*, session: Session, job: FineTuningJobRow) -> FineTuningJob:
     dataset = session.get(Dataset, job.dataset_id) if job.dataset_id else None
     stats = job.data_stats or {}
     return FineTuningJob(
@@ -314,7 +324,7 @@ def job_public(*, session: Session, job: FineTuneJob) -> FineTuningJob:
     )
 
 
-def event_public(event: FineTuneEvent) -> FineTuningJobEvent:
+def event_public(event: FineTuningJobEventRow) -> FineTuningJobEvent:
     return FineTuningJobEvent(
         id=f"ftevent-{event.id}",
         created_at=_epoch(event.created_at) or 0,
@@ -325,7 +335,9 @@ def event_public(event: FineTuneEvent) -> FineTuningJobEvent:
     )
 
 
-def checkpoint_public(job: FineTuneJob, ckpt: FineTuneCheckpoint) -> FineTuningJobCheckpoint:
+def checkpoint_public(
+    job: FineTuningJobRow, ckpt: FineTuningJobCheckpointRow
+) -> FineTuningJobCheckpoint:
     return FineTuningJobCheckpoint(
         id=f"ftckpt-{ckpt.id}",
         created_at=_epoch(ckpt.created_at) or 0,

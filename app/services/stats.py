@@ -6,12 +6,12 @@ import logging
 from bisect import bisect_right
 from collections import Counter
 from statistics import mean
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
 from sqlmodel import Session, select
 
 from app.models import Dataset, Run, Task, TaskOrigin, TaskStatus
+from app.schemas import DatasetStats, HistogramBin, LanguageStats
 from filters.heuristics import count_words
 from filters.language import UNKNOWN
 from filters.novelty import NoveltyIndex
@@ -22,65 +22,6 @@ TOP_VERBS = 20
 # Word-count bin edges for the length histograms, close to the axes of the paper's Figure 3;
 # the last bin is open-ended.
 LENGTH_EDGES = (0, 5, 10, 15, 20, 30, 50, 100, 200)
-
-
-class HistogramBin(BaseModel):
-    low: float
-    high: float
-    count: int
-
-
-class LanguageStats(BaseModel):
-    """Table 1 of the paper for the tasks of one language, in that language's unit."""
-
-    instructions: int
-    instances: int
-    unit: Literal["words", "characters"] = Field(
-        description="Characters for Chinese, Japanese and Korean, words otherwise."
-    )
-    mean_instruction_length: float
-    mean_input_length: float
-    mean_output_length: float
-    leading: list[tuple[str, int]] = Field(
-        description="The paper's Figure 2 where a part-of-speech tagger exists for the language "
-        "(Chinese: jieba), as 'verb noun' pairs; elsewhere the leading words."
-    )
-    leading_kind: Literal["verb_noun_pairs", "leading_words"]
-
-
-class DatasetStats(BaseModel):
-    instructions: int = Field(description="Accepted instructions of every origin but seed.")
-    classification: int
-    non_classification: int
-    instances: int
-    empty_inputs: int = Field(description="Instances whose input is empty.")
-    mean_instruction_words: float = Field(description="Words; each CJK character is a word.")
-    mean_input_words: float
-    mean_output_words: float
-    rouge_to_nearest_seed: list[HistogramBin] = Field(
-        description="Each generated instruction's ROUGE-L to its most similar seed."
-    )
-    instruction_length: list[HistogramBin] = Field(
-        description="Words per instruction; the last bin's `high` is the longest seen."
-    )
-    input_length: list[HistogramBin] = Field(description="Words per instance input.")
-    output_length: list[HistogramBin] = Field(description="Words per instance output.")
-    rejected_by_reason: dict[str, int]
-    leading_words: list[tuple[str, int]] = Field(
-        description="Most common first words, all languages together (Chinese: two characters)."
-    )
-    by_language: dict[str, LanguageStats] = Field(
-        description="Per detected language (`unknown`: too short to tell)."
-    )
-    seeds: int
-    by_origin: dict[str, int] = Field(
-        default_factory=dict,
-        description="Accepted tasks by origin (generated, evolved, backtranslated, edited).",
-    )
-    evolved: dict[str, dict[str, int]] = Field(
-        default_factory=dict,
-        description="Accepted evolved tasks by operation, then by depth (times evolved).",
-    )
 
 
 def leading_word(text: str) -> str:

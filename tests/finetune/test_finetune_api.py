@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from app.db import make_engine
-from app.models import FineTuneJob, JobStatus
+from app.models import FineTuningJobRow, JobStatus
 from app.settings import Settings
 
 
@@ -152,7 +152,7 @@ def test_succeeded_job_never_changes(client: TestClient, settings: Settings) -> 
     ).json()
     engine = make_engine(settings)
     with Session(engine) as session:
-        row = session.get(FineTuneJob, job["id"])
+        row = session.get(FineTuningJobRow, job["id"])
         assert row is not None
         row.status, row.fine_tuned_model = JobStatus.succeeded, "ft:x"
         session.add(row)
@@ -245,7 +245,7 @@ def test_long_examples_policy_is_kept_for_the_worker(
     assert dropping["method"]["long_examples"] == "drop"
     engine = make_engine(settings)
     with Session(engine) as session:
-        row = session.get(FineTuneJob, dropping["id"])
+        row = session.get(FineTuningJobRow, dropping["id"])
         assert row is not None
         assert job_spec(settings, engine, row)["config"]["long_examples"] == "drop"
     engine.dispose()
@@ -262,7 +262,7 @@ def test_truncated_and_dropped_counts_reach_the_job_and_its_events(
     ).json()
     engine = make_engine(settings)
     with Session(engine) as session:  # as a worker's claim leaves it
-        row = session.get(FineTuneJob, job["id"])
+        row = session.get(FineTuningJobRow, job["id"])
         assert row is not None
         row.status, row.worker_id = JobStatus.running, "w-1"
         session.add(row)

@@ -170,12 +170,12 @@ def _register_base(settings: Settings, model_dir: Path) -> str:
     """Make `model_dir` a model jobs can start from, as a succeeded earlier job would."""
     from sqlmodel import Session
 
-    from app.models import FineTuneJob, JobStatus, utcnow
+    from app.models import FineTuningJobRow, JobStatus, utcnow
 
     engine = make_engine(settings)
     with Session(engine) as session:
         session.add(
-            FineTuneJob(
+            FineTuningJobRow(
                 id="ftjob-tinybase",
                 model="SmolLM2-135M-Instruct",
                 status=JobStatus.succeeded,

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
 from app.main import create_app
-from app.models import FineTuneJob, Run, StoredFile
+from app.models import FineTuningJobRow, Run, StoredFile
 from app.settings import Settings
 from tests.conftest import _wipe
 from tests.generators.fakes import Reply, ScriptedServer
@@ -67,7 +67,7 @@ def _counts(client: TestClient) -> dict[str, int]:
     with Session(engine) as session:
         return {
             table.__name__: session.exec(select(func.count()).select_from(table)).one()
-            for table in (Run, FineTuneJob, StoredFile)
+            for table in (Run, FineTuningJobRow, StoredFile)
         } | {"datasets": client.get("/v1/datasets").json()["count"]}
 
 
@@ -446,7 +446,7 @@ def test_clients_cannot_choose_the_host_the_server_calls(
     assert forbidden.connections == 0
     assert allowed.received == []  # refused before any model call, not after
     counts = _counts(client)
-    assert counts["Run"] == 0 and counts["FineTuneJob"] == 0
+    assert counts["Run"] == 0 and counts["FineTuningJobRow"] == 0
     # The configured endpoint is the one place calls go: a chat with its model reaches it.
     ok = client.post(
         "/v1/chat/completions",

@@ -8,78 +8,20 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
 
 from app.api.deps import EngineDep, LocalQueueDep, SettingsDep
 from app.errors import InvalidInput, UpstreamError
 from app.llm import backend_for, find_model
-from app.schemas import ErrorItem, ErrorResponse
+from app.schemas import ChatChoice, ChatCompletion, ChatCompletionRequest, ErrorItem, ErrorResponse
 from app.settings import Settings
-from generators.base import ChatMessage, SamplingParams
+from generators.base import SamplingParams
 from generators.errors import GeneratorError
 
 router = APIRouter(tags=["chat"])
-
-
-# Fields some clients use to pick a server. Ignoring them would let a client believe it chose
-# the host; refusing them says plainly that only SELFINSTRUCT_ENDPOINTS picks servers.
-SERVER_FIELDS = ("base_url", "api_base", "api_url", "url", "endpoint", "host")
-
-
-class ChatCompletionRequest(BaseModel):
-    # Unknown OpenAI fields (user, logprobs...) are ignored: clients send them routinely.
-    model_config = ConfigDict(extra="ignore")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_server_choice(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name in SERVER_FIELDS:
-                if name in data:
-                    raise PydanticCustomError(
-                        "server_not_selectable",
-                        "`{field}` is not accepted: the server's SELFINSTRUCT_ENDPOINTS decide "
-                        "which hosts are called; name a model from GET /v1/models instead",
-                        {"field": name},
-                    )
-        return data
-
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(
-        None, ge=1, le=32768, description="At most SELFINSTRUCT_CHAT_MAX_TOKENS (default 4096)."
-    )
-    max_completion_tokens: int | None = Field(
-        None, ge=1, le=32768, description="At most SELFINSTRUCT_CHAT_MAX_TOKENS (default 4096)."
-    )
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    stop: str | list[str] | None = None
-    n: int = Field(1, ge=1, le=32, description="At most SELFINSTRUCT_CHAT_MAX_N (default 8).")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Sampling seed (uint32).")
-    stream: bool = False
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: dict[str, str]
-    finish_reason: str
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: dict[str, int]
 
 
 @router.post(

@@ -12,6 +12,7 @@ from app.schemas import (
     DatasetCreate,
     DatasetPublic,
     DatasetsPublic,
+    DatasetStats,
     ErrorItem,
     ErrorResponse,
     SeedImportResult,
@@ -19,7 +20,6 @@ from app.schemas import (
 from app.services import datasets as svc
 from app.services import seeds as seed_svc
 from app.services import stats as stats_svc
-from app.services.stats import DatasetStats
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 

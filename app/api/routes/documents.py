@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from pydantic import ValidationError
 
 from app.api.deps import DatasetDep, SessionDep, SettingsDep
 from app.errors import InvalidInput
 from app.schemas import (
+    MAX_ID,
     SOME_TEXT,
     DocumentDetail,
     DocumentsCreate,
@@ -54,6 +55,7 @@ UPLOAD_BODY: dict[str, Any] = {
         },
     }
 }
+DocumentId = Annotated[int, Path(ge=1, le=MAX_ID, description="Document id.")]
 PassageChars = Annotated[
     int,
     Query(
@@ -95,13 +97,15 @@ def list_documents(session: SessionDep, dataset: DatasetDep) -> DocumentsPublic:
 
 
 @router.get("/{document_id}", responses=ERRORS)
-def read_document(session: SessionDep, dataset: DatasetDep, document_id: int) -> DocumentDetail:
+def read_document(
+    session: SessionDep, dataset: DatasetDep, document_id: DocumentId
+) -> DocumentDetail:
     """One document with its passages, in order."""
     return svc.document_detail(session=session, dataset=dataset, document_id=document_id)
 
 
 @router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
-def delete_document(session: SessionDep, dataset: DatasetDep, document_id: int) -> Response:
+def delete_document(session: SessionDep, dataset: DatasetDep, document_id: DocumentId) -> Response:
     """Delete a document and its passages; tasks written for them stay."""
     svc.delete_document(session=session, dataset=dataset, document_id=document_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

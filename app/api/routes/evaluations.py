@@ -8,9 +8,9 @@ from fastapi import APIRouter
 
 from app.api.deps import EngineDep, LocalQueueDep, SessionDep, SettingsDep
 from app.llm import find_model
-from app.schemas import ErrorResponse
+from app.schemas import ErrorResponse, Evaluation, EvaluationCreate
 from app.services.datasets import get_dataset
-from app.services.evaluations import Evaluation, EvaluationCreate, evaluate
+from app.services.evaluations import evaluate
 
 router = APIRouter(tags=["evaluations"])
 

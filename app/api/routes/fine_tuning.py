@@ -20,7 +20,7 @@ from app.finetune_schemas import (
     FineTuningJobEvent,
     Page,
 )
-from app.models import FineTuneJob
+from app.models import FineTuningJobRow
 from app.schemas import ErrorResponse
 from app.services import files as file_svc
 from app.services import finetune as svc
@@ -72,11 +72,11 @@ def file_content(session: SessionDep, settings: SettingsDep, file_id: str) -> Fi
     )
 
 
-def job_by_id(session: SessionDep, job_id: str) -> FineTuneJob:
+def job_by_id(session: SessionDep, job_id: str) -> FineTuningJobRow:
     return svc.get_job(session=session, job_id=job_id)
 
 
-JobDep = Annotated[FineTuneJob, Depends(job_by_id)]
+JobDep = Annotated[FineTuningJobRow, Depends(job_by_id)]
 
 
 @router.post("/fine_tuning/jobs", responses={**ERRORS, 422: {"model": ErrorResponse}})
