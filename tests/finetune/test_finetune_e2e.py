@@ -82,6 +82,17 @@ def test_cpu_job_trains_and_the_tuned_model_generates(sqlite_url: str, tmp_path:
         assert len(losses) == 3 and losses[-1] < losses[0], losses
         checkpoints = client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
         assert checkpoints and checkpoints[0]["step_number"] == 3
+        # the job's step, loss and speed are in /metrics for Prometheus
+        metrics = client.get("/metrics").text
+        labels = f'{{job="{job["id"]}",status="succeeded"}}'
+        assert f"selfinstruct_finetune_step{labels} 3.0" in metrics
+        loss_line = next(
+            x
+            for x in metrics.splitlines()
+            if x.startswith("selfinstruct_finetune_train_loss" + labels)
+        )
+        assert float(loss_line.rsplit(" ", 1)[1]) == pytest.approx(done["progress"]["train_loss"])
+        assert "selfinstruct_finetune_tokens_per_second" + labels in metrics
         assert Path(tmp_path / "artifacts" / job["id"] / "final" / "config.json").exists()
 
         tuned = done["fine_tuned_model"]
