@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.schemas import ErrorItem, ErrorResponse
 
@@ -122,16 +123,19 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail), headers=headers or None)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method of every route at this path: the router stops at the first route whose
-    path matches and reports only that route's methods."""
-    path = request.url.path
-    methods: set[str] = set()
-    for route in request.app.routes:
-        regex = getattr(route, "path_regex", None)
-        if regex is not None and regex.fullmatch(path):
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    """Every method some route takes at this path: the router answers 405 from the first route
+    whose path matches and names only that route's methods. Each method is tried against the
+    app's routes as the router itself would match it."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.routes):
+            allowed.append(method)
+    return allowed
 
 
 async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:

@@ -296,13 +296,22 @@ def evolve_job(
     tasks = [*seeds, *machine]
     if not tasks:
         return None
-    for _ in range(PARENT_DRAWS):
-        parent = rng.choice(tasks)
-        depth = depths.get(parent.id, 0)
-        if depth < spec.max_depth:
-            break
-    else:
-        return None
+    # A few draws from everything; then from the seeds (never evolved, so always below the
+    # limit); only a pool without seeds is scanned for what is left below it.
+    parent = next(
+        (
+            p
+            for p in (rng.choice(tasks) for _ in range(PARENT_DRAWS))
+            if depths.get(p.id, 0) < spec.max_depth
+        ),
+        None,
+    )
+    if parent is None:
+        below = seeds or [t for t in machine if depths.get(t.id, 0) < spec.max_depth]
+        if not below:
+            return None
+        parent = rng.choice(below)
+    depth = depths.get(parent.id, 0)
     names = [op for op, weight in spec.operations.items() if weight > 0]
     operation = rng.choices(names, weights=[spec.operations[op] for op in names])[0]
     prompt = build_evolve_prompt(

@@ -159,7 +159,8 @@ class RunContext:
                     self.languages.setdefault(passage.language, 0)
                 self.languages.pop(UNKNOWN, None)
         self._chat_template: ChatTemplate | None = None
-        self.exhausted: str | None = None  # the strategy has nothing left to prompt with
+        self.nothing_to_evolve = False  # every pool task of a prompt's language is at max_depth
+        self.passage_failures: Counter[int] = Counter()  # failed requests per passage
         self.backend = backend_for(settings, model)
         self.chat = model.mode == "chat"
         self.prices = price_table(settings)
@@ -207,6 +208,14 @@ class RunContext:
     def prompt_language(self, language: str) -> str:
         """The wording used for a task in `language`: its own where prompts exist, else English."""
         return language if language in LANGUAGES else "en"
+
+    @property
+    def exhausted(self) -> str | None:
+        """Why the strategy has nothing left to prompt with (None: it has). Passages count as
+        used up only when none waits; one whose request failed goes back in the queue."""
+        if self.params.strategy == "backtranslate" and not self.passages:
+            return "passages_used"
+        return "pool_fully_evolved" if self.nothing_to_evolve else None
 
     async def chat_template(self) -> ChatTemplate:
         """The model's chat template (strategy magpie), asked of the backend once."""
@@ -257,11 +266,19 @@ class RunContext:
     # --- LLM calls ---
 
     async def complete(
-        self, text: str, sampling: dict[str, Any], stop: tuple[str, ...], *, language: str = "en"
+        self,
+        text: str,
+        sampling: dict[str, Any],
+        stop: tuple[str, ...],
+        *,
+        language: str = "en",
+        raw: bool = False,
     ) -> Generation | None:
-        """One request; a failure after the backend's retries becomes None (and is counted)."""
+        """One request; a failure after the backend's retries becomes None (and is counted).
+        `raw` sends the text as it is even to a chat model (a chat template already rendered)."""
         self.check_budget()
-        prompt: Any = to_chat_messages(text, language=language) if self.chat else text
+        wrap = self.chat and not raw
+        prompt: Any = to_chat_messages(text, language=language) if wrap else text
         params = SamplingParams(**sampling, stop=stop)
         self.in_flight += 1
         try:

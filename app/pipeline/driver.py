@@ -281,6 +281,8 @@ class Stream:
             return False
         if self._templates_exhausted() or ctx.exhausted:
             return False
+        if ctx.params.strategy == "backtranslate" and len(ctx.passages) <= self.launching:
+            return False  # each prompt launched and not started yet takes a passage
         if ctx.neighbours is not None and ctx.neighbours.pending >= NEIGHBOUR_BACKLOG:
             return False
         if ctx.in_flight + self.launching >= ctx.backend.capacity():

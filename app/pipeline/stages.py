@@ -6,6 +6,7 @@ free slot; none of them waits on another candidate.
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,7 +108,7 @@ async def _evolve(
         rng=rng,
     )
     if evolution is None:
-        ctx.exhausted = "pool_fully_evolved"
+        ctx.nothing_to_evolve = True
         return []
     sampling = {**EVOLVE_SAMPLING.as_dict(), "seed": _request_seed(rng)}
     prompt = evolution.prompt
@@ -123,9 +124,11 @@ def _request_seed(rng: random.Random) -> int:
     return rng.randrange(2**31)
 
 
+PASSAGE_ATTEMPTS = 3  # failed requests after which a passage is given up for this run
+
+
 async def _backtranslate(ctx: RunContext, rng: random.Random) -> list[Candidate] | None:
-    if not ctx.passages:
-        ctx.exhausted = "passages_used"
+    if not ctx.passages:  # the driver sends no prompt then; a requeued passage may come back
         return []
     passage = ctx.passages.popleft()
     wording = ctx.prompt_language(passage.language)
@@ -133,7 +136,13 @@ async def _backtranslate(ctx: RunContext, rng: random.Random) -> list[Candidate]
     sampling = {**BACKTRANSLATE_SAMPLING.as_dict(), "seed": _request_seed(rng)}
     gen = await ctx.complete(prompt.text, sampling, prompt.stop_sequences, language=wording)
     if gen is None:
-        ctx.passages.append(passage)  # the request failed: the passage is still owed
+        ctx.passage_failures[passage.id] += 1
+        if ctx.passage_failures[passage.id] < PASSAGE_ATTEMPTS:
+            ctx.passages.append(passage)  # still owed: tried again after the others
+        else:
+            ctx.last_error = (
+                f"passage {passage.id} given up after {PASSAGE_ATTEMPTS} failed requests"
+            )
         return None
     return _found(ctx, backtranslated_candidate(passage, prompt, gen, ctx.lineage), gen.text)
 
@@ -148,7 +157,7 @@ async def _magpie(ctx: RunContext, rng: random.Random) -> list[Candidate] | None
         "seed": _request_seed(rng),
     }
     prefix = template.user_prefix(spec.system_prompt)
-    gen = await ctx.complete(prefix, sampling, template.stop_sequences())
+    gen = await ctx.complete(prefix, sampling, template.stop_sequences(), raw=True)
     if gen is None:
         return None
     return _found(ctx, magpie_candidate(gen, ctx.lineage), gen.text)
@@ -284,8 +293,10 @@ async def _magpie_answer(ctx: RunContext, item: Item) -> None:
     """The model answers its own query through the same chat template: one instance."""
     template = await ctx.chat_template()
     prompt = template.answer_prompt(item.candidate.instruction, ctx.params.magpie.system_prompt)
-    sampling = {**MAGPIE_ANSWER_SAMPLING, "seed": ctx.params.seed}
-    gen = await ctx.complete(prompt, sampling, template.stop_sequences())
+    # a seed of its own per query, reproducible from the run's seed and the query
+    seed = (ctx.params.seed * 1_000_003 + zlib.crc32(prompt.encode())) % 2**31
+    sampling = {**MAGPIE_ANSWER_SAMPLING, "seed": seed}
+    gen = await ctx.complete(prompt, sampling, template.stop_sequences(), raw=True)
     if gen is None:
         return
     answer = gen.text.strip()

@@ -255,9 +255,14 @@ def _lineage_ids(lineage: dict[str, Any], ids: dict[str, int]) -> dict[str, Any]
     pending = [str(e) for e in [*(examples or []), parent] if str(e).startswith(PENDING)]
     if not pending:
         return lineage
-    out = {**lineage, "example_task_ids": [str(_task_id(e, ids)) for e in examples or []]}
+
+    def stored(key: Any) -> str | None:
+        found = _task_id(key, ids)
+        return None if found is None else str(found)
+
+    out = {**lineage, "example_task_ids": [stored(e) for e in examples or []]}
     if parent is not None:
-        out["parent_task_id"] = str(_task_id(parent, ids))
+        out["parent_task_id"] = stored(parent)
     return out
 
 

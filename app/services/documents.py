@@ -40,7 +40,9 @@ FORMATS = ("text", "markdown", "jsonl")
 _EXTENSIONS = {".md": "markdown", ".markdown": "markdown", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _JSONL_FIELDS = ("text", "passage", "content")
 
-_SENTENCE_END = re.compile(r"(?<=[.!?;。！？；])\s*")
+# A sentence ends at . ! ? ; followed by whitespace ("3.14" and "e.g." go on), or at a Chinese
+# full stop, question or exclamation mark or semicolon, which need none.
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|(?<=[。！？；])\s*")
 _HEADING = re.compile(r"^#{1,6}\s")
 _FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n", re.DOTALL)
 
@@ -89,22 +91,28 @@ def split_passages(text: str, *, max_chars: int, markdown: bool = False) -> list
 
 
 def _fit(block: str, max_chars: int) -> list[str]:
-    """A block as pieces of at most `max_chars`: whole, or sentences joined, or cut."""
+    """A block as pieces of at most `max_chars`: whole, or runs of whole sentences sliced out
+    of the original text (nothing re-joined), or a sentence cut at a space or at the size."""
     if len(block) <= max_chars:
         return [block]
+    cuts = [m.end() for m in _SENTENCE_END.finditer(block) if 0 < m.end() < len(block)]
     pieces: list[str] = []
-    current = ""
-    for sentence in (s for s in _SENTENCE_END.split(block) if s):
-        for part in _cut(sentence, max_chars):
-            glue = "" if not current or _is_cjk_end(current) else " "
-            if current and len(current) + len(glue) + len(part) > max_chars:
-                pieces.append(current)
-                current = part
-            else:
-                current = f"{current}{glue}{part}"
-    if current:
-        pieces.append(current)
-    return pieces
+    start = end = 0  # the piece being built: block[start:end]
+    for sentence_end in [*cuts, len(block)]:
+        if sentence_end - start <= max_chars:
+            end = sentence_end
+            continue
+        if end > start:
+            pieces.append(block[start:end].strip())
+            start = end
+        if sentence_end - start <= max_chars:
+            end = sentence_end
+        else:  # this sentence alone is longer than the size
+            pieces += _cut(block[start:sentence_end].strip(), max_chars)
+            start = end = sentence_end
+    if end > start:
+        pieces.append(block[start:end].strip())
+    return [p for p in pieces if p]
 
 
 def _cut(sentence: str, max_chars: int) -> list[str]:
@@ -116,10 +124,6 @@ def _cut(sentence: str, max_chars: int) -> list[str]:
         parts.append(sentence[:at].strip())
         sentence = sentence[at:].strip()
     return [*parts, sentence] if sentence else parts
-
-
-def _is_cjk_end(text: str) -> bool:
-    return text[-1] in "。！？；"
 
 
 # --- reading uploads ---------------------------------------------------------------------------
@@ -169,7 +173,9 @@ def parse_document(
 
 def _jsonl_passages(name: str, text: str, max_chars: int) -> list[str]:
     passages: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # "\n" only: str.splitlines() also breaks at U+2028 and others, which JSON strings may hold
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

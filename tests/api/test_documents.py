@@ -145,3 +145,20 @@ def test_json_documents_and_unknown_ids(api: TestClient) -> None:
     assert api.delete("/v1/datasets/default/documents/999").status_code == 404
     assert api.get("/v1/datasets/nope/documents").status_code == 404
     assert _count(api) == 2
+
+
+def test_splitting_keeps_the_text_as_written() -> None:
+    """Pieces are slices of the original: numbers, abbreviations and code lines survive."""
+    text = "Python 3.14 is out, see www.example.com, e.g. the notes. " * 3 + "Stop here."
+    passages = split_passages(text, max_chars=80)
+    assert all(p in text for p in passages) and all(len(p) <= 80 for p in passages)
+    assert "3.14" in passages[0] and "www.example.com" in passages[0]
+    code = "let x0 = 0;\nlet x1 = 1;\n" * 20
+    assert all(p in code for p in split_passages(code, max_chars=100))
+
+
+def test_a_jsonl_line_may_hold_a_line_separator(api: TestClient) -> None:
+    row = '{"text": "First part\u2028second part of one passage."}\n'.encode()
+    posted = api.post("/v1/datasets/default/documents", files=[("file", ("rows.jsonl", row))])
+    assert posted.status_code == 201, posted.text
+    assert posted.json()["data"][0]["passages"] == 1

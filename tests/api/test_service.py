@@ -151,3 +151,14 @@ def test_every_state_changing_route_needs_the_token(settings_factory) -> None:  
                 checked += 1
         assert checked >= 10
         assert client.get("/v1/datasets").json()["count"] == 1
+
+
+def test_a_wrong_method_is_told_every_method_of_the_path(client: TestClient) -> None:
+    for method, path, allowed in [
+        ("PUT", "/v1/datasets", "GET, POST"),
+        ("PUT", "/v1/tasks/3", "GET, PATCH"),
+        ("POST", "/v1/datasets/default", "GET, DELETE"),
+    ]:
+        response = client.request(method, path)
+        assert response.status_code == 405 and response.headers["allow"] == allowed, path
+        assert response.json()["code"] == "method_not_allowed"

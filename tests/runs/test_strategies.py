@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from bench.scripted_server import CHATML
 from filters.rouge import rouge_l
 from tests.conftest import _wipe
 from tests.factories import seed
+from tests.generators.fakes import Reply
 from tests.runs.conftest import STUB_MODEL, assert_run_matches_rows, stub_settings, wait_for_run
 from tests.runs.stub_llm import StubLLM
 
@@ -200,7 +202,11 @@ def test_backtranslate_writes_instructions_for_each_passage_once(api: TestClient
     assert len(passages) == sum(d["passages"] for d in docs) >= 5
     body = {"target": 100, "model": STUB_MODEL, "strategy": "backtranslate"}
     run = wait_for_run(api, api.post("/v1/datasets/default/runs", json=body).json()["id"])
-    assert run["status"] == "succeeded" and run["stop_reason"] == "passages_used", run
+    assert run["status"] == "succeeded" and run["stop_reason"] == "passages_used", (
+        run["stop_reason"],
+        run["error"],
+        run["counters"],
+    )
     assert_run_matches_rows(api.app.state.settings.db_url, run["id"])  # type: ignore[attr-defined]
     rows = _tasks(api, run_id=run["id"])
     used = [t["lineage"]["passage_id"] for t in rows]
@@ -216,7 +222,8 @@ def test_backtranslate_writes_instructions_for_each_passage_once(api: TestClient
         assert task["language"] in (passage["language"], "unknown")
     assert "zh" in {t["language"] for t in accepted}
     exported = api.get("/v1/datasets/default/export", params={"format": "alpaca"}).text
-    assert passages[accepted[0]["lineage"]["passage_id"]]["text"][:30] in exported
+    outputs = {json.loads(line)["output"] for line in exported.splitlines()}
+    assert {passages[t["lineage"]["passage_id"]]["text"] for t in accepted} <= outputs
 
     twice = {**body, "backtranslate": {"uses_per_passage": 2, "documents": [docs[0]["id"]]}}
     again = wait_for_run(api, api.post("/v1/datasets/default/runs", json=twice).json()["id"])
@@ -227,6 +234,44 @@ def test_backtranslate_writes_instructions_for_each_passage_once(api: TestClient
 
 def _passages(api: TestClient, document_id: int) -> list[dict[str, Any]]:
     return api.get(f"/v1/datasets/default/documents/{document_id}").json()["passage_list"]  # type: ignore[no-any-return]
+
+
+class FailsOnePassage(StubLLM):
+    """A server that always fails the prompt of one passage (a content filter, say)."""
+
+    def _next_reply(self, body: dict[str, Any] | None) -> Reply:
+        if "POISON" in str((body or {}).get("prompt", "")):
+            return Reply(status=500, body={"error": "filtered"})
+        return super()._next_reply(body)
+
+
+def test_a_passage_whose_requests_keep_failing_is_given_up_and_the_run_ends(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    server = FailsOnePassage()
+    server.start()
+    try:
+        settings = stub_settings(settings_factory, server)
+        _wipe(settings.db_url)
+        with TestClient(create_app(settings)) as api:
+            text = f"{ENGLISH}\n\nPOISON passage that the server refuses to read, every time."
+            api.post(
+                "/v1/datasets/default/documents",
+                json={"documents": [{"name": "mixed.txt", "text": text}]},
+                params={"passage_chars": 200},
+            )
+            body = {"target": 50, "model": STUB_MODEL, "strategy": "backtranslate"}
+            run = wait_for_run(api, api.post("/v1/datasets/default/runs", json=body).json()["id"])
+            rows = _tasks(api, run_id=run["id"])
+    finally:
+        server.stop()
+    assert run["status"] == "succeeded" and run["stop_reason"] == "passages_used", (
+        run["stop_reason"],
+        run["error"],
+        run["counters"],
+    )
+    assert run["counters"]["failed_requests"] == 3  # tried three times, then given up
+    assert rows and all("POISON" not in t["instances"][0]["output"] for t in rows)
 
 
 def test_backtranslate_needs_documents(api: TestClient) -> None:
@@ -309,3 +354,42 @@ def test_evolution_rules() -> None:
     assert check_evolution(
         parent, "Write a sonnet about the sea at night in which every line rhymes with moon.", 0.7
     ).ok
+
+
+def test_evolve_draws_a_parent_below_the_depth_limit_however_few_are_left() -> None:
+    """Twenty random draws may all hit tasks at the limit; the seeds (never evolved) are then
+    the parents, and only a pool with none left below the limit is out of work."""
+    import random
+
+    from app.run_schemas import EvolveSpec
+    from app.strategies import Pool, evolve_job
+    from generators.prompts import PromptExample
+
+    pool = Pool()
+    pool.add_example(PromptExample(id="s", instruction="Write a poem.", language="en"), seed=True)
+    for i in range(500):
+        example = PromptExample(id=f"m{i}", instruction=f"Task number {i}.", language="en")
+        pool.add_example(example, seed=False)
+    depths = {f"m{i}": 2 for i in range(500)}
+    spec = EvolveSpec(max_depth=2)
+    rng = random.Random(0)
+    for _ in range(20):
+        job = evolve_job(
+            pool=pool, spec=spec, topic=None, language="en", wording="en", depths=depths, rng=rng
+        )
+        assert job is not None and job.parent.id == "s" and job.depth == 1
+    no_seeds = Pool()
+    for i in range(5):
+        no_seeds.add_example(PromptExample(id=f"m{i}", instruction="x", language="en"), seed=False)
+    assert (
+        evolve_job(
+            pool=no_seeds,
+            spec=spec,
+            topic=None,
+            language="en",
+            wording="en",
+            depths=depths,
+            rng=rng,
+        )
+        is None
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import orjson
@@ -14,6 +15,7 @@ from app.schemas import (
     MAX_ID,
     SOME_TEXT,
     DocumentDetail,
+    DocumentPublic,
     DocumentsCreate,
     DocumentsPublic,
     ErrorItem,
@@ -81,11 +83,18 @@ async def add_documents(
 ) -> DocumentsPublic:
     """Store documents split into passages; one bad document refuses the whole upload."""
     limit = settings.document_max_bytes
-    parsed = [
-        svc.parse_document(name, raw, declared=fmt, max_bytes=limit, max_chars=passage_chars)
-        for name, raw, fmt in await _uploads(request, limit)
-    ]
-    data = svc.add_documents(session=session, dataset=dataset, parsed=parsed)
+    uploads = await _uploads(request, limit)
+
+    def parse_and_store() -> list[DocumentPublic]:
+        # Splitting, language detection and the insert take a while for large documents: in a
+        # thread, so the event loop keeps serving (event streams above all) meanwhile.
+        parsed = [
+            svc.parse_document(name, raw, declared=fmt, max_bytes=limit, max_chars=passage_chars)
+            for name, raw, fmt in uploads
+        ]
+        return svc.add_documents(session=session, dataset=dataset, parsed=parsed)
+
+    data = await asyncio.to_thread(parse_and_store)
     return DocumentsPublic(data=data, count=len(data))
 
 
@@ -115,7 +124,7 @@ async def _uploads(request: Request, limit: int) -> list[tuple[str, bytes, str |
     """(name, bytes, declared format) of each document, whichever way they were sent."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await request.form()
+        form = await request.form(max_part_size=limit + 1)  # a text field may be as large
         parts = form.getlist("file")
         if not parts:
             raise InvalidInput(
