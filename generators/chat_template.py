@@ -48,9 +48,17 @@ class ChatTemplate:
         except TemplateError as exc:
             raise UnsupportedRequest(f"the model's chat template does not render: {exc}") from exc
 
+    def _text(self, messages: list[dict[str, str]], *, add_generation_prompt: bool) -> str:
+        """The rendered conversation, without a leading BOS the template wrote itself: the
+        engine adds its own when the model wants one, and two degrade the answer."""
+        text = self.render(messages, add_generation_prompt=add_generation_prompt)
+        if self.bos_token and "bos_token" in self.source:
+            text = text.removeprefix(self.bos_token)
+        return text
+
     def _around_user(self, system: str | None) -> tuple[str, str]:
         messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-        text = self.render([*messages, {"role": "user", "content": _MARK}], **_NO_ASSISTANT)
+        text = self._text([*messages, {"role": "user", "content": _MARK}], **_NO_ASSISTANT)
         before, found, after = text.partition(_MARK)
         if not found:
             raise UnsupportedRequest("the model's chat template does not show the user's message")
@@ -63,7 +71,7 @@ class ChatTemplate:
     def answer_prompt(self, query: str, system: str | None = None) -> str:
         """The conversation with `query` as the user's message, up to the assistant's answer."""
         messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-        return self.render([*messages, {"role": "user", "content": query}], **_ASSISTANT)
+        return self._text([*messages, {"role": "user", "content": query}], **_ASSISTANT)
 
     def stop_sequences(self) -> tuple[str, ...]:
         """What ends a turn: the text after a user's message up to its first line break (e.g.
