@@ -293,27 +293,28 @@ def evolve_job(
     """Draw a parent (of `language`, nearest the topic when there is one) below the depth limit
     and an operation by its weight; None when no pool task can be evolved further."""
     seeds, machine = _examples(pool, topic, 1, language)
-    tasks = [*seeds, *machine]
-    if not tasks:
+    size = len(seeds) + len(machine)
+    if not size:
         return None
+
+    def draw() -> PromptExample:  # uniform over both lists, without joining a 1M-task pool
+        i = rng.randrange(size)
+        return seeds[i] if i < len(seeds) else machine[i - len(seeds)]
+
     # A few draws from everything; then from the seeds (never evolved, so always below the
     # limit); only a pool without seeds is scanned for what is left below it.
-    parent = next(
-        (
-            p
-            for p in (rng.choice(tasks) for _ in range(PARENT_DRAWS))
-            if depths.get(p.id, 0) < spec.max_depth
-        ),
-        None,
+    below_limit = (
+        p for p in (draw() for _ in range(PARENT_DRAWS)) if depths.get(p.id, 0) < spec.max_depth
     )
+    parent = next(below_limit, None)
     if parent is None:
-        below = seeds or [t for t in machine if depths.get(t.id, 0) < spec.max_depth]
-        if not below:
+        rest = seeds or [t for t in machine if depths.get(t.id, 0) < spec.max_depth]
+        if not rest:
             return None
-        parent = rng.choice(below)
+        parent = rng.choice(rest)
     depth = depths.get(parent.id, 0)
-    names = [op for op, weight in spec.operations.items() if weight > 0]
-    operation = rng.choices(names, weights=[spec.operations[op] for op in names])[0]
+    operations = spec.operations  # every weight is above 0 (the schema says so)
+    operation = rng.choices(list(operations), weights=list(operations.values()))[0]
     prompt = build_evolve_prompt(
         parent.instruction, parent.input, operation=operation, language=wording
     )

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
+from jinja2 import Template
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -30,7 +32,10 @@ class ChatTemplate:
     bos_token: str = ""
     eos_token: str = ""
 
-    def render(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool) -> str:
+    @cached_property
+    def _compiled(self) -> Template:
+        """Compiled once: magpie renders the template two or three times per candidate."""
+
         def raise_exception(message: str) -> None:
             raise TemplateError(message)
 
@@ -39,7 +44,13 @@ class ChatTemplate:
         )
         env.globals["raise_exception"] = raise_exception
         try:
-            return env.from_string(self.source).render(
+            return env.from_string(self.source)
+        except TemplateError as exc:
+            raise UnsupportedRequest(f"the model's chat template does not compile: {exc}") from exc
+
+    def render(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool) -> str:
+        try:
+            return self._compiled.render(
                 messages=list(messages),
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,7 +47,7 @@ class PriceTable(BaseModel):
 
     def known(self, model: str) -> bool:
         """Whether `model` has a price here or in genai-prices."""
-        return self.price_for(model) is not None or _registry_cost(model, 0, 0) is not None
+        return self.price_for(model) is not None or _registry_entry(model) is not None
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
         """The price of one call; 0 for a model with no known price (see `known`)."""
@@ -71,26 +72,27 @@ class PriceTable(BaseModel):
 
 
 @lru_cache(maxsize=256)
-def _registry_model(model: str) -> bool:
-    """Whether genai-prices' snapshot prices `model` (looked up once per id)."""
-    return _registry_cost(model, 1, 1, cached=False) is not None
-
-
-def _registry_cost(
-    model: str, prompt_tokens: int, completion_tokens: int, *, cached: bool = True
-) -> float | None:
-    """The cost in USD by genai-prices' offline snapshot; None for a model it does not list."""
-    if cached and not _registry_model(model):
-        return None
-    from genai_prices import Usage, calc_price
+def _registry_entry(model: str) -> tuple[Any, Any] | None:
+    """genai-prices' (provider, model) for `model`, matched once per id: matching walks the
+    whole price list, which cost more than the price itself on every request."""
+    from genai_prices import data_snapshot
 
     try:
-        found = calc_price(
-            Usage(input_tokens=prompt_tokens, output_tokens=completion_tokens), model
-        )
+        return data_snapshot.get_snapshot().find_provider_model(model, None, None, None)  # type: ignore[no-any-return]
     except LookupError:
         return None
-    return float(found.total_price)
+
+
+def _registry_cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """The cost in USD by genai-prices' offline snapshot; None for a model it does not list."""
+    entry = _registry_entry(model)
+    if entry is None:
+        return None
+    from genai_prices import Usage
+
+    provider, priced = entry
+    usage = Usage(input_tokens=prompt_tokens, output_tokens=completion_tokens)
+    return float(priced.calc_price(usage, provider).total_price)
 
 
 # The bundled model is listed at zero so reports show it as known and free; every other price

@@ -72,8 +72,8 @@ def _state_ceilings(schema: dict[str, Any], settings: Settings) -> None:
     for item in schema.get("paths", {}).values():
         for operation in item.values():
             for param in operation.get("parameters", []):
-                bounds = param.setdefault("schema", {})
                 if param.get("in") == "query" and param.get("name") == "limit":
+                    bounds = param.setdefault("schema", {})
                     bounds.setdefault("maximum", settings.page_size_max)  # fixed ones stay
     components = schema["components"]["schemas"]
     target = components.get("RunCreate", {}).get("properties", {}).get("target", {})

@@ -77,22 +77,21 @@ async def generate_candidates(ctx: RunContext, rng: random.Random) -> list[Candi
     gen = await ctx.complete(job.text, ctx.sampling(), job.stop, language=wording)
     if gen is None:
         return None
+    return _found(ctx, candidates_from(job, gen, ctx.lineage), gen.text)
+
+
+def _found(
+    ctx: RunContext, found: list[Candidate] | Candidate | None, text: str
+) -> list[Candidate]:
+    """The candidates of one answer, counted as a completion; none counted as unparseable."""
     ctx.tally.completions += 1
-    found = candidates_from(job, gen, ctx.lineage)
+    if isinstance(found, Candidate):
+        found = [found]
     if not found:
-        ctx.tally.unparseable += 1
-        ctx.tally.last_unparseable = ctx.last_unparseable = gen.text[:200]
-    return found
-
-
-def _found(ctx: RunContext, cand: Candidate | None, text: str) -> list[Candidate]:
-    """One candidate of an answer, counted as a completion; none counted as unparseable."""
-    ctx.tally.completions += 1
-    if cand is None:
         ctx.tally.unparseable += 1
         ctx.tally.last_unparseable = ctx.last_unparseable = text[:200]
         return []
-    return [cand]
+    return found
 
 
 async def _evolve(

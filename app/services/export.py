@@ -199,12 +199,10 @@ class FlatColumns:
     """Flat rows gathered column by column, the layout Arrow builds its arrays from cheaply."""
 
     def __init__(self) -> None:
-        self.columns: dict[str, list[Any]] = {}
-        self.rows = 0
         self._reset()
 
     def _reset(self) -> None:
-        self.columns = {name: [] for name in FLAT_SCHEMA.names}
+        self.columns: dict[str, list[Any]] = {name: [] for name in FLAT_SCHEMA.names}
         self.rows = 0
 
     def add(self, task: ExportRow) -> None:

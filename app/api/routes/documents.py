@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app.api.deps import DatasetDep, SessionDep, SettingsDep
@@ -149,12 +150,8 @@ async def _uploads(request: Request, limit: int) -> list[tuple[str, bytes, str |
         body = DocumentsCreate.model_validate(orjson.loads(raw))
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"The body is not JSON: {exc}") from exc
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(
-            f"{where}: {first['msg']}", errors=[ErrorItem(field=where, reason=first["msg"])]
-        ) from exc
+    except ValidationError as exc:  # answered like any body FastAPI validates itself
+        raise RequestValidationError(exc.errors()) from exc
     return [
         (doc.name, doc.text.encode(), doc.format or svc.text_format(doc.name))
         for doc in body.documents
