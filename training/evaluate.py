@@ -1,25 +1,20 @@
 """Score a model on held-out tasks: greedy generation, then ROUGE-L F1 against the references.
 
-ROUGE-L tokenizes as rouge-score does by default (lowercase, `[a-z0-9]+` runs, no stemming) and
-also counts each CJK character as a token, which rouge-score drops (it would score any two
-Chinese texts 0). The LCS comes from rapidfuzz's `LCSseq` over token lists, in C++.
+The score is the novelty filter's own (filters/rouge.py over filters/tokenize.py): rouge-score's
+tokens and float expression, with each CJK character counted as a token, so a held-out score and
+a novelty verdict measure overlap the same way.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from rapidfuzz.distance import LCSseq
 
+from filters.rouge import rouge_l
 from training.data import task_to_messages
-
-# Kana, CJK Extension A, CJK Unified, Hangul syllables, CJK compatibility, Extensions B and later.
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f"
-_TOKEN = re.compile(rf"[a-z0-9]+|[{_CJK}]")
 
 
 @dataclass(frozen=True)
@@ -36,18 +31,6 @@ class EvalResult:
     mean_rouge_l: float
     scores: list[float]  # per task, in input order
     outputs: list[str]  # the model's generations, in input order
-
-
-def rouge_tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
-
-
-def rouge_l_f1(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 = 2·LCS / (len(prediction) + len(reference)), over rouge_tokens."""
-    pred, ref = rouge_tokens(prediction), rouge_tokens(reference)
-    if not pred or not ref:
-        return 0.0
-    return 2.0 * LCSseq.similarity(pred, ref) / (len(pred) + len(ref))
 
 
 def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -116,7 +99,7 @@ def evaluate_model(
     outputs = generate_outputs(
         model, tokenizer, tasks, max_new_tokens=max_new_tokens, batch_size=batch_size
     )
-    scores = [rouge_l_f1(out, task.output) for out, task in zip(outputs, tasks, strict=True)]
+    scores = [rouge_l(out, task.output) for out, task in zip(outputs, tasks, strict=True)]
     mean = sum(scores) / len(scores) if scores else 0.0
     return EvalResult(mean_rouge_l=mean, scores=scores, outputs=outputs)
 
