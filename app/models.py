@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -84,8 +85,38 @@ class Dataset(SQLModel, table=True):
     description: str = Field(default="", max_length=2000)
     # None: the languages of its seeds; a code overrides them (filters.language).
     language: str | None = Field(default=None, max_length=16)
+    # Held-out share and decontamination (app/services/heldout.py, decontamination.py).
+    held_out_share: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    decontaminate_against: list[str] = Field(default_factory=list, sa_type=JSONType)
+    decontamination_threshold: float = Field(
+        default=0.7, sa_column_kwargs={"server_default": "0.7"}
+    )
+    # What the last full decontamination pass saw of the evaluation sets; a different view
+    # now means the marks are stale (app/services/decontamination.py).
+    decontamination_state: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+
+
+def holdout_text(instruction: str, instances: list[dict[str, str]] | None) -> str:
+    """What identifies a task for held-out sets and decontamination: its instruction plus the
+    input of its first instance (the one an evaluation asks)."""
+    first = (instances or [{}])[0].get("input", "") if instances else ""
+    return f"{instruction.strip()}\n{first.strip()}".strip()
+
+
+def holdout_key(instruction: str, instances: list[dict[str, str]] | None) -> float:
+    """Where a task falls in [0, 1): the first 6 bytes of the SHA-256 of `holdout_text`. It
+    depends on the content only, so it never moves as the pool grows; a dataset holds out the
+    tasks whose key is below its `held_out_share`."""
+    digest = hashlib.sha256(holdout_text(instruction, instances).encode()).digest()
+    return int.from_bytes(digest[:6]) / 2**48
+
+
+def _holdout_key_default(context: Any) -> float:
+    """Filled in on every insert, ORM or Core (the pipeline inserts with Core)."""
+    params = context.get_current_parameters()
+    return holdout_key(params.get("instruction") or "", params.get("instances"))
 
 
 class Task(SQLModel, table=True):
@@ -125,8 +156,21 @@ class Task(SQLModel, table=True):
     )
     lineage: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
     edited_from_id: int | None = Field(default=None)
+    holdout_key: float | None = Field(
+        default=None, sa_column=sa.Column(sa.Float, default=_holdout_key_default, nullable=True)
+    )
+    # Scores above the dataset's threshold against a task of an evaluation set it must stay
+    # clean of; `contamination` says which task, in which set, and the score.
+    contaminated: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    contamination: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
+
+
+@sa.event.listens_for(Task, "before_update")
+def _rekey_changed_task(_mapper: Any, _conn: Any, task: Task) -> None:
+    """A seed re-posted with new text moves to where its new content falls."""
+    task.holdout_key = holdout_key(task.instruction, task.instances)
 
 
 class Run(SQLModel, table=True):
@@ -306,4 +350,82 @@ class StoredFile(SQLModel, table=True):
             sa.Integer, sa.ForeignKey("dataset.id", ondelete="SET NULL"), nullable=True
         ),
     )
+    created_at: datetime = _ts()
+
+
+class EvaluationStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class Evaluation(SQLModel, table=True):
+    """An evaluation job: models answer a frozen list of reference tasks; claimed with a lease."""
+
+    __table_args__ = (sa.Index("ix_evaluation_status", "status", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("dataset.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    models: list[str] = Field(default_factory=list, sa_type=JSONType)
+    judge: str | None = Field(default=None, max_length=200)
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    status: str = Field(default=EvaluationStatus.queued, max_length=16)
+    tasks: int = Field(default=0)
+    progress: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    results: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    worker_id: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = _ts()
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = _ts()
+
+
+class EvaluationSample(SQLModel, table=True):
+    """One reference task of an evaluation with every answer, rating and pairwise verdict, so a
+    restarted job redoes nothing stored and a person can read the answers side by side."""
+
+    __tablename__ = "evaluation_sample"
+    __table_args__ = (
+        sa.UniqueConstraint("evaluation_id", "position", name="uq_evaluation_sample_position"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    evaluation_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("evaluation.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    position: int
+    task_id: int | None = Field(default=None)
+    instruction: str = Field(sa_type=sa.Text)
+    input: str = Field(default="", sa_type=sa.Text)
+    reference: str = Field(default="", sa_type=sa.Text)
+    # model -> {text, failed, rouge_l, rating, rationale}
+    answers: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    # "a|b" -> {"first": verdict with a shown first, "second": with b first, "winner": a|b|tie}
+    pairwise: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+
+
+class EvaluationEvent(SQLModel, table=True):
+    """Progress of an evaluation, in order, for its event stream."""
+
+    __tablename__ = "evaluation_event"
+    __table_args__ = (sa.Index("ix_evaluation_event_evaluation", "evaluation_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    evaluation_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("evaluation.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    kind: str = Field(max_length=32)
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
     created_at: datetime = _ts()
