@@ -137,6 +137,7 @@ def _build(settings: Settings, entry: ModelEntry) -> Backend:
             "requests_per_minute": ep.requests_per_minute,
             "tokens_per_minute": ep.tokens_per_minute,
             "chat_template": ep.chat_template,
+            "structured_output": ep.structured_output,
         },
     )
 

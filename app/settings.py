@@ -59,6 +59,12 @@ class EndpointConfig(BaseModel):
         description="The models' Jinja chat template, for strategy magpie on a completion "
         "endpoint that does not report it (llama.cpp's server does, at /props).",
     )
+    structured_output: Literal["none", "json_schema", "grammar"] = Field(
+        default="none",
+        description="How the servers constrain an answer to a shape (the judge's rating): "
+        "json_schema (`response_format`: OpenAI, vLLM), grammar (GBNF: llama.cpp's servers), "
+        "or none (answers are parsed from text).",
+    )
 
     @model_validator(mode="after")
     def _one_pool(self) -> EndpointConfig:

@@ -37,6 +37,19 @@ Prompt: TypeAlias = str | Sequence[ChatMessage | Mapping[str, str]]
 NormalizedPrompt: TypeAlias = str | list[ChatMessage]
 
 
+class StructuredOutput(BaseModel):
+    """A shape the answer must take, for backends that can enforce it: `json_schema` goes to
+    OpenAI-compatible servers that take `response_format` (an endpoint setting says which do),
+    `grammar` (GBNF, the same shape) to llama.cpp, in-process or served. A backend that can do
+    neither ignores it; the caller parses the text either way."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Names the schema.")
+    json_schema: dict[str, Any]
+    grammar: str
+
+
 class SamplingParams(BaseModel):
     """Sampling parameters with OpenAI's names, meanings and defaults (except `max_tokens`)."""
 
@@ -58,6 +71,9 @@ class SamplingParams(BaseModel):
     stop: Sequence[str] = Field(default=(), description="Strings that end a choice (not included).")
     n: int = Field(default=1, ge=1, le=32, description="Choices to sample per prompt.")
     seed: int | None = Field(default=None, description="Makes sampling repeatable where supported.")
+    structured: StructuredOutput | None = Field(
+        default=None, description="Constrain the answer where the backend can (see the class)."
+    )
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -319,6 +319,7 @@ class LlamaCppModel:
             ) from exc
         self.lock = threading.Lock()
         self.n_ctx = n_ctx
+        self._grammars: dict[str, Any] = {}  # GBNF text -> compiled LlamaGrammar
         self.llama = Llama(
             model_path=str(path),
             n_ctx=n_ctx,
@@ -343,9 +344,24 @@ class LlamaCppModel:
             source, bos_token=token(self.llama.token_bos()), eos_token=token(self.llama.token_eos())
         )
 
-    @staticmethod
-    def _kwargs(params: SamplingParams, seed: int, extra: Mapping[str, Any]) -> dict[str, Any]:
+    def _grammar(self, params: SamplingParams) -> dict[str, Any]:
+        """A constrained answer (the judge's) as llama.cpp's grammar, compiled once per text."""
+        if params.structured is None:
+            return {}
+        source = params.structured.grammar
+        grammar = self._grammars.get(source)
+        if grammar is None:
+            from llama_cpp import LlamaGrammar
+
+            grammar = LlamaGrammar.from_string(source, verbose=False)
+            self._grammars[source] = grammar
+        return {"grammar": grammar}
+
+    def _kwargs(
+        self, params: SamplingParams, seed: int, extra: Mapping[str, Any]
+    ) -> dict[str, Any]:
         return {
+            **self._grammar(params),
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,

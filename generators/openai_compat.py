@@ -23,7 +23,7 @@ import random
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import certifi
@@ -143,6 +143,12 @@ class OpenAIBackend(Backend):
             default=None,
             description="The served model's Jinja chat template, for raw-template prompts "
             "(strategy magpie); None asks the server (llama.cpp's GET /props).",
+        )
+        structured_output: Literal["none", "json_schema", "grammar"] = Field(
+            default="none",
+            description="How the server constrains an answer to a shape (the judge's): "
+            "json_schema sends `response_format` (OpenAI, vLLM), grammar sends a GBNF `grammar` "
+            "(llama.cpp's servers); none leaves the answer free and the caller parses it.",
         )
 
         @field_validator("base_url")
@@ -375,6 +381,14 @@ class OpenAIBackend(Backend):
             body["stop"] = list(params.stop)
         if seed is not None:
             body["seed"] = seed
+        shape, how = params.structured, self.options.structured_output
+        if shape is not None and how == "json_schema":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": shape.name, "schema": shape.json_schema, "strict": True},
+            }
+        elif shape is not None and how == "grammar":
+            body["grammar"] = shape.grammar
         return body
 
     async def _request(

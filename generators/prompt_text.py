@@ -314,3 +314,203 @@ BACKTRANSLATE_WORDS: dict[str, dict[str, str]] = {
         "input": "输入：",
     },
 }
+
+# --- The judge (generators.judge): a task rated on the Self-Instruct paper's four levels --------
+# Changing anything here changes what judges see: bump JUDGE_PROMPT_VERSION or
+# PAIRWISE_PROMPT_VERSION in generators/judge.py.
+
+JUDGE_WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "header": (
+            "You review tasks written to train an AI assistant. Each task has an instruction, "
+            "sometimes an input, and the output the assistant should give. Rate the whole task "
+            "on four levels:\n"
+            "A: valid and satisfying: a clear, sensible instruction, and an output that "
+            "answers it correctly and completely.\n"
+            "B: acceptable with minor imperfections: the output answers the instruction but "
+            "could be better (slightly incomplete, awkward, or loose in format).\n"
+            "C: responds to the instruction but with significant errors: the output tries to "
+            "answer but is wrong, badly incomplete or misleading.\n"
+            "D: irrelevant or invalid: the instruction makes no sense or cannot be done with "
+            "text, or the output does not answer it at all.\n"
+            'Answer with one line of JSON: {"rating": "A", "B", "C" or "D", "rationale": one '
+            "sentence saying why}."
+        ),
+        "task": "Task",
+        "instruction": "Instruction:",
+        "input": "Input:",
+        "output": "Output:",
+        "example": "Example",
+        "answer": "Judgement:",
+    },
+    "zh": {
+        "header": (
+            "你负责审核用于训练 AI 助手的任务。每个任务包含一条指令、有时还有一个输入，"
+            "以及助手应给出的输出。请按四个等级给整个任务评级：\n"
+            "A：有效且令人满意：指令清楚合理，输出正确、完整地回答了它。\n"
+            "B：可以接受，但有小瑕疵：输出回答了指令，但还可以更好（略有遗漏、表达生硬或格式随意）。\n"
+            "C：回应了指令，但有明显错误：输出试图回答，但内容错误、严重不完整或有误导。\n"
+            "D：无关或无效：指令没有意义或无法只用文字完成，或者输出根本没有回答它。\n"
+            '请只用一行 JSON 回答：{"rating": "A"、"B"、"C" 或 "D", '
+            '"rationale": 用一句话说明理由}。'
+        ),
+        "task": "任务",
+        "instruction": "指令：",
+        "input": "输入：",
+        "output": "输出：",
+        "example": "示例",
+        "answer": "评审：",
+    },
+}
+
+# (instruction, [(input, output)], rating, rationale): one worked example per level, in an order
+# that is not the scale's, so a judge does not learn to answer by position.
+JUDGE_EXAMPLES: dict[str, tuple[tuple[str, tuple[tuple[str, str], ...], str, str], ...]] = {
+    "en": (
+        (
+            "Convert the temperature from Celsius to Fahrenheit.",
+            (("25 °C", "77 °F"), ("-10 °C", "14 °F")),
+            "A",
+            "Both conversions are correct and the instruction is clear.",
+        ),
+        (
+            "Draw a picture of a cat sitting on a windowsill.",
+            (("", "Here is the picture."),),
+            "D",
+            "A picture cannot be produced in text, and the output claims one that is not there.",
+        ),
+        (
+            "Give three tips for saving money on groceries.",
+            (("", "Make a shopping list before you go. Buy store brands."),),
+            "B",
+            "The tips are sensible but only two of the three asked for are given.",
+        ),
+        (
+            "What is the capital of Australia?",
+            (("", "The capital of Australia is Sydney."),),
+            "C",
+            "It answers the question, but Sydney is wrong; the capital is Canberra.",
+        ),
+    ),
+    "zh": (
+        (
+            "把下面的句子改写成更礼貌的说法。",
+            (("把文件给我。", "麻烦您把文件给我，好吗？"),),
+            "A",
+            "改写后的句子礼貌且意思不变，完全符合指令。",
+        ),
+        (
+            "计算下面两个数的和。",
+            (("17 和 25", "17 和 25 的和是 32。"),),
+            "C",
+            "输出回应了指令，但计算错误，正确答案是 42。",
+        ),
+        (
+            "播放一首周杰伦的歌。",
+            (("", "好的，正在播放。"),),
+            "D",
+            "播放音乐无法用文字完成，输出也没有给出任何有用的内容。",
+        ),
+        (
+            "用一句话介绍长城。",
+            (
+                (
+                    "",
+                    "长城是中国古代修建的军事防御工程，全长两万多公里，是世界著名的古迹，每年吸引大量游客。",
+                ),
+            ),
+            "B",
+            "内容正确，但写成了稍长的一段，没有严格做到一句话。",
+        ),
+    ),
+}
+
+PAIRWISE_WORDS: dict[str, dict[str, str]] = {
+    "en": {
+        "header": (
+            "You compare two answers to the same task written for an AI assistant. Decide "
+            "which answer follows the instruction better: correct, complete and helpful, "
+            "without needless padding. The order in which the answers are shown says nothing "
+            "about their quality, and a longer answer is not better for being longer. If "
+            "neither is better, call it a tie.\n"
+            'Answer with one line of JSON: {"winner": "1", "2" or "tie", "rationale": one '
+            "sentence saying why}."
+        ),
+        "task": "Task",
+        "instruction": "Instruction:",
+        "input": "Input:",
+        "first": "Answer 1:",
+        "second": "Answer 2:",
+        "answer": "Verdict:",
+    },
+    "zh": {
+        "header": (
+            "你负责比较同一个任务的两个回答。请判断哪个回答更好地完成了指令：正确、完整、有帮助，"
+            "没有多余的铺垫。回答出现的先后与质量无关，回答更长也不代表更好。如果两者不相上下，"
+            "就判为平局。\n"
+            '请只用一行 JSON 回答：{"winner": "1"、"2" 或 "tie", "rationale": 用一句话说明理由}。'
+        ),
+        "task": "任务",
+        "instruction": "指令：",
+        "input": "输入：",
+        "first": "回答 1：",
+        "second": "回答 2：",
+        "answer": "裁决：",
+    },
+}
+
+# (instruction, input, answer 1, answer 2, winner, rationale)
+PAIRWISE_EXAMPLES: dict[str, tuple[tuple[str, str, str, str, str, str], ...]] = {
+    "en": (
+        (
+            "Name the largest planet in the solar system.",
+            "",
+            "Saturn is the largest planet.",
+            "Jupiter is the largest planet in the solar system.",
+            "2",
+            "Answer 2 is correct; Saturn is only the second largest.",
+        ),
+        (
+            "Sort the numbers in ascending order.",
+            "9, 2, 7",
+            "2, 7, 9",
+            "Sorting numbers means arranging them. Here they are: 9, 7, 2",
+            "1",
+            "Answer 1 sorts correctly; answer 2 sorts in descending order and pads the reply.",
+        ),
+        (
+            "Give a synonym for 'happy'.",
+            "",
+            "Joyful",
+            "Cheerful",
+            "tie",
+            "Both are correct synonyms given just as briefly.",
+        ),
+    ),
+    "zh": (
+        (
+            "将下面的英文翻译成中文。",
+            "Good morning",
+            "早上好",
+            "晚上好",
+            "1",
+            "回答 1 翻译正确，回答 2 意思错了。",
+        ),
+        (
+            "列出三种常见的水果。",
+            "",
+            "苹果、香蕉",
+            "苹果、香蕉、橙子",
+            "2",
+            "回答 2 按要求给出了三种，回答 1 只有两种。",
+        ),
+        (
+            "用一个词形容秋天的天气。",
+            "",
+            "凉爽",
+            "清爽",
+            "tie",
+            "两个词都贴切，同样简洁。",
+        ),
+    ),
+}
