@@ -22,6 +22,20 @@ SECONDS = 8.0
 STARTER_SEED_LINES = 48  # the starter pool's seeds have at least one instance each
 
 
+def server_errors(log: Path) -> list[str]:
+    """The server's unhandled errors, each the last line of its traceback, so a failure here
+    says what went wrong inside the server and not only that a request failed."""
+    if not log.exists():
+        return []
+    lines = log.read_text(errors="replace").splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback"):
+            end = next((j for j in range(i + 1, len(lines)) if not lines[j].startswith(" ")), i)
+            found.append(lines[end])
+    return found[:10]
+
+
 @pytest.fixture
 def clean_db(db_url: str) -> Iterator[str]:
     _wipe(db_url)
@@ -44,7 +58,7 @@ def test_fifty_clients_read_and_export_while_a_run_writes(clean_db: str, tmp_pat
             httpx.post(f"{base}/v1/runs/{run_id}/cancel").raise_for_status()
     finally:
         stub.stop()
-    assert result.errors == [], result.errors[:10]
+    assert result.errors == [], (result.errors[:10], server_errors(tmp_path / "server.log"))
     assert all(result.latencies[kind] for kind in KINDS), {
         k: len(v) for k, v in result.latencies.items()
     }
