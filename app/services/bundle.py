@@ -4,14 +4,13 @@
     README.md                               the card: YAML header (license, language, size,
                                             configs, features), then how the data was made
     data/train-00000-of-00001.parquet       (or .jsonl) flat rows, FLAT_SCHEMA
-    data/validation-00000-of-00001.parquet
+    data/validation-00000-of-00001.parquet  (or data/test-... : the dataset's held-out share)
 
 Rows are the Parquet export's (one per instance); a task's instances always share a split.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import zipfile
@@ -27,7 +26,7 @@ import pyarrow.parquet as pq
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from app.models import Dataset
+from app.models import Dataset, holdout_key
 from app.schemas import BundleFileFormat
 from app.services.dataset_card import SplitFacts, card_facts, card_text, service_version
 from app.services.export import (
@@ -40,31 +39,61 @@ from app.services.export import (
 )
 from filters.language import UNKNOWN, base_language
 
-Split = Literal["train", "validation"]
-SPLITS: tuple[Split, ...] = ("train", "validation")
+Split = Literal["train", "validation", "test"]
 
-# --- the split rule (issue #13 replaces it with the dataset's held-out share) ---
+# --- the split rule: the dataset's held-out share ---
 
 VALIDATION_SHARE = 0.05
-SPLIT_RULE = (
-    f"a task is in `validation` when the first 8 bytes of the SHA-256 of its instruction (UTF-8), "
-    f"read as a big-endian integer, fall in the lowest {VALIDATION_SHARE:.0%} of their range; "
-    f"every instance of a task shares its split. When that leaves a split empty and there are at "
-    f"least two tasks, the task nearest the boundary moves into it, because `datasets` cannot "
-    f"load an empty split"
-)
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """A dataset with a held-out share ships it as `test`, exactly the tasks fine-tunes leave
+    out and evaluations read; one without gets a small `validation` split by the same key."""
+
+    second: Split
+    share: float
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> SplitRule:
+        if dataset.held_out_share > 0:
+            return cls("test", dataset.held_out_share)
+        return cls("validation", VALIDATION_SHARE)
+
+    @property
+    def splits(self) -> tuple[Split, Split]:
+        return ("train", self.second)
+
+    def describe(self) -> str:
+        what = (
+            "the dataset's held-out share: fine-tune jobs from this dataset never train on it"
+            if self.second == "test"
+            else "a fixed share"
+        )
+        return (
+            f"a task is in `{self.second}` when the first 6 bytes of the SHA-256 of its "
+            f"instruction and first input (UTF-8, joined by a newline), read as a big-endian "
+            f"integer, fall in the lowest {self.share:.0%} of their range ({what}); every "
+            f"instance of a task shares its split. When that leaves a split empty and there are "
+            f"at least two tasks, the task nearest the boundary moves into it, because "
+            f"`datasets` cannot load an empty split"
+        )
+
+
+DEFAULT_RULE = SplitRule("validation", VALIDATION_SHARE)
 
 
 def split_key(task: ExportRow) -> float:
-    """Where the task falls in [0, 1): from its instruction alone, so it never moves as the pool
-    grows, and a task's instances (same instruction) never leak across splits."""
-    digest = hashlib.sha256(task.instruction.encode()).digest()
-    return int.from_bytes(digest[:8]) / 2**64
+    """Where the task falls in [0, 1): its stored held-out key (app.models.holdout_key), from
+    its content alone, so it never moves as the pool grows."""
+    if task.holdout_key is not None:
+        return task.holdout_key
+    return holdout_key(task.instruction, task.instances)
 
 
-def split_of(task: ExportRow) -> Split:
-    """The task's split: the one place issue #13 replaces with the dataset's held-out share."""
-    return "validation" if split_key(task) < VALIDATION_SHARE else "train"
+def split_of(task: ExportRow, rule: SplitRule = DEFAULT_RULE) -> Split:
+    """The task's split by the dataset's held-out rule."""
+    return rule.second if split_key(task) < rule.share else "train"
 
 
 # --- writing the splits ---
@@ -131,31 +160,40 @@ class BundleOptions:
 
 @dataclass
 class SplitCounts:
-    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
-    tasks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    splits: tuple[Split, ...] = DEFAULT_RULE.splits
+    rows: dict[str, int] = field(default_factory=dict)
+    tasks: dict[str, int] = field(default_factory=dict)
     languages: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        for split in self.splits:
+            self.rows.setdefault(split, 0)
+            self.tasks.setdefault(split, 0)
 
 
 @dataclass
 class _Edge:
     """The task nearest the split boundary on each side, in case a split comes out empty."""
 
+    rule: SplitRule
     lowest_train: tuple[float, int] = (2.0, 0)  # (key, task id)
-    highest_validation: tuple[float, int] = (-1.0, 0)
+    highest_other: tuple[float, int] = (-1.0, 0)
 
     def see(self, task: ExportRow, split: Split) -> None:
         key = (split_key(task), task.task_id)
         if split == "train":
             self.lowest_train = min(self.lowest_train, key)
         else:
-            self.highest_validation = max(self.highest_validation, key)
+            self.highest_other = max(self.highest_other, key)
 
     def move(self, counts: SplitCounts) -> dict[int, Split]:
-        """The one task to move so neither split is empty, if the rule left one empty."""
-        if counts.tasks["validation"] == 0 and counts.tasks["train"] >= 2:
-            return {self.lowest_train[1]: "validation"}
-        if counts.tasks["train"] == 0 and counts.tasks["validation"] >= 2:
-            return {self.highest_validation[1]: "train"}
+        """The one task to move so neither split is empty, if the rule left one empty. A
+        held-out task never moves into `train`: that would train on it."""
+        other = self.rule.second
+        if counts.tasks[other] == 0 and counts.tasks["train"] >= 2:
+            return {self.lowest_train[1]: other}
+        if counts.tasks["train"] == 0 and counts.tasks[other] >= 2 and other != "test":
+            return {self.highest_other[1]: "train"}
         return {}
 
 
@@ -165,15 +203,16 @@ def _write_splits(
     dataset_id: int,
     directory: Path,
     options: BundleOptions,
+    rule: SplitRule,
     moved: dict[int, Split],
 ) -> tuple[SplitCounts, _Edge]:
     (directory / "data").mkdir(parents=True, exist_ok=True)
     make = _ParquetSplit if options.file_format == BundleFileFormat.parquet else _JsonlSplit
     writers: dict[str, _SplitWriter] = {
         split: make(directory / split_path(split, options.file_format), ROWS_PER_GROUP)
-        for split in SPLITS
+        for split in rule.splits
     }
-    counts, edge = SplitCounts(), _Edge()
+    counts, edge = SplitCounts(splits=rule.splits), _Edge(rule)
     try:
         for tasks in task_batches(
             engine=engine, dataset_id=dataset_id, include_seeds=options.include_seeds
@@ -181,7 +220,7 @@ def _write_splits(
             for task in tasks:
                 if not task.instances:
                     continue  # nothing to learn from; the flat export drops it too
-                split = moved.get(task.task_id) or split_of(task)
+                split = moved.get(task.task_id) or split_of(task, rule)
                 edge.see(task, split)
                 writers[split].add(task)
                 counts.rows[split] += len(task.instances)
@@ -196,17 +235,28 @@ def _write_splits(
 
 
 def write_splits(
-    *, engine: Engine, dataset_id: int, directory: Path, options: BundleOptions
+    *,
+    engine: Engine,
+    dataset_id: int,
+    directory: Path,
+    options: BundleOptions,
+    rule: SplitRule = DEFAULT_RULE,
 ) -> SplitCounts:
     """Both splits' files. A second pass, only when the rule left a split empty (a pool of a few
     dozen tasks), moves one task so `datasets.load_dataset` can load both."""
-    counts, edge = _write_splits(
-        engine=engine, dataset_id=dataset_id, directory=directory, options=options, moved={}
-    )
-    if moved := edge.move(counts):
-        counts, _ = _write_splits(
-            engine=engine, dataset_id=dataset_id, directory=directory, options=options, moved=moved
+    moved: dict[int, Split] = {}
+    for _ in range(2):
+        counts, edge = _write_splits(
+            engine=engine,
+            dataset_id=dataset_id,
+            directory=directory,
+            options=options,
+            rule=rule,
+            moved=moved,
         )
+        moved = edge.move(counts) if not moved else {}
+        if not moved:
+            break
     return counts
 
 
@@ -225,15 +275,16 @@ def write_bundle(
 ) -> BundleSummary:
     """Write the splits, then the card (it states their counts), into `directory`."""
     assert dataset.id is not None
+    rule = SplitRule.of(dataset)
     counts = write_splits(
-        engine=engine, dataset_id=dataset.id, directory=directory, options=options
+        engine=engine, dataset_id=dataset.id, directory=directory, options=options, rule=rule
     )
     splits = SplitFacts(
         rows=counts.rows,
         tasks=counts.tasks,
-        paths={split: split_path(split, options.file_format) for split in SPLITS},
+        paths={split: split_path(split, options.file_format) for split in rule.splits},
         languages=sorted(counts.languages),
-        rule=SPLIT_RULE,
+        rule=rule.describe(),
     )
     with Session(engine) as session:
         facts = card_facts(session=session, dataset=dataset)
@@ -241,7 +292,7 @@ def write_bundle(
         facts=facts, splits=splits, license=options.license, include_seeds=options.include_seeds
     )
     (directory / "README.md").write_text(card, encoding="utf-8")
-    files = ["README.md", *(split_path(s, options.file_format) for s in SPLITS)]
+    files = ["README.md", *(split_path(s, options.file_format) for s in rule.splits)]
     return BundleSummary(directory=directory, files=files, counts=counts)
 
 

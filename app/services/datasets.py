@@ -10,7 +10,9 @@ from sqlmodel import Session, col, select
 
 from app.errors import Conflict, NotFound
 from app.models import Dataset, Task, TaskOrigin, TaskStatus, utcnow
-from app.schemas import DatasetCreate, DatasetPublic
+from app.schemas import DatasetCreate, DatasetPublic, DatasetUpdate, ExportSplit
+from app.services.decontamination import check_evaluation_sets, ensure_clean
+from app.services.heldout import split_clause
 from filters.language import UNKNOWN
 
 DEFAULT_DATASET = "default"
@@ -26,9 +28,43 @@ def get_dataset(*, session: Session, name: str) -> Dataset:
 def create_dataset(*, session: Session, data: DatasetCreate) -> Dataset:
     if session.exec(select(Dataset.id).where(Dataset.name == data.name)).first() is not None:
         raise Conflict(f"Dataset '{data.name}' already exists; choose another name.")
-    dataset = Dataset(name=data.name, description=data.description, language=data.language)
+    against = check_evaluation_sets(
+        session=session,
+        dataset_name=data.name,
+        names=data.decontaminate_against,
+        field="decontaminate_against",
+    )
+    dataset = Dataset(
+        name=data.name,
+        description=data.description,
+        language=data.language,
+        held_out_share=data.held_out_share,
+        decontaminate_against=against,
+        decontamination_threshold=data.decontamination_threshold,
+    )
     session.add(dataset)
     session.commit()
+    session.refresh(dataset)
+    return dataset
+
+
+def update_dataset(*, session: Session, dataset: Dataset, data: DatasetUpdate) -> Dataset:
+    """Change settings; a changed evaluation list or threshold re-marks the tasks at once."""
+    if data.decontaminate_against is not None:
+        dataset.decontaminate_against = check_evaluation_sets(
+            session=session,
+            dataset_name=dataset.name,
+            names=data.decontaminate_against,
+            field="decontaminate_against",
+        )
+    for name in ("description", "held_out_share", "decontamination_threshold"):
+        value = getattr(data, name)
+        if value is not None:
+            setattr(dataset, name, value)
+    touch(dataset)
+    session.add(dataset)
+    session.commit()
+    ensure_clean(session, dataset)
     session.refresh(dataset)
     return dataset
 
@@ -69,7 +105,8 @@ def pool_languages(*, dataset: Dataset, seeds: dict[str, int]) -> dict[str, int]
     return {code: n for code, n in seeds.items() if code != UNKNOWN}
 
 
-def _counts(session: Session, dataset_ids: list[int]) -> dict[int, dict[str, Any]]:
+def _counts(session: Session, datasets: list[Dataset]) -> dict[int, dict[str, Any]]:
+    dataset_ids = [d.id for d in datasets if d.id is not None]
     counts: dict[int, dict[str, Any]] = defaultdict(
         lambda: {"seeds": 0, "accepted": 0, "rejected": 0, "languages": {}}
     )
@@ -93,17 +130,35 @@ def _counts(session: Session, dataset_ids: list[int]) -> dict[int, dict[str, Any
             counts[dataset_id]["accepted"] += n
         else:
             counts[dataset_id]["rejected"] += n
+    for dataset in datasets:
+        assert dataset.id is not None
+        counts[dataset.id].update(_quality_counts(session, dataset))
     return counts
+
+
+def _quality_counts(session: Session, dataset: Dataset) -> dict[str, int]:
+    """Accepted tasks held out and marked contaminated (marks brought up to date first)."""
+    ensure_clean(session, dataset)
+    accepted = (Task.dataset_id == dataset.id, Task.status == TaskStatus.accepted.value)
+    marked = session.exec(select(sa.func.count()).where(*accepted, col(Task.contaminated))).one()
+    held = 0
+    if dataset.held_out_share > 0:
+        held = session.exec(
+            select(sa.func.count()).where(
+                *accepted, split_clause(ExportSplit.held_out, dataset.held_out_share)
+            )
+        ).one()
+    return {"contaminated": marked, "held_out": held}
 
 
 def dataset_public(*, session: Session, dataset: Dataset) -> DatasetPublic:
     assert dataset.id is not None
-    return _public(dataset, _counts(session, [dataset.id])[dataset.id])
+    return _public(dataset, _counts(session, [dataset])[dataset.id])
 
 
 def list_datasets(*, session: Session) -> list[DatasetPublic]:
-    datasets = session.exec(select(Dataset).order_by(Dataset.name)).all()
-    counts = _counts(session, [d.id for d in datasets if d.id is not None])
+    datasets = list(session.exec(select(Dataset).order_by(Dataset.name)).all())
+    counts = _counts(session, datasets)
     return [_public(d, counts[d.id]) for d in datasets if d.id is not None]
 
 
@@ -114,6 +169,9 @@ def _public(dataset: Dataset, counts: dict[str, Any]) -> DatasetPublic:
         language=dataset.language,
         created_at=dataset.created_at,
         updated_at=dataset.updated_at,
+        held_out_share=dataset.held_out_share,
+        decontaminate_against=list(dataset.decontaminate_against),
+        decontamination_threshold=dataset.decontamination_threshold,
         **counts,
     )
 

@@ -1,78 +1,629 @@
-"""Evaluation: ROUGE-L of a model's answers against held-out reference outputs, the metric the
-Self-Instruct paper reports, for several models on the same tasks in one request."""
+"""Evaluations as jobs: models answer a frozen list of reference tasks, in the background.
+
+Creating one checks everything (models, judge, dataset, references) and stores the reference
+tasks as samples, so a bad request queues nothing and a later change to the dataset does not
+change what is being measured. A worker claims it with a lease (app/leases.py) and fills the
+samples in three phases, each skipping what is stored already, so a job taken over after a kill
+redoes nothing it had finished:
+
+1. answers: every model answers every sample (greedy); ROUGE-L F1 against the reference, as the
+   Self-Instruct paper reports it;
+2. ratings (with a `judge`): the judge rates each answer on the paper's A-D scale;
+3. pairwise (a judge and two or more models): each pair of answers is compared twice, once in
+   each order. A model wins a task only when both orders prefer it; anything else (including a
+   judge that always picks one position) is a tie. The win rate counts a tie as half a win; its
+   interval is Wilson's score interval at 95%.
+
+Results are recomputed from the samples after every chunk, so progress is readable while it runs.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import math
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from itertools import combinations
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from app.errors import InvalidInput
-from app.llm import backend_for, find_model
-from app.models import Dataset, Task, TaskStatus
-from app.schemas import Evaluation, EvaluationCreate, ModelScore, Sample
+from app.errors import InvalidInput, NotFound
+from app.leases import LeaseHolder, renew
+from app.llm import ModelEntry, backend_for, find_model
+from app.models import (
+    Dataset,
+    Evaluation,
+    EvaluationEvent,
+    EvaluationSample,
+    EvaluationStatus,
+    Task,
+    TaskStatus,
+    utcnow,
+)
+from app.schemas import (
+    ErrorItem,
+    EvaluationCreate,
+    EvaluationEventPublic,
+    EvaluationProgress,
+    EvaluationPublic,
+    ExportSplit,
+    ModelScore,
+    PairwiseScore,
+    Sample,
+    SampleAnswer,
+    SamplesPublic,
+)
+from app.services.heldout import default_evaluation_split, split_clause
 from app.settings import Settings
+from filters.language import detect_language
 from filters.rouge import rouge_l
 from generators.base import Generation, SamplingParams
+from generators.judge import RATINGS, JudgeTask, compare, judge_task
 from training.data import task_to_messages
 
+log = logging.getLogger("selfinstruct.evaluations")
 
-def _held_out(session: Session, dataset: Dataset, body: EvaluationCreate) -> list[Sample]:
+FINAL = frozenset({EvaluationStatus.succeeded, EvaluationStatus.failed, EvaluationStatus.cancelled})
+CHUNK = 8  # samples per stored step: the most a kill can lose, and the progress granularity
+Z95 = 1.959963984540054
+
+
+# --- creating ---
+
+
+def _references(
+    session: Session, dataset: Dataset, body: EvaluationCreate, split: ExportSplit
+) -> list[EvaluationSample]:
+    """The first `limit` accepted tasks (oldest first) of the split with an output to compare
+    against; each contributes its first instance that has one."""
     query = select(Task).where(
-        Task.dataset_id == dataset.id, Task.status == TaskStatus.accepted.value
+        Task.dataset_id == dataset.id,
+        Task.status == TaskStatus.accepted.value,
+        split_clause(split, dataset.held_out_share),
     )
     if body.task_ids is not None:
         query = query.where(col(Task.id).in_(body.task_ids))
     if body.origin is not None:
         query = query.where(Task.origin == body.origin)
-    samples = []
-    for task in session.exec(query.order_by(col(Task.id))):
-        for inst in task.instances[:1]:  # one reference per task keeps tasks equally weighted
-            assert task.id is not None
-            samples.append(
-                Sample(
-                    task_id=task.id,
-                    instruction=task.instruction,
-                    input=inst["input"],
-                    reference=inst["output"],
-                    outputs={},
-                )
+    samples: list[EvaluationSample] = []
+    for task in session.exec(query.order_by(col(Task.id)).execution_options(yield_per=500)):
+        instance = next((i for i in task.instances if i.get("output", "").strip()), None)
+        if instance is None:
+            continue
+        samples.append(
+            EvaluationSample(
+                evaluation_id=0,
+                position=len(samples),
+                task_id=task.id,
+                instruction=task.instruction,
+                input=instance.get("input", ""),
+                reference=instance["output"],
             )
+        )
         if len(samples) >= body.limit:
             break
-    if not samples:
-        raise InvalidInput(
-            f"Dataset '{dataset.name}' has no accepted tasks with instances to "
-            "evaluate on; pick another dataset or loosen task_ids/origin."
-        )
     return samples
 
 
-async def evaluate(
-    *, engine: Engine, settings: Settings, dataset: Dataset, body: EvaluationCreate
+def create_evaluation(
+    *, session: Session, settings: Settings, body: EvaluationCreate
 ) -> Evaluation:
-    entries = [  # 404 before any work
-        find_model(settings, m, engine, field=f"models.{i}") for i, m in enumerate(body.models)
+    """Validate, freeze the reference tasks and queue; 4xx naming the field, nothing stored."""
+    engine = session.get_bind()
+    entries = [
+        find_model(settings, m, engine, field=f"models.{i}")  # type: ignore[arg-type]
+        for i, m in enumerate(body.models)
     ]
-    with Session(engine) as session:
-        samples = _held_out(session, dataset, body)
-    params = SamplingParams(max_tokens=body.max_tokens, temperature=0.0)
-    prompts: list[Any] = [task_to_messages(s.instruction, s.input) for s in samples]
-    results = []
-    for entry in entries:
-        answers = await backend_for(settings, entry).generate(
-            prompts, params, return_exceptions=True
+    if len({e.id for e in entries}) != len(entries):
+        raise InvalidInput(
+            "models: each model may be named once.",
+            errors=[ErrorItem(field="models", reason="a model is named twice")],
         )
-        scores, failed = [], 0
-        for sample, answer in zip(samples, answers, strict=True):
-            text = answer.text if isinstance(answer, Generation) else ""
-            failed += not isinstance(answer, Generation)
-            sample.outputs[entry.id] = text
-            scores.append(rouge_l(text, sample.reference))
-        results.append(
-            ModelScore(
-                model=entry.id, mean_rouge_l=sum(scores) / len(scores), scores=scores, failed=failed
+    judge = (
+        find_model(settings, body.judge, engine, field="judge")  # type: ignore[arg-type]
+        if body.judge is not None
+        else None
+    )
+    dataset = session.exec(select(Dataset).where(Dataset.name == body.dataset)).first()
+    if dataset is None:
+        raise NotFound(
+            f"Dataset '{body.dataset}' does not exist (field `dataset`); list them with "
+            "GET /v1/datasets.",
+            errors=[ErrorItem(field="dataset", reason="no dataset of this name")],
+        )
+    split = body.split or default_evaluation_split(dataset)
+    samples = _references(session, dataset, body, split)
+    if not samples:
+        raise InvalidInput(
+            f"Dataset '{dataset.name}' has no accepted tasks with a reference output in split "
+            f"'{split.value}' to evaluate on; import reference tasks (e.g. as seeds), set a "
+            "held_out_share, or choose another split, task_ids or origin.",
+            errors=[ErrorItem(field="dataset", reason=f"no references in split {split.value}")],
+        )
+    assert dataset.id is not None
+    evaluation = Evaluation(
+        dataset_id=dataset.id,
+        models=[e.id for e in entries],
+        judge=judge.id if judge else None,
+        params={**body.model_dump(mode="json", exclude={"models", "judge"}), "split": split},
+        status=EvaluationStatus.queued,
+        tasks=len(samples),
+    )
+    session.add(evaluation)
+    session.flush()
+    assert evaluation.id is not None
+    for sample in samples:
+        sample.evaluation_id = evaluation.id
+    session.add_all(samples)
+    evaluation.progress = _progress(evaluation, samples).model_dump()
+    evaluation.results = _summary(evaluation, samples)
+    session.add(
+        EvaluationEvent(evaluation_id=evaluation.id, kind="status", data={"status": "queued"})
+    )
+    session.commit()
+    session.refresh(evaluation)
+    return evaluation
+
+
+# --- reading ---
+
+
+def get_evaluation(*, session: Session, evaluation_id: int) -> Evaluation:
+    evaluation = session.get(Evaluation, evaluation_id)
+    if evaluation is None:
+        raise NotFound(f"Evaluation {evaluation_id} does not exist.")
+    return evaluation
+
+
+def list_evaluations(*, session: Session, limit: int = 100) -> list[Evaluation]:
+    return list(session.exec(select(Evaluation).order_by(col(Evaluation.id).desc()).limit(limit)))
+
+
+def evaluation_public(*, session: Session, evaluation: Evaluation) -> EvaluationPublic:
+    assert evaluation.id is not None
+    dataset = session.get(Dataset, evaluation.dataset_id)
+    results = evaluation.results or {}
+    return EvaluationPublic(
+        id=evaluation.id,
+        dataset=dataset.name if dataset else "",
+        status=EvaluationStatus(evaluation.status),
+        models=list(evaluation.models),
+        judge=evaluation.judge,
+        split=ExportSplit(evaluation.params.get("split", ExportSplit.all.value)),
+        tasks=evaluation.tasks,
+        progress=EvaluationProgress(**evaluation.progress),
+        results=[ModelScore(**r) for r in results.get("models", [])],
+        pairwise=[PairwiseScore(**p) for p in results.get("pairwise", [])],
+        error=evaluation.error,
+        created_at=evaluation.created_at,
+        started_at=evaluation.started_at,
+        finished_at=evaluation.finished_at,
+    )
+
+
+def list_samples(
+    *, session: Session, evaluation: Evaluation, after: int, limit: int
+) -> SamplesPublic:
+    """Samples in task order from position `after` on (exclusive), every model's answer side by
+    side."""
+    rows = session.exec(
+        select(EvaluationSample)
+        .where(
+            EvaluationSample.evaluation_id == evaluation.id,
+            col(EvaluationSample.position) > after,
+        )
+        .order_by(col(EvaluationSample.position))
+        .limit(limit + 1)
+    ).all()
+    page = rows[:limit]
+    has_more = len(rows) > limit
+    return SamplesPublic(
+        data=[
+            Sample(
+                position=s.position,
+                task_id=s.task_id,
+                instruction=s.instruction,
+                input=s.input,
+                reference=s.reference,
+                answers={m: SampleAnswer(**a) for m, a in s.answers.items()},
+                pairwise=s.pairwise,
+            )
+            for s in page
+        ],
+        has_more=has_more,
+        next_cursor=str(page[-1].position) if has_more and page else None,
+    )
+
+
+def cancel_evaluation(*, session: Session, evaluation: Evaluation) -> Evaluation:
+    """Idempotent; a worker stops at its next chunk, storing nothing more."""
+    session.refresh(evaluation, with_for_update=True)
+    if evaluation.status in FINAL:
+        return evaluation
+    evaluation.status = EvaluationStatus.cancelled
+    evaluation.finished_at = evaluation.updated_at = utcnow()
+    evaluation.lease_expires_at = None
+    session.add(evaluation)
+    assert evaluation.id is not None
+    session.add(
+        EvaluationEvent(evaluation_id=evaluation.id, kind="end", data={"status": "cancelled"})
+    )
+    session.commit()
+    session.refresh(evaluation)
+    return evaluation
+
+
+def events_after(engine: Engine, *, evaluation_id: int, after: int) -> list[EvaluationEvent]:
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(EvaluationEvent)
+                .where(
+                    EvaluationEvent.evaluation_id == evaluation_id,
+                    col(EvaluationEvent.id) > after,
+                )
+                .order_by(col(EvaluationEvent.id))
+                .limit(500)
             )
         )
-    return Evaluation(dataset=dataset.name, tasks=len(samples), results=results, samples=samples)
+
+
+def evaluation_status(engine: Engine, *, evaluation_id: int) -> str | None:
+    with Session(engine) as session:
+        return session.exec(select(Evaluation.status).where(Evaluation.id == evaluation_id)).first()
+
+
+def event_public(event: EvaluationEvent) -> dict[str, Any]:
+    assert event.id is not None
+    return EvaluationEventPublic(
+        id=event.id,
+        evaluation_id=event.evaluation_id,
+        kind=event.kind,
+        data=event.data,
+        created_at=event.created_at,
+    ).model_dump(mode="json")
+
+
+# --- metrics ---
+
+
+def pair_key(a: str, b: str) -> str:
+    return f"{a}|{b}"
+
+
+def combine_orders(first: str | None, second: str | None) -> str | None:
+    """The pair's verdict from the two orders' winners ("first" names model a whatever position
+    it was shown in): a win needs both orders; no answer in either order is no verdict."""
+    if first is None or second is None:
+        return None
+    if first == second and first in ("first", "second"):
+        return "a" if first == "first" else "b"
+    return "tie"
+
+
+def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (ties count half a success)."""
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _summary(evaluation: Evaluation, samples: Sequence[EvaluationSample]) -> dict[str, Any]:
+    models: list[dict[str, Any]] = []
+    for model in evaluation.models:
+        answers = [s.answers[model] for s in samples if model in s.answers]
+        scores = [a["rouge_l"] for a in answers]
+        entry: dict[str, Any] = {
+            "model": model,
+            "answered": len(answers),
+            "mean_rouge_l": sum(scores) / len(scores) if scores else None,
+            "failed": sum(1 for a in answers if a["failed"]),
+        }
+        if evaluation.judge:
+            rated = Counter(a.get("rating") for a in answers if "rating" in a)
+            entry["ratings"] = {r: rated.get(r, 0) for r in RATINGS}
+            entry["unjudged"] = len(answers) - sum(entry["ratings"].values())
+        models.append(entry)
+    pairwise = []
+    if evaluation.judge:
+        for a, b in combinations(evaluation.models, 2):
+            verdicts = Counter(
+                s.pairwise[pair_key(a, b)].get("winner")
+                for s in samples
+                if pair_key(a, b) in s.pairwise
+            )
+            wins_a, wins_b, ties = verdicts["a"], verdicts["b"], verdicts["tie"]
+            compared = wins_a + wins_b + ties
+            low, high = wilson(wins_a + ties / 2, compared) if compared else (None, None)
+            pairwise.append(
+                {
+                    "model_a": a,
+                    "model_b": b,
+                    "compared": compared,
+                    "wins_a": wins_a,
+                    "wins_b": wins_b,
+                    "ties": ties,
+                    "win_rate_a": (wins_a + ties / 2) / compared if compared else None,
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
+    return {"models": models, "pairwise": pairwise}
+
+
+def _progress(evaluation: Evaluation, samples: Sequence[EvaluationSample]) -> EvaluationProgress:
+    n, m = len(samples), len(evaluation.models)
+    judged = evaluation.judge is not None
+    pairs = m * (m - 1) // 2 if judged else 0
+    return EvaluationProgress(
+        answers=sum(len(s.answers) for s in samples),
+        answers_total=n * m,
+        ratings=sum(1 for s in samples for a in s.answers.values() if "rating" in a),
+        ratings_total=n * m if judged else 0,
+        comparisons=sum(len(s.pairwise) for s in samples),
+        comparisons_total=n * pairs,
+    )
+
+
+# --- executing ---
+
+
+class _Lost(Exception):
+    """Cancelled, or taken over by another worker: stop without storing."""
+
+
+def _store(
+    engine: Engine,
+    *,
+    evaluation_id: int,
+    worker_id: str,
+    changed: Sequence[EvaluationSample],
+    kind: str = "progress",
+) -> None:
+    """One chunk's results, the refreshed metrics and a progress event, in one transaction,
+    only while this worker still holds the evaluation."""
+    with Session(engine, expire_on_commit=False) as session:
+        evaluation = session.exec(
+            select(Evaluation).where(Evaluation.id == evaluation_id).with_for_update()
+        ).one()
+        if evaluation.status != EvaluationStatus.running or evaluation.worker_id != worker_id:
+            raise _Lost
+        table = EvaluationSample.__table__  # type: ignore[attr-defined]
+        if changed:
+            session.connection().execute(
+                sa.update(table)
+                .where(table.c.id == sa.bindparam("sample_id"))
+                .values(
+                    answers=sa.bindparam("new_answers", type_=table.c.answers.type),
+                    pairwise=sa.bindparam("new_pairwise", type_=table.c.pairwise.type),
+                ),
+                [
+                    {"sample_id": s.id, "new_answers": s.answers, "new_pairwise": s.pairwise}
+                    for s in changed
+                ],
+            )
+        samples = list(
+            session.exec(
+                select(EvaluationSample).where(EvaluationSample.evaluation_id == evaluation_id)
+            )
+        )
+        progress = _progress(evaluation, samples)
+        evaluation.progress = progress.model_dump()
+        evaluation.results = _summary(evaluation, samples)
+        evaluation.updated_at = utcnow()
+        session.add(evaluation)
+        session.add(
+            EvaluationEvent(evaluation_id=evaluation_id, kind=kind, data=progress.model_dump())
+        )
+        session.commit()
+
+
+def _finish(
+    engine: Engine,
+    *,
+    evaluation_id: int,
+    worker_id: str,
+    status: EvaluationStatus,
+    error: str | None = None,
+) -> None:
+    with Session(engine, expire_on_commit=False) as session:
+        evaluation = session.exec(
+            select(Evaluation).where(Evaluation.id == evaluation_id).with_for_update()
+        ).one()
+        if evaluation.status != EvaluationStatus.running or evaluation.worker_id != worker_id:
+            return
+        evaluation.status = status
+        evaluation.error = error
+        evaluation.finished_at = evaluation.updated_at = utcnow()
+        evaluation.lease_expires_at = None
+        session.add(evaluation)
+        session.add(
+            EvaluationEvent(
+                evaluation_id=evaluation_id,
+                kind="end",
+                data={"status": status.value, "error": error, **evaluation.results},
+            )
+        )
+        session.commit()
+
+
+@contextlib.asynccontextmanager
+async def _heartbeat(
+    engine: Engine, *, evaluation_id: int, worker: LeaseHolder, lease_seconds: float
+) -> AsyncIterator[asyncio.Event]:
+    """Renew the lease every third of it while the body runs; the event is set once it is
+    lost (cancelled or taken over)."""
+    lost = asyncio.Event()
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(lease_seconds / 3)
+            try:
+                held = await asyncio.to_thread(
+                    renew,
+                    engine,
+                    Evaluation,
+                    row_id=evaluation_id,
+                    worker_id=worker.worker_id,
+                    lease_seconds=lease_seconds,
+                )
+            except Exception:  # a database hiccup: the lease has a while to run
+                log.warning("evaluation %s: lease renewal failed", evaluation_id, exc_info=True)
+                continue
+            if not held:
+                lost.set()
+                return
+
+    task = asyncio.create_task(beat())
+    try:
+        yield lost
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _chat(entry: ModelEntry) -> bool:
+    return entry.mode == "chat"
+
+
+async def _answer(
+    settings: Settings,
+    entry: ModelEntry,
+    chunk: list[EvaluationSample],
+    max_tokens: int,
+) -> None:
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    prompts: list[Any] = [task_to_messages(s.instruction, s.input) for s in chunk]
+    answers = await backend_for(settings, entry).generate(prompts, params, return_exceptions=True)
+    for sample, answer in zip(chunk, answers, strict=True):
+        text = answer.text if isinstance(answer, Generation) else ""
+        sample.answers = {
+            **sample.answers,
+            entry.id: {
+                "text": text,
+                "failed": not isinstance(answer, Generation),
+                "rouge_l": rouge_l(text, sample.reference),
+            },
+        }
+
+
+async def _rate(
+    settings: Settings, judge: ModelEntry, model: str, sample: EvaluationSample
+) -> None:
+    answer = sample.answers[model]
+    task = JudgeTask(
+        instruction=sample.instruction,
+        instances=[{"input": sample.input, "output": answer["text"]}],
+        language=detect_language(sample.instruction),
+    )
+    try:
+        judgement = await judge_task(backend_for(settings, judge), task, chat=_chat(judge))
+        rating, why = judgement.rating, judgement.rationale
+    except Exception as exc:  # failed after the backend's retries: unjudged, with the reason
+        rating, why = None, f"the judge request failed: {exc}"
+    sample.answers = {**sample.answers, model: {**answer, "rating": rating, "rationale": why}}
+
+
+async def _compare(
+    settings: Settings, judge: ModelEntry, a: str, b: str, sample: EvaluationSample
+) -> None:
+    backend = backend_for(settings, judge)
+    language = detect_language(sample.instruction)
+    verdicts: list[str | None] = []
+    for swap in (False, True):
+        try:
+            preference = await compare(
+                backend,
+                sample.instruction,
+                sample.input,
+                sample.answers[a]["text"],
+                sample.answers[b]["text"],
+                language=language,
+                chat=_chat(judge),
+                swap=swap,
+            )
+            verdicts.append(preference.winner)
+        except Exception:
+            verdicts.append(None)
+    sample.pairwise = {
+        **sample.pairwise,
+        pair_key(a, b): {
+            "a_shown_first": verdicts[0],
+            "b_shown_first": verdicts[1],
+            "winner": combine_orders(verdicts[0], verdicts[1]),
+        },
+    }
+
+
+async def execute_evaluation(
+    *, engine: Engine, settings: Settings, evaluation_id: int, worker: LeaseHolder
+) -> None:
+    """Drive a claimed evaluation to its end; stored work is never redone."""
+    with Session(engine, expire_on_commit=False) as session:
+        evaluation = session.get(Evaluation, evaluation_id)
+        assert evaluation is not None
+        samples = list(
+            session.exec(
+                select(EvaluationSample)
+                .where(EvaluationSample.evaluation_id == evaluation_id)
+                .order_by(col(EvaluationSample.position))
+            )
+        )
+    store = {"engine": engine, "evaluation_id": evaluation_id, "worker_id": worker.worker_id}
+    try:
+        entries = [find_model(settings, m, engine) for m in evaluation.models]
+        judge = find_model(settings, evaluation.judge, engine) if evaluation.judge else None
+    except NotFound as exc:  # a model removed from the settings since it was queued
+        _finish(**store, status=EvaluationStatus.failed, error=exc.detail)  # type: ignore[arg-type]
+        return
+    max_tokens = int(evaluation.params.get("max_tokens", 128))
+    lease = settings.worker_lease_seconds
+    try:
+        async with _heartbeat(
+            engine, evaluation_id=evaluation_id, worker=worker, lease_seconds=lease
+        ) as lost:
+
+            async def step(chunk: list[EvaluationSample], work: Any) -> None:
+                if lost.is_set() or worker.stopping:
+                    raise _Lost
+                await work
+                await asyncio.to_thread(_store, changed=chunk, **store)  # type: ignore[arg-type]
+
+            for entry in entries:
+                todo = [s for s in samples if entry.id not in s.answers]
+                for start in range(0, len(todo), CHUNK):
+                    chunk = todo[start : start + CHUNK]
+                    await step(chunk, _answer(settings, entry, chunk, max_tokens))
+            if judge is not None:
+                for model in evaluation.models:
+                    todo = [s for s in samples if "rating" not in s.answers[model]]
+                    for start in range(0, len(todo), CHUNK):
+                        chunk = todo[start : start + CHUNK]
+                        await step(
+                            chunk,
+                            asyncio.gather(*(_rate(settings, judge, model, s) for s in chunk)),
+                        )
+                for a, b in combinations(evaluation.models, 2):
+                    todo = [s for s in samples if pair_key(a, b) not in s.pairwise]
+                    for start in range(0, len(todo), CHUNK):
+                        chunk = todo[start : start + CHUNK]
+                        await step(
+                            chunk,
+                            asyncio.gather(*(_compare(settings, judge, a, b, s) for s in chunk)),
+                        )
+    except _Lost:
+        log.info("evaluation %s: cancelled or taken over; stopping", evaluation_id)
+        return
+    except Exception as exc:
+        log.exception("evaluation %s failed", evaluation_id)
+        _finish(**store, status=EvaluationStatus.failed, error=str(exc))  # type: ignore[arg-type]
+        return
+    _finish(**store, status=EvaluationStatus.succeeded)  # type: ignore[arg-type]

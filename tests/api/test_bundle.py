@@ -250,7 +250,8 @@ def test_split_rule_and_size_categories() -> None:
         instances = [{"input": str(i), "output": "o"} for i in range(inputs)]
         return ExportRow(1, None, None, instruction, instances, False, "generated", "en")
 
-    # A task's split depends on its instruction only: not on its id, inputs or the pool.
+    # A task's split depends on its content only (instruction, first input): not on its id,
+    # its other instances or the pool.
     picks = [split_of(task(f"Instruction {i}", 1)) for i in range(2000)]
     assert picks == [split_of(task(f"Instruction {i}", 3)) for i in range(2000)]
     assert 0.03 < picks.count("validation") / len(picks) < 0.07

@@ -13,6 +13,7 @@ from app.schemas import (
     DatasetPublic,
     DatasetsPublic,
     DatasetStats,
+    DatasetUpdate,
     ErrorItem,
     ErrorResponse,
     SeedImportResult,
@@ -66,6 +67,13 @@ def list_datasets(session: SessionDep) -> DatasetsPublic:
 @router.get("/{name}", responses=ERRORS)
 def read_dataset(session: SessionDep, dataset: DatasetDep) -> DatasetPublic:
     """Read one dataset with its task counts."""
+    return svc.dataset_public(session=session, dataset=dataset)
+
+
+@router.patch("/{name}", responses={**ERRORS, 422: {"model": ErrorResponse}})
+def update_dataset(session: SessionDep, dataset: DatasetDep, body: DatasetUpdate) -> DatasetPublic:
+    """Change a dataset's held-out share, evaluation sets or description."""
+    dataset = svc.update_dataset(session=session, dataset=dataset, data=body)
     return svc.dataset_public(session=session, dataset=dataset)
 
 
