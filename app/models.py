@@ -128,6 +128,8 @@ class Task(SQLModel, table=True):
         # Export and review read a dataset's accepted tasks in id order without sorting.
         sa.Index("ix_task_dataset_status_id", "dataset_id", "status", "id"),
         sa.Index("ix_task_run", "run_id", "id"),
+        # The task browser, stats and exports filter by rating (app/services/ratings.py).
+        sa.Index("ix_task_dataset_rating", "dataset_id", "rating", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -163,6 +165,10 @@ class Task(SQLModel, table=True):
     # clean of; `contamination` says which task, in which set, and the score.
     contaminated: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     contamination: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
+    # The latest judgement (a TaskJudgement row): its rating A-D, None when the judge's answer
+    # held none; judgement_id None: never judged.
+    rating: str | None = Field(default=None, max_length=1)
+    judgement_id: int | None = Field(default=None)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 
@@ -171,6 +177,37 @@ class Task(SQLModel, table=True):
 def _rekey_changed_task(_mapper: Any, _conn: Any, task: Task) -> None:
     """A seed re-posted with new text moves to where its new content falls."""
     task.holdout_key = holdout_key(task.instruction, task.instances)
+
+
+class TaskJudgement(SQLModel, table=True):
+    """One judge's rating of a task (generators.judge). A task may be judged again; the latest
+    row is the one its `rating` and `judgement_id` show."""
+
+    __tablename__ = "judgement"
+    __table_args__ = (
+        sa.Index("ix_judgement_task", "task_id", "id"),
+        # A judgement job resumes by skipping the tasks it already judged.
+        sa.Index("ix_judgement_run_task", "run_id", "task_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("task.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    rating: str | None = Field(default=None, max_length=1)  # None: unjudged (no rating found)
+    rationale: str = Field(default="", sa_type=sa.Text)
+    judge_model: str = Field(max_length=200)
+    prompt_version: str = Field(max_length=64)
+    # The generation run or judgement job that asked for it.
+    run_id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("run.id", ondelete="SET NULL"), nullable=True
+        ),
+    )
+    created_at: datetime = _ts()
 
 
 class Run(SQLModel, table=True):

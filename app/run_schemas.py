@@ -149,6 +149,20 @@ class MagpieSpec(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="For the instruction.")
 
 
+class JudgeSpec(_Strict):
+    """Judge every candidate that passed the filters on the paper's four levels (A best)."""
+
+    model: str = Field(
+        max_length=200, description="Any id from GET /v1/models (it may differ from the run's)."
+    )
+    min_rating: Literal["A", "B", "C", "D"] = Field(
+        "B",
+        description="Keep candidates rated this or better; the rest are rejected as "
+        "`judged_low` with the judge's rationale. A candidate whose judgement holds no rating "
+        "is rejected as `unjudged`; one whose judge request failed, as `judge_failed`.",
+    )
+
+
 class RunCreate(_Strict):
     target: int = Field(ge=1, description="Accepted instructions to reach.")
     strategy: Literal[
@@ -182,6 +196,9 @@ class RunCreate(_Strict):
     evolve: EvolveSpec = Field(default_factory=EvolveSpec)
     backtranslate: BacktranslateSpec = Field(default_factory=BacktranslateSpec)
     magpie: MagpieSpec = Field(default_factory=MagpieSpec)
+    judge: JudgeSpec | None = Field(
+        None, description="Rate candidates with a judge model and reject those rated too low."
+    )
     seed: int = Field(0, description="Random seed for example sampling.")
 
     @field_validator("language")
@@ -217,6 +234,13 @@ class RunCounters(BaseModel):
     in_flight: int = Field(0, description="Model requests in flight at the last commit.")
     requests_per_s: float = Field(0.0, description="Model requests per second, recently.")
     accepted_per_s: float = Field(0.0, description="Tasks accepted per second, recently.")
+    judged: int = Field(0, description="Candidates the run's judge rated (any level).")
+    unjudged: int = Field(
+        0, description="Candidates whose judge answer held no rating (rejected as `unjudged`)."
+    )
+    ratings: dict[str, int] = Field(
+        default_factory=dict, description="Judged candidates per level, accepted or not."
+    )
 
 
 class RunPublic(BaseModel):
@@ -282,3 +306,62 @@ class ModelPublic(BaseModel):
 class ModelsPublic(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelPublic]
+
+
+# --- judgement jobs: a run of strategy `judgement` that rates existing tasks -------------------
+
+JUDGEMENT_STRATEGY = "judgement"
+
+
+class JudgementJobCreate(_Strict):
+    """Judge a dataset's existing tasks; the filters combine (all must hold)."""
+
+    model: str = Field(max_length=200, description="Any id from GET /v1/models.")
+    select: Literal["all", "unjudged"] = Field(
+        "all",
+        description="all: every matching task (judged ones get a new judgement, which then "
+        "counts); unjudged: only tasks with no rating yet (never judged, or unparseable).",
+    )
+    origin: (
+        Literal["seed", "generated", "edited", "evolved", "backtranslated", "machine"] | None
+    ) = Field(None, description="Only tasks of this origin; `machine`: every origin but seed.")
+    run_id: int | None = Field(
+        None, ge=1, le=2**31 - 1, description="Only tasks this run produced."
+    )
+    status: Literal["accepted", "rejected", "any"] = Field(
+        "accepted", description="Accepted tasks (the dataset) by default."
+    )
+
+
+class JudgementProgress(BaseModel):
+    total: int = Field(description="Tasks that matched the filters when the job was created.")
+    done: int = Field(description="Tasks with a stored judgement from this job.")
+    judged: int = Field(description="Of those, rated A-D.")
+    unjudged: int = Field(description="Of those, the judge's answer held no rating.")
+    failed_requests: int = Field(
+        description="Judge requests that failed after retries; their tasks stay unjudged."
+    )
+    ratings: dict[str, int]
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class JudgementJobPublic(BaseModel):
+    id: int = Field(description="The job's run id: GET /v1/runs/{id}/events streams its progress.")
+    object: Literal["judgement_job"] = "judgement_job"
+    dataset: str
+    status: RunStatus
+    model: str
+    filters: dict[str, Any]
+    progress: JudgementProgress
+    stop_reason: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JudgementJobsPublic(BaseModel):
+    data: list[JudgementJobPublic]
+    count: int

@@ -186,6 +186,18 @@ class DocumentsPublic(BaseModel):
 # --- tasks ---
 
 
+class JudgementPublic(BaseModel):
+    """One judge's rating of a task; `rating` null: the answer held none (unjudged)."""
+
+    id: int
+    rating: Literal["A", "B", "C", "D"] | None
+    rationale: str
+    judge_model: str
+    prompt_version: str
+    run_id: int | None = Field(description="The run or judgement job that asked for it.")
+    created_at: datetime
+
+
 class TaskPublic(BaseModel):
     id: int
     dataset: str
@@ -194,6 +206,14 @@ class TaskPublic(BaseModel):
     instruction: str
     language: str | None = Field(
         description="Detected language of the instruction (ISO 639-1, or `unknown`)."
+    )
+    rating: Literal["A", "B", "C", "D"] | None = Field(
+        None,
+        description="The latest judge's rating (A valid and satisfying, B minor imperfections, "
+        "C significant errors, D irrelevant or invalid); null when never judged or unjudged.",
+    )
+    judgement: JudgementPublic | None = Field(
+        None, description="The latest judgement, with its rationale; null when never judged."
     )
     instances: list[dict[str, str]]
     is_classification: bool | None
@@ -327,6 +347,16 @@ class LanguageStats(BaseModel):
     leading_kind: Literal["verb_noun_pairs", "leading_words"]
 
 
+class RatingStats(BaseModel):
+    """Counts per level A-D, `unjudged` (the judge's answer held no rating) and `not_judged`."""
+
+    overall: dict[str, int] = Field(default_factory=dict)
+    by_origin: dict[str, dict[str, int]] = Field(default_factory=dict)
+    by_run: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="Run id -> counts, for tasks a run produced."
+    )
+
+
 class DatasetStats(BaseModel):
     instructions: int = Field(description="Accepted instructions of every origin but seed.")
     classification: int
@@ -350,6 +380,11 @@ class DatasetStats(BaseModel):
     )
     by_language: dict[str, LanguageStats] = Field(
         description="Per detected language (`unknown`: too short to tell)."
+    )
+    ratings: RatingStats = Field(
+        default_factory=lambda: RatingStats(),
+        description="The judge's ratings of accepted tasks (seeds included), by their latest "
+        "judgement: overall, per origin and per run.",
     )
     seeds: int
     by_origin: dict[str, int] = Field(

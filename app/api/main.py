@@ -17,6 +17,7 @@ from app.api.routes import (
     evaluations,
     fine_tuning,
     health,
+    judgements,
     models,
     runs,
     tasks,
@@ -38,6 +39,7 @@ api_router.include_router(models.router)
 api_router.include_router(fine_tuning.router)
 api_router.include_router(chat.router)
 api_router.include_router(evaluations.router)
+api_router.include_router(judgements.router)
 
 # Bodies the routes read by hand (they take several content types), so FastAPI does not see
 # their models; the routes' `openapi_extra` refers to these by name.

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from app.llm import ModelEntry, backend_for, price_table
+from app.llm import ModelEntry, backend_for, find_model, price_table
 from app.models import Dataset, Passage, Run, Task, TaskOrigin, TaskStatus
 from app.run_schemas import RunCreate
 from app.services.datasets import pool_languages
@@ -21,9 +21,10 @@ from filters.heuristics import HeuristicConfig
 from filters.language import UNKNOWN, detect_language
 from filters.neighbour_process import NeighbourProcess
 from filters.novelty import NoveltyVerdict, RecentItems
-from generators.base import Generation, SamplingParams
+from generators.base import Backend, Generation, SamplingParams
 from generators.chat_template import ChatTemplate
 from generators.errors import GeneratorError, UnsupportedRequest
+from generators.judge import Judgement, JudgePrompt
 from generators.prompt_text import BOOTSTRAP_HEADERS
 from generators.prompts import LANGUAGES, PromptExample, strategy_wording, to_chat_messages
 
@@ -103,6 +104,7 @@ class Verdict:
     foreign_mark: int = 0  # tasks of other writers this verdict was decided against
     query: int | None = None  # neighbours asked of the neighbour process, not received yet
     wrong_language: int = 0  # instances dropped: output in another language, not asked for
+    judgement: Judgement | None = None  # the run's judge's, when it has one and it answered
 
 
 @dataclass
@@ -114,6 +116,9 @@ class Item:
     added_mark: int  # pool additions the screening check saw
     label: bool | None = None
     raw_instances: list[dict[str, str]] | None = None
+    kept: tuple[list[dict[str, str]], int] | None = None  # filtered instances, dropped foreign
+    judgement: Judgement | None = None
+    judge_failed: bool = False  # the judge request failed after its retries
 
 
 class RunContext:
@@ -165,6 +170,10 @@ class RunContext:
         self.chat = model.mode == "chat"
         self.prices = price_table(settings)
         self.model_id = model.id
+        # The judge (a run's `judge`): its own model, maybe on another server.
+        self.judge: ModelEntry | None = None
+        if self.params.judge is not None:
+            self.judge = find_model(settings, self.params.judge.model, engine, field="judge.model")
         self.watermark = max((task_id for task_id, _ in texts), default=0)
         # Large pools: the decision uses the exact verdict alone; the top-10 a stored task
         # carries comes from a process of its own (filters/neighbour_process.py).
@@ -276,13 +285,25 @@ class RunContext:
     ) -> Generation | None:
         """One request; a failure after the backend's retries becomes None (and is counted).
         `raw` sends the text as it is even to a chat model (a chat template already rendered)."""
-        self.check_budget()
         wrap = self.chat and not raw
         prompt: Any = to_chat_messages(text, language=language) if wrap else text
         params = SamplingParams(**sampling, stop=stop)
+        return await self._send(self.backend, self.model_id, prompt, params)
+
+    async def ask_judge(self, prompt: JudgePrompt) -> Generation | None:
+        """One judge request, counted and capped like every request of the run."""
+        assert self.judge is not None
+        backend = backend_for(self.settings, self.judge)
+        chat = self.judge.mode == "chat"
+        return await self._send(backend, self.judge.id, prompt.for_model(chat), prompt.params)
+
+    async def _send(
+        self, backend: Backend, model_id: str, prompt: Any, params: SamplingParams
+    ) -> Generation | None:
+        self.check_budget()
         self.in_flight += 1
         try:
-            (result,) = await self.backend.generate([prompt], params, return_exceptions=True)
+            (result,) = await backend.generate([prompt], params, return_exceptions=True)
         finally:
             self.in_flight -= 1
         t = self.tally
@@ -296,7 +317,7 @@ class RunContext:
         t.prompt_tokens += result.prompt_tokens
         t.completion_tokens += result.completion_tokens
         # Priced by the catalogue id: servers often answer with a longer model name.
-        t.cost += self.prices.cost(self.model_id, result.prompt_tokens, result.completion_tokens)
+        t.cost += self.prices.cost(model_id, result.prompt_tokens, result.completion_tokens)
         return result
 
     def sampling(self) -> dict[str, Any]:

@@ -42,16 +42,19 @@ from app.pipeline.context import (
     example_of,
     load_pool,
 )
+from app.pipeline.judging import execute_judgement_job
 from app.pipeline.stages import (
     classify,
     decide,
     drop,
     generate_candidates,
+    judge,
     make_instances,
     rejected,
     screen,
 )
 from app.pipeline.storage import Committed, LateNeighbours, cap_reached, commit_group, finish
+from app.run_schemas import JUDGEMENT_STRATEGY
 from app.settings import Settings
 from app.strategies import Candidate, template_space
 
@@ -72,6 +75,9 @@ async def execute_run(
     *, engine: Engine, settings: Settings, run_id: int, worker: LeaseHolder | None = None
 ) -> None:
     """Drive a claimed run to a final state; returns early if it is cancelled or taken over."""
+    if await _is_judgement_job(engine, run_id):
+        await execute_judgement_job(engine=engine, settings=settings, run_id=run_id, worker=worker)
+        return
     with Session(engine, expire_on_commit=False) as session:
         run = session.exec(select(Run).where(Run.id == run_id)).one()
         dataset = session.exec(select(Dataset).where(Dataset.id == run.dataset_id)).one()
@@ -107,6 +113,16 @@ async def execute_run(
     worker_id = worker.worker_id if worker else run.worker_id or ""
     ctx.worker_id = worker_id or None
     await Stream(ctx, run, worker).drive()
+
+
+async def _is_judgement_job(engine: Engine, run_id: int) -> bool:
+    """Judgement jobs are runs too (claimed with the same lease); they execute elsewhere."""
+
+    def strategy() -> str:
+        with Session(engine) as session:
+            return session.exec(select(Run.strategy).where(Run.id == run_id)).one()
+
+    return await asyncio.to_thread(strategy) == JUDGEMENT_STRATEGY
 
 
 async def _renewing(
@@ -256,6 +272,7 @@ class Stream:
             try:
                 await classify(ctx, item)
                 await make_instances(ctx, item)
+                await judge(ctx, item)
                 verdict = decide(ctx, item)
                 accepted = verdict.status == TaskStatus.accepted
                 if accepted:

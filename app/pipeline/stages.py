@@ -27,6 +27,7 @@ from filters.heuristics import check_echo, check_evolution, check_instruction
 from filters.instances import filter_instances
 from filters.language import UNKNOWN, asks_for_translation, detect_language, foreign_output
 from filters.novelty import Neighbour, NoveltyVerdict, merge_verdicts
+from generators.judge import JudgeTask, build_judge_prompt, judgement_from, meets
 from generators.parsing import parse_classification_answer, parse_instances
 from generators.prompts import (
     BACKTRANSLATE_SAMPLING,
@@ -303,6 +304,42 @@ async def _magpie_answer(ctx: RunContext, item: Item) -> None:
     item.raw_instances = [{"input": "", "output": answer}] if usable else []
 
 
+def kept_instances(ctx: RunContext, item: Item) -> tuple[list[dict[str, str]], int]:
+    """The instances the task keeps (filtered, outputs in another language dropped) and how
+    many were dropped for their language; computed once, for the judge and the decision."""
+    if item.kept is None:
+        cand = item.candidate
+        kept: list[dict[str, str]] = []
+        if item.raw_instances is not None:
+            kept = filter_instances(
+                item.raw_instances, max_instances=ctx.params.filters.max_instances
+            ).kept
+        wrong_language = 0
+        if kept and not asks_for_translation(cand.instruction):
+            same = [i for i in kept if not foreign_output(cand.instruction, i)]
+            wrong_language, kept = len(kept) - len(same), same
+        item.kept = (kept, wrong_language)
+    return item.kept
+
+
+async def judge(ctx: RunContext, item: Item) -> None:
+    """The run's judge rates a candidate the filters would accept; one they reject anyway (no
+    instances left, or no longer novel) costs no judge request."""
+    if ctx.judge is None:
+        return
+    cand = item.candidate
+    kept, _ = kept_instances(ctx, item)
+    needs_instances = ctx.params.generate_instances or cand.instances is not None
+    if (needs_instances and not kept) or not recheck(ctx, item).novel:
+        return
+    prompt = build_judge_prompt(JudgeTask(cand.instruction, kept, cand.language))
+    gen = await ctx.ask_judge(prompt)
+    if gen is None:
+        item.judge_failed = True
+        return
+    item.judgement = judgement_from(gen.text, model=ctx.judge.id, prompt_version=prompt.version)
+
+
 def recheck(ctx: RunContext, item: Item) -> NoveltyVerdict:
     """The screening check brought up to date with what joined the pool since."""
     if item.added_mark >= len(ctx.added):
@@ -321,15 +358,7 @@ def decide(ctx: RunContext, item: Item) -> Verdict:
     """The final verdict and, when accepted, the pool insertion, in one step with no await in
     between: no other candidate can be decided against a pool that lacks this one."""
     cand = item.candidate
-    kept: list[dict[str, str]] = []
-    if item.raw_instances is not None:
-        kept = filter_instances(
-            item.raw_instances, max_instances=ctx.params.filters.max_instances
-        ).kept
-    wrong_language = 0
-    if kept and not asks_for_translation(cand.instruction):
-        same = [i for i in kept if not foreign_output(cand.instruction, i)]
-        wrong_language, kept = len(kept) - len(same), same
+    kept, wrong_language = kept_instances(ctx, item)
     needs_instances = ctx.params.generate_instances or cand.instances is not None
     check = recheck(ctx, item)
     v = Verdict(
@@ -341,6 +370,7 @@ def decide(ctx: RunContext, item: Item) -> Verdict:
         instances=kept,
         foreign_mark=len(ctx.foreign),
         wrong_language=wrong_language,
+        judgement=item.judgement,
     )
     if ctx.neighbours is not None:  # asked before the task joins the pool: it is not its own
         v.max_rouge, v.nearest = None, []
@@ -351,6 +381,8 @@ def decide(ctx: RunContext, item: Item) -> Verdict:
         v.reason, v.detail = "instance_generation_failed", "the model gave no usable answer"
     elif needs_instances and not kept:
         v.reason, v.detail = "no_valid_instances", "every generated instance was filtered out"
+    elif ctx.judge is not None and (reason := _judged_out(ctx, item)) is not None:
+        v.reason, v.detail = reason
     else:
         v.status = TaskStatus.accepted
         v.key = ctx.new_key()
@@ -359,6 +391,25 @@ def decide(ctx: RunContext, item: Item) -> Verdict:
         if cand.origin == TaskOrigin.evolved:
             ctx.depths[v.key] = int(cand.lineage["evolution_depth"])
     return v
+
+
+def _judged_out(ctx: RunContext, item: Item) -> tuple[str, str] | None:
+    """Why the judge keeps a candidate out, or None when it may be accepted.
+
+    An answer with no rating is a rejection (`unjudged`), not an acceptance: a judge that
+    cannot be read says nothing about the task, and a run asked for judged tasks."""
+    assert ctx.params.judge is not None
+    j = item.judgement
+    if item.judge_failed or j is None:
+        return "judge_failed", f"the judge request failed: {ctx.last_error}"
+    if j.rating is None:
+        return "unjudged", j.rationale
+    if not meets(j.rating, ctx.params.judge.min_rating):
+        return (
+            "judged_low",
+            f"rated {j.rating} (below {ctx.params.judge.min_rating}): {j.rationale}",
+        )
+    return None
 
 
 def _example(v: Verdict) -> Any:

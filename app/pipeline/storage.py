@@ -29,12 +29,14 @@ from app.models import (
     RunEvent,
     RunStatus,
     Task,
+    TaskJudgement,
     TaskStatus,
     utcnow,
 )
 from app.pipeline.context import NEIGHBOURS, PENDING, RunContext, Tally, Verdict
 from app.pipeline.stages import neighbours
 from app.run_schemas import Caps
+from app.services.decontamination import mark_accepted
 from app.services.runs import counters
 from filters.language import UNKNOWN
 from filters.novelty import Neighbour, NoveltyVerdict, check_against, merge_verdicts
@@ -95,17 +97,31 @@ def commit_group(
         demoted = _demote_near_copies(ctx, verdicts, known)
         accepted = [v for v in verdicts if v.status == TaskStatus.accepted]
         task_ids = _new_task_ids(session, len(verdicts))
+        judged = [v for v in verdicts if v.judgement is not None]
+        judgement_ids = dict(
+            zip(map(id, judged), new_ids(session, "judgement", len(judged)), strict=True)
+        )
         stored = {v.key: i for v, i in zip(verdicts, task_ids, strict=True) if v.key is not None}
         ids = {**ctx.stored_ids, **stored}
         now = utcnow()
         rows = [
-            _row(ctx, v, task_id, ids, now) for v, task_id in zip(verdicts, task_ids, strict=True)
+            _row(ctx, v, task_id, ids, now, judgement_ids.get(id(v)))
+            for v, task_id in zip(verdicts, task_ids, strict=True)
         ]
         conn = session.connection()
         if rows:
             # Core executemany: the ORM's unit of work cost about 1 ms a row here, on the
             # thread the event loop shares the GIL with.
             conn.execute(sa.insert(Task), rows)
+            mark_accepted(  # decontamination: near-copies of evaluation tasks are marked
+                session,
+                dataset_id=ctx.dataset_id,
+                tasks=[
+                    (r["id"], r["instruction"], r["instances"])
+                    for r in rows
+                    if r["status"] == TaskStatus.accepted.value
+                ],
+            )
             conn.execute(
                 sa.insert(RunEvent),
                 [
@@ -119,9 +135,28 @@ def commit_group(
                             "status": v.status.value,
                             "reason": v.reason,
                             "score": v.max_rouge,
+                            **({"rating": v.judgement.rating} if v.judgement else {}),
                         },
                     }
                     for v, row in zip(verdicts, rows, strict=True)
+                ],
+            )
+        if judged:
+            conn.execute(
+                sa.insert(TaskJudgement),
+                [
+                    {
+                        "id": judgement_ids[id(v)],
+                        "task_id": row["id"],
+                        "rating": v.judgement.rating,
+                        "rationale": v.judgement.rationale,
+                        "judge_model": v.judgement.model,
+                        "prompt_version": v.judgement.prompt_version,
+                        "run_id": ctx.run_id,
+                        "created_at": now,
+                    }
+                    for v, row in zip(verdicts, rows, strict=True)
+                    if v.judgement is not None
                 ],
             )
         if late:
@@ -198,8 +233,14 @@ def _demote_near_copies(
 
 def _new_task_ids(session: Session, n: int) -> list[int]:
     """Ids for the group's rows before inserting them, so neighbours and lineage that name
-    tasks of the same group are written once, final. PostgreSQL draws them from the table's
-    sequence; SQLite is past the database write lock here, so nobody else inserts meanwhile."""
+    tasks of the same group are written once, final."""
+    return new_ids(session, "task", n)
+
+
+def new_ids(session: Session, table: str, n: int) -> list[int]:
+    """`n` ids of `table` (task or judgement) drawn before inserting. PostgreSQL draws them
+    from the table's sequence; SQLite is past the database write lock here (a transaction
+    that wrote the dataset row), so nobody else inserts meanwhile."""
     if n == 0:
         return []
     conn = session.connection()
@@ -207,20 +248,27 @@ def _new_task_ids(session: Session, n: int) -> list[int]:
         return list(
             conn.execute(
                 sa.text(
-                    "SELECT nextval(pg_get_serial_sequence('task', 'id')) "
+                    "SELECT nextval(pg_get_serial_sequence(:table, 'id')) "
                     "FROM generate_series(1, :n)"
                 ),
-                {"n": n},
+                {"table": table, "n": n},
             ).scalars()
         )
-    top = conn.execute(sa.select(sa.func.coalesce(sa.func.max(col(Task.id)), 0))).scalar_one()
+    top = conn.execute(sa.text(f"SELECT coalesce(max(id), 0) FROM {table}")).scalar_one()
     return list(range((top or 0) + 1, (top or 0) + 1 + n))
 
 
 def _row(
-    ctx: RunContext, v: Verdict, task_id: int, ids: dict[str, int], now: datetime
+    ctx: RunContext,
+    v: Verdict,
+    task_id: int,
+    ids: dict[str, int],
+    now: datetime,
+    judgement_id: int | None = None,
 ) -> dict[str, Any]:
     return {
+        "rating": v.judgement.rating if v.judgement else None,
+        "judgement_id": judgement_id,
         "id": task_id,
         "dataset_id": ctx.dataset_id,
         "instruction": v.candidate.instruction,
@@ -289,6 +337,12 @@ def _add_counters(
     state["instances_wrong_language"] = state.get("instances_wrong_language", 0) + sum(
         v.wrong_language for v in verdicts
     )
+    judgements = [v.judgement for v in verdicts if v.judgement is not None]
+    if judgements:
+        rated = Counter(j.rating for j in judgements if j.rating is not None)
+        state["judged"] = state.get("judged", 0) + sum(rated.values())
+        state["unjudged"] = state.get("unjudged", 0) + len(judgements) - sum(rated.values())
+        state["ratings"] = dict(Counter(state.get("ratings", {})) + rated)
     state.update(live)
     run.state = state
     run.updated_at = utcnow()

@@ -22,6 +22,10 @@ ACTIVE = (RunStatus.queued.value, RunStatus.running.value)
 
 def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: RunCreate) -> Run:
     entry = find_model(settings, body.model, session.get_bind())  # type: ignore[arg-type]
+    if body.judge is not None:
+        from app.services.judgements import check_judge_model
+
+        check_judge_model(settings, body.judge.model, session.get_bind(), field="judge.model")  # type: ignore[arg-type]
     if body.target > settings.max_run_target:
         raise PayloadTooLarge(
             f"target {body.target} is above the limit of {settings.max_run_target} "
@@ -149,6 +153,9 @@ def counters(run: Run) -> RunCounters:
         in_flight=run.state.get("in_flight", 0) if run.status == RunStatus.running else 0,
         requests_per_s=run.state.get("requests_per_s", 0.0),
         accepted_per_s=run.state.get("accepted_per_s", 0.0),
+        judged=run.state.get("judged", 0),
+        unjudged=run.state.get("unjudged", 0),
+        ratings=run.state.get("ratings", {}),
     )
 
 

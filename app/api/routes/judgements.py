@@ -1,0 +1,66 @@
+"""Judgement jobs: rate a dataset's existing tasks with a judge model, in the background."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, status
+
+from app.api.deps import MAX_ID, DatasetDep, SessionDep, SettingsDep
+from app.models import Dataset, Run
+from app.run_schemas import JudgementJobCreate, JudgementJobPublic, JudgementJobsPublic
+from app.schemas import ErrorResponse
+from app.services import judgements as svc
+
+router = APIRouter(tags=["judgements"])
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+
+
+def job_by_id(
+    session: SessionDep,
+    job_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Judgement job id.")],
+) -> Run:
+    return svc.get_job(session=session, job_id=job_id)
+
+
+JobDep = Annotated[Run, Depends(job_by_id)]
+
+
+def _public(session: SessionDep, job: Run) -> JudgementJobPublic:
+    dataset = session.get(Dataset, job.dataset_id)
+    assert dataset is not None
+    return svc.job_public(job=job, dataset_name=dataset.name)
+
+
+@router.post(
+    "/datasets/{name}/judgements",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**ERRORS, 422: {"model": ErrorResponse}},
+)
+def create_judgement_job(
+    session: SessionDep, settings: SettingsDep, dataset: DatasetDep, body: JudgementJobCreate
+) -> JudgementJobPublic:
+    """Queue a job that judges the dataset's tasks matching the filters (those that match now).
+    Its progress streams at GET /v1/runs/{id}/events; each task's rating shows on the task."""
+    job = svc.create_job(session=session, settings=settings, dataset=dataset, body=body)
+    return svc.job_public(job=job, dataset_name=dataset.name)
+
+
+@router.get("/datasets/{name}/judgements", responses=ERRORS)
+def list_judgement_jobs(session: SessionDep, dataset: DatasetDep) -> JudgementJobsPublic:
+    """List a dataset's judgement jobs, newest first."""
+    jobs = svc.list_jobs(session=session, dataset=dataset)
+    data = [svc.job_public(job=j, dataset_name=dataset.name) for j in jobs]
+    return JudgementJobsPublic(data=data, count=len(data))
+
+
+@router.get("/judgements/{job_id}", responses=ERRORS)
+def read_judgement_job(session: SessionDep, job: JobDep) -> JudgementJobPublic:
+    """Read a judgement job's status and progress."""
+    return _public(session, job)
+
+
+@router.post("/judgements/{job_id}/cancel", responses=ERRORS)
+def cancel_judgement_job(session: SessionDep, job: JobDep) -> JudgementJobPublic:
+    """Cancel a judgement job; judgements already stored stay. Idempotent."""
+    return _public(session, svc.cancel_job(session=session, job=job))
