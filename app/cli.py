@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from typing import Annotated
 import typer
 from sqlmodel import Session
 
-from app.db import check_migrated, make_engine, migrate
+from app.db import NotMigratedError, check_migrated, make_engine, migrate
 from app.errors import ServiceError
 from app.models import Dataset
 from app.schemas import HUB_LICENSE_PATTERN, BundleFileFormat, ExportFormat
@@ -41,18 +42,31 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind.")] = None,
 ) -> None:
-    """Start the HTTP API (the docs are at /docs)."""
+    """Start the HTTP API (the docs are at /docs) and a fine-tune worker it supervises."""
     import uvicorn
 
+    from app.finetune_supervisor import FinetuneSupervisor
     from app.main import create_app
 
     settings = get_settings()
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        timeout_keep_alive=75,  # above common proxy idle timeouts, so proxies close first
-    )
+    engine = make_engine(settings)
+    try:
+        check_migrated(settings, engine)
+    except NotMigratedError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    supervisor = FinetuneSupervisor(engine=engine, settings=settings)
+    supervisor.start()
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=host or settings.host,
+            port=port or settings.port,
+            timeout_keep_alive=75,  # above common proxy idle timeouts, so proxies close first
+        )
+    finally:
+        supervisor.stop()
+        engine.dispose()
 
 
 @cli.command("migrate")
@@ -212,6 +226,10 @@ def worker(
         int | None,
         typer.Option(help="Serve this process's model-call metrics for Prometheus on this port."),
     ] = None,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option(hidden=True, help="`selfinstruct serve` supervises this worker: end with it."),
+    ] = None,
 ) -> None:
     """Claim and execute queued runs or fine-tune jobs (as many workers as you like)."""
     if kind not in {"generate", "finetune"}:
@@ -242,6 +260,13 @@ def worker(
     if metrics_port is not None:
         _serve_metrics(settings, metrics_port)
     runner = Worker(engine=engine, settings=settings, kind=kind, device=device)
+    # SIGTERM (docker stop, a supervisor) stops the worker at the next optimizer step; it hands
+    # its job back, to be resumed from the last checkpoint by the next worker.
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    if parent_pid is not None:
+        from app.finetune_supervisor import follow_parent
+
+        follow_parent(parent_pid, runner.stop)
     typer.echo(f"{kind} worker {runner.worker_id} waiting", err=True)
     try:
         asyncio.run(runner.run_forever(once=once))

@@ -139,6 +139,9 @@ class Progress(BaseModel):
     eta_s: float | None = None
     train_loss: float | None = None
     valid_loss: float | None = None
+    status_message: str | None = Field(
+        None, description="Why a queued job waits, when no fine-tune worker can take it."
+    )
 
 
 class TrainingData(BaseModel):

@@ -2,13 +2,16 @@
 
 The lease is renewed on every training event; `should_stop` is asked before every optimizer step
 and answers yes when the job was cancelled or taken over, so a cancel lands within one step. A
-job whose worker died is claimed again after its lease expires and resumes from its last
-checkpoint.
+job whose worker died is claimed again (at once when a supervisor saw the death, else after its
+lease expires) and resumes from its last checkpoint, at most once: a job that killed its worker
+twice, by running out of memory for instance, would kill the next one too. A worker that is
+stopped on purpose hands its job back without using up that retry.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from app.services.finetune import add_event, artifacts_dir, tuned_model_dir
 from app.settings import BUNDLED_MODEL_ID, Settings
 
 log = logging.getLogger("selfinstruct.finetune")
-MAX_ATTEMPTS = 3  # claims of one job before it fails as worker_lost
+MAX_ATTEMPTS = 2  # claims of one job: the first and one retry, then it fails as worker_lost
 
 
 def fine_tuned_model_id(job: FineTuningJobRow) -> str:
@@ -82,26 +85,130 @@ def job_spec(settings: Settings, engine: Engine, job: FineTuningJobRow) -> dict[
 
 
 def begin_attempt(engine: Engine, job_id: str) -> bool:
-    """Count a claim; after MAX_ATTEMPTS the job fails as worker_lost instead of running."""
+    """Count a claim; after MAX_ATTEMPTS the job fails as worker_lost instead of running.
+
+    A claim also ends the job's wait, so the note that no worker was there goes."""
     with Session(engine, expire_on_commit=False) as session:
         job = session.get(FineTuningJobRow, job_id)
         assert job is not None
         attempts = int(job.progress.get("attempts", 0)) + 1
-        job.progress = {**job.progress, "attempts": attempts}
+        progress = {k: v for k, v in job.progress.items() if k != "status_message"}
+        job.progress = {**progress, "attempts": attempts}
         resume = _latest_checkpoint(engine, job_id)
         if attempts > MAX_ATTEMPTS:
-            job.status, job.finished_at = JobStatus.failed, utcnow()
-            job.error = {
-                "code": "worker_lost",
-                "param": None,
-                "message": f"The job's worker stopped {MAX_ATTEMPTS} times; giving up.",
-            }
+            # No supervisor saw the deaths: the leases ran out while nobody renewed them.
+            how = job.progress.get("worker_lost") or "its lease ran out without a renewal"
+            _fail_lost(session, job, MAX_ATTEMPTS, how)
         else:
             message = f"Resuming from {resume.name}" if resume else "Fine-tuning job started"
             add_event(session, job_id, message, data={"attempt": attempts})
         session.add(job)
         session.commit()
         return job.status == JobStatus.running
+
+
+def _fail_lost(session: Session, job: FineTuningJobRow, deaths: int, how: str) -> None:
+    job.status, job.finished_at, job.lease_expires_at = JobStatus.failed, utcnow(), None
+    times = {1: "once", 2: "twice"}.get(deaths, f"{deaths} times")
+    message = (
+        f"The worker training this job died {times} (last: {how}); giving up. A job that runs "
+        "out of "
+        "memory needs a smaller batch_size or max_seq_len, LoRA, or a machine with more memory."
+    )
+    job.error = {"code": "worker_lost", "param": None, "message": message}
+    add_event(session, job.id, f"The job failed: {message}", level="error")
+
+
+def describe_exit(returncode: int, *, oom_killed: bool = False) -> str:
+    """How a worker process ended, in words (`returncode` as `subprocess` reports it)."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    number = -returncode
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    how = f"killed by {name} (signal {number})"
+    if number == signal.SIGKILL:
+        how += (
+            ": the kernel's out-of-memory killer was at work, likely out of memory"
+            if oom_killed
+            else ", as the kernel's out-of-memory killer or a `kill -9` does"
+        )
+    return how
+
+
+def worker_lost(engine: Engine, *, worker_prefix: str, how: str, counted: bool = True) -> list[str]:
+    """A supervisor saw the worker whose ids start with `worker_prefix` die (`how`): hand its
+    jobs back at once for their one retry, or fail those that already had it. `counted` False:
+    the supervisor stopped the worker itself, which costs the job nothing."""
+    lost = []
+    with Session(engine) as session:
+        held = session.exec(
+            select(FineTuningJobRow)
+            .where(
+                FineTuningJobRow.status == JobStatus.running,
+                col(FineTuningJobRow.worker_id).startswith(worker_prefix, autoescape=True),
+            )
+            .with_for_update()
+        ).all()
+        for job in held:
+            attempts = int(job.progress.get("attempts", 0))
+            if not counted:
+                _requeue(session, job, attempts - 1, STOPPED_MESSAGE)
+            elif attempts >= MAX_ATTEMPTS:
+                job.progress = {**job.progress, "worker_lost": how}
+                _fail_lost(session, job, attempts, how)
+            else:
+                job.progress = {**job.progress, "worker_lost": how}
+                _requeue(
+                    session,
+                    job,
+                    attempts,
+                    f"The worker training this job died ({how}); the job is queued again for "
+                    "its one retry, from its last checkpoint",
+                    level="warn",
+                    data={"code": "worker_lost", "attempt": attempts},
+                )
+            session.add(job)
+            lost.append(job.id)
+        session.commit()
+    return lost
+
+
+STOPPED_MESSAGE = (
+    "The worker was stopped; the job is queued again and resumes from its last checkpoint"
+)
+
+
+def _requeue(
+    session: Session,
+    job: FineTuningJobRow,
+    attempts: int,
+    message: str,
+    *,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+) -> None:
+    job.progress = {**job.progress, "attempts": max(0, attempts)}
+    job.status, job.worker_id, job.lease_expires_at = JobStatus.queued, None, None
+    add_event(session, job.id, message, level=level, data=data)
+
+
+def release_job(engine: Engine, job_id: str, worker_id: str) -> bool:
+    """A worker stopping on purpose queues its job again; the claim it made does not count.
+
+    False when the job is no longer this worker's (finished, cancelled or taken over)."""
+    with Session(engine) as session:
+        job = session.exec(
+            select(FineTuningJobRow).where(FineTuningJobRow.id == job_id).with_for_update()
+        ).first()
+        if job is None or job.status != JobStatus.running or job.worker_id != worker_id:
+            return False
+        _requeue(session, job, int(job.progress.get("attempts", 0)) - 1, STOPPED_MESSAGE)
+        session.add(job)
+        session.commit()
+    return True
 
 
 def record_event(engine: Engine, job_id: str, worker_id: str, event: dict[str, Any]) -> bool:
@@ -316,6 +423,8 @@ def execute_job(
         )
     if outcome is not None:
         complete_job(engine, job_id, worker.worker_id, outcome)
+    elif worker.stopping:
+        release_job(engine, job_id, worker.worker_id)
 
 
 def complete_job(engine: Engine, job_id: str, worker_id: str, outcome: dict[str, Any]) -> None:

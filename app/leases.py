@@ -4,14 +4,21 @@ works, and loses it on expiry, so a dead worker's row is taken up by another.
 SQLite claims with a conditional UPDATE (one writer at a time makes it atomic); PostgreSQL with
 `SELECT ... FOR UPDATE SKIP LOCKED`, so many workers never block on each other. This module sits
 below the worker loop and the things it executes, so none of them imports another.
+
+A worker that holds nothing leaves no trace in the database, so idle fine-tune workers also keep
+a presence file under the data dir (which every database-connected fine-tune worker shares with
+the API: it reads the training files and writes the models there); the API tells a job that no
+worker can take it from these files and from the leases of running jobs.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Protocol
 
 import sqlalchemy as sa
@@ -99,6 +106,63 @@ def renew(
             .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
         )
         return renewed.rowcount == 1
+
+
+# --- presence of idle workers ---
+
+PRESENCE_INTERVAL_S = 5.0  # how often a worker refreshes its presence file
+PRESENCE_STALE_S = 60.0  # a file older than this belongs to a worker that is gone
+
+
+def presence_dir(data_dir: Path, kind: str) -> Path:
+    return data_dir / "workers" / kind
+
+
+def _presence_file(data_dir: Path, kind: str, worker_id: str) -> Path:
+    return presence_dir(data_dir, kind) / worker_id.replace("/", "_")
+
+
+def mark_present(data_dir: Path, kind: str, worker_id: str) -> None:
+    """Record that `worker_id` is alive and polling now (the file's mtime is the time)."""
+    path = _presence_file(data_dir, kind, worker_id)
+    try:
+        path.touch()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+
+def mark_gone(data_dir: Path, kind: str, worker_id: str) -> None:
+    _presence_file(data_dir, kind, worker_id).unlink(missing_ok=True)
+
+
+def present_workers(data_dir: Path, kind: str, *, stale_s: float = PRESENCE_STALE_S) -> list[str]:
+    """Ids of workers of `kind` seen within `stale_s`; older files are removed on the way."""
+    folder = presence_dir(data_dir, kind)
+    if not folder.is_dir():
+        return []
+    now, seen = time.time(), []
+    for path in folder.iterdir():
+        try:
+            age = now - path.stat().st_mtime
+        except FileNotFoundError:  # its worker stopped while we looked
+            continue
+        if age <= stale_s:
+            seen.append(path.name)
+        elif age > 24 * 3600:
+            path.unlink(missing_ok=True)
+    return seen
+
+
+def held_rows(engine: Engine, model: Leased) -> list[tuple[object, str]]:
+    """(row id, worker id) of rows running under a lease that has not expired."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(col(model.id), col(model.worker_id)).where(
+                col(model.status) == "running", col(model.lease_expires_at) >= utcnow()
+            )
+        )
+        return [(row_id, str(worker)) for row_id, worker in rows]
 
 
 def claim_run(

@@ -207,6 +207,13 @@ class Settings(BaseSettings):
     embedded_worker: bool = Field(
         default=True, description="Run a generation worker inside the API process."
     )
+    finetune_workers: int = Field(
+        default=1,
+        ge=0,
+        le=1,
+        description="Fine-tune workers `selfinstruct serve` starts and supervises, each in a "
+        "process of its own (0: none, for deployments with dedicated workers).",
+    )
     worker_lease_seconds: float = Field(
         default=30.0, gt=0, description="How long a claimed run stays claimed without a renewal."
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 
 from sqlalchemy.engine import Engine
 
-from app.leases import Leased, claim, new_worker_id
+from app.leases import PRESENCE_INTERVAL_S, Leased, claim, mark_gone, mark_present, new_worker_id
 from app.models import FineTuningJobRow, Run
 from app.settings import Settings
 
@@ -33,6 +34,7 @@ class Worker:
         self.kind = kind  # "generate" runs or "finetune" jobs
         self.device = device
         self._stop = threading.Event()
+        self._marked = -PRESENCE_INTERVAL_S  # when the presence file was last refreshed
 
     def stop(self) -> None:
         self._stop.set()
@@ -43,7 +45,25 @@ class Worker:
 
     async def run_forever(self, *, once: bool = False) -> None:
         model = FineTuningJobRow if self.kind == "finetune" else Run
+        try:
+            await self._loop(model, once=once)
+        finally:
+            if self.kind == "finetune":
+                mark_gone(self.settings.data_dir, self.kind, self.worker_id)
+
+    def _present(self) -> None:
+        """Fine-tune workers say they are there, so the API can tell a job when none is."""
+        now = time.monotonic()
+        if self.kind == "finetune" and now - self._marked >= PRESENCE_INTERVAL_S:
+            try:
+                mark_present(self.settings.data_dir, self.kind, self.worker_id)
+                self._marked = now
+            except OSError:
+                log.warning("worker %s: cannot write its presence file", self.worker_id)
+
+    async def _loop(self, model: Leased, *, once: bool) -> None:
         while not self._stop.is_set():
+            self._present()
             try:
                 worked = await self._claim_and_execute(model)
             except Exception:

@@ -24,7 +24,7 @@ from app.finetune_schemas import (
     FineTuningJob,
 )
 from app.finetune_worker import begin_attempt, complete_job, job_spec, record_event, still_mine
-from app.leases import claim, renew
+from app.leases import claim, mark_present, renew
 from app.models import FineTuningJobRow
 from app.schemas import ErrorItem, ErrorResponse
 from app.services import finetune as svc
@@ -51,6 +51,7 @@ router = APIRouter(
 @router.post("/claim", responses={204: {"description": "No job is waiting."}})
 def claim_job(engine: EngineDep, settings: SettingsDep, body: ClaimRequest) -> Any:
     """Claim the oldest queued job (or one whose lease expired) and get what to train."""
+    mark_present(settings.data_dir, "finetune", body.worker_id)  # a worker polls: it is there
     job_id = claim(
         engine,
         FineTuningJobRow,
