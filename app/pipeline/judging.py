@@ -59,7 +59,9 @@ class JudgementJob:
         self.settings = settings
         self.job_id: int = job.id  # type: ignore[assignment]
         self.dataset_id = job.dataset_id
-        self.params = JudgementJobCreate.model_validate(job.params)
+        self.params = JudgementJobCreate.model_validate(
+            {k: v for k, v in job.params.items() if k != "max_task_id"}
+        )
         self.max_task_id = int(job.params.get("max_task_id", 0))
         self.worker = worker
         self.worker_id = worker.worker_id if worker else None
