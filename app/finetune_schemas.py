@@ -110,6 +110,21 @@ class FineTuningJobCreate(BaseModel):
     checkpoint_interval: int = Field(
         100, ge=1, le=100_000, description="Checkpoint every N steps; a lost job resumes there."
     )
+    devices: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Devices that train the job together (torchrun, data parallel): GPUs on a "
+        "CUDA worker; on a CPU worker, processes that share its cores. At most "
+        "SELFINSTRUCT_FINETUNE_MAX_DEVICES; a worker with fewer fails the job saying so. "
+        "Each step's examples are shared out: batch_size and losses mean what they mean on one.",
+    )
+    parallelism: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="With devices > 1: ddp keeps a whole model on each device; fsdp shards "
+        "weights, gradients and optimizer state across them, for models too big for one "
+        "(full fine-tuning only).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> FineTuningJobCreate:

@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 
 from app.leases import LeaseHolder, renew
 from app.models import FineTuningJobCheckpointRow, FineTuningJobRow, JobStatus, utcnow
+from app.services.base_models import find_base_model
 from app.services.files import file_path
 from app.services.finetune import add_event, artifacts_dir, tuned_model_dir
 from app.settings import BUNDLED_MODEL_ID, Settings
@@ -34,7 +35,11 @@ def fine_tuned_model_id(job: FineTuningJobRow) -> str:
 
 
 def model_dir_for(settings: Settings, engine: Engine, model: str) -> str | None:
-    """The Hugging Face directory of a fine-tuned model id (the merged model for LoRA)."""
+    """The Hugging Face directory of a base model folder's id (SELFINSTRUCT_BASE_MODELS_DIR) or
+    of a fine-tuned model id (the merged model for LoRA)."""
+    own = find_base_model(settings, model)
+    if own is not None:
+        return str(own.path)
     with Session(engine) as session:
         job = session.exec(
             select(FineTuningJobRow).where(
@@ -70,6 +75,8 @@ def job_spec(settings: Settings, engine: Engine, job: FineTuningJobRow) -> dict[
             "long_examples": method.get("long_examples", "truncate"),
             "seed": job.seed or 0,
             "checkpoint_interval": method.get("checkpoint_interval", 100),
+            "devices": method.get("devices", 1),
+            "parallelism": method.get("parallelism", "ddp"),
         },
     }
     if method.get("max_steps"):
@@ -292,10 +299,13 @@ def run_training(
     should_stop: Any,
 ) -> dict[str, Any] | None:
     """Train, resuming from the newest checkpoint in `output_dir`; returns how the job ends
-    (`status` and fields) or None when it was cancelled or taken over."""
+    (`status` and fields) or None when it was cancelled or taken over.
+
+    A job on several devices (`devices` > 1) runs in torchrun's processes (training/launch.py);
+    their rank 0's events come to `on_event` here and a stop reaches them all."""
     from training.config import FinetuneConfig, bundled_base_model
     from training.errors import InsufficientMemory, TrainingDataError, TrainingError
-    from training.train import train
+    from training.launch import run
 
     checkpoints = complete_checkpoints(output_dir)
     try:
@@ -305,7 +315,7 @@ def run_training(
             device=device,  # type: ignore[arg-type]
             **spec["config"],
         )
-        result = train(
+        result = run(
             config,
             train_path,
             valid_path,

@@ -18,6 +18,7 @@ import generators.local  # noqa: F401  (registers the "local" backend)
 from app.errors import NotFound
 from app.models import FineTuningJobRow, JobStatus
 from app.schemas import ErrorItem
+from app.services.base_models import list_base_models
 from app.services.finetune import tuned_model_dir
 from app.settings import BUNDLED_MODEL_ID, EndpointConfig, Settings
 from generators.base import Backend, create_backend
@@ -31,24 +32,41 @@ class ModelEntry:
     backend: Literal["local", "openai"]
     endpoint: EndpointConfig | None = None
     mode: Literal["completion", "chat"] = "completion"
-    model_path: str | None = None  # a fine-tuned model's Hugging Face directory
+    model_path: str | None = None  # a fine-tuned or own base model's Hugging Face directory
     created: int | None = None
+    base_model: bool = False  # from SELFINSTRUCT_BASE_MODELS_DIR: fine-tunable, not tuned here
 
     @property
     def owned_by(self) -> str:
+        if self.base_model:
+            return "selfinstruct:base-model"
         if self.model_path is not None:
             return "selfinstruct:fine-tune"
         return "selfinstruct" if self.endpoint is None else self.endpoint.name
 
 
 def catalogue(settings: Settings, engine: Engine | None = None) -> list[ModelEntry]:
-    """The bundled model, configured endpoints' models, and (with `engine`) fine-tuned ones."""
+    """The bundled model, configured endpoints' models, the base model folders of
+    SELFINSTRUCT_BASE_MODELS_DIR, and (with `engine`) fine-tuned ones."""
     entries = [ModelEntry(id=BUNDLED_MODEL_ID, backend="local")]
     for endpoint in settings.endpoints:
         entries += [
             ModelEntry(id=m, backend="openai", endpoint=endpoint, mode=endpoint.mode)
             for m in endpoint.models
         ]
+    taken = {entry.id for entry in entries}  # a folder never hides a configured model
+    entries += [
+        ModelEntry(
+            id=model.id,
+            backend="local",
+            mode="chat",
+            model_path=str(model.path),
+            created=model.created,
+            base_model=True,
+        )
+        for model in list_base_models(settings)
+        if model.id not in taken
+    ]
     if engine is not None:
         with Session(engine) as session:
             for job in session.exec(

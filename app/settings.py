@@ -197,6 +197,18 @@ class Settings(BaseSettings):
     finetune_device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where fine-tune workers train by default."
     )
+    finetune_max_devices: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Most devices (`devices`) one fine-tune job may ask for; a worker also "
+        "refuses more than it has.",
+    )
+    base_models_dir: Path | None = Field(
+        default=None,
+        description="A folder of Hugging Face model folders (config.json, weights, tokenizer) "
+        "that jobs may fine-tune; each is listed in GET /v1/models under its folder name.",
+    )
 
     # --- workers ---
     worker_token: SecretStr | None = Field(

@@ -42,13 +42,23 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     config: FinetuneConfig,
     state: dict[str, Any],
+    model_state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write step-N atomically (to a temporary name, then rename) so a crash leaves no half copy."""
+    """Write step-N atomically (to a temporary name, then rename) so a crash leaves no half copy.
+
+    `model_state`/`optimizer_state`: the whole states gathered from FSDP shards, saved instead of
+    what the (sharded) model and optimizer hold in this process."""
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    model.save_pretrained(partial / ("adapter" if config.method == "lora" else "model"))
-    torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+    model.save_pretrained(
+        partial / ("adapter" if config.method == "lora" else "model"), state_dict=model_state
+    )
+    torch.save(
+        optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+        partial / "optimizer.pt",
+    )
     rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -82,16 +92,21 @@ def restore_rng(checkpoint: Path) -> None:
 
 
 def save_final(
-    model: Any, tokenizer: Any, config: FinetuneConfig, output_dir: Path
+    model: Any,
+    tokenizer: Any,
+    config: FinetuneConfig,
+    output_dir: Path,
+    model_state: dict[str, Any] | None = None,
 ) -> tuple[Path, Path | None]:
-    """final/ in Hugging Face format; for LoRA also adapter/, and final/ holds the merged model."""
+    """final/ in Hugging Face format; for LoRA also adapter/, and final/ holds the merged model.
+    `model_state`: the whole weights gathered from FSDP shards (full fine-tuning only)."""
     final_dir, adapter_dir = output_dir / "final", None
     if config.method == "lora":
         adapter_dir = output_dir / "adapter"
         model.save_pretrained(adapter_dir)
         tokenizer.save_pretrained(adapter_dir)
         model = model.merge_and_unload()  # folds W + (alpha/r)·BA into plain Linear weights
-    model.save_pretrained(final_dir)
+    model.save_pretrained(final_dir, state_dict=model_state)
     tokenizer.save_pretrained(final_dir)
     config.save(final_dir / "finetune_config.json")
     return final_dir, adapter_dir

@@ -192,6 +192,24 @@ class FinetuneConfig:
         metadata=_help("Write checkpoints/step-N every N optimizer steps (0: none)."),
     )
 
+    # --- devices --------------------------------------------------------------------------------
+    devices: int = field(
+        default=1,
+        metadata=_help(
+            "Processes (one per GPU; on the CPU, processes sharing its cores) that train the job "
+            "together, started by torchrun (training/launch.py). Each step's rows are shared out, "
+            "so batch_size and the losses mean what they mean on one device."
+        ),
+    )
+    parallelism: Literal["ddp", "fsdp"] = field(
+        default="ddp",
+        metadata=_help(
+            "With devices > 1: 'ddp' keeps a whole model on every device and sums gradients; "
+            "'fsdp' shards weights, gradients and optimizer state across the devices, for "
+            "models that do not fit one (full fine-tuning only)."
+        ),
+    )
+
     # --- system ---------------------------------------------------------------------------------
     seed: int = field(default=0, metadata=_help("Seeds the data order, the split and torch."))
     device: Literal["auto", "cpu", "cuda"] = field(
@@ -245,6 +263,13 @@ class FinetuneConfig:
                     "lora_target_modules is empty: name the Linear modules to adapt, "
                     f"e.g. {LORA_TARGETS_LLAMA}."
                 )
+        _at_least("devices", self.devices, 1)
+        _choice("parallelism", self.parallelism, ("ddp", "fsdp"))
+        if self.parallelism == "fsdp" and self.method == "lora":
+            raise InvalidConfig(
+                "parallelism='fsdp' supports method='full'; LoRA's trained state is small, use "
+                "parallelism='ddp'."
+            )
         _at_least("max_seq_len", self.max_seq_len, 16)
         _choice("long_examples", self.long_examples, ("truncate", "drop", "fail"))
         _choice("gradient_checkpointing", self.gradient_checkpointing, ("auto", "on", "off"))

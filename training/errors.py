@@ -28,6 +28,8 @@ class InsufficientMemory(TrainingError):
     def __init__(self, *, needed: int, available: int, detail: str, device: str) -> None:
         self.needed = needed
         self.available = available
+        self.detail = detail
+        self.device = device
         gib = 1 << 30
         super().__init__(
             f"the job needs about {detail}, but only {available / gib:.1f} GiB is available on "

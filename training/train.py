@@ -11,6 +11,11 @@ on the CPU, and the step's peak is estimated (training/memory.py) and refused be
 when it cannot fit. Events go to `on_event` as plain dicts; `should_stop` is asked before every
 optimizer step, so a cancel takes effect within one step.
 
+Run by torchrun on several processes (training/launch.py, config.devices > 1), each step's rows
+are shared out among them and the model is wrapped in DDP or FSDP (training/distributed.py); the
+update is the one a single process makes from the same rows. Rank 0 alone emits events, answers
+`should_stop` for all of them, and writes checkpoints and the final model.
+
 Outputs under config.output_dir: checkpoints/step-N/, final/ and, for LoRA, adapter/ (see
 training/checkpoint.py).
 """
@@ -18,6 +23,7 @@ training/checkpoint.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -28,11 +34,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training import memory
+from training import distributed, memory
 from training.checkpoint import check_resumable, restore_rng, save_checkpoint, save_final
 from training.config import LOSS_CHUNK_TOKENS, FinetuneConfig
 from training.data import IGNORE_INDEX, DatasetStats, TokenizedExample, load_chat_jsonl
 from training.data import split_validation as split_off_validation
+from training.distributed import Parallel, Ranks
 from training.errors import InsufficientMemory, InvalidConfig
 from training.loss import chunked_linear_cross_entropy
 from training.model import (
@@ -44,7 +51,7 @@ from training.model import (
     load_tokenizer,
     peak_flops,
 )
-from training.packing import Batch, StepPlan, collate, micro_batches, pack_rows, plan_steps
+from training.packing import Batch, StepPlan, collate, pack_rows, plan_steps
 
 Event = dict[str, Any]
 
@@ -70,12 +77,17 @@ class TrainResult:
 # --- small pieces ------------------------------------------------------------------------------
 
 
-def resolve_device(config: FinetuneConfig) -> tuple[torch.device, torch.dtype | None]:
-    """The device, and the autocast dtype (None: plain float32)."""
+def resolve_device(
+    config: FinetuneConfig, ranks: Ranks | None = None
+) -> tuple[torch.device, torch.dtype | None]:
+    """The device (this process's GPU under torchrun), and the autocast dtype (None: float32)."""
     want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
         raise InvalidConfig("device='cuda' but no CUDA GPU is visible; use device='auto' or 'cpu'.")
-    device = torch.device("cuda" if want_cuda else "cpu")
+    if want_cuda and ranks is not None and ranks.parallel:
+        device = torch.device("cuda", ranks.local_rank)
+    else:
+        device = torch.device("cuda" if want_cuda else "cpu")
     return device, autocast_dtype(device, config.dtype)
 
 
@@ -198,17 +210,33 @@ def train_step(
     amp: torch.dtype | None,
     grad_clip: float,
     loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
+    parallel: Parallel | None = None,
+    step_targets: int | None = None,
 ) -> torch.Tensor:
     """One optimizer step over micro-batches whose gradients add up; returns the loss per target
-    token as a device tensor (reading it is the caller's CPU-GPU sync)."""
-    n_targets = max(1, sum(b.n_targets for b in batches))  # the whole step's, so tokens weigh 1
+    token as a device tensor (reading it is the caller's CPU-GPU sync).
+
+    With `parallel` these are this process's share of the step, `step_targets` the whole step's
+    target tokens: DDP and FSDP average gradients over the processes, so each loss is scaled by
+    their number to make the average the sum one process would have computed."""
+    n_targets = step_targets if step_targets is not None else sum(b.n_targets for b in batches)
+    n_targets = max(1, n_targets)  # the whole step's, so every token weighs the same
+    scale = parallel.ranks.world_size if parallel is not None else 1
     step_loss = torch.zeros((), device=device)
-    for batch in batches:
+    for index, batch in enumerate(batches):
         batch = batch.to(device)
-        with autocast(device, amp):
-            loss = loss_sum(model, batch, loss_chunk_tokens=loss_chunk_tokens)
-        (loss / n_targets).backward()
+        if parallel is None:
+            with autocast(device, amp):
+                loss = loss_sum(model, batch, loss_chunk_tokens=loss_chunk_tokens)
+            (loss / n_targets).backward()
+        else:
+            with parallel.accumulating(last=index == len(batches) - 1):
+                with autocast(device, amp):
+                    loss = parallel.loss(batch)
+                (loss * (scale / n_targets)).backward()
         step_loss += loss.detach()
+    if parallel is not None:
+        step_loss = distributed.sum_across(step_loss, parallel.ranks)
     if grad_clip > 0:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -226,20 +254,35 @@ def estimate_loss(
     pad_id: int,
     device: torch.device,
     amp: torch.dtype | None,
+    parallel: Parallel | None = None,
 ) -> float:
-    """Mean loss per target token over every validation example."""
+    """Mean loss per target token over every validation example (shared out among the
+    processes under torchrun, and summed over them)."""
     model.eval()
     lengths = [len(e) for e in examples]
     order = range(len(examples))
     rows = pack_rows(lengths, order, config.max_seq_len) if config.packing else [[i] for i in order]
-    total, n_targets = torch.zeros((), device=device), 0
-    for rows_chunk in micro_batches(rows, config.batch_size):
-        batch = collate(rows_chunk, examples, pad_id=pad_id).to(device)
+    ranks = parallel.ranks if parallel is not None else Ranks()
+    total = torch.zeros((), device=device)
+    n_targets = torch.zeros((), device=device, dtype=torch.long)
+    for rows_chunk in distributed.rank_micro_batches(rows, ranks, config.batch_size):
+        if rows_chunk:
+            batch = collate(rows_chunk, examples, pad_id=pad_id)
+        else:
+            batch = distributed.empty_batch(pad_id)
+        batch = batch.to(device)
         with autocast(device, amp):
-            total += loss_sum(model, batch, loss_chunk_tokens=config.loss_chunk_tokens)
+            if parallel is None:
+                total += loss_sum(model, batch, loss_chunk_tokens=config.loss_chunk_tokens)
+            else:
+                total += parallel.loss(batch)
         n_targets += batch.n_targets
     model.train()
-    return total.item() / max(1, n_targets)  # .item(): CPU-GPU sync, once per evaluation
+    if parallel is not None:
+        total = distributed.sum_across(total, ranks)
+        n_targets = distributed.sum_across(n_targets, ranks)
+    # .item(): CPU-GPU sync, once per evaluation
+    return total.item() / max(1, int(n_targets.item()))
 
 
 def prepare_data(
@@ -260,10 +303,8 @@ def prepare_data(
     return examples, valid, train_stats, None
 
 
-def prepare_model(
-    config: FinetuneConfig, device: torch.device, resume_from: Path | None
-) -> tuple[Any, torch.optim.AdamW]:
-    """The model to train (LoRA-wrapped or not) and its optimizer, restored from a checkpoint."""
+def prepare_model(config: FinetuneConfig, device: torch.device, resume_from: Path | None) -> Any:
+    """The model to train (LoRA-wrapped or not), restored from a checkpoint, on `device`."""
     resume = Path(resume_from) if resume_from is not None else None
     weights = str(resume / "model") if resume and config.method == "full" else config.base_model
     model: Any = load_model(weights, attn_implementation=config.attn_implementation)
@@ -276,6 +317,18 @@ def prepare_model(
         base.activation_checkpointing_enable({"use_reentrant": False})
     model.to(device)
     model.train()
+    return model
+
+
+def prepare_optimizer(
+    config: FinetuneConfig,
+    model: Any,
+    device: torch.device,
+    resume_from: Path | None,
+    parallel: Parallel | None,
+) -> torch.optim.AdamW:
+    """AdamW over the (possibly FSDP-sharded) parameters, restored from a checkpoint; the RNG
+    state is restored with it, last, so the data and dropout carry on where they stopped."""
     optimizer = configure_optimizer(
         model,
         lr=config.peak_lr,
@@ -283,10 +336,21 @@ def prepare_model(
         betas=(config.adam_beta1, config.adam_beta2),
         device=device,
     )
-    if resume:
-        optimizer.load_state_dict(torch.load(resume / "optimizer.pt", map_location=device))
+    if resume_from is not None:
+        resume = Path(resume_from)
+        saved = torch.load(resume / "optimizer.pt", map_location=device, weights_only=False)
+        if sharded(parallel):
+            assert parallel is not None
+            distributed.load_full_optimizer_state(parallel, optimizer, saved)
+        else:
+            optimizer.load_state_dict(saved)
         restore_rng(resume)
-    return model, optimizer
+    return optimizer
+
+
+def sharded(parallel: Parallel | None) -> bool:
+    """Whether parameters live in FSDP shards (checkpoints then gather them first)."""
+    return parallel is not None and parallel.strategy == "fsdp"
 
 
 def batch_extent(
@@ -295,18 +359,24 @@ def batch_extent(
     *,
     batch_size: int,
     pad_to_len: int | None,
+    world_size: int = 1,
 ) -> tuple[int, int, int]:
-    """The largest micro-batch of the plan: (padded token slots, longest row, target tokens)."""
+    """The largest micro-batch of the plan on any process: (padded token slots, longest row,
+    target tokens); the same figures on every process, so they all refuse a job or none."""
     lengths = [len(e) for e in examples]
     targets = [sum(t != IGNORE_INDEX for t in e.labels[1:]) for e in examples]
     slots = longest = n_targets = 0
     for step in plan:
-        for rows in micro_batches(step.rows, batch_size):
-            row_len = pad_to_len or max(sum(lengths[i] for i in row) for row in rows)
-            n_rows = batch_size if pad_to_len else len(rows)
-            slots = max(slots, n_rows * row_len)
-            longest = max(longest, row_len)
-            n_targets = max(n_targets, sum(targets[i] for row in rows for i in row))
+        for rank in range(world_size):
+            ranks = Ranks(rank=rank, world_size=world_size)
+            for rows in distributed.rank_micro_batches(step.rows, ranks, batch_size):
+                if not rows:
+                    continue
+                row_len = pad_to_len or max(sum(lengths[i] for i in row) for row in rows)
+                n_rows = batch_size if pad_to_len else len(rows)
+                slots = max(slots, n_rows * row_len)
+                longest = max(longest, row_len)
+                n_targets = max(n_targets, sum(targets[i] for row in rows for i in row))
     return slots, longest, n_targets
 
 
@@ -318,9 +388,14 @@ def check_memory(
     device: torch.device,
     amp: torch.dtype | None,
     available: int | None,
+    ranks: Ranks | None = None,
 ) -> tuple[memory.MemoryEstimate, int | None]:
-    """Estimate the step's peak; raise InsufficientMemory when it exceeds `available` (None:
-    measure it now). Returns the estimate and the figure it was checked against."""
+    """Estimate one process's peak; raise InsufficientMemory when it exceeds `available` (None:
+    measure it now). Returns the estimate and the figure it was checked against.
+
+    Under torchrun with FSDP each process keeps 1/N of the weights' state; on the CPU the
+    processes of one machine share its memory, so each may count on its share of it."""
+    ranks = ranks or Ranks()
     n_params, n_trainable = count_params(model)
     slots, longest, n_targets = extent
     base = model.get_base_model() if config.method == "lora" else model
@@ -337,8 +412,12 @@ def check_memory(
         device=device,
         amp=amp is not None,
     )
+    if ranks.parallel and config.parallelism == "fsdp":
+        estimate = dataclasses.replace(estimate, weights=estimate.weights // ranks.world_size)
     if available is None:
         available = memory.available_memory(device)
+        if available is not None and device.type == "cpu":
+            available //= ranks.local_world_size
     if available is not None and estimate.total > available:
         raise InsufficientMemory(
             needed=estimate.total,
@@ -367,10 +446,18 @@ def train(
     Before the first step the job's peak memory is estimated (training/memory.py) and checked
     against `available_memory` bytes (None: what the device has free now); InsufficientMemory
     when it cannot fit."""
-    emit = on_event or (lambda event: None)
+    ranks = distributed.current_ranks()
+    if ranks.world_size != config.devices:
+        raise InvalidConfig(
+            f"devices={config.devices} but this is {ranks.world_size} process(es): a job on "
+            "several devices runs through training.launch.run, which starts torchrun."
+        )
+    # rank 0 speaks for the job; the others train in silence and ask it whether to stop
+    emit = (on_event if ranks.main else None) or (lambda event: None)
+    ask_stop = should_stop if ranks.main else None
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
-    device, amp = resolve_device(config)
+    device, amp = resolve_device(config, ranks)
     torch.manual_seed(config.seed)
 
     tokenizer = load_tokenizer(config.base_model)
@@ -391,26 +478,45 @@ def train(
     if warmup_steps < 0:
         warmup_steps = round(config.warmup_ratio * total_steps)
 
+    strategy = config.parallelism if ranks.parallel else None
+    optimizer_format = "full" if strategy == "fsdp" else "plain"
     state: dict[str, Any] = {"step": 0, "trained_tokens": 0}
     if resume_from is not None:
         state = check_resumable(Path(resume_from), config)
-    raw_model, optimizer = prepare_model(config, device, resume_from)
-    model = raw_model  # `model` runs the steps; `raw_model` is what gets saved
+        if state.get("optimizer_format", "plain") != optimizer_format:
+            raise InvalidConfig(
+                "resume_from was written with parallelism='fsdp' on several devices and this run "
+                "is not, or the other way round; resume with the same parallelism."
+            )
+    raw_model = prepare_model(config, device, resume_from)
     static_shapes = config.torch_compile and device.type == "cuda"
-    if static_shapes:
-        model = compile_model(raw_model, config)  # one static shape below: one compilation
-
     extent = batch_extent(
         plan[:total_steps],
         examples,
         batch_size=config.batch_size,
         pad_to_len=config.max_seq_len if static_shapes else None,
+        world_size=ranks.world_size,
     )
     estimate, available = check_memory(
-        config, raw_model, extent, device=device, amp=amp, available=available_memory
+        config, raw_model, extent, device=device, amp=amp, available=available_memory, ranks=ranks
     )
     n_params, n_trainable = count_params(raw_model)
     step_flops, peak = flops_per_token(raw_model), peak_flops(device)
+    parallel = None
+    if strategy is not None:
+        parallel = distributed.wrap(
+            raw_model,
+            strategy=strategy,
+            ranks=ranks,
+            device=device,
+            loss_chunk_tokens=config.loss_chunk_tokens,
+        )
+    model = raw_model  # `model` runs the steps; `raw_model` is what gets saved
+    if static_shapes:
+        model = compile_model(raw_model, config)  # one static shape below: one compilation
+    optimizer = prepare_optimizer(config, raw_model, device, resume_from, parallel)
+    lengths = [len(e) for e in examples]
+    targets = [sum(t != IGNORE_INDEX for t in e.labels[1:]) for e in examples]
     emit(
         {
             "type": "start",
@@ -425,6 +531,8 @@ def train(
             "params": n_params,
             "trainable_params": n_trainable,
             "device": str(device),
+            "devices": ranks.world_size,
+            "parallelism": strategy,
             "dtype": "bf16" if amp else "fp32",
             "compiled": static_shapes,
             "gradient_checkpointing": use_gradient_checkpointing(config, device),
@@ -443,14 +551,23 @@ def train(
 
     def evaluate_at(step: int) -> float:
         # the eager model: eval shapes vary, and compiling each of them would not pay
-        loss = estimate_loss(raw_model, valid, config=config, pad_id=pad_id, device=device, amp=amp)
+        loss = estimate_loss(
+            raw_model,
+            valid,
+            config=config,
+            pad_id=pad_id,
+            device=device,
+            amp=amp,
+            parallel=parallel,
+        )
         emit({"type": "eval", "step": step, "eval_loss": loss})
         return loss
 
     if valid and step == 0:
         eval_loss = evaluate_at(0)  # the base model's loss: the yardstick for what training gains
     while step < total_steps:
-        if should_stop is not None and should_stop():
+        stop = ask_stop is not None and ask_stop()
+        if distributed.agree(stop, ranks, device):
             cancelled = True
             break
         t0 = time.perf_counter()
@@ -466,16 +583,15 @@ def train(
             group["lr"] = lr
 
         step_plan = plan[step - 1]
+        pad_to_len = config.max_seq_len if static_shapes else None
+        pad_to_rows = config.batch_size if static_shapes else None
         batches = [
-            collate(
-                rows,
-                examples,
-                pad_id=pad_id,
-                pad_to_len=config.max_seq_len if static_shapes else None,
-                pad_to_rows=config.batch_size if static_shapes else None,
-            )
-            for rows in micro_batches(step_plan.rows, config.batch_size)
+            collate(rows, examples, pad_id=pad_id, pad_to_len=pad_to_len, pad_to_rows=pad_to_rows)
+            if rows
+            else distributed.empty_batch(pad_id, length=pad_to_len or 1, n_rows=pad_to_rows or 1)
+            for rows in distributed.rank_micro_batches(step_plan.rows, ranks, config.batch_size)
         ]
+        step_rows = [i for row in step_plan.rows for i in row]  # every process's, not only ours
         step_loss = train_step(
             model,
             optimizer,
@@ -484,10 +600,12 @@ def train(
             amp=amp,
             grad_clip=config.grad_clip,
             loss_chunk_tokens=config.loss_chunk_tokens,
+            parallel=parallel,
+            step_targets=sum(targets[i] for i in step_rows),
         )
         train_loss = step_loss.item()  # .item(): CPU-GPU sync, once per step
         dt = time.perf_counter() - t0
-        n_tokens = sum(b.n_tokens for b in batches)
+        n_tokens = sum(lengths[i] for i in step_rows)
         trained_tokens += n_tokens
         event: Event = {
             "type": "step",
@@ -515,6 +633,7 @@ def train(
                 "trained_tokens": trained_tokens,
                 "train_loss": train_loss,
                 "eval_loss": eval_loss,
+                "optimizer_format": optimizer_format,
                 # the schedule is a pure function of the step; these fix it
                 "scheduler": {
                     "lr": lr,
@@ -525,18 +644,37 @@ def train(
                 },
             }
             path = output_dir / "checkpoints" / f"step-{step}"
-            checkpoints.append(
+            model_state = optimizer_state = None
+            if sharded(parallel):  # gathered on rank 0: every process takes part
+                assert parallel is not None
+                model_state, optimizer_state = distributed.full_state_dicts(parallel, optimizer)
+            if ranks.main:
                 save_checkpoint(
-                    path, model=raw_model, optimizer=optimizer, config=config, state=state
+                    path,
+                    model=raw_model,
+                    optimizer=optimizer,
+                    config=config,
+                    state=state,
+                    model_state=model_state,
+                    optimizer_state=optimizer_state,
                 )
-            )
+                checkpoints.append(path)
             emit({"type": "checkpoint", "step": step, "path": str(path)})
 
     final_dir = adapter_dir = None
     if cancelled:
         emit({"type": "cancelled", "step": step})
     else:
-        final_dir, adapter_dir = save_final(raw_model, tokenizer, config, output_dir)
+        model_state = None
+        if sharded(parallel):
+            assert parallel is not None
+            model_state, _ = distributed.full_state_dicts(parallel)
+        if ranks.main:
+            final_dir, adapter_dir = save_final(
+                raw_model, tokenizer, config, output_dir, model_state=model_state
+            )
+        else:
+            final_dir = output_dir / "final"  # where rank 0 writes it
         emit(
             {
                 "type": "done",

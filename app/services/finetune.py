@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from app.models import (
     utcnow,
 )
 from app.schemas import ErrorItem, ExportFormat
+from app.services import base_models
 from app.services.datasets import get_dataset
 from app.services.export import export_chunks
 from app.services.files import file_path, get_file, store_file
@@ -53,18 +55,72 @@ def _epoch(value: Any) -> int | None:
     return int(value.timestamp()) if value is not None else None
 
 
-def base_model_exists(session: Session, model: str) -> bool:
+def _tuned_job(session: Session, model: str) -> FineTuningJobRow | None:
+    return session.exec(
+        select(FineTuningJobRow).where(
+            FineTuningJobRow.fine_tuned_model == model,
+            FineTuningJobRow.status == JobStatus.succeeded.value,
+        )
+    ).first()
+
+
+def base_model_context(session: Session, settings: Settings, model: str) -> int | None:
+    """The context length of a model a job may start from (None where it is not stated);
+    NotFound or InvalidInput, naming `model`, for one it cannot: unknown, or a folder of
+    SELFINSTRUCT_BASE_MODELS_DIR that is not a loadable model."""
     if model == BUNDLED_MODEL_ID:
-        return True
-    return (
-        session.exec(
-            select(FineTuningJobRow.id).where(
-                FineTuningJobRow.fine_tuned_model == model,
-                FineTuningJobRow.status == JobStatus.succeeded.value,
+        return base_models.bundled_context_length()
+    folder = base_models.folder_of(settings, model)
+    if folder is not None:
+        problem = base_models.problem(folder)
+        if problem is not None:
+            raise InvalidInput(
+                f"Model '{model}' in SELFINSTRUCT_BASE_MODELS_DIR cannot be fine-tuned: "
+                f"{problem}. A base model folder needs config.json, weights and a tokenizer, "
+                "as save_pretrained writes them.",
+                errors=[ErrorItem(field="model", reason=f"not a loadable model: {problem}")],
             )
-        ).first()
-        is not None
-    )
+        found = base_models.find_base_model(settings, model)
+        return found.context_length if found else None
+    job = _tuned_job(session, model)
+    if job is None:
+        raise NotFound(
+            f"Model '{model}' cannot be fine-tuned here; use '{BUNDLED_MODEL_ID}', a base model "
+            "from GET /v1/models or a fine_tuned_model of a succeeded job.",
+            errors=[ErrorItem(field="model", reason="not a fine-tunable model")],
+        )
+    try:
+        config = json.loads((Path(tuned_model_dir(settings, job)) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return base_models.context_length(config) if isinstance(config, dict) else None
+
+
+def _check_request(session: Session, settings: Settings, body: FineTuningJobCreate) -> None:
+    """Refuse, naming the field, what no worker could train; before anything is stored."""
+    context = base_model_context(session, settings, body.model)
+    if context is not None and body.max_seq_len > context:
+        raise InvalidInput(
+            f"max_seq_len={body.max_seq_len} is longer than model '{body.model}' takes "
+            f"({context} tokens); use at most {context}.",
+            errors=[ErrorItem(field="max_seq_len", reason=f"above the context length {context}")],
+        )
+    if body.devices > settings.finetune_max_devices:
+        raise InvalidInput(
+            f"devices={body.devices} is more than a job may ask for here "
+            f"({settings.finetune_max_devices}, SELFINSTRUCT_FINETUNE_MAX_DEVICES).",
+            errors=[
+                ErrorItem(
+                    field="devices", reason=f"above the limit {settings.finetune_max_devices}"
+                )
+            ],
+        )
+    if body.parallelism == "fsdp" and body.lora is not None:
+        raise InvalidInput(
+            "parallelism='fsdp' trains full models only; LoRA's trained state is small, so use "
+            "parallelism='ddp' (the default) with lora.",
+            errors=[ErrorItem(field="parallelism", reason="fsdp does not take lora")],
+        )
 
 
 def add_event(
@@ -82,11 +138,7 @@ def create_job(
     *, session: Session, settings: Settings, body: FineTuningJobCreate
 ) -> FineTuningJobRow:
     """Record the job, freeze its data, validate it; a bad file fails the job, not the request."""
-    if not base_model_exists(session, body.model):
-        raise NotFound(
-            f"Model '{body.model}' cannot be fine-tuned here; use '{BUNDLED_MODEL_ID}' or a "
-            "fine_tuned_model of a succeeded job."
-        )
+    _check_request(session, settings, body)
     dataset: Dataset | None = None
     if body.dataset is not None:
         dataset = get_dataset(session=session, name=body.dataset)
@@ -130,6 +182,8 @@ def create_job(
             "long_examples": body.long_examples,
             "max_steps": body.max_steps,
             "checkpoint_interval": body.checkpoint_interval,
+            "devices": body.devices,
+            "parallelism": body.parallelism,
         },
         hyperparameters=hyper,
         status=JobStatus.validating_files,
