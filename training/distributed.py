@@ -110,10 +110,11 @@ class BatchLoss(torch.nn.Module):
     chunked loss calls the decoder and the head itself, and both must run inside the wrapper's
     forward for its hooks (gradient sync, parameter gathering) to see them."""
 
-    def __init__(self, model: torch.nn.Module, loss_chunk_tokens: int) -> None:
+    def __init__(self, model: torch.nn.Module, loss_chunk_tokens: int, loss_kernel: str) -> None:
         super().__init__()
         self.model = model
         self.loss_chunk_tokens = loss_chunk_tokens
+        self.loss_kernel = loss_kernel
 
     def forward(
         self, input_ids: torch.Tensor, targets: torch.Tensor, position_ids: torch.Tensor
@@ -121,7 +122,12 @@ class BatchLoss(torch.nn.Module):
         from training.train import loss_sum  # train imports this module
 
         batch = Batch(input_ids, targets, position_ids, n_tokens=0, n_targets=0)
-        return loss_sum(self.model, batch, loss_chunk_tokens=self.loss_chunk_tokens)
+        return loss_sum(
+            self.model,
+            batch,
+            loss_chunk_tokens=self.loss_chunk_tokens,
+            loss_kernel=self.loss_kernel,
+        )
 
 
 @dataclass
@@ -158,9 +164,10 @@ def wrap(
     ranks: Ranks,
     device: torch.device,
     loss_chunk_tokens: int,
+    loss_kernel: str = "chunked",
 ) -> Parallel:
     """DDP or FSDP around the model's loss; see the module doc."""
-    loss_module = BatchLoss(model, loss_chunk_tokens)
+    loss_module = BatchLoss(model, loss_chunk_tokens, loss_kernel)
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 

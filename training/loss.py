@@ -12,6 +12,7 @@ backward only scales them. The sum is the same number the plain path gives, to f
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import torch
@@ -108,3 +109,30 @@ def chunked_linear_cross_entropy(
             hidden, weight, bias, targets, chunk_tokens
         )
     return loss
+
+
+def liger_available() -> bool:
+    """Whether Liger's kernels (the liger-kernel package, CUDA only) can be imported."""
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The same sum as chunked_linear_cross_entropy through Liger's fused Triton kernel, which
+    computes the head, the softmax and both gradients a block at a time on the GPU; a float32
+    scalar. Inputs and dtypes as chunked_linear_cross_entropy takes them."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    with torch.autocast(device_type, enabled=False):
+        loss = LigerFusedLinearCrossEntropyLoss(reduction="sum")(weight, hidden, targets, bias)
+    return loss.float()

@@ -41,7 +41,7 @@ from training.data import IGNORE_INDEX, DatasetStats, TokenizedExample, load_cha
 from training.data import split_validation as split_off_validation
 from training.distributed import Parallel, Ranks
 from training.errors import InsufficientMemory, InvalidConfig
-from training.loss import chunked_linear_cross_entropy
+from training.loss import chunked_linear_cross_entropy, fused_linear_cross_entropy, liger_available
 from training.model import (
     add_lora,
     count_params,
@@ -151,12 +151,17 @@ def split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear
 
 
 def loss_sum(
-    model: torch.nn.Module, batch: Batch, *, loss_chunk_tokens: int = LOSS_CHUNK_TOKENS
+    model: torch.nn.Module,
+    batch: Batch,
+    *,
+    loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
+    loss_kernel: str = "chunked",
 ) -> torch.Tensor:
     """Summed cross-entropy over the batch's target tokens (a scalar; float32).
 
     With loss_chunk_tokens > 0 the head runs on target positions only, in chunks
-    (training/loss.py); 0, or a model split_head cannot split, takes the plain full-logits path.
+    (training/loss.py) or through Liger's fused kernel (loss_kernel='liger'); 0, or a model
+    split_head cannot split, takes the plain full-logits path.
     use_cache=False keeps the packed-sequence mask (no cache means training) on both paths.
     """
     parts = split_head(model) if loss_chunk_tokens > 0 else None
@@ -175,6 +180,10 @@ def loss_sum(
         input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
     ).last_hidden_state  # (B, T, H)
     where = (batch.targets != IGNORE_INDEX).nonzero(as_tuple=True)  # CPU-GPU sync: the count
+    if loss_kernel == "liger":
+        return fused_linear_cross_entropy(
+            hidden[where], head.weight, batch.targets[where], bias=head.bias
+        )
     return chunked_linear_cross_entropy(
         hidden[where],  # (N, H): target positions only
         head.weight,
@@ -182,6 +191,32 @@ def loss_sum(
         bias=head.bias,
         chunk_tokens=loss_chunk_tokens,
     )
+
+
+def resolve_attention(config: FinetuneConfig, device: torch.device) -> str:
+    """'auto': flex attention on CUDA, where it is the fastest kernel that keeps packed examples
+    apart; sdpa on the CPU (flex there runs unfused and slower)."""
+    if config.attn_implementation != "auto":
+        return config.attn_implementation
+    return "flex_attention" if device.type == "cuda" else "sdpa"
+
+
+def resolve_loss_kernel(
+    config: FinetuneConfig, device: torch.device, *, liger: bool | None = None
+) -> str:
+    """'auto': Liger's fused kernel on CUDA when liger-kernel is installed, else ours (chunked).
+    `liger` overrides the import check (tests). Liger asked for where it cannot run is refused."""
+    liger = liger_available() if liger is None else liger
+    if config.loss_kernel == "liger":
+        if device.type != "cuda" or not liger:
+            raise InvalidConfig(
+                "loss_kernel='liger' needs a CUDA GPU and the liger-kernel package "
+                "(pip install liger-kernel); use loss_kernel='auto' or 'chunked'."
+            )
+        return "liger"
+    if config.loss_kernel == "auto" and device.type == "cuda" and liger:
+        return "liger"
+    return "chunked"
 
 
 def use_gradient_checkpointing(config: FinetuneConfig, device: torch.device) -> bool:
@@ -212,6 +247,7 @@ def train_step(
     loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
     parallel: Parallel | None = None,
     step_targets: int | None = None,
+    loss_kernel: str = "chunked",
 ) -> torch.Tensor:
     """One optimizer step over micro-batches whose gradients add up; returns the loss per target
     token as a device tensor (reading it is the caller's CPU-GPU sync).
@@ -227,7 +263,9 @@ def train_step(
         batch = batch.to(device)
         if parallel is None:
             with autocast(device, amp):
-                loss = loss_sum(model, batch, loss_chunk_tokens=loss_chunk_tokens)
+                loss = loss_sum(
+                    model, batch, loss_chunk_tokens=loss_chunk_tokens, loss_kernel=loss_kernel
+                )
             (loss / n_targets).backward()
         else:
             with parallel.accumulating(last=index == len(batches) - 1):
@@ -255,6 +293,7 @@ def estimate_loss(
     device: torch.device,
     amp: torch.dtype | None,
     parallel: Parallel | None = None,
+    loss_kernel: str = "chunked",
 ) -> float:
     """Mean loss per target token over every validation example (shared out among the
     processes under torchrun, and summed over them)."""
@@ -273,7 +312,12 @@ def estimate_loss(
         batch = batch.to(device)
         with autocast(device, amp):
             if parallel is None:
-                total += loss_sum(model, batch, loss_chunk_tokens=config.loss_chunk_tokens)
+                total += loss_sum(
+                    model,
+                    batch,
+                    loss_chunk_tokens=config.loss_chunk_tokens,
+                    loss_kernel=loss_kernel,
+                )
             else:
                 total += parallel.loss(batch)
         n_targets += batch.n_targets
@@ -307,7 +351,7 @@ def prepare_model(config: FinetuneConfig, device: torch.device, resume_from: Pat
     """The model to train (LoRA-wrapped or not), restored from a checkpoint, on `device`."""
     resume = Path(resume_from) if resume_from is not None else None
     weights = str(resume / "model") if resume and config.method == "full" else config.base_model
-    model: Any = load_model(weights, attn_implementation=config.attn_implementation)
+    model: Any = load_model(weights, attn_implementation=resolve_attention(config, device))
     if config.method == "lora":
         model = load_lora(model, resume / "adapter") if resume else add_lora(model, config)
     if use_gradient_checkpointing(config, device):
@@ -408,7 +452,7 @@ def check_memory(
         target_tokens_in_flight=n_targets,
         gradient_checkpointing=use_gradient_checkpointing(config, device),
         loss_chunk_tokens=config.loss_chunk_tokens,
-        attn_implementation=config.attn_implementation,
+        attn_implementation=resolve_attention(config, device),
         device=device,
         amp=amp is not None,
     )
@@ -478,6 +522,7 @@ def train(
     if warmup_steps < 0:
         warmup_steps = round(config.warmup_ratio * total_steps)
 
+    loss_kernel = resolve_loss_kernel(config, device)
     strategy = config.parallelism if ranks.parallel else None
     optimizer_format = "full" if strategy == "fsdp" else "plain"
     state: dict[str, Any] = {"step": 0, "trained_tokens": 0}
@@ -510,6 +555,7 @@ def train(
             ranks=ranks,
             device=device,
             loss_chunk_tokens=config.loss_chunk_tokens,
+            loss_kernel=loss_kernel,
         )
     model = raw_model  # `model` runs the steps; `raw_model` is what gets saved
     if static_shapes:
@@ -537,6 +583,8 @@ def train(
             "compiled": static_shapes,
             "gradient_checkpointing": use_gradient_checkpointing(config, device),
             "loss_chunk_tokens": config.loss_chunk_tokens,
+            "loss_kernel": loss_kernel if config.loss_chunk_tokens > 0 else "plain",
+            "attn_implementation": resolve_attention(config, device),
             "memory_estimate_bytes": estimate.total,
             "memory_available_bytes": available,
             "method": config.method,
@@ -559,6 +607,7 @@ def train(
             device=device,
             amp=amp,
             parallel=parallel,
+            loss_kernel=loss_kernel,
         )
         emit({"type": "eval", "step": step, "eval_loss": loss})
         return loss
@@ -602,6 +651,7 @@ def train(
             loss_chunk_tokens=config.loss_chunk_tokens,
             parallel=parallel,
             step_targets=sum(targets[i] for i in step_rows),
+            loss_kernel=loss_kernel,
         )
         train_loss = step_loss.item()  # .item(): CPU-GPU sync, once per step
         dt = time.perf_counter() - t0
