@@ -21,6 +21,7 @@ import json
 import random
 import re
 import time
+import zlib
 from typing import Any
 
 from generators.prompts import build_classification_prompt
@@ -64,6 +65,9 @@ class Script:
             return f"Sure. {self.sentence()}"
         if prompt.rstrip().endswith("Example 1"):
             return f"\nInput: {self.sentence()}\nOutput: Sure. {self.sentence()}"
+        if tail.endswith(("Judgement:", "评审：")):  # the judge: a level from the prompt's hash
+            level = "ABCD"[zlib.crc32(prompt.encode()) % 4]
+            return f' {{"rating": "{level}", "rationale": "A scripted judgement."}}'
         match = re.search(r"(\d+)\.\s*$", prompt)
         start = int(match.group(1)) if match else 9
         lines = [" " + self.sentence()]

@@ -92,7 +92,7 @@ class JudgementJob:
                 .order_by(col(Task.id))
                 .limit(PAGE)
             ).all()
-        return [(int(i), t, list(inst or []), lang) for i, t, inst, lang in rows]
+        return [(int(i or 0), t, list(inst or []), lang) for i, t, inst, lang in rows]
 
     async def _judge(self, task_id: int, instruction: str, instances: Any, language: Any) -> None:
         assert self.backend is not None

@@ -83,9 +83,12 @@ def create_job(
                 f"run_id: run {body.run_id} is not a run of dataset '{dataset.name}'.",
                 errors=[ErrorItem(field="run_id", reason="not a run of this dataset")],
             )
-    max_task_id = session.exec(
-        select(func.coalesce(func.max(Task.id), 0)).where(Task.dataset_id == dataset.id)
-    ).one()
+    max_task_id = int(
+        session.exec(
+            select(func.coalesce(func.max(Task.id), 0)).where(Task.dataset_id == dataset.id)
+        ).one()
+        or 0
+    )
     total = session.exec(
         select(func.count()).select_from(Task).where(*job_task_query(dataset.id, body, max_task_id))
     ).one()
