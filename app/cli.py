@@ -56,6 +56,11 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     supervisor = FinetuneSupervisor(engine=engine, settings=settings)
+    # uvicorn shuts down gracefully on SIGINT or SIGTERM, then raises the signal again with the
+    # handler it found; this one lets the worker be stopped before the process ends on it.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_stopped)
+    stopped_by: int | None = None
     supervisor.start()
     try:
         uvicorn.run(
@@ -64,9 +69,24 @@ def serve(
             port=port or settings.port,
             timeout_keep_alive=75,  # above common proxy idle timeouts, so proxies close first
         )
+    except _Stopped as exc:
+        stopped_by = exc.signum
     finally:
         supervisor.stop()
         engine.dispose()
+    if stopped_by is not None:  # end as the signal would have ended it
+        signal.signal(stopped_by, signal.SIG_DFL)
+        signal.raise_signal(stopped_by)
+
+
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
 
 
 @cli.command("migrate")

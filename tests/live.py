@@ -19,11 +19,14 @@ def free_port() -> int:
 
 
 def serve_api(env: dict[str, str], port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
-    """`selfinstruct serve` with `env`; call `wait_ready` before using it."""
+    """`selfinstruct serve` with `env`; call `wait_ready` before using it.
+
+    It starts no fine-tune worker of its own unless `env` sets SELFINSTRUCT_FINETUNE_WORKERS:
+    tests that create jobs run the workers they mean to."""
     out = log.open("ab") if log else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        env=env,
+        env={"SELFINSTRUCT_FINETUNE_WORKERS": "0", **env},
         stdout=out,
         stderr=subprocess.STDOUT,
     )
