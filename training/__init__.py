@@ -8,6 +8,8 @@
     memory.py      a job's peak-memory estimate and the device's available memory
     model.py       offline loading (HF directory or .gguf), LoRA, FLOPs and device peaks for MFU
     train.py       train(config, train_path, valid_path, on_event=, should_stop=, resume_from=)
+    distributed.py torchrun's ranks, the gloo/NCCL process group, DDP or FSDP around the loss
+    launch.py      run(config, ...): train() in this process, or on several devices via torchrun
     checkpoint.py  checkpoints/step-N, final/ and adapter/
     evaluate.py    greedy generation on held-out tasks, ROUGE-L F1
 

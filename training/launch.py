@@ -39,7 +39,8 @@ from training.errors import InsufficientMemory, InvalidConfig, TrainingDataError
 
 Event = dict[str, Any]
 
-POLL_S = 0.2  # how often the caller reads new events and asks should_stop
+POLL_S = 0.2  # how often the caller reads new events
+STOP_POLL_S = 1.0  # how often it asks should_stop (a database read, for a worker)
 STOP_GRACE_S = 60.0  # time the processes get to finish their step after a stop
 LOG_TAIL_CHARS = 4000
 
@@ -99,6 +100,8 @@ def run(
     check_devices(config)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in output_dir.glob("launch-*"):  # of a worker that was killed: its processes stop
+        shutil.rmtree(stale, ignore_errors=True)
     run_dir = Path(tempfile.mkdtemp(prefix="launch-", dir=output_dir))
     try:
         return _run_torchrun(
@@ -167,6 +170,7 @@ def _follow(
     events_path = run_dir / "events.jsonl"
     offset = 0
     stop_at: float | None = None
+    asked_at = 0.0
     while True:
         finished = process.poll() is not None
         if events_path.exists():
@@ -180,9 +184,11 @@ def _follow(
                     on_event(json.loads(line))
         if finished:
             return
-        if stop_at is None and should_stop():
-            (run_dir / "stop").write_text("stop\n")
-            stop_at = time.monotonic()
+        if stop_at is None and time.monotonic() - asked_at >= STOP_POLL_S:
+            asked_at = time.monotonic()
+            if should_stop():
+                (run_dir / "stop").write_text("stop\n")
+                stop_at = time.monotonic()
         if stop_at is not None and time.monotonic() - stop_at > STOP_GRACE_S:
             _end(process)
             return

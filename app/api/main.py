@@ -81,6 +81,9 @@ def _state_ceilings(schema: dict[str, Any], settings: Settings) -> None:
     target = components.get("RunCreate", {}).get("properties", {}).get("target", {})
     if target:
         target["maximum"] = settings.max_run_target
+    job = components.get("FineTuningJobCreate", {}).get("properties", {})
+    if "devices" in job:
+        job["devices"]["maximum"] = settings.finetune_max_devices
     fields = components.get("ChatCompletionRequest", {}).get("properties", {})
     ceilings = {
         "n": settings.chat_max_n,
