@@ -388,3 +388,81 @@ def test_the_no_worker_note_goes_when_a_worker_shows_up(db_url: str, tmp_path: P
             )
     engine.dispose()
     _wipe(db_url)
+
+
+def test_a_job_gets_one_retry_after_its_lease_runs_out_and_a_stop_costs_none(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Without a supervisor to see a death, a lease that runs out is the sign: the second claim
+    resumes the job, the third fails it. A worker that hands its job back on purpose (stopping)
+    does not use up the retry."""
+    from app.finetune_worker import release_job
+
+    settings = Settings(database_url=db_url, data_dir=tmp_path, embedded_worker=False)
+    _wipe(db_url)
+    engine = make_engine(settings)
+    with TestClient(create_app(settings)) as client:
+        _greet_dataset(client)
+        job_id = client.post(
+            "/v1/fine_tuning/jobs", json={"model": "SmolLM2-135M-Instruct", "dataset": "greet"}
+        ).json()["id"]
+
+        def claimed_by(worker: str) -> bool:
+            # a lease that has already run out: as if the worker died right after its claim
+            got = claim(engine, FineTuningJobRow, worker_id=worker, lease_seconds=-1)
+            assert got == job_id
+            return begin_attempt(engine, job_id)
+
+        assert claimed_by("host:1:stopping")
+        assert release_job(engine, job_id, "host:1:stopping")
+        stopped = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        assert stopped["status"] == "queued" and job_row(db_url, job_id).progress["attempts"] == 0
+        assert claimed_by("host:2:dies") and claimed_by("host:3:dies")  # the first and the retry
+        assert not claimed_by("host:4:never")
+        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        assert job["status"] == "failed" and job["error"]["code"] == "worker_lost"
+        assert "died twice (last: its lease ran out without a renewal)" in job["error"]["message"]
+        assert not release_job(engine, job_id, "host:4:never")  # a failed job stays failed
+    engine.dispose()
+    _wipe(db_url)
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_mid_job_hands_it_back_without_using_the_retry(
+    sqlite_url: str,
+    tmp_path: Path,
+    tiny_base_dir: Path,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """SIGTERM (docker stop, the service stopping) ends a dedicated worker at its next step; the
+    job is queued again at once, its claim not counted."""
+    settings = Settings(database_url=sqlite_url, data_dir=tmp_path, embedded_worker=False)
+    migrate(settings)
+    _wipe(sqlite_url)
+    model = _register_base(settings, tiny_base_dir)
+    env = user_env(sqlite_url, tmp_path, worker_poll_seconds="0.2")
+    env["OMP_NUM_THREADS"] = "1"
+    with TestClient(create_app(settings)) as client:
+        job_id = _long_job(client, model)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker", "--kind", "finetune", "--device", "cpu"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(
+                "the worker to train",
+                lambda: any(e["type"] == "metrics" for e in events(client, job_id, limit=5)),
+            )
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=HANG_GUARD_S) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        assert job["status"] == "queued", job
+        assert job_row(sqlite_url, job_id).progress["attempts"] == 0
+        assert events(client, job_id, limit=1)[0]["message"].startswith("The worker was stopped")
+        client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
+    _wipe(sqlite_url)
