@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from app.errors import InvalidInput, NotFound
+from app.errors import NotFound
 from app.llm import ModelEntry, find_model
 from app.models import (
     MACHINE_ORIGINS,
@@ -38,12 +38,10 @@ from generators.judge import RATINGS
 def check_judge_model(
     settings: Settings, model_id: str, engine: Engine | None, *, field: str
 ) -> ModelEntry:
-    """The catalogue entry of a judge; an unknown id is a 422 naming `field` (the request is
-    well formed, its value is not one of GET /v1/models)."""
-    try:
-        return find_model(settings, model_id, engine, field=field)
-    except NotFound as exc:
-        raise InvalidInput(exc.detail, errors=exc.errors) from None
+    """The catalogue entry of a judge. An unknown id is a 404 naming `field`, as an unknown
+    run model is: the request is well formed (the schema cannot list models that come and go
+    with fine-tunes), the model it names does not exist."""
+    return find_model(settings, model_id, engine, field=field)
 
 
 # --- jobs -----------------------------------------------------------------------------------------
@@ -79,7 +77,7 @@ def create_job(
     if body.run_id is not None:
         run = session.get(Run, body.run_id)
         if run is None or run.dataset_id != dataset.id:
-            raise InvalidInput(
+            raise NotFound(
                 f"run_id: run {body.run_id} is not a run of dataset '{dataset.name}'.",
                 errors=[ErrorItem(field="run_id", reason="not a run of this dataset")],
             )

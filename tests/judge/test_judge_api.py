@@ -87,7 +87,7 @@ def test_bad_judge_input_is_refused_and_nothing_is_queued(judge_api: TestClient)
         "/v1/datasets/default/runs",
         json={"target": 2, "model": STUB_MODEL, "judge": {"model": "no-such-model"}},
     )
-    assert bad_model.status_code == 422
+    assert bad_model.status_code == 404  # as an unknown run model: the id names nothing
     assert [e["field"] for e in bad_model.json()["errors"]] == ["judge.model"]
     bad_level = judge_api.post(
         "/v1/datasets/default/runs",
@@ -96,14 +96,14 @@ def test_bad_judge_input_is_refused_and_nothing_is_queued(judge_api: TestClient)
     assert bad_level.status_code == 422
     assert "judge.min_rating" in [e["field"] for e in bad_level.json()["errors"]]
     assert judge_api.get("/v1/datasets/default/runs").json()["count"] == 0
-    for body, field in [
-        ({"model": "no-such-model"}, "model"),
-        ({"model": JUDGE_MODEL, "run_id": 999}, "run_id"),
-        ({"model": JUDGE_MODEL, "select": "some"}, "select"),
-        ({"model": JUDGE_MODEL, "origin": "alien"}, "origin"),
+    for body, field, code in [
+        ({"model": "no-such-model"}, "model", 404),
+        ({"model": JUDGE_MODEL, "run_id": 999}, "run_id", 404),
+        ({"model": JUDGE_MODEL, "select": "some"}, "select", 422),
+        ({"model": JUDGE_MODEL, "origin": "alien"}, "origin", 422),
     ]:
         answer = judge_api.post("/v1/datasets/default/judgements", json=body)
-        assert answer.status_code == 422, (body, answer.json())
+        assert answer.status_code == code, (body, answer.json())
         assert field in [e["field"] for e in answer.json()["errors"]], answer.json()
     assert (
         judge_api.post("/v1/datasets/nope/judgements", json={"model": JUDGE_MODEL}).status_code

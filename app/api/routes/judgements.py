@@ -18,9 +18,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
 
 def job_by_id(
     session: SessionDep,
-    job_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Judgement job id.")],
+    judgement_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Judgement job id.")],
 ) -> Run:
-    return svc.get_job(session=session, job_id=job_id)
+    return svc.get_job(session=session, job_id=judgement_id)
 
 
 JobDep = Annotated[Run, Depends(job_by_id)]
@@ -54,13 +54,13 @@ def list_judgement_jobs(session: SessionDep, dataset: DatasetDep) -> JudgementJo
     return JudgementJobsPublic(data=data, count=len(data))
 
 
-@router.get("/judgements/{job_id}", responses=ERRORS)
+@router.get("/judgements/{judgement_id}", responses=ERRORS)
 def read_judgement_job(session: SessionDep, job: JobDep) -> JudgementJobPublic:
     """Read a judgement job's status and progress."""
     return _public(session, job)
 
 
-@router.post("/judgements/{job_id}/cancel", responses=ERRORS)
+@router.post("/judgements/{judgement_id}/cancel", responses=ERRORS)
 def cancel_judgement_job(session: SessionDep, job: JobDep) -> JudgementJobPublic:
     """Cancel a judgement job; judgements already stored stay. Idempotent."""
     return _public(session, svc.cancel_job(session=session, job=job))
