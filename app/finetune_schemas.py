@@ -68,9 +68,14 @@ class LoraSettings(BaseModel):
     )
 
 
-# Exactly one source: a file id or a dataset name (the other absent or null), stated in the
-# schema too so that generated clients and fuzzers know it.
+# Exactly one source: a file id or a dataset name (the other absent or null), and hyperparameters
+# in `method` or at the top level, not in both; stated in the schema too so that generated
+# clients and fuzzers know it.
 _ONE_SOURCE: dict[str, Any] = {
+    "not": {
+        "required": ["method", "hyperparameters"],
+        "properties": {"method": {"type": "object"}, "hyperparameters": {"type": "object"}},
+    },
     "oneOf": [
         {
             "required": ["training_file"],

@@ -100,7 +100,7 @@ def run(
     check_devices(config)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in output_dir.glob("launch-*"):  # of a worker that was killed: its processes stop
+    for stale in output_dir.glob("launch-*"):  # left by a killed worker (whose processes stop)
         shutil.rmtree(stale, ignore_errors=True)
     run_dir = Path(tempfile.mkdtemp(prefix="launch-", dir=output_dir))
     try:

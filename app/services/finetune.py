@@ -96,10 +96,15 @@ def base_model_context(session: Session, settings: Settings, model: str) -> int 
     return base_models.context_length(config) if isinstance(config, dict) else None
 
 
-def _check_request(session: Session, settings: Settings, body: FineTuningJobCreate) -> None:
-    """Refuse, naming the field, what no worker could train; before anything is stored."""
+def _check_request(session: Session, settings: Settings, body: FineTuningJobCreate) -> int:
+    """Refuse, naming the field, what no worker could train; before anything is stored.
+    Returns the job's max_seq_len: the default shrinks to a shorter model context, a value the
+    request gives must fit in it."""
     context = base_model_context(session, settings, body.model)
-    if context is not None and body.max_seq_len > context:
+    max_seq_len = body.max_seq_len
+    if context is not None and "max_seq_len" not in body.model_fields_set:
+        max_seq_len = min(max_seq_len, context)
+    elif context is not None and body.max_seq_len > context:
         raise InvalidInput(
             f"max_seq_len={body.max_seq_len} is longer than model '{body.model}' takes "
             f"({context} tokens); use at most {context}.",
@@ -121,6 +126,7 @@ def _check_request(session: Session, settings: Settings, body: FineTuningJobCrea
             "parallelism='ddp' (the default) with lora.",
             errors=[ErrorItem(field="parallelism", reason="fsdp does not take lora")],
         )
+    return max_seq_len
 
 
 def add_event(
@@ -138,7 +144,7 @@ def create_job(
     *, session: Session, settings: Settings, body: FineTuningJobCreate
 ) -> FineTuningJobRow:
     """Record the job, freeze its data, validate it; a bad file fails the job, not the request."""
-    _check_request(session, settings, body)
+    max_seq_len = _check_request(session, settings, body)
     dataset: Dataset | None = None
     if body.dataset is not None:
         dataset = get_dataset(session=session, name=body.dataset)
@@ -178,7 +184,7 @@ def create_job(
             "type": "supervised",
             "supervised": {"hyperparameters": hyper},
             "lora": body.lora.model_dump() if body.lora else None,
-            "max_seq_len": body.max_seq_len,
+            "max_seq_len": max_seq_len,
             "long_examples": body.long_examples,
             "max_steps": body.max_steps,
             "checkpoint_interval": body.checkpoint_interval,

@@ -118,11 +118,18 @@ def test_jobs_no_worker_could_train_are_refused_naming_the_field(client: TestCli
         assert field in [e["field"] for e in error["errors"]], (body, error)
         assert words in error["detail"], (body, error)
     assert client.get("/v1/fine_tuning/jobs").json()["data"] == [], "nothing was queued"
-    # the same requests within the limits are taken
-    for body in ({"model": TINY, "max_seq_len": 512}, {"devices": 4, "parallelism": "fsdp"}):
+    # the same requests within the limits are taken; the default max_seq_len (1024) shrinks to a
+    # shorter context
+    for body, max_seq_len in (
+        ({"model": TINY, "max_seq_len": 512}, 512),
+        ({"model": TINY}, 512),
+        ({"devices": 4, "parallelism": "fsdp"}, 1024),
+    ):
         request = {"model": "SmolLM2-135M-Instruct", "training_file": file_id} | body
         response = client.post("/v1/fine_tuning/jobs", json=request)
-        assert response.status_code == 200 and response.json()["status"] == "queued", response.text
+        assert response.status_code == 200, response.text
+        job = response.json()
+        assert job["status"] == "queued" and job["method"]["max_seq_len"] == max_seq_len, job
 
 
 @pytest.mark.slow
