@@ -85,7 +85,7 @@ _ONE_SOURCE: dict[str, Any] = {
             "required": ["dataset"],
             "properties": {"dataset": {"type": "string"}, "training_file": {"type": "null"}},
         },
-    ]
+    ],
 }
 
 
