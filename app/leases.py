@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
-from app.models import FineTuningJobRow, Run, utcnow
+from app.models import Evaluation, FineTuningJobRow, Run, utcnow
 
 
 class LeaseHolder(Protocol):
@@ -42,7 +42,7 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-Leased = type[Run] | type[FineTuningJobRow]
+Leased = type[Run] | type[FineTuningJobRow] | type[Evaluation]
 
 
 def _claimable(model: Leased, now: object) -> sa.ColumnElement[bool]:
@@ -66,7 +66,7 @@ def claim(
     """
     now = utcnow()
     lease = now + timedelta(seconds=lease_seconds)
-    order = col(model.id) if model is Run else col(FineTuningJobRow.created_at)
+    order = col(FineTuningJobRow.created_at) if model is FineTuningJobRow else col(model.id)
     with engine.begin() as conn:
         pick = sa.select(col(model.id)).where(_claimable(model, now)).order_by(order).limit(1)
         if row_id is not None:
@@ -82,7 +82,7 @@ def claim(
             "lease_expires_at": lease,
             "started_at": sa.func.coalesce(col(model.started_at), now),
         }
-        if model is Run:
+        if model is not FineTuningJobRow:
             values["updated_at"] = now
         claimed = conn.execute(
             sa.update(model).where(col(model.id) == picked, _claimable(model, now)).values(values)

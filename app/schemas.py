@@ -17,7 +17,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from app.models import TaskOrigin, TaskStatus
+from app.models import EvaluationStatus, TaskOrigin, TaskStatus
 from generators.base import ChatMessage
 from generators.prompts import LANGUAGES, check_prompt_language
 
@@ -56,10 +56,44 @@ class DatasetCreate(BaseModel):
         "A code fixes them to one language (one of the languages prompts exist for).",
     )
 
+    held_out_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=0.5,
+        description="Share of accepted tasks kept out of fine-tuning for evaluation, chosen by "
+        "a hash of each task's instruction and first input (it never moves as the pool grows).",
+    )
+    decontaminate_against: list[Annotated[str, Field(pattern=DATASET_NAME_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Evaluation datasets this one must stay clean of: a task too similar to one "
+        "of theirs is marked `contaminated` and left out of exports and fine-tunes.",
+    )
+    decontamination_threshold: float = Field(
+        default=0.7,
+        gt=0.0,
+        le=1.0,
+        description="A task is contaminated when the ROUGE-L F1 of its instruction and input "
+        "against an evaluation task's is greater than this.",
+    )
+
     @field_validator("language")
     @classmethod
     def _has_prompts(cls, value: str | None) -> str | None:
         return check_prompt_language(value)
+
+
+class DatasetUpdate(BaseModel):
+    """Settings to change; fields left out keep their values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = Field(default=None, max_length=2000)
+    held_out_share: float | None = Field(default=None, ge=0.0, le=0.5)
+    decontaminate_against: (
+        list[Annotated[str, Field(pattern=DATASET_NAME_PATTERN)]] | None
+    ) = Field(default=None, max_length=20)
+    decontamination_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
 class DatasetPublic(BaseModel):
@@ -75,6 +109,11 @@ class DatasetPublic(BaseModel):
     seeds: int = Field(description="Seed tasks in the pool.")
     accepted: int = Field(description="Accepted generated or edited tasks.")
     rejected: int = Field(description="Rejected candidates kept for review.")
+    held_out_share: float = 0.0
+    decontaminate_against: list[str] = Field(default_factory=list)
+    decontamination_threshold: float = 0.7
+    held_out: int = Field(0, description="Accepted tasks (seeds included) in the held-out share.")
+    contaminated: int = Field(0, description="Accepted tasks marked contaminated.")
 
 
 class DatasetsPublic(BaseModel):
@@ -226,6 +265,16 @@ class TaskPublic(BaseModel):
     run_id: int | None
     lineage: dict[str, Any]
     edited_from_id: int | None
+    split: Literal["train", "held_out"] = Field(
+        "train", description="`held_out` when the task falls in the dataset's held-out share."
+    )
+    contaminated: bool = Field(
+        False, description="Too similar to a task of an evaluation set (see `contamination`)."
+    )
+    contamination: dict[str, Any] | None = Field(
+        None,
+        description="Why: the evaluation dataset and task it matches, the method and score.",
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -293,6 +342,14 @@ class ExportFormat(StrEnum):
     # instruction/input/output plus id, origin, language and is_classification (FLAT_SCHEMA in
     # app/services/export.py). It sits in this enum so `?format=parquet` is all a user types.
     parquet = "parquet"
+
+
+class ExportSplit(StrEnum):
+    """Which of a dataset's tasks an export holds (its held-out share, or the rest)."""
+
+    train = "train"
+    held_out = "held_out"
+    all = "all"
 
 
 class BundleFileFormat(StrEnum):
@@ -395,6 +452,11 @@ class DatasetStats(BaseModel):
         default_factory=dict,
         description="Accepted evolved tasks by operation, then by depth (times evolved).",
     )
+    contaminated: int = Field(
+        0,
+        description="Accepted tasks (seeds included) marked contaminated: too similar to a task "
+        "of an evaluation set the dataset names; left out of exports and fine-tunes.",
+    )
 
 
 # --- evaluations ---
@@ -404,7 +466,20 @@ class EvaluationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[str] = Field(min_length=1, max_length=4, description="E.g. a base and its tune.")
-    dataset: str = Field(description="Held-out tasks: a dataset the models were not trained on.")
+    dataset: str = Field(
+        description="Where the reference tasks come from: any dataset (its held-out share by "
+        "default), e.g. reference tasks imported as seeds."
+    )
+    split: ExportSplit | None = Field(
+        None,
+        description="Which tasks: default `held_out` when the dataset keeps a held-out share, "
+        "else `all`.",
+    )
+    judge: str | None = Field(
+        None,
+        description="A model from GET /v1/models that rates every answer A-D and, with two or "
+        "more models, compares each pair of answers in both orders.",
+    )
     task_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None = Field(
         None, max_length=1000, description="Only these tasks."
     )
@@ -415,26 +490,100 @@ class EvaluationCreate(BaseModel):
 
 class ModelScore(BaseModel):
     model: str
-    mean_rouge_l: float
-    scores: list[float]
+    answered: int = Field(description="Tasks with a stored answer so far.")
+    mean_rouge_l: float | None = Field(description="Mean ROUGE-L F1 against the references.")
     failed: int = Field(description="Tasks the model gave no answer for (scored 0).")
+    ratings: dict[str, int] | None = Field(
+        None, description="The judge's A-D ratings of the answers (with a judge)."
+    )
+    unjudged: int | None = Field(
+        None, description="Answers whose rating could not be read or was not asked for."
+    )
 
 
-class Sample(BaseModel):
-    task_id: int
-    instruction: str
-    input: str
-    reference: str
-    outputs: dict[str, str]
+class PairwiseScore(BaseModel):
+    """`model_a` against `model_b`, each task judged twice with the answers in both positions;
+    a win counts only when both orders agree, anything else is a tie."""
+
+    model_a: str
+    model_b: str
+    compared: int
+    wins_a: int
+    wins_b: int
+    ties: int
+    win_rate_a: float | None = Field(description="(wins_a + ties/2) / compared.")
+    ci_low: float | None
+    ci_high: float | None
+    interval: Literal["wilson_95"] = Field(
+        "wilson_95", description="Wilson score interval, 95%, on win_rate_a."
+    )
 
 
-class Evaluation(BaseModel):
+class EvaluationProgress(BaseModel):
+    answers: int = 0
+    answers_total: int = 0
+    ratings: int = 0
+    ratings_total: int = 0
+    comparisons: int = 0
+    comparisons_total: int = 0
+
+
+class EvaluationPublic(BaseModel):
+    id: int
     object: Literal["evaluation"] = "evaluation"
     metric: Literal["rougeL_f1"] = "rougeL_f1"
     dataset: str
+    status: EvaluationStatus
+    models: list[str]
+    judge: str | None
+    split: ExportSplit
     tasks: int
+    progress: EvaluationProgress
     results: list[ModelScore]
-    samples: list[Sample]
+    pairwise: list[PairwiseScore]
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class EvaluationsPublic(BaseModel):
+    data: list[EvaluationPublic]
+    count: int
+
+
+class SampleAnswer(BaseModel):
+    text: str
+    failed: bool
+    rouge_l: float
+    rating: str | None = None
+    rationale: str | None = None
+
+
+class Sample(BaseModel):
+    position: int
+    task_id: int | None
+    instruction: str
+    input: str
+    reference: str
+    answers: dict[str, SampleAnswer] = Field(description="Each model's answer, by model id.")
+    pairwise: dict[str, Any] = Field(
+        description="Per pair `a|b`: the verdict with a first, with b first, and the winner."
+    )
+
+
+class SamplesPublic(BaseModel):
+    data: list[Sample]
+    has_more: bool
+    next_cursor: str | None = Field(description="Pass as `after` to get the next page.")
+
+
+class EvaluationEventPublic(BaseModel):
+    id: int
+    evaluation_id: int
+    kind: str
+    data: dict[str, Any]
+    created_at: datetime
 
 
 # --- chat completions (OpenAI's shape) ---

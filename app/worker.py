@@ -10,7 +10,7 @@ import time
 from sqlalchemy.engine import Engine
 
 from app.leases import PRESENCE_INTERVAL_S, Leased, claim, mark_gone, mark_present, new_worker_id
-from app.models import FineTuningJobRow, Run
+from app.models import Evaluation, FineTuningJobRow, Run
 from app.settings import Settings
 
 log = logging.getLogger("selfinstruct.worker")
@@ -64,6 +64,8 @@ class Worker:
     async def _loop(self, model: Leased, *, once: bool) -> None:
         while not self._stop.is_set():
             self._present()
+                if not worked and model is Run:  # generation workers also run evaluations
+                    worked = await self._claim_and_execute(Evaluation)
             try:
                 worked = await self._claim_and_execute(model)
             except Exception:
@@ -79,6 +81,7 @@ class Worker:
 
     async def _claim_and_execute(self, model: Leased) -> bool:
         """Claim one row and drive it; False when nothing was waiting."""
+        from app.services.evaluations import execute_evaluation
         from app.finetune_worker import execute_job
         from app.pipeline import execute_run
 
@@ -94,6 +97,11 @@ class Worker:
         if model is Run:
             assert isinstance(row_id, int)
             await execute_run(
+        elif model is Evaluation:
+            assert isinstance(row_id, int)
+            await execute_evaluation(
+                engine=self.engine, settings=self.settings, evaluation_id=row_id, worker=self
+            )
                 engine=self.engine, settings=self.settings, run_id=row_id, worker=self
             )
         else:

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from app.errors import InvalidInput
+from app.errors import InvalidInput, NotFound
 from app.models import Dataset, Task, TaskStatus, holdout_text
 from app.schemas import ErrorItem
 from filters.novelty import NoveltyIndex
@@ -39,19 +39,25 @@ BATCH = 1000
 def check_evaluation_sets(
     *, session: Session, dataset_name: str, names: Sequence[str], field: str
 ) -> list[str]:
-    """The names, deduplicated in order; 422 naming the entry for an unknown name or the
-    dataset itself."""
-    errors = []
+    """The names, deduplicated in order. An unknown name is a 404 naming the entry, as an
+    unknown model is (the request is well formed; what it names does not exist); the dataset
+    itself is a 422."""
     for i, name in enumerate(names):
         if name == dataset_name:
-            errors.append(ErrorItem(field=f"{field}.{i}", reason="a dataset cannot name itself"))
-        elif session.exec(select(Dataset.id).where(Dataset.name == name)).first() is None:
-            errors.append(ErrorItem(field=f"{field}.{i}", reason=f"no dataset named '{name}'"))
-    if errors:
-        raise InvalidInput(
-            f"{field}: {errors[0].reason} ({errors[0].field}); name existing evaluation "
+            raise InvalidInput(
+                f"{field}.{i}: a dataset cannot be its own evaluation set.",
+                errors=[ErrorItem(field=f"{field}.{i}", reason="a dataset cannot name itself")],
+            )
+    missing = [
+        ErrorItem(field=f"{field}.{i}", reason=f"no dataset named '{name}'")
+        for i, name in enumerate(names)
+        if session.exec(select(Dataset.id).where(Dataset.name == name)).first() is None
+    ]
+    if missing:
+        raise NotFound(
+            f"{field}: {missing[0].reason} ({missing[0].field}); name existing evaluation "
             "datasets (GET /v1/datasets).",
-            errors=errors,
+            errors=missing,
         )
     return list(dict.fromkeys(names))
 

@@ -29,7 +29,7 @@ from app.models import (
     StoredFile,
     utcnow,
 )
-from app.schemas import ErrorItem, ExportFormat
+from app.schemas import ErrorItem, ExportFormat, ExportSplit
 from app.services import base_models
 from app.services.datasets import get_dataset
 from app.services.export import export_chunks
@@ -161,6 +161,7 @@ def create_job(
                     dataset_id=dataset.id,
                     fmt=ExportFormat.openai_messages,
                     include_seeds=True,
+                    split=ExportSplit.train,  # the held-out share stays out of training
                 ),
             )
             if _has_tasks(session, dataset)

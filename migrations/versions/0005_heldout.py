@@ -45,9 +45,7 @@ def upgrade() -> None:
             sa.Column("decontaminate_against", _json(), server_default="[]", nullable=False)
         )
         batch.add_column(
-            sa.Column(
-                "decontamination_threshold", sa.Float(), server_default="0.7", nullable=False
-            )
+            sa.Column("decontamination_threshold", sa.Float(), server_default="0.7", nullable=False)
         )
         batch.add_column(
             sa.Column("decontamination_state", _json(), server_default="{}", nullable=False)
@@ -140,9 +138,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_evaluation_event")),
     )
     with op.batch_alter_table("evaluation_event") as batch:
-        batch.create_index(
-            "ix_evaluation_event_evaluation", ["evaluation_id", "id"], unique=False
-        )
+        batch.create_index("ix_evaluation_event_evaluation", ["evaluation_id", "id"], unique=False)
 
 
 def downgrade() -> None:

@@ -157,7 +157,7 @@ def test_a_wrong_method_is_told_every_method_of_the_path(client: TestClient) -> 
     for method, path, allowed in [
         ("PUT", "/v1/datasets", "GET, POST"),
         ("PUT", "/v1/tasks/3", "GET, PATCH"),
-        ("POST", "/v1/datasets/default", "GET, DELETE"),
+        ("POST", "/v1/datasets/default", "GET, PATCH, DELETE"),
     ]:
         response = client.request(method, path)
         assert response.status_code == 405 and response.headers["allow"] == allowed, path

@@ -16,6 +16,7 @@ from app.settings import Settings
 from app.worker import Worker
 from tests.conftest import _wipe
 from tests.factories import seed
+from tests.quality.helpers import wait_for_evaluation
 
 GREETINGS = ["hello", "goodbye", "thanks", "sorry", "welcome", "cheers"]
 
@@ -123,20 +124,24 @@ def test_cpu_job_trains_and_the_tuned_model_generates(sqlite_url: str, tmp_path:
             chunks = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
         assert chunks[-1] == "[DONE]"
         assert json.loads(chunks[0])["object"] == "chat.completion.chunk"
-        evaluation = client.post(
+        queued = client.post(
             "/v1/evaluations",
             json={"models": ["SmolLM2-135M-Instruct", tuned], "dataset": "greet", "max_tokens": 8},
         )
-        assert evaluation.status_code == 200, evaluation.text
-        scores = {r["model"]: r for r in evaluation.json()["results"]}
+        assert queued.status_code == 202, queued.text
+        # No embedded worker here: a generation worker takes the evaluation, then stops.
+        asyncio.run(Worker(engine=make_engine(settings), settings=settings).run_forever(once=True))
+        evaluation = wait_for_evaluation(client, queued.json()["id"], timeout_s=5)
+        assert evaluation["status"] == "succeeded", evaluation
+        scores = {r["model"]: r for r in evaluation["results"]}
         assert set(scores) == {"SmolLM2-135M-Instruct", tuned}
         for result in scores.values():
-            assert len(result["scores"]) == len(GREETINGS) and result["failed"] == 0
+            assert result["answered"] == len(GREETINGS) and result["failed"] == 0
             assert 0.0 <= result["mean_rouge_l"] <= 1.0
         # Trained on these very tasks, the tuned model must match their answers better.
         assert scores[tuned]["mean_rouge_l"] > scores["SmolLM2-135M-Instruct"]["mean_rouge_l"]
-        sample = evaluation.json()["samples"][0]
-        assert sample["reference"] == "HELLO" and set(sample["outputs"]) == set(scores)
+        sample = client.get(f"/v1/evaluations/{evaluation['id']}/samples").json()["data"][0]
+        assert sample["reference"] == "HELLO" and set(sample["answers"]) == set(scores)
         missing = client.post("/v1/evaluations", json={"models": ["nope"], "dataset": "greet"})
         assert missing.status_code == 404
         run = client.post("/v1/datasets/greet/runs", json={"target": 1, "model": tuned})

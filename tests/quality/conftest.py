@@ -78,8 +78,13 @@ def quality_settings(
         "max_retries": 1,
         "timeout_s": 5,
     }
+    # No training process: these tests read the files fine-tune jobs freeze, never train.
+    quiet = {"finetune_workers": 0} if "finetune_workers" in Settings.model_fields else {}
     return settings_factory(
-        endpoints=[endpoint], worker_poll_seconds=0.05, worker_lease_seconds=3, **overrides
+        endpoints=[endpoint],
+        worker_poll_seconds=0.05,
+        worker_lease_seconds=3,
+        **{**quiet, **overrides},
     )
 
 

@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from datetime import timedelta
 
 from fastapi.testclient import TestClient
+from sqlmodel import Session, select
 
-from tests.quality.conftest import JUDGE, MODEL_A, MODEL_B, JudgingStub, seed
+from app.db import make_engine
+from app.main import create_app
+from app.models import Evaluation, EvaluationSample, utcnow
+from app.settings import Settings
+from tests.conftest import _wipe
+from tests.quality.conftest import (
+    JUDGE,
+    MODEL_A,
+    MODEL_B,
+    JudgingStub,
+    quality_settings,
+    seed,
+)
 from tests.quality.helpers import all_samples, wait_for_evaluation
 
 REFERENCES = [
@@ -132,3 +147,39 @@ def test_bad_evaluations_name_the_field_and_queue_nothing(api: TestClient) -> No
         assert response.status_code == status, (body, response.text)
         assert field in {e["field"] for e in response.json()["errors"]}, response.json()
     assert api.get("/v1/evaluations").json()["count"] == 0
+
+
+def test_a_dead_workers_evaluation_resumes_without_asking_stored_answers_again(
+    settings_factory: Callable[..., Settings], judging_stub: JudgingStub
+) -> None:
+    """A worker died (kill -9) after storing the first answers: its lease runs out, the next
+    worker takes the evaluation over and asks the model only for the rest."""
+    settings = quality_settings(settings_factory, judging_stub)
+    _wipe(settings.db_url)
+    idle = settings.model_copy(update={"embedded_worker": False})
+    with TestClient(create_app(idle)) as api:
+        _reference_set(api)
+        created = api.post(
+            "/v1/evaluations", json={"models": [MODEL_A], "dataset": "bench", "limit": 6}
+        ).json()
+    engine = make_engine(settings)
+    with Session(engine) as session:  # what the dead worker had done
+        evaluation = session.get(Evaluation, created["id"])
+        assert evaluation is not None
+        evaluation.status, evaluation.worker_id = "running", "dead-worker"
+        evaluation.lease_expires_at = utcnow() - timedelta(seconds=1)
+        session.add(evaluation)
+        for sample in session.exec(select(EvaluationSample).where(EvaluationSample.position < 2)):
+            sample.answers = {MODEL_A: {"text": "stored", "failed": False, "rouge_l": 0.0}}
+            session.add(sample)
+        session.commit()
+    engine.dispose()
+    asked_before = len(judging_stub.requests_to("/v1/chat/completions"))
+    with TestClient(create_app(settings)) as api:
+        done = wait_for_evaluation(api, created["id"])
+        assert done["status"] == "succeeded", done
+        samples = all_samples(api, created["id"])
+    assert len(judging_stub.requests_to("/v1/chat/completions")) - asked_before == 4
+    assert [s["answers"][MODEL_A]["text"] == "stored" for s in samples] == [True] * 2 + [False] * 4
+    assert done["results"][0]["answered"] == 6
+    _wipe(settings.db_url)

@@ -50,7 +50,14 @@ SEED_BODY: dict[str, Any] = {
 }
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses={409: {"model": ErrorResponse}})
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        404: {"model": ErrorResponse, "description": "An unknown evaluation dataset."},
+        409: {"model": ErrorResponse},
+    },
+)
 def create_dataset(session: SessionDep, body: DatasetCreate) -> DatasetPublic:
     """Create an empty dataset."""
     dataset = svc.create_dataset(session=session, data=body)

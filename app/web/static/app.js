@@ -616,7 +616,10 @@ function taskCard(task, onChange) {
         task.max_rouge !== null && task.max_rouge !== undefined && h("span", {}, `ROUGE-L ${task.max_rouge.toFixed(2)}`),
         task.is_classification && h("span", {}, "classification"),
         task.run_id && h("a", { href: `#/runs/${task.run_id}` }, `run #${task.run_id}`),
-        task.edited_from_id && h("span", {}, `edited from #${task.edited_from_id}`)),
+        task.edited_from_id && h("span", {}, `edited from #${task.edited_from_id}`),
+        task.split === "held_out" && h("span", { class: "badge", "data-split": "held_out" }, "held out"),
+        task.contaminated && h("span", { class: "reason", "data-contaminated": "true" },
+          `contaminated: ${(task.contamination?.score ?? 0).toFixed(2)} ROUGE-L to ${task.contamination?.dataset ?? "?"} #${task.contamination?.task_id ?? "?"}`)),
       ...instances,
       h("div", { class: "actions" },
         h("button", { type: "button", class: "quiet", "data-action": "accept", disabled: task.status === "accepted", onclick: setStatus("accepted") }, "Accept"),
@@ -655,6 +658,8 @@ async function tasksView(name, params) {
   const filters = h("form", { class: "inline", id: "task-filters" },
     field("Search", h("input", { name: "contains", value: params.get("contains") || "", placeholder: "text in the instruction" })),
     field("Status", h("select", { name: "status" }, ["", "accepted", "rejected"].map((v) => h("option", { value: v, selected: params.get("status") === v }, v || "any")))),
+    field("Split", h("select", { name: "split" }, [["", "any"], ["train", "train"], ["held_out", "held out"]].map(([v, t]) => h("option", { value: v, selected: params.get("split") === v }, t)))),
+    field("Contaminated", h("select", { name: "contaminated" }, [["", "any"], ["true", "yes"], ["false", "no"]].map(([v, t]) => h("option", { value: v, selected: params.get("contaminated") === v }, t)))),
     field("Origin", h("select", { name: "origin" }, ["", "seed", "generated", "edited", "evolved", "backtranslated"].map((v) => h("option", { value: v, selected: params.get("origin") === v }, v || "any")))),
     field("Classification", h("select", { name: "is_classification" }, [["", "any"], ["true", "yes"], ["false", "no"]].map(([v, t]) => h("option", { value: v, selected: params.get("is_classification") === v }, t)))),
     field("Run", h("input", { name: "run_id", type: "number", value: params.get("run_id") || "", min: 1 })),
@@ -786,6 +791,122 @@ const routes = [
   [/^#\/d\/([^/?]+)\/tasks(?:\?(.*))?$/, (m) => tasksView(decodeURIComponent(m[1]), new URLSearchParams(m[2] || ""))],
   [/^#\/tasks\/(\d+)$/, (m) => taskView(m[1])],
   [/^#\/runs\/(\d+)$/, (m) => runView(m[1])],
+// --- evaluations -----------------------------------------------------------------------------
+
+async function evaluationsView() {
+  const [list, ids, datasets] = await Promise.all([
+    api("GET", "/v1/evaluations"), modelIds(), api("GET", "/v1/datasets")]);
+  const optional = () => [h("option", { value: "" }, "none"), ...modelOptions(ids)];
+  const form = apiForm(
+    { class: "inline", id: "evaluation-form" },
+    [
+      field("Dataset", h("select", { name: "dataset" }, datasets.data.map((d) => h("option", { value: d.name }, d.name)))),
+      field("Model", h("select", { name: "model_a" }, modelOptions(ids))),
+      field("Second model", h("select", { name: "model_b" }, optional())),
+      field("Judge", h("select", { name: "judge" }, optional())),
+      field("Split", h("select", { name: "split" }, [["", "default"], ["held_out", "held out"], ["train", "train"], ["all", "all"]].map(([v, t]) => h("option", { value: v }, t)))),
+      field("Tasks", numberInput("limit", { value: 20, min: 1 })),
+    ],
+    "Evaluate",
+    ({ model_a, model_b, ...body }) => api("POST", "/v1/evaluations", { ...body, models: [model_a, model_b].filter(Boolean) }),
+    (created) => { location.hash = `#/evaluations/${created.id}`; },
+  );
+  const rows = list.data.map((e) =>
+    h("tr", {},
+      h("td", {}, h("a", { href: `#/evaluations/${e.id}` }, `#${e.id}`)),
+      h("td", {}, badge(e.status)),
+      h("td", {}, e.dataset, ` (${e.split})`),
+      h("td", {}, e.models.join(" vs ")),
+      h("td", {}, e.judge || "–"),
+      h("td", {}, when(e.created_at))));
+  return [
+    h("h1", {}, "Evaluations"),
+    h("div", { class: "card" }, h("h2", {}, "New evaluation"), form),
+    rows.length
+      ? h("table", { id: "evaluations" }, h("thead", {}, h("tr", {}, ["Evaluation", "Status", "Dataset", "Models", "Judge", "Created"].map((c) => h("th", {}, c)))), h("tbody", {}, rows))
+      : h("p", { class: "muted" }, "No evaluations yet."),
+  ];
+}
+
+async function evaluationView(id) {
+  let evaluation = await api("GET", `/v1/evaluations/${enc(id)}`);
+  const status = h("span", { id: "evaluation-status" }, badge(evaluation.status));
+  const progress = h("div", { class: "counters", id: "evaluation-progress" });
+  const results = h("div", { id: "evaluation-results" });
+  const samples = h("div", { id: "evaluation-samples" });
+  const more = h("button", { type: "button", class: "quiet" }, "Load more");
+  let cursor = null;
+  const cancel = h("button", { type: "button", class: "danger", onclick: async () => {
+    try { evaluation = await api("POST", `/v1/evaluations/${enc(id)}/cancel`); render(); }
+    catch (error) { alert(error.message); }
+  } }, "Cancel");
+  const pct = (x) => (x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)}%`);
+  const render = () => {
+    const p = evaluation.progress;
+    status.replaceChildren(badge(evaluation.status));
+    cancel.disabled = FINAL_RUN.has(evaluation.status);
+    const part = (label, done, total) =>
+      h("div", { class: "counter text", "data-counter": label }, h("b", {}, `${num(done)} / ${num(total)}`), h("span", {}, label));
+    progress.replaceChildren(
+      part("answers", p.answers, p.answers_total),
+      evaluation.judge ? part("ratings", p.ratings, p.ratings_total) : "",
+      p.comparisons_total ? part("comparisons", p.comparisons, p.comparisons_total) : "");
+    const table = h("table", {}, h("thead", {}, h("tr", {}, ["Model", "Answered", "ROUGE-L", "Failed", "A", "B", "C", "D", "Unjudged"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, evaluation.results.map((r) => h("tr", {},
+        h("td", {}, r.model), h("td", {}, num(r.answered)),
+        h("td", {}, r.mean_rouge_l === null ? "–" : r.mean_rouge_l.toFixed(3)), h("td", {}, num(r.failed)),
+        ...["A", "B", "C", "D"].map((k) => h("td", {}, r.ratings ? num(r.ratings[k]) : "–")),
+        h("td", {}, r.unjudged === null || r.unjudged === undefined ? "–" : num(r.unjudged))))));
+    const pairs = evaluation.pairwise.map((q) => h("p", { class: "pairwise" },
+      `${q.model_a} vs ${q.model_b}: ${q.wins_a} wins, ${q.wins_b} losses, ${q.ties} ties of ${q.compared}; `,
+      `win rate ${pct(q.win_rate_a)} (95% Wilson ${pct(q.ci_low)}–${pct(q.ci_high)}; judged in both orders)`));
+    results.replaceChildren(table, ...pairs);
+    if (evaluation.error) results.append(h("p", { class: "form-error" }, evaluation.error));
+  };
+  const loadSamples = async () => {
+    const page = await api("GET", `/v1/evaluations/${enc(id)}/samples?limit=20${cursor ? `&after=${cursor}` : ""}`);
+    for (const sample of page.data) {
+      samples.append(h("div", { class: "task", "data-sample": sample.position },
+        h("div", { class: "instruction" }, sample.instruction),
+        sample.input && h("pre", {}, `Input: ${sample.input}`),
+        h("pre", {}, `Reference: ${sample.reference}`),
+        h("div", { class: "side-by-side" }, ...evaluation.models.map((m) => {
+          const a = sample.answers[m];
+          return h("div", { class: "answer" },
+            h("b", {}, m),
+            h("pre", {}, a ? a.text : "(not answered yet)"),
+            a && h("span", { class: "muted" }, `ROUGE-L ${a.rouge_l.toFixed(2)}`,
+              a.rating !== undefined ? ` · rating ${a.rating ?? "unjudged"}` : "",
+              a.rationale ? ` · ${a.rationale}` : ""));
+        })),
+        ...Object.entries(sample.pairwise).map(([pair, v]) => h("p", { class: "muted" }, `${pair.replace("|", " vs ")}: ${v.winner ?? "no verdict"}`))));
+    }
+    cursor = page.next_cursor;
+    more.hidden = !page.has_more;
+  };
+  more.addEventListener("click", loadSamples);
+  render();
+  await loadSamples();
+  follow(`/v1/evaluations/${enc(id)}/events`, {
+    progress: (e) => { evaluation.progress = e.data; evaluation.status = "running"; render(); },
+    end: async () => {
+      evaluation = await api("GET", `/v1/evaluations/${enc(id)}`);
+      render();
+      samples.replaceChildren(); // the answers are all in now
+      cursor = null;
+      await loadSamples();
+    },
+    done: () => FINAL_RUN.has(evaluation.status),
+  });
+  return [
+    h("h1", { class: "row" }, `Evaluation #${evaluation.id} `, status, h("span", { class: "spacer" }), cancel),
+    h("p", { class: "muted" }, `${evaluation.dataset} (${evaluation.split}, ${evaluation.tasks} tasks)`, evaluation.judge ? ` · judge ${evaluation.judge}` : ""),
+    progress,
+    h("div", { class: "card" }, h("h2", {}, "Results"), results),
+    h("div", { class: "card" }, h("h2", {}, "Answers side by side"), samples, more),
+  ];
+}
+
   [/^#\/jobs$/, jobsView],
   [/^#\/jobs\/([^/?]+)$/, (m) => jobView(decodeURIComponent(m[1]))],
 ];
@@ -796,6 +917,8 @@ async function route() {
   cleanups = [];
   const hash = location.hash || "#/";
   for (const [pattern, render] of routes) {
+  [/^#\/evaluations$/, evaluationsView],
+  [/^#\/evaluations\/(\d+)$/, (m) => evaluationView(m[1])],
     const match = hash.match(pattern);
     if (!match) continue;
     let content;

@@ -1,0 +1,76 @@
+"""A dataset stays clean of the evaluation sets it names."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+
+from tests.quality.conftest import seed
+
+BENCH = [
+    seed("b1", "Translate the sentence 'the cat sleeps on the warm mat' into French."),
+    seed("b2", "List three prime numbers larger than one hundred and explain why."),
+]
+MINE = [
+    # A near-copy of b1 (ROUGE-L well above 0.7), and tasks that merely share a topic.
+    seed("m1", "Translate the sentence 'the cat sleeps on the warm mat' to French."),
+    seed("m2", "Write a short poem about a cat that loves to sleep in the sun."),
+    seed("m3", "Describe how French bakers make croissants in the early morning."),
+    seed("m4", "Give three reasons why prime numbers matter to modern cryptography."),
+]
+
+
+def _instructions(api: TestClient, name: str) -> set[str]:
+    text = api.get(
+        f"/v1/datasets/{name}/export", params={"format": "alpaca", "include_seeds": True}
+    ).text
+    return {json.loads(line)["instruction"] for line in text.splitlines()}
+
+
+def test_a_contaminated_task_is_left_out_of_exports_and_shown_with_its_reason(
+    api: TestClient,
+) -> None:
+    assert api.post("/v1/datasets", json={"name": "bench"}).status_code == 201
+    assert api.post("/v1/datasets/bench/seeds", json=BENCH).status_code == 200
+    created = api.post("/v1/datasets", json={"name": "mine", "decontaminate_against": ["bench"]})
+    assert created.status_code == 201, created.text
+    assert api.post("/v1/datasets/mine/seeds", json=MINE).status_code == 200
+
+    assert _instructions(api, "mine") == {t["instruction"] for t in MINE[1:]}
+    marked = api.get("/v1/datasets/mine/tasks", params={"contaminated": True}).json()["data"]
+    assert [t["seed_id"] for t in marked] == ["m1"]
+    reason = marked[0]["contamination"]
+    bench_ids = {t["seed_id"]: t["id"] for t in api.get("/v1/datasets/bench/tasks").json()["data"]}
+    assert reason["dataset"] == "bench" and reason["task_id"] == bench_ids["b1"]
+    assert reason["score"] > 0.7 and reason["method"] == "rouge_l"
+    assert api.get("/v1/datasets/mine/stats").json()["contaminated"] == 1
+    assert api.get("/v1/datasets/mine").json()["contaminated"] == 1
+    with_marked = api.get(
+        "/v1/datasets/mine/export",
+        params={"format": "alpaca", "include_seeds": True, "include_contaminated": True},
+    ).text
+    assert len(with_marked.splitlines()) == len(MINE)
+
+    # The evaluation set grows: the next read re-checks, and a second task is marked.
+    more = [seed("b3", "Write a short poem about a cat that loves to sleep in the sun today.")]
+    assert api.post("/v1/datasets/bench/seeds", json=more).status_code == 200
+    assert _instructions(api, "mine") == {MINE[2]["instruction"], MINE[3]["instruction"]}
+    # ...and shrinks: a reviewer rejects b1, so m1 is clean again.
+    api.patch(f"/v1/tasks/{bench_ids['b1']}", json={"status": "rejected", "note": "dropped"})
+    marked = api.get("/v1/datasets/mine/tasks", params={"contaminated": True}).json()["data"]
+    assert [t["seed_id"] for t in marked] == ["m2"]
+    # No evaluation sets named: no marks at all.
+    patched = api.patch("/v1/datasets/mine", json={"decontaminate_against": []})
+    assert patched.status_code == 200 and patched.json()["contaminated"] == 0
+    assert _instructions(api, "mine") == {t["instruction"] for t in MINE}
+
+
+def test_unknown_or_own_evaluation_sets_are_refused_naming_the_field(api: TestClient) -> None:
+    bad = api.post("/v1/datasets", json={"name": "x", "decontaminate_against": ["nope"]})
+    assert bad.status_code == 404
+    assert bad.json()["errors"][0]["field"] == "decontaminate_against.0"
+    assert api.get("/v1/datasets/x").status_code == 404
+    itself = api.patch("/v1/datasets/default", json={"decontaminate_against": ["default"]})
+    assert itself.status_code == 422
+    assert itself.json()["errors"][0]["field"] == "decontaminate_against.0"
