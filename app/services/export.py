@@ -13,8 +13,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
-from app.models import MACHINE_ORIGINS, Task, TaskOrigin, TaskStatus
-from app.schemas import ExportFormat
+from app.models import MACHINE_ORIGINS, Dataset, Task, TaskOrigin, TaskStatus
+from app.schemas import ExportFormat, ExportSplit
+from app.services.decontamination import ensure_clean_by_id
+from app.services.heldout import split_clause
 from training.data import task_to_messages
 
 ROWS_PER_FETCH = 2000
@@ -37,6 +39,7 @@ class ExportRow(NamedTuple):
     is_classification: bool | None
     origin: str
     language: str | None
+    holdout_key: float | None = None
 
 
 # Formatters return every line's object for one task: one for the seed format, one per instance
@@ -90,8 +93,16 @@ FORMATTERS: dict[ExportFormat, Formatter] = {
 }
 
 
-def export_query(*, dataset_id: int, include_seeds: bool) -> sa.Select:  # type: ignore[type-arg]
-    """Accepted tasks of a dataset, oldest first; seeds only when asked for."""
+def export_query(
+    *,
+    dataset_id: int,
+    include_seeds: bool,
+    split: ExportSplit = ExportSplit.all,
+    held_out_share: float = 0.0,
+    include_contaminated: bool = False,
+) -> sa.Select:  # type: ignore[type-arg]
+    """Accepted tasks of a dataset, oldest first; seeds only when asked for; one side of the
+    held-out share or both; contaminated tasks only when asked for."""
     # Plain strings: the raw DBAPI cursor below binds them without SQLAlchemy's type handling.
     origins = list(MACHINE_ORIGINS)
     if include_seeds:
@@ -107,11 +118,14 @@ def export_query(*, dataset_id: int, include_seeds: bool) -> sa.Select:  # type:
             col(Task.is_classification),
             col(Task.origin),
             col(Task.language),
+            col(Task.holdout_key),
         )
         .where(
             col(Task.dataset_id) == dataset_id,
             col(Task.status) == TaskStatus.accepted.value,
             col(Task.origin).in_(origins),
+            split_clause(split, held_out_share),
+            sa.true() if include_contaminated else sa.not_(col(Task.contaminated)),
         )
         .order_by(col(Task.id))
     )
@@ -139,10 +153,28 @@ def _row_batches(conn: Connection, query: sa.Select) -> Iterator[list[Any]]:  # 
 
 
 def task_batches(
-    *, engine: Engine, dataset_id: int, include_seeds: bool
+    *,
+    engine: Engine,
+    dataset_id: int,
+    include_seeds: bool,
+    split: ExportSplit = ExportSplit.all,
+    include_contaminated: bool = False,
 ) -> Iterator[list[ExportRow]]:
-    """Exported tasks in batches; owns its connection because it outlives the request's session."""
-    query = export_query(dataset_id=dataset_id, include_seeds=include_seeds)
+    """Exported tasks in batches; owns its connection because it outlives the request's session.
+
+    Contamination marks are brought up to date first, so a stale mark never leaks a task."""
+    ensure_clean_by_id(engine, dataset_id)
+    with engine.connect() as conn:
+        share = conn.execute(
+            sa.select(col(Dataset.held_out_share)).where(col(Dataset.id) == dataset_id)
+        ).scalar()
+    query = export_query(
+        dataset_id=dataset_id,
+        include_seeds=include_seeds,
+        split=split,
+        held_out_share=share or 0.0,
+        include_contaminated=include_contaminated,
+    )
     loads = orjson.loads
     with engine.connect() as conn:
         for rows in _row_batches(conn, query):
@@ -164,14 +196,25 @@ def export_file(*, dataset_name: str, fmt: ExportFormat) -> tuple[str, str]:
 
 
 def export_chunks(
-    *, engine: Engine, dataset_id: int, fmt: ExportFormat, include_seeds: bool
+    *,
+    engine: Engine,
+    dataset_id: int,
+    fmt: ExportFormat,
+    include_seeds: bool,
+    split: ExportSplit = ExportSplit.all,
+    include_contaminated: bool = False,
 ) -> Iterator[bytes]:
     """Yield the export in chunks: JSONL lines in the chosen shape, or a Parquet file."""
+    selection: dict[str, Any] = {
+        "include_seeds": include_seeds,
+        "split": split,
+        "include_contaminated": include_contaminated,
+    }
     if fmt == ExportFormat.parquet:
-        yield from parquet_chunks(engine=engine, dataset_id=dataset_id, include_seeds=include_seeds)
+        yield from parquet_chunks(engine=engine, dataset_id=dataset_id, **selection)
         return
     formatter, dumps = FORMATTERS[fmt], orjson.dumps
-    for tasks in task_batches(engine=engine, dataset_id=dataset_id, include_seeds=include_seeds):
+    for tasks in task_batches(engine=engine, dataset_id=dataset_id, **selection):
         lines = [dumps(obj) for task in tasks for obj in formatter(task)]
         if lines:
             lines.append(b"")
@@ -269,7 +312,14 @@ class ByteSink:
         return data
 
 
-def parquet_chunks(*, engine: Engine, dataset_id: int, include_seeds: bool) -> Iterator[bytes]:
+def parquet_chunks(
+    *,
+    engine: Engine,
+    dataset_id: int,
+    include_seeds: bool,
+    split: ExportSplit = ExportSplit.all,
+    include_contaminated: bool = False,
+) -> Iterator[bytes]:
     """Yield a Parquet file of flat rows, one row group per ROWS_PER_GROUP rows as they are read.
 
     An empty dataset gives a valid file with the schema and no rows.
@@ -278,7 +328,11 @@ def parquet_chunks(*, engine: Engine, dataset_id: int, include_seeds: bool) -> I
     buffer = FlatColumns()
     with pq.ParquetWriter(sink, FLAT_SCHEMA) as writer:
         for tasks in task_batches(
-            engine=engine, dataset_id=dataset_id, include_seeds=include_seeds
+            engine=engine,
+            dataset_id=dataset_id,
+            include_seeds=include_seeds,
+            split=split,
+            include_contaminated=include_contaminated,
         ):
             for task in tasks:
                 buffer.add(task)

@@ -12,6 +12,7 @@ from sqlmodel import Session, select
 
 from app.models import Dataset, Run, Task, TaskOrigin, TaskStatus
 from app.schemas import DatasetStats, HistogramBin, LanguageStats
+from app.services.decontamination import contaminated_count, ensure_clean
 from filters.heuristics import count_words
 from filters.language import UNKNOWN
 from filters.novelty import NoveltyIndex
@@ -34,6 +35,7 @@ def leading_word(text: str) -> str:
 
 
 def dataset_stats(*, session: Session, dataset: Dataset) -> DatasetStats:
+    ensure_clean(session, dataset)
     rows = session.exec(
         select(  # type: ignore[call-overload]
             Task.instruction, Task.instances, Task.is_classification, Task.origin, Task.language
@@ -77,6 +79,7 @@ def dataset_stats(*, session: Session, dataset: Dataset) -> DatasetStats:
         seeds=len(seeds),
         by_origin=dict(Counter(r[3] for r in tasks).most_common()),
         evolved=_evolved(session, dataset),
+        contaminated=contaminated_count(session, dataset),
     )
 
 

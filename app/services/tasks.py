@@ -9,7 +9,9 @@ from sqlmodel import Session, col, select
 
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import Dataset, Task, TaskOrigin, TaskStatus, utcnow
-from app.schemas import TaskEdit, TaskPublic, TaskReview, TasksPublic
+from app.schemas import ExportSplit, TaskEdit, TaskPublic, TaskReview, TasksPublic
+from app.services.decontamination import ensure_clean
+from app.services.heldout import split_clause, split_of
 from filters.language import detect_language
 
 REVIEWER_REJECTED = "reviewer_rejected"
@@ -23,6 +25,8 @@ class TaskFilters:
     run_id: int | None = None
     is_classification: bool | None = None
     contains: str | None = None
+    split: ExportSplit | None = None  # train | held_out (all: no filter)
+    contaminated: bool | None = None
 
 
 def _decode_cursor(after: str | None) -> int:
@@ -38,7 +42,12 @@ def _decode_cursor(after: str | None) -> int:
 def list_tasks(
     *, session: Session, dataset: Dataset, filters: TaskFilters, after: str | None, limit: int
 ) -> TasksPublic:
+    ensure_clean(session, dataset)
     query = select(Task).where(Task.dataset_id == dataset.id, col(Task.id) > _decode_cursor(after))
+    if filters.split is not None:
+        query = query.where(split_clause(filters.split, dataset.held_out_share))
+    if filters.contaminated is not None:
+        query = query.where(Task.contaminated == filters.contaminated)
     if filters.origin is not None:
         query = query.where(Task.origin == filters.origin)
     if filters.status is not None:
@@ -53,7 +62,7 @@ def list_tasks(
     has_more = len(rows) > limit
     page = rows[:limit]
     return TasksPublic(
-        data=[task_public(task=t, dataset_name=dataset.name) for t in page],
+        data=[task_public(task=t, dataset=dataset) for t in page],
         has_more=has_more,
         next_cursor=str(page[-1].id) if has_more and page else None,
     )
@@ -70,9 +79,13 @@ def get_task(*, session: Session, task_id: int) -> tuple[Task, Dataset]:
     return row[0], row[1]
 
 
-def task_public(*, task: Task, dataset_name: str) -> TaskPublic:
+def task_public(*, task: Task, dataset: Dataset) -> TaskPublic:
     assert task.id is not None
-    return TaskPublic(dataset=dataset_name, **task.model_dump(exclude={"dataset_id"}))
+    return TaskPublic(
+        dataset=dataset.name,
+        split=split_of(task.holdout_key, dataset.held_out_share),
+        **task.model_dump(exclude={"dataset_id", "holdout_key"}),
+    )
 
 
 def _locked(session: Session, task_id: int) -> Task:
@@ -116,7 +129,7 @@ def _record(task: Task, entry: dict[str, object]) -> None:
 def _public(session: Session, task: Task) -> TaskPublic:
     dataset = session.get(Dataset, task.dataset_id)
     assert dataset is not None  # a task's dataset is deleted with it
-    return task_public(task=task, dataset_name=dataset.name)
+    return task_public(task=task, dataset=dataset)
 
 
 def review_task(*, session: Session, task_id: int, review: TaskReview) -> TaskPublic:

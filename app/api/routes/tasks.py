@@ -16,6 +16,7 @@ from app.schemas import (
     BundleFileFormat,
     ErrorResponse,
     ExportFormat,
+    ExportSplit,
     TaskEdit,
     TaskPublic,
     TaskReview,
@@ -37,6 +38,13 @@ def list_tasks(
     status: TaskStatus | None = None,
     run_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     is_classification: bool | None = None,
+    split: Annotated[
+        ExportSplit | None,
+        Query(description="`train` or `held_out`: one side of the dataset's held-out share."),
+    ] = None,
+    contaminated: Annotated[
+        bool | None, Query(description="Only tasks marked (true) or not marked (false).")
+    ] = None,
     contains: Annotated[
         str | None, Query(max_length=500, description="Case-insensitive text in the instruction.")
     ] = None,
@@ -57,6 +65,8 @@ def list_tasks(
         run_id=run_id,
         is_classification=is_classification,
         contains=contains,
+        split=None if split == ExportSplit.all else split,
+        contaminated=contaminated,
     )
     return svc.list_tasks(
         session=session, dataset=dataset, filters=filters, after=after, limit=limit
@@ -67,7 +77,7 @@ def list_tasks(
 def read_task(session: SessionDep, task_id: TaskId) -> TaskPublic:
     """Read one task with its verdict, nearest neighbours and lineage."""
     task, dataset = svc.get_task(session=session, task_id=task_id)
-    return svc.task_public(task=task, dataset_name=dataset.name)
+    return svc.task_public(task=task, dataset=dataset)
 
 
 @router.patch(
@@ -110,11 +120,26 @@ def export_dataset(
         ),
     ] = ExportFormat.self_instruct,
     include_seeds: bool = False,
+    split: Annotated[
+        ExportSplit,
+        Query(
+            description="`train` (default): the tasks outside the dataset's held-out share, the "
+            "ones to train on; `held_out`: only the held-out share; `all`: both."
+        ),
+    ] = ExportSplit.train,
+    include_contaminated: Annotated[
+        bool, Query(description="Also export tasks marked contaminated (left out by default).")
+    ] = False,
 ) -> StreamingResponse:
     """Stream accepted tasks as JSONL in the chosen shape, or as Parquet."""
     assert dataset.id is not None
     chunks = export_chunks(
-        engine=engine, dataset_id=dataset.id, fmt=format, include_seeds=include_seeds
+        engine=engine,
+        dataset_id=dataset.id,
+        fmt=format,
+        include_seeds=include_seeds,
+        split=split,
+        include_contaminated=include_contaminated,
     )
     media_type, filename = export_file(dataset_name=dataset.name, fmt=format)
     return StreamingResponse(
