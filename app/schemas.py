@@ -44,6 +44,9 @@ class ErrorResponse(BaseModel):
 # --- datasets ---
 
 
+DatasetNames = list[Annotated[str, Field(pattern=DATASET_NAME_PATTERN)]]
+
+
 class DatasetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -63,7 +66,7 @@ class DatasetCreate(BaseModel):
         description="Share of accepted tasks kept out of fine-tuning for evaluation, chosen by "
         "a hash of each task's instruction and first input (it never moves as the pool grows).",
     )
-    decontaminate_against: list[Annotated[str, Field(pattern=DATASET_NAME_PATTERN)]] = Field(
+    decontaminate_against: DatasetNames = Field(
         default_factory=list,
         max_length=20,
         description="Evaluation datasets this one must stay clean of: a task too similar to one "
@@ -90,9 +93,7 @@ class DatasetUpdate(BaseModel):
 
     description: str | None = Field(default=None, max_length=2000)
     held_out_share: float | None = Field(default=None, ge=0.0, le=0.5)
-    decontaminate_against: (
-        list[Annotated[str, Field(pattern=DATASET_NAME_PATTERN)]] | None
-    ) = Field(default=None, max_length=20)
+    decontaminate_against: DatasetNames | None = Field(default=None, max_length=20)
     decontamination_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
