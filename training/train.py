@@ -193,28 +193,26 @@ def loss_sum(
     )
 
 
-def resolve_attention(config: FinetuneConfig, device: torch.device) -> str:
-    """'auto': flex attention on CUDA, where it is the fastest kernel that keeps packed examples
-    apart; sdpa on the CPU (flex there runs unfused and slower)."""
-    if config.attn_implementation != "auto":
-        return config.attn_implementation
+def resolve_attention(choice: str, device: torch.device) -> str:
+    """attn_implementation 'auto': flex attention on CUDA, where it is the fastest kernel that
+    keeps packed examples apart; sdpa on the CPU (flex there runs unfused and slower)."""
+    if choice != "auto":
+        return choice
     return "flex_attention" if device.type == "cuda" else "sdpa"
 
 
-def resolve_loss_kernel(
-    config: FinetuneConfig, device: torch.device, *, liger: bool | None = None
-) -> str:
-    """'auto': Liger's fused kernel on CUDA when liger-kernel is installed, else ours (chunked).
-    `liger` overrides the import check (tests). Liger asked for where it cannot run is refused."""
+def resolve_loss_kernel(choice: str, device: torch.device, *, liger: bool | None = None) -> str:
+    """loss_kernel 'auto': Liger's fused kernel on CUDA when liger-kernel is installed, else ours
+    (chunked). `liger` overrides the import check (tests). Liger where it cannot run is refused."""
     liger = liger_available() if liger is None else liger
-    if config.loss_kernel == "liger":
+    if choice == "liger":
         if device.type != "cuda" or not liger:
             raise InvalidConfig(
                 "loss_kernel='liger' needs a CUDA GPU and the liger-kernel package "
                 "(pip install liger-kernel); use loss_kernel='auto' or 'chunked'."
             )
         return "liger"
-    if config.loss_kernel == "auto" and device.type == "cuda" and liger:
+    if choice == "auto" and device.type == "cuda" and liger:
         return "liger"
     return "chunked"
 
@@ -351,7 +349,9 @@ def prepare_model(config: FinetuneConfig, device: torch.device, resume_from: Pat
     """The model to train (LoRA-wrapped or not), restored from a checkpoint, on `device`."""
     resume = Path(resume_from) if resume_from is not None else None
     weights = str(resume / "model") if resume and config.method == "full" else config.base_model
-    model: Any = load_model(weights, attn_implementation=resolve_attention(config, device))
+    model: Any = load_model(
+        weights, attn_implementation=resolve_attention(config.attn_implementation, device)
+    )
     if config.method == "lora":
         model = load_lora(model, resume / "adapter") if resume else add_lora(model, config)
     if use_gradient_checkpointing(config, device):
@@ -452,7 +452,7 @@ def check_memory(
         target_tokens_in_flight=n_targets,
         gradient_checkpointing=use_gradient_checkpointing(config, device),
         loss_chunk_tokens=config.loss_chunk_tokens,
-        attn_implementation=resolve_attention(config, device),
+        attn_implementation=resolve_attention(config.attn_implementation, device),
         device=device,
         amp=amp is not None,
     )
@@ -522,7 +522,7 @@ def train(
     if warmup_steps < 0:
         warmup_steps = round(config.warmup_ratio * total_steps)
 
-    loss_kernel = resolve_loss_kernel(config, device)
+    loss_kernel = resolve_loss_kernel(config.loss_kernel, device)
     strategy = config.parallelism if ranks.parallel else None
     optimizer_format = "full" if strategy == "fsdp" else "plain"
     state: dict[str, Any] = {"step": 0, "trained_tokens": 0}
@@ -584,7 +584,7 @@ def train(
             "gradient_checkpointing": use_gradient_checkpointing(config, device),
             "loss_chunk_tokens": config.loss_chunk_tokens,
             "loss_kernel": loss_kernel if config.loss_chunk_tokens > 0 else "plain",
-            "attn_implementation": resolve_attention(config, device),
+            "attn_implementation": resolve_attention(config.attn_implementation, device),
             "memory_estimate_bytes": estimate.total,
             "memory_available_bytes": available,
             "method": config.method,

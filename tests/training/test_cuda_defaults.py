@@ -21,23 +21,20 @@ CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def cfg(tmp_path: Path, **values: Any) -> FinetuneConfig:
-    model = tmp_path / "model"
-    model.mkdir(exist_ok=True)
-    return FinetuneConfig(base_model=str(model), output_dir=str(tmp_path / "out"), **values)
-
-
 def test_cuda_defaults_are_flex_attention_and_a_fused_or_chunked_loss(tmp_path: Path) -> None:
-    config = cfg(tmp_path)
-    assert resolve_attention(config, CUDA) == "flex_attention"
-    assert resolve_attention(config, CPU) == "sdpa"
-    assert resolve_attention(cfg(tmp_path, attn_implementation="sdpa"), CUDA) == "sdpa"
-    assert resolve_loss_kernel(config, CUDA, liger=True) == "liger"
-    assert resolve_loss_kernel(config, CUDA, liger=False) == "chunked"
-    assert resolve_loss_kernel(config, CPU, liger=True) == "chunked"
-    assert resolve_loss_kernel(cfg(tmp_path, loss_kernel="chunked"), CUDA, liger=True) == "chunked"
+    model = tmp_path / "model"
+    model.mkdir()
+    config = FinetuneConfig(base_model=str(model), output_dir=str(tmp_path / "out"))
+    assert (config.attn_implementation, config.loss_kernel) == ("auto", "auto")
+    assert resolve_attention("auto", CUDA) == "flex_attention"
+    assert resolve_attention("auto", CPU) == "sdpa"
+    assert resolve_attention("sdpa", CUDA) == "sdpa"
+    assert resolve_loss_kernel("auto", CUDA, liger=True) == "liger"
+    assert resolve_loss_kernel("auto", CUDA, liger=False) == "chunked"
+    assert resolve_loss_kernel("auto", CPU, liger=True) == "chunked"
+    assert resolve_loss_kernel("chunked", CUDA, liger=True) == "chunked"
     with pytest.raises(InvalidConfig, match="liger-kernel"):
-        resolve_loss_kernel(cfg(tmp_path, loss_kernel="liger"), CPU, liger=True)
+        resolve_loss_kernel("liger", CPU, liger=True)
 
 
 def _loss_and_grads(model: Any, **kwargs: Any) -> tuple[float, dict[str, torch.Tensor]]:
