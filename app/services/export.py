@@ -17,6 +17,7 @@ from app.models import MACHINE_ORIGINS, Dataset, Task, TaskOrigin, TaskStatus
 from app.schemas import ExportFormat, ExportSplit
 from app.services.decontamination import ensure_clean_by_id
 from app.services.heldout import split_clause
+from app.services.ratings import min_rating_clause
 from training.data import task_to_messages
 
 ROWS_PER_FETCH = 2000
@@ -100,6 +101,7 @@ def export_query(
     split: ExportSplit = ExportSplit.all,
     held_out_share: float = 0.0,
     include_contaminated: bool = False,
+    min_rating: str | None = None,
 ) -> sa.Select:  # type: ignore[type-arg]
     """Accepted tasks of a dataset, oldest first; seeds only when asked for; one side of the
     held-out share or both; contaminated tasks only when asked for."""
@@ -126,6 +128,8 @@ def export_query(
             col(Task.origin).in_(origins),
             split_clause(split, held_out_share),
             sa.true() if include_contaminated else sa.not_(col(Task.contaminated)),
+            # Only tasks rated this or better by their latest judgement.
+            *min_rating_clause(min_rating),
         )
         .order_by(col(Task.id))
     )
@@ -159,6 +163,7 @@ def task_batches(
     include_seeds: bool,
     split: ExportSplit = ExportSplit.all,
     include_contaminated: bool = False,
+    min_rating: str | None = None,
 ) -> Iterator[list[ExportRow]]:
     """Exported tasks in batches; owns its connection because it outlives the request's session.
 
@@ -174,6 +179,7 @@ def task_batches(
         split=split,
         held_out_share=share or 0.0,
         include_contaminated=include_contaminated,
+        min_rating=min_rating,
     )
     loads = orjson.loads
     with engine.connect() as conn:
@@ -203,12 +209,14 @@ def export_chunks(
     include_seeds: bool,
     split: ExportSplit = ExportSplit.all,
     include_contaminated: bool = False,
+    min_rating: str | None = None,
 ) -> Iterator[bytes]:
     """Yield the export in chunks: JSONL lines in the chosen shape, or a Parquet file."""
     selection: dict[str, Any] = {
         "include_seeds": include_seeds,
         "split": split,
         "include_contaminated": include_contaminated,
+        "min_rating": min_rating,
     }
     if fmt == ExportFormat.parquet:
         yield from parquet_chunks(engine=engine, dataset_id=dataset_id, **selection)
@@ -319,6 +327,7 @@ def parquet_chunks(
     include_seeds: bool,
     split: ExportSplit = ExportSplit.all,
     include_contaminated: bool = False,
+    min_rating: str | None = None,
 ) -> Iterator[bytes]:
     """Yield a Parquet file of flat rows, one row group per ROWS_PER_GROUP rows as they are read.
 
@@ -333,6 +342,7 @@ def parquet_chunks(
             include_seeds=include_seeds,
             split=split,
             include_contaminated=include_contaminated,
+            min_rating=min_rating,
         ):
             for task in tasks:
                 buffer.add(task)

@@ -8,10 +8,10 @@ from collections import Counter
 from statistics import mean
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, func, select
 
 from app.models import Dataset, Run, Task, TaskOrigin, TaskStatus
-from app.schemas import DatasetStats, HistogramBin, LanguageStats
+from app.schemas import DatasetStats, HistogramBin, LanguageStats, RatingStats
 from app.services.decontamination import contaminated_count, ensure_clean
 from filters.heuristics import count_words
 from filters.language import UNKNOWN
@@ -76,11 +76,40 @@ def dataset_stats(*, session: Session, dataset: Dataset) -> DatasetStats:
         rejected_by_reason=dict(reasons.most_common()),
         leading_words=verbs.most_common(TOP_VERBS),
         by_language=_by_language(tasks),
+        ratings=rating_stats(session, dataset),
         seeds=len(seeds),
         by_origin=dict(Counter(r[3] for r in tasks).most_common()),
         evolved=_evolved(session, dataset),
         contaminated=contaminated_count(session, dataset),
     )
+
+
+def rating_stats(session: Session, dataset: Dataset) -> RatingStats:
+    """Accepted tasks per latest rating, counted in the database (one grouped query)."""
+    judged = col(Task.judgement_id).is_not(None)
+    rows = session.exec(
+        select(Task.origin, Task.run_id, Task.rating, judged, func.count())  # type: ignore[call-overload]
+        .where(Task.dataset_id == dataset.id, Task.status == TaskStatus.accepted.value)
+        .group_by(Task.origin, Task.run_id, Task.rating, judged)
+    ).all()
+    overall: Counter[str] = Counter()
+    by_origin: dict[str, Counter[str]] = {}
+    by_run: dict[str, Counter[str]] = {}
+    for origin, run_id, rating, was_judged, n in rows:
+        level = rating or ("unjudged" if was_judged else "not_judged")
+        overall[level] += n
+        by_origin.setdefault(origin, Counter())[level] += n
+        if run_id is not None:
+            by_run.setdefault(str(run_id), Counter())[level] += n
+    return RatingStats(
+        overall=dict(sorted(overall.items())),
+        by_origin={o: dict(sorted(c.items())) for o, c in sorted(by_origin.items())},
+        by_run={r: dict(sorted(c.items())) for r, c in sorted(by_run.items(), key=_run_order)},
+    )
+
+
+def _run_order(item: tuple[str, Any]) -> int:
+    return int(item[0])
 
 
 def _evolved(session: Session, dataset: Dataset) -> dict[str, dict[str, int]]:

@@ -8,10 +8,11 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from app.errors import Conflict, InvalidInput, NotFound
-from app.models import Dataset, Task, TaskOrigin, TaskStatus, utcnow
+from app.models import Dataset, Task, TaskJudgement, TaskOrigin, TaskStatus, utcnow
 from app.schemas import ExportSplit, TaskEdit, TaskPublic, TaskReview, TasksPublic
 from app.services.decontamination import ensure_clean
 from app.services.heldout import split_clause, split_of
+from app.services.ratings import judgement_public, judgements_of, rating_clause
 from filters.language import detect_language
 
 REVIEWER_REJECTED = "reviewer_rejected"
@@ -27,6 +28,8 @@ class TaskFilters:
     contains: str | None = None
     split: ExportSplit | None = None  # train | held_out (all: no filter)
     contaminated: bool | None = None
+    ratings: tuple[str, ...] | None = None  # the latest judgement's rating among these
+    judged: bool | None = None  # judged at all (an unjudged answer included), or never
 
 
 def _decode_cursor(after: str | None) -> int:
@@ -58,11 +61,16 @@ def list_tasks(
         query = query.where(Task.is_classification == filters.is_classification)
     if filters.contains:
         query = query.where(col(Task.instruction).icontains(filters.contains, autoescape=True))
+    query = query.where(*rating_clause(ratings=filters.ratings, judged=filters.judged))
     rows = session.exec(query.order_by(col(Task.id)).limit(limit + 1)).all()
     has_more = len(rows) > limit
     page = rows[:limit]
+    judgements = judgements_of(session, [t.judgement_id for t in page])
     return TasksPublic(
-        data=[task_public(task=t, dataset=dataset) for t in page],
+        data=[
+            task_public(task=t, dataset=dataset, judgement=judgements.get(t.judgement_id or 0))
+            for t in page
+        ],
         has_more=has_more,
         next_cursor=str(page[-1].id) if has_more and page else None,
     )
@@ -79,10 +87,15 @@ def get_task(*, session: Session, task_id: int) -> tuple[Task, Dataset]:
     return row[0], row[1]
 
 
-def task_public(*, task: Task, dataset: Dataset) -> TaskPublic:
+def task_public(
+    *, task: Task, dataset: Dataset, judgement: TaskJudgement | None = None
+) -> TaskPublic:
+    """The task as clients see it; `judgement` is its latest (`task.judgement_id`), read by the
+    caller so a page reads all of its judgements in one query."""
     assert task.id is not None
     return TaskPublic(
         dataset=dataset.name,
+        judgement=judgement_public(judgement),
         split=split_of(task.holdout_key, dataset.held_out_share),
         **task.model_dump(exclude={"dataset_id", "holdout_key"}),
     )
@@ -129,7 +142,11 @@ def _record(task: Task, entry: dict[str, object]) -> None:
 def _public(session: Session, task: Task) -> TaskPublic:
     dataset = session.get(Dataset, task.dataset_id)
     assert dataset is not None  # a task's dataset is deleted with it
-    return task_public(task=task, dataset=dataset)
+    return task_public(task=task, dataset=dataset, judgement=latest_judgement(session, task))
+
+
+def latest_judgement(session: Session, task: Task) -> TaskJudgement | None:
+    return None if task.judgement_id is None else session.get(TaskJudgement, task.judgement_id)
 
 
 def review_task(*, session: Session, task_id: int, review: TaskReview) -> TaskPublic:

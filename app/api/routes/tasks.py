@@ -25,6 +25,7 @@ from app.schemas import (
 from app.services import tasks as svc
 from app.services.bundle import BundleOptions, bundle_archive
 from app.services.export import JSONL_MEDIA_TYPE, PARQUET_MEDIA_TYPE, export_chunks, export_file
+from generators.judge import Rating
 
 router = APIRouter(tags=["tasks"])
 
@@ -48,6 +49,14 @@ def list_tasks(
     contains: Annotated[
         str | None, Query(max_length=500, description="Case-insensitive text in the instruction.")
     ] = None,
+    rating: Annotated[
+        list[Rating] | None,
+        Query(description="Only tasks whose latest rating is one of these (repeat for more)."),
+    ] = None,
+    judged: Annotated[
+        bool | None,
+        Query(description="Only tasks judged (true; an unparseable answer counts) or never."),
+    ] = None,
     after: Annotated[
         str | None,
         Query(pattern="^[0-9]{0,18}$", description="`next_cursor` of the previous page."),
@@ -67,6 +76,8 @@ def list_tasks(
         contains=contains,
         split=None if split == ExportSplit.all else split,
         contaminated=contaminated,
+        ratings=tuple(rating) if rating else None,
+        judged=judged,
     )
     return svc.list_tasks(
         session=session, dataset=dataset, filters=filters, after=after, limit=limit
@@ -77,7 +88,8 @@ def list_tasks(
 def read_task(session: SessionDep, task_id: TaskId) -> TaskPublic:
     """Read one task with its verdict, nearest neighbours and lineage."""
     task, dataset = svc.get_task(session=session, task_id=task_id)
-    return svc.task_public(task=task, dataset=dataset)
+    judgement = svc.latest_judgement(session, task)
+    return svc.task_public(task=task, dataset=dataset, judgement=judgement)
 
 
 @router.patch(
@@ -130,6 +142,10 @@ def export_dataset(
     include_contaminated: Annotated[
         bool, Query(description="Also export tasks marked contaminated (left out by default).")
     ] = False,
+    min_rating: Annotated[
+        Rating | None,
+        Query(description="Only tasks whose latest judge rating is this or better (A best)."),
+    ] = None,
 ) -> StreamingResponse:
     """Stream accepted tasks as JSONL in the chosen shape, or as Parquet."""
     assert dataset.id is not None
@@ -140,6 +156,7 @@ def export_dataset(
         include_seeds=include_seeds,
         split=split,
         include_contaminated=include_contaminated,
+        min_rating=min_rating,
     )
     media_type, filename = export_file(dataset_name=dataset.name, fmt=format)
     return StreamingResponse(

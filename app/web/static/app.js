@@ -517,6 +517,9 @@ async function runView(id) {
       hbars([["candidates", c.candidates], ["accepted", c.accepted]], { cls: "bar ok" }),
       h("h2", {}, "Rejections by reason"),
       hbars(reasons, { cls: "bar bad" }),
+      ...(c.judged || c.unjudged
+        ? [h("h2", {}, "Judge ratings"), hbars([...Object.entries(c.ratings || {}).sort(), ["unjudged", c.unjudged]])]
+        : []),
     );
     cancel.disabled = FINAL_RUN.has(run.status);
     const end = [run.stop_reason && `stopped: ${run.stop_reason}`, run.error].filter(Boolean).join(" · ");
@@ -588,7 +591,9 @@ async function statsView(name) {
       h("div", { class: "card", "data-chart": "output_length" }, h("h2", {}, "Output length (words)"), lengthChart(stats.output_length)),
       h("div", { class: "card", "data-chart": "verbs" }, h("h2", {}, "Leading words"), hbars(stats.leading_words)),
       h("div", { class: "card", "data-chart": "classification" }, h("h2", {}, "Classification share"), hbars(classification)),
-      h("div", { class: "card", "data-chart": "reasons" }, h("h2", {}, "Rejections by reason"), hbars(reasons, { cls: "bar bad" }))),
+      h("div", { class: "card", "data-chart": "reasons" }, h("h2", {}, "Rejections by reason"), hbars(reasons, { cls: "bar bad" })),
+      h("div", { class: "card", "data-chart": "ratings" }, h("h2", {}, "Judge ratings (accepted tasks)"),
+        hbars(Object.entries(stats.ratings?.overall || {})))),
   ];
 }
 
@@ -612,6 +617,8 @@ function taskCard(task, onChange) {
       h("div", { class: "instruction" }, task.instruction),
       h("div", { class: "meta" },
         h("span", {}, `#${task.id}`), badge(task.status), h("span", {}, task.origin),
+        task.judgement && h("span", { class: "badge", "data-rating": task.rating || "unjudged", title: task.judgement.rationale },
+          task.rating ? `rated ${task.rating}` : "unjudged"),
         task.rejection_reason && h("span", { class: "reason" }, task.rejection_reason),
         task.max_rouge !== null && task.max_rouge !== undefined && h("span", {}, `ROUGE-L ${task.max_rouge.toFixed(2)}`),
         task.is_classification && h("span", {}, "classification"),
@@ -658,11 +665,13 @@ async function tasksView(name, params) {
   const filters = h("form", { class: "inline", id: "task-filters" },
     field("Search", h("input", { name: "contains", value: params.get("contains") || "", placeholder: "text in the instruction" })),
     field("Status", h("select", { name: "status" }, ["", "accepted", "rejected"].map((v) => h("option", { value: v, selected: params.get("status") === v }, v || "any")))),
-    field("Split", h("select", { name: "split" }, [["", "any"], ["train", "train"], ["held_out", "held out"]].map(([v, t]) => h("option", { value: v, selected: params.get("split") === v }, t)))),
-    field("Contaminated", h("select", { name: "contaminated" }, [["", "any"], ["true", "yes"], ["false", "no"]].map(([v, t]) => h("option", { value: v, selected: params.get("contaminated") === v }, t)))),
     field("Origin", h("select", { name: "origin" }, ["", "seed", "generated", "edited", "evolved", "backtranslated"].map((v) => h("option", { value: v, selected: params.get("origin") === v }, v || "any")))),
     field("Classification", h("select", { name: "is_classification" }, [["", "any"], ["true", "yes"], ["false", "no"]].map(([v, t]) => h("option", { value: v, selected: params.get("is_classification") === v }, t)))),
     field("Run", h("input", { name: "run_id", type: "number", value: params.get("run_id") || "", min: 1 })),
+    field("Rating", h("select", { name: "rating" }, ["", "A", "B", "C", "D"].map((v) => h("option", { value: v, selected: params.get("rating") === v }, v || "any")))),
+    field("Judged", h("select", { name: "judged" }, [["", "any"], ["true", "yes"], ["false", "never"]].map(([v, t]) => h("option", { value: v, selected: params.get("judged") === v }, t)))),
+    field("Split", h("select", { name: "split" }, [["", "any"], ["train", "train"], ["held_out", "held out"]].map(([v, t]) => h("option", { value: v, selected: params.get("split") === v }, t)))),
+    field("Contaminated", h("select", { name: "contaminated" }, [["", "any"], ["true", "yes"], ["false", "no"]].map(([v, t]) => h("option", { value: v, selected: params.get("contaminated") === v }, t)))),
     h("button", { type: "submit" }, "Filter"));
   filters.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -782,15 +791,6 @@ async function jobView(id) {
   ];
 }
 
-// --- routing ---------------------------------------------------------------------------------
-
-const routes = [
-  [/^#?\/?$/, datasetsView],
-  [/^#\/d\/([^/?]+)$/, (m) => datasetView(decodeURIComponent(m[1]))],
-  [/^#\/d\/([^/?]+)\/stats$/, (m) => statsView(decodeURIComponent(m[1]))],
-  [/^#\/d\/([^/?]+)\/tasks(?:\?(.*))?$/, (m) => tasksView(decodeURIComponent(m[1]), new URLSearchParams(m[2] || ""))],
-  [/^#\/tasks\/(\d+)$/, (m) => taskView(m[1])],
-  [/^#\/runs\/(\d+)$/, (m) => runView(m[1])],
 // --- evaluations -----------------------------------------------------------------------------
 
 async function evaluationsView() {
@@ -907,7 +907,18 @@ async function evaluationView(id) {
   ];
 }
 
+// --- routing ---------------------------------------------------------------------------------
+
+const routes = [
+  [/^#?\/?$/, datasetsView],
+  [/^#\/d\/([^/?]+)$/, (m) => datasetView(decodeURIComponent(m[1]))],
+  [/^#\/d\/([^/?]+)\/stats$/, (m) => statsView(decodeURIComponent(m[1]))],
+  [/^#\/d\/([^/?]+)\/tasks(?:\?(.*))?$/, (m) => tasksView(decodeURIComponent(m[1]), new URLSearchParams(m[2] || ""))],
+  [/^#\/tasks\/(\d+)$/, (m) => taskView(m[1])],
+  [/^#\/runs\/(\d+)$/, (m) => runView(m[1])],
   [/^#\/jobs$/, jobsView],
+  [/^#\/evaluations$/, evaluationsView],
+  [/^#\/evaluations\/(\d+)$/, (m) => evaluationView(m[1])],
   [/^#\/jobs\/([^/?]+)$/, (m) => jobView(decodeURIComponent(m[1]))],
 ];
 
@@ -917,8 +928,6 @@ async function route() {
   cleanups = [];
   const hash = location.hash || "#/";
   for (const [pattern, render] of routes) {
-  [/^#\/evaluations$/, evaluationsView],
-  [/^#\/evaluations\/(\d+)$/, (m) => evaluationView(m[1])],
     const match = hash.match(pattern);
     if (!match) continue;
     let content;
