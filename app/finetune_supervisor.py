@@ -34,7 +34,8 @@ from sqlmodel import Session, select
 
 from app.finetune_worker import describe_exit, worker_lost
 from app.leases import held_rows, present_workers
-from app.models import FineTuningJobEventRow, FineTuningJobRow, JobStatus
+from app.models import FineTuningJobRow, JobStatus
+from app.services.finetune import add_event
 from app.settings import Settings
 
 log = logging.getLogger("selfinstruct.finetune")
@@ -104,11 +105,13 @@ def note_unserved_jobs(engine: Engine, settings: Settings, *, reason: str | None
         or bool(present_workers(settings.data_dir, "finetune"))
         or bool(held_rows(engine, FineTuningJobRow))
     )
+    # only the jobs whose note is due or no longer true are locked and written
+    due = [row.id for row in waiting if ("status_message" in row.progress) == alive]
     told = []
     with Session(engine) as session:
-        for row in waiting:
+        for job_id in due:
             job = session.exec(
-                select(FineTuningJobRow).where(FineTuningJobRow.id == row.id).with_for_update()
+                select(FineTuningJobRow).where(FineTuningJobRow.id == job_id).with_for_update()
             ).first()
             if job is None or job.status != JobStatus.queued:
                 continue
@@ -118,13 +121,8 @@ def note_unserved_jobs(engine: Engine, settings: Settings, *, reason: str | None
             elif not alive and not noted:
                 message = no_worker_message(reason or "")
                 job.progress = {**job.progress, "status_message": message}
-                session.add(
-                    FineTuningJobEventRow(
-                        job_id=job.id,
-                        level="warn",
-                        message=message,
-                        data={"code": "no_finetune_worker"},
-                    )
+                add_event(
+                    session, job.id, message, level="warn", data={"code": "no_finetune_worker"}
                 )
                 told.append(job.id)
             else:
@@ -180,7 +178,10 @@ class FinetuneSupervisor:
         try:
             while True:
                 if self._reason is None:
-                    self._tend()
+                    try:
+                        self._tend()
+                    except Exception:  # the database or a fork failed: try again next round
+                        log.exception("could not tend the fine-tune worker")
                 try:
                     note_unserved_jobs(self.engine, self.settings, reason=self._reason)
                 except Exception:  # a database hiccup: look again next time
@@ -215,7 +216,7 @@ class FinetuneSupervisor:
         lived = time.monotonic() - self._started_at
         self._young_deaths = self._young_deaths + 1 if lived < YOUNG_S else 1
         held = f" while training {', '.join(jobs)}" if jobs else ""
-        if self._young_deaths > MAX_YOUNG_DEATHS:
+        if self._young_deaths >= MAX_YOUNG_DEATHS:
             self._reason = "the one `serve` started kept dying; its log says why"
             log.error(
                 "fine-tune worker (pid %d) %s%s; it died %d times within %.0fs of starting, "
@@ -243,7 +244,7 @@ class FinetuneSupervisor:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        _kill_group(process.pid, signal.SIGTERM)
+        process.terminate()  # the worker alone: it stops what it started itself (torchrun)
         try:
             process.wait(timeout=GRACE_S)
         except subprocess.TimeoutExpired:

@@ -14,6 +14,7 @@ worker can take it from these files and from the leases of running jobs.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 import uuid
@@ -119,17 +120,21 @@ def presence_dir(data_dir: Path, kind: str) -> Path:
 
 
 def _presence_file(data_dir: Path, kind: str, worker_id: str) -> Path:
-    return presence_dir(data_dir, kind) / worker_id.replace("/", "_")
+    # A remote worker names itself: keep its id to a plain file name inside the folder.
+    name = re.sub(r"[^A-Za-z0-9_.:-]", "_", worker_id)[:200]
+    return presence_dir(data_dir, kind) / (f"_{name}" if name.strip(".") == "" else name)
 
 
-def mark_present(data_dir: Path, kind: str, worker_id: str) -> None:
-    """Record that `worker_id` is alive and polling now (the file's mtime is the time)."""
+def mark_present(data_dir: Path, kind: str, worker_id: str) -> bool:
+    """Record that `worker_id` is alive and polling now (the file's mtime is the time); False
+    when the data folder cannot be written (the worker works on, only unseen)."""
     path = _presence_file(data_dir, kind, worker_id)
     try:
-        path.touch()
-    except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
+    except OSError:
+        return False
+    return True
 
 
 def mark_gone(data_dir: Path, kind: str, worker_id: str) -> None:

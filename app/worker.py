@@ -55,19 +55,17 @@ class Worker:
         """Fine-tune workers say they are there, so the API can tell a job when none is."""
         now = time.monotonic()
         if self.kind == "finetune" and now - self._marked >= PRESENCE_INTERVAL_S:
-            try:
-                mark_present(self.settings.data_dir, self.kind, self.worker_id)
-                self._marked = now
-            except OSError:
+            if not mark_present(self.settings.data_dir, self.kind, self.worker_id):
                 log.warning("worker %s: cannot write its presence file", self.worker_id)
+            self._marked = now
 
     async def _loop(self, model: Leased, *, once: bool) -> None:
         while not self._stop.is_set():
             self._present()
-                if not worked and model is Run:  # generation workers also run evaluations
-                    worked = await self._claim_and_execute(Evaluation)
             try:
                 worked = await self._claim_and_execute(model)
+                if not worked and model is Run:  # generation workers also run evaluations
+                    worked = await self._claim_and_execute(Evaluation)
             except Exception:
                 # A database outage or a bug in one run must not end the loop for good (the
                 # embedded worker would be gone until a restart); the lease of whatever was
@@ -81,9 +79,9 @@ class Worker:
 
     async def _claim_and_execute(self, model: Leased) -> bool:
         """Claim one row and drive it; False when nothing was waiting."""
-        from app.services.evaluations import execute_evaluation
         from app.finetune_worker import execute_job
         from app.pipeline import execute_run
+        from app.services.evaluations import execute_evaluation
 
         row_id = claim(
             self.engine,
@@ -97,12 +95,12 @@ class Worker:
         if model is Run:
             assert isinstance(row_id, int)
             await execute_run(
+                engine=self.engine, settings=self.settings, run_id=row_id, worker=self
+            )
         elif model is Evaluation:
             assert isinstance(row_id, int)
             await execute_evaluation(
                 engine=self.engine, settings=self.settings, evaluation_id=row_id, worker=self
-            )
-                engine=self.engine, settings=self.settings, run_id=row_id, worker=self
             )
         else:
             # Training blocks; a thread keeps this loop (and its lease checks) responsive.
