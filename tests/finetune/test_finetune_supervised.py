@@ -466,3 +466,29 @@ def test_a_worker_stopped_mid_job_hands_it_back_without_using_the_retry(
         assert events(client, job_id, limit=1)[0]["message"].startswith("The worker was stopped")
         client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
     _wipe(sqlite_url)
+
+
+def test_make_run_installs_the_pinned_training_stack(tmp_path: Path) -> None:
+    """`make run` on a clean checkout installs what the worker `serve` starts needs: torch at
+    its pin (never whatever is newest) and the train extra, both held to the lock."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[2]
+    plan = subprocess.run(
+        ["make", "-n", "run", f"VENV={tmp_path / 'venv'}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    installs = [line for line in plan.splitlines() if " -m pip install " in line]
+    torch = [line for line in installs if "torch" in line.split("#")[0]]
+    assert torch and all(
+        "torch==2.13.0" in line and "-c requirements.lock" in line for line in torch
+    )
+    assert any("'.[local,train]'" in line and "-c requirements.lock" in line for line in installs)
+    lock = (root / "requirements.lock").read_text().splitlines()
+    assert "torch==2.13.0" in lock
+    assert plan.index("torch==2.13.0") < plan.index("selfinstruct serve")
