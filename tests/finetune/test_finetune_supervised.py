@@ -492,3 +492,56 @@ def test_make_run_installs_the_pinned_training_stack(tmp_path: Path) -> None:
     lock = (root / "requirements.lock").read_text().splitlines()
     assert "torch==2.13.0" in lock
     assert plan.index("torch==2.13.0") < plan.index("selfinstruct serve")
+
+
+def test_a_worker_that_keeps_dying_is_not_restarted_for_ever(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that dies young five times in a row (it cannot start: a broken install, say) is
+    restarted with a growing back-off, then left for good, which the log and a waiting job
+    say."""
+    from app.finetune_supervisor import MAX_YOUNG_DEATHS, FinetuneSupervisor
+
+    settings = Settings(database_url=sqlite_url, data_dir=tmp_path, embedded_worker=False)
+    migrate(settings)
+    _wipe(sqlite_url)
+    engine = make_engine(settings)
+    with TestClient(create_app(settings)) as client:
+        _greet_dataset(client)
+        job_id = client.post(
+            "/v1/fine_tuning/jobs", json={"model": "SmolLM2-135M-Instruct", "dataset": "greet"}
+        ).json()["id"]
+        supervisor = FinetuneSupervisor(
+            engine=engine, settings=settings, command=[sys.executable, "-c", "exit(3)"]
+        )
+        with caplog.at_level("WARNING", logger="selfinstruct.finetune"):
+            supervisor.start()
+            try:
+                job = wait_for(
+                    "the supervisor to give up",
+                    lambda: (
+                        j
+                        if (j := client.get(f"/v1/fine_tuning/jobs/{job_id}").json())["progress"][
+                            "status_message"
+                        ]
+                        else None
+                    ),
+                )
+            finally:
+                supervisor.stop()
+        assert "kept dying" in job["progress"]["status_message"]
+        deaths = [r.getMessage() for r in caplog.records if "exited with code 3" in r.getMessage()]
+        assert len(deaths) == MAX_YOUNG_DEATHS
+        assert [d.rsplit(" ", 1)[-1] for d in deaths[:-1]] == ["1s", "2s", "4s", "8s"]
+        assert "it is not restarted" in deaths[-1]
+    engine.dispose()
+    _wipe(sqlite_url)
+
+
+def test_how_a_worker_died_is_said_in_words() -> None:
+    from app.finetune_worker import describe_exit
+
+    assert describe_exit(3) == "exited with code 3"
+    assert describe_exit(-11) == "killed by SIGSEGV (signal 11)"
+    assert "likely out of memory" in describe_exit(-9, oom_killed=True)
+    assert "likely" not in describe_exit(-9)  # a kill -9 by hand is not blamed on memory
