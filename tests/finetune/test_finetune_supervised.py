@@ -545,3 +545,50 @@ def test_how_a_worker_died_is_said_in_words() -> None:
     assert describe_exit(-11) == "killed by SIGSEGV (signal 11)"
     assert "likely out of memory" in describe_exit(-9, oom_killed=True)
     assert "likely" not in describe_exit(-9)  # a kill -9 by hand is not blamed on memory
+
+
+def test_without_the_training_stack_no_worker_starts_and_the_log_says_so_once(
+    sqlite_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An install without torch (the API image) starts no worker; one line in the log says why,
+    and a job says so too."""
+    from app import finetune_supervisor
+    from app.finetune_supervisor import FinetuneSupervisor
+
+    # this install has the training stack; an API image's lacks it
+    monkeypatch.setattr(finetune_supervisor, "training_stack_missing", lambda: ["torch"])
+    settings = Settings(database_url=sqlite_url, data_dir=tmp_path, embedded_worker=False)
+    migrate(settings)
+    _wipe(sqlite_url)
+    engine = make_engine(settings)
+    with TestClient(create_app(settings)) as client:
+        _greet_dataset(client)
+        job_id = client.post(
+            "/v1/fine_tuning/jobs", json={"model": "SmolLM2-135M-Instruct", "dataset": "greet"}
+        ).json()["id"]
+        supervisor = FinetuneSupervisor(engine=engine, settings=settings)
+        with caplog.at_level("WARNING", logger="selfinstruct.finetune"):
+            supervisor.start()
+            try:
+                job = wait_for(
+                    "the job to say why it waits",
+                    lambda: (
+                        j
+                        if (j := client.get(f"/v1/fine_tuning/jobs/{job_id}").json())["progress"][
+                            "status_message"
+                        ]
+                        else None
+                    ),
+                )
+                time.sleep(2.5)  # more rounds of the supervisor: still one line
+                assert supervisor.pid is None
+            finally:
+                supervisor.stop()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "training stack is not installed here (torch missing)" in lines[0]
+    assert "training stack is not installed" in job["progress"]["status_message"]
+    engine.dispose()
+    _wipe(sqlite_url)
