@@ -31,7 +31,9 @@ class SamplingOptions(_Strict):
 
 
 class PromptMix(_Strict):
-    """How each bootstrap prompt is assembled."""
+    """How each bootstrap prompt is assembled. Rules between fields (beyond what JSON Schema
+    states): machine_examples must not exceed examples_per_prompt; stop_at must be greater than
+    examples_per_prompt + 1."""
 
     examples_per_prompt: int = Field(8, ge=1, le=32, description="Instructions shown.")
     machine_examples: int = Field(2, ge=0, le=32, description="At most this many generated.")
