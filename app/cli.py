@@ -45,7 +45,7 @@ def serve(
     """Start the HTTP API (the docs are at /docs) and a fine-tune worker it supervises."""
     import uvicorn
 
-    from app.finetune_supervisor import FinetuneSupervisor
+    from app.finetune.supervisor import FinetuneSupervisor
     from app.main import create_app
 
     settings = get_settings()
@@ -256,7 +256,7 @@ def worker(
         typer.echo("error: --kind must be 'generate' or 'finetune'", err=True)
         raise typer.Exit(code=2)
     if api_url is not None:
-        from app.remote_worker import RemoteFinetuneWorker
+        from app.finetune.remote import RemoteFinetuneWorker
 
         if kind != "finetune" or not worker_token:
             typer.echo("error: --api-url runs a finetune worker and needs --worker-token", err=True)
@@ -284,7 +284,7 @@ def worker(
     # its job back, to be resumed from the last checkpoint by the next worker.
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     if parent_pid is not None:
-        from app.finetune_supervisor import follow_parent
+        from app.finetune.supervisor import follow_parent
 
         follow_parent(parent_pid, runner.stop)
     typer.echo(f"{kind} worker {runner.worker_id} waiting", err=True)

@@ -13,11 +13,8 @@ worker can take it from these files and from the leases of running jobs.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -37,10 +34,6 @@ class LeaseHolder(Protocol):
 
     @property
     def stopping(self) -> bool: ...
-
-
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 Leased = type[Run] | type[FineTuningJobRow] | type[Evaluation]

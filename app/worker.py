@@ -9,9 +9,10 @@ import time
 
 from sqlalchemy.engine import Engine
 
-from app.leases import PRESENCE_INTERVAL_S, Leased, claim, mark_gone, mark_present, new_worker_id
+from app.leases import PRESENCE_INTERVAL_S, Leased, claim, mark_gone, mark_present
 from app.models import Evaluation, FineTuningJobRow, Run
 from app.settings import Settings
+from app.worker_ids import new_worker_id
 
 log = logging.getLogger("selfinstruct.worker")
 
@@ -79,7 +80,7 @@ class Worker:
 
     async def _claim_and_execute(self, model: Leased) -> bool:
         """Claim one row and drive it; False when nothing was waiting."""
-        from app.finetune_worker import execute_job
+        from app.finetune.worker import execute_job
         from app.pipeline import execute_run
         from app.services.evaluations import execute_evaluation
 

@@ -233,7 +233,7 @@ def test_a_file_over_the_example_limit_fails_validation(settings_factory) -> Non
 def test_long_examples_policy_is_kept_for_the_worker(
     client: TestClient, settings: Settings
 ) -> None:
-    from app.finetune_worker import job_spec
+    from app.finetune.worker import job_spec
 
     file_id = upload(client, chat_jsonl())["id"]
     body = {"model": "SmolLM2-135M-Instruct", "training_file": file_id}
@@ -247,14 +247,15 @@ def test_long_examples_policy_is_kept_for_the_worker(
     with Session(engine) as session:
         row = session.get(FineTuningJobRow, dropping["id"])
         assert row is not None
-        assert job_spec(settings, engine, row)["config"]["long_examples"] == "drop"
+        assert job_spec(settings, engine, row).config.long_examples == "drop"
     engine.dispose()
 
 
 def test_truncated_and_dropped_counts_reach_the_job_and_its_events(
     client: TestClient, settings: Settings
 ) -> None:
-    from app.finetune_worker import record_event
+    from app.finetune.protocol import StartEvent
+    from app.finetune.worker import record_event
 
     file_id = upload(client, chat_jsonl())["id"]
     job = client.post(
@@ -267,7 +268,7 @@ def test_truncated_and_dropped_counts_reach_the_job_and_its_events(
         row.status, row.worker_id = JobStatus.running, "w-1"
         session.add(row)
         session.commit()
-    start = {"type": "start", "train_tokens": 90, "truncated_examples": 2, "dropped_examples": 1}
+    start = StartEvent(type="start", train_tokens=90, truncated_examples=2, dropped_examples=1)
     assert record_event(engine, job["id"], "w-1", start)
     engine.dispose()
     data = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["training_data"]

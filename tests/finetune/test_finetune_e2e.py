@@ -317,7 +317,7 @@ def test_killed_worker_loses_the_lease_and_the_job_resumes_from_its_checkpoint(
 
 @pytest.mark.slow
 def test_remote_worker_trains_over_http_with_its_own_token(sqlite_url: str, tmp_path: Path) -> None:
-    from app.remote_worker import RemoteFinetuneWorker
+    from app.finetune.remote import RemoteFinetuneWorker
 
     settings = Settings(
         database_url=sqlite_url,

@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from app.db import make_engine, migrate
-from app.finetune_supervisor import note_unserved_jobs
-from app.finetune_worker import begin_attempt
+from app.finetune.supervisor import note_unserved_jobs
+from app.finetune.worker import begin_attempt
 from app.leases import claim, mark_present
 from app.main import create_app
 from app.models import FineTuningJobRow
@@ -396,7 +396,7 @@ def test_a_job_gets_one_retry_after_its_lease_runs_out_and_a_stop_costs_none(
     """Without a supervisor to see a death, a lease that runs out is the sign: the second claim
     resumes the job, the third fails it. A worker that hands its job back on purpose (stopping)
     does not use up the retry."""
-    from app.finetune_worker import release_job
+    from app.finetune.worker import release_job
 
     settings = Settings(database_url=db_url, data_dir=tmp_path, embedded_worker=False)
     _wipe(db_url)
@@ -500,7 +500,7 @@ def test_a_worker_that_keeps_dying_is_not_restarted_for_ever(
     """A worker that dies young five times in a row (it cannot start: a broken install, say) is
     restarted with a growing back-off, then left for good, which the log and a waiting job
     say."""
-    from app.finetune_supervisor import MAX_YOUNG_DEATHS, FinetuneSupervisor
+    from app.finetune.supervisor import MAX_YOUNG_DEATHS, FinetuneSupervisor
 
     settings = Settings(database_url=sqlite_url, data_dir=tmp_path, embedded_worker=False)
     migrate(settings)
@@ -539,7 +539,7 @@ def test_a_worker_that_keeps_dying_is_not_restarted_for_ever(
 
 
 def test_how_a_worker_died_is_said_in_words() -> None:
-    from app.finetune_worker import describe_exit
+    from app.finetune.worker import describe_exit
 
     assert describe_exit(3) == "exited with code 3"
     assert describe_exit(-11) == "killed by SIGSEGV (signal 11)"
@@ -555,8 +555,8 @@ def test_without_the_training_stack_no_worker_starts_and_the_log_says_so_once(
 ) -> None:
     """An install without torch (the API image) starts no worker; one line in the log says why,
     and a job says so too."""
-    from app import finetune_supervisor
-    from app.finetune_supervisor import FinetuneSupervisor
+    from app.finetune import supervisor as finetune_supervisor
+    from app.finetune.supervisor import FinetuneSupervisor
 
     # this install has the training stack; an API image's lacks it
     monkeypatch.setattr(finetune_supervisor, "training_stack_missing", lambda: ["torch"])

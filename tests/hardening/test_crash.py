@@ -24,8 +24,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.db import migrate
+from app.finetune.remote import RemoteFinetuneWorker
 from app.main import create_app
-from app.remote_worker import RemoteFinetuneWorker
 from app.settings import Settings
 from tests.conftest import _wipe
 from tests.finetune.test_finetune_e2e import (

@@ -42,9 +42,7 @@ CHECKS = [not_a_server_error, response_schema_conformance]
 # A request the schema calls valid must not be refused as invalid (a 4xx other than 401, 403,
 # 404, 409 and 429): the schema states every rule the server enforces, so a client generated
 # from it builds requests the server takes. Left out: uploads (whether a file's bytes are UTF-8
-# JSONL of seed tasks or of chat examples is beyond what JSON Schema can state) and the remote
-# fine-tune worker's routes, whose event and outcome bodies are checked per event kind in code
-# (the typed worker protocol of the fine-tuning package is to replace them).
+# JSONL of seed tasks or of chat examples is beyond what JSON Schema can state).
 def accepts_valid_data(ctx: Any, response: Any, case: Any) -> bool | None:
     """`positive_data_acceptance`, except a 422 whose every reason is a rule between fields that
     the document states in words (JSON Schema cannot compare two fields): the text of each
@@ -64,8 +62,6 @@ EXACT_CHECKS = [*CHECKS, accepts_valid_data]
 NOT_EXACT = {
     ("POST", "/v1/datasets/{name}/seeds"),
     ("POST", "/v1/files"),
-    ("POST", "/v1/workers/finetune/{job_id}/events"),
-    ("POST", "/v1/workers/finetune/{job_id}/complete"),
 }
 
 # The only operation left out: with the worker off a queued run never ends, so its event stream

@@ -12,7 +12,8 @@ from sse_starlette.sse import EventSourceResponse
 from app.api.deps import EngineDep, SessionDep, SettingsDep
 from app.api.sse import Event, follow
 from app.api.sse import last_event_id as sse_start
-from app.finetune_schemas import (
+from app.finetune import service as svc
+from app.finetune.schemas import (
     FileObject,
     FineTuningJob,
     FineTuningJobCheckpoint,
@@ -23,7 +24,6 @@ from app.finetune_schemas import (
 from app.models import FineTuningJobRow
 from app.schemas import ErrorResponse
 from app.services import files as file_svc
-from app.services import finetune as svc
 
 router = APIRouter(tags=["fine-tuning"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}

@@ -2,32 +2,24 @@
 
 A GPU machine that cannot reach the database runs `selfinstruct worker --kind finetune
 --api-url ... --worker-token ...`; these routes do on its behalf what a database-connected
-worker does directly, through the same functions.
+worker does directly, through the same functions (app/finetune/relay.py), and take and give the
+worker protocol's models (app/finetune/protocol.py).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from sqlmodel import Session
 
 from app.api.deps import EngineDep, SessionDep, SettingsDep, bearer_token, token_matches
 from app.api.errors import COMMON_ERRORS
-from app.errors import Conflict, InvalidInput, Unauthorized
-from app.finetune_schemas import (
-    ClaimRequest,
-    CompleteRequest,
-    Continue,
-    EventsRequest,
-    FineTuningJob,
-)
-from app.finetune_worker import begin_attempt, complete_job, job_spec, record_event, still_mine
-from app.leases import claim, mark_present, renew
-from app.models import FineTuningJobRow
-from app.schemas import ErrorItem, ErrorResponse
-from app.services import finetune as svc
+from app.errors import Unauthorized
+from app.finetune import relay
+from app.finetune.protocol import ClaimRequest, CompleteRequest, Continue, EventsRequest, JobSpec
+from app.finetune.schemas import FineTuningJob
+from app.finetune.service import job_public
+from app.schemas import ErrorResponse
 
 
 def require_worker_token(request: Request, settings: SettingsDep) -> None:
@@ -48,23 +40,13 @@ router = APIRouter(
 )
 
 
-@router.post("/claim", responses={204: {"description": "No job is waiting."}})
+@router.post(
+    "/claim", response_model=JobSpec, responses={204: {"description": "No job is waiting."}}
+)
 def claim_job(engine: EngineDep, settings: SettingsDep, body: ClaimRequest) -> Any:
     """Claim the oldest queued job (or one whose lease expired) and get what to train."""
-    mark_present(settings.data_dir, "finetune", body.worker_id)  # a worker polls: it is there
-    job_id = claim(
-        engine,
-        FineTuningJobRow,
-        worker_id=body.worker_id,
-        lease_seconds=settings.worker_lease_seconds,
-    )
-    if job_id is None or not begin_attempt(engine, str(job_id)):
-        return Response(status_code=204)
-    with Session(engine) as session:
-        job = session.get(FineTuningJobRow, job_id)
-        assert job is not None
-        # the lease tells the worker how often to renew while no event comes (model loading)
-        return {**job_spec(settings, engine, job), "lease_seconds": settings.worker_lease_seconds}
+    spec = relay.claim_job(engine=engine, settings=settings, worker_id=body.worker_id)
+    return spec if spec is not None else Response(status_code=204)
 
 
 @router.post("/{job_id}/events")
@@ -72,20 +54,13 @@ def report_events(
     engine: EngineDep, settings: SettingsDep, job_id: str, body: EventsRequest
 ) -> Continue:
     """Record training events and renew the lease; answers whether to go on."""
-    with Session(engine) as session:
-        svc.get_job(session=session, job_id=job_id)  # 404 for an unknown job
-    if not still_mine(engine, job_id, body.worker_id):
-        return Continue(proceed=False)
-    for event in body.events:
-        record_event(engine, job_id, body.worker_id, event)
-    renewed = renew(
-        engine,
-        FineTuningJobRow,
-        row_id=job_id,
+    return relay.report_events(
+        engine=engine,
+        settings=settings,
+        job_id=job_id,
         worker_id=body.worker_id,
-        lease_seconds=settings.worker_lease_seconds,
+        events=body.events,
     )
-    return Continue(proceed=renewed)
 
 
 @router.post("/{job_id}/complete")
@@ -97,25 +72,12 @@ def complete(
     body: CompleteRequest,
 ) -> FineTuningJob:
     """Finish a job with the worker's outcome: succeeded (trained_tokens) or failed (error)."""
-    job = svc.get_job(session=session, job_id=job_id)
-    if not still_mine(engine, job_id, body.worker_id):
-        raise Conflict(f"Job '{job_id}' is not held by worker '{body.worker_id}' any more.")
-    if body.outcome.model_dir is not None:
-        _inside_data_dir(settings.data_dir, body.outcome.model_dir, "outcome.model_dir")
-    complete_job(engine, job_id, body.worker_id, body.outcome.model_dump(exclude_none=True))
-    session.refresh(job)
-    return svc.job_public(session=session, job=job)
-
-
-def _inside_data_dir(data_dir: Path, reported: str, field: str) -> None:
-    """The API later loads a tuned model from the reported folder; a worker must not be able to
-    point it at any other place on the API's disk (`/etc`, `../..`, a symlink out)."""
-    root = data_dir.resolve()
-    target = Path(reported)
-    target = (target if target.is_absolute() else Path.cwd() / target).resolve()
-    if not target.is_relative_to(root):
-        raise InvalidInput(
-            f"{field} must be a folder inside the API's data dir ({root}), on storage the API "
-            f"mounts at the same path; got '{reported}'.",
-            errors=[ErrorItem(field=field, reason="outside the data dir")],
-        )
+    job = relay.complete(
+        session=session,
+        engine=engine,
+        settings=settings,
+        job_id=job_id,
+        worker_id=body.worker_id,
+        outcome=body.outcome,
+    )
+    return job_public(session=session, job=job)

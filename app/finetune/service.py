@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from app.errors import InvalidInput, NotFound
-from app.finetune_schemas import (
+from app.finetune.schemas import (
     FineTuningJob,
     FineTuningJobCheckpoint,
     FineTuningJobCreate,

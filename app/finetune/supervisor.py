@@ -21,7 +21,6 @@ import importlib.util
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,11 +31,12 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from app.finetune_worker import describe_exit, worker_lost
+from app.finetune.service import add_event
+from app.finetune.worker import describe_exit, worker_lost
 from app.leases import held_rows, present_workers
 from app.models import FineTuningJobRow, JobStatus
-from app.services.finetune import add_event
 from app.settings import Settings
+from app.worker_ids import worker_prefix
 
 log = logging.getLogger("selfinstruct.finetune")
 
@@ -212,7 +212,7 @@ class FinetuneSupervisor:
             code, oom_killed=before is not None and after is not None and after > before
         )
         _kill_group(process.pid, signal.SIGKILL)  # anything it started (torchrun's workers)
-        jobs = worker_lost(self.engine, worker_prefix=_worker_prefix(process.pid), how=how)
+        jobs = worker_lost(self.engine, worker_prefix=worker_prefix(process.pid), how=how)
         lived = time.monotonic() - self._started_at
         self._young_deaths = self._young_deaths + 1 if lived < YOUNG_S else 1
         held = f" while training {', '.join(jobs)}" if jobs else ""
@@ -255,13 +255,8 @@ class FinetuneSupervisor:
         process.wait()
         with contextlib.suppress(Exception):
             worker_lost(
-                self.engine, worker_prefix=_worker_prefix(process.pid), how="", counted=False
+                self.engine, worker_prefix=worker_prefix(process.pid), how="", counted=False
             )
-
-
-def _worker_prefix(pid: int) -> str:
-    """Worker ids are host:pid:random (app.leases.new_worker_id)."""
-    return f"{socket.gethostname()}:{pid}:"
 
 
 def _kill_group(pid: int, sig: signal.Signals) -> None:

@@ -12,18 +12,31 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app.finetune.protocol import (
+    CheckpointEvent,
+    EvalEvent,
+    JobConfig,
+    JobSpec,
+    Outcome,
+    StartEvent,
+    StepEvent,
+    Succeeded,
+    WorkerEvent,
+    event_data,
+    parse_event,
+)
+from app.finetune.runner import Heartbeat, run_training
+from app.finetune.service import add_event, artifacts_dir, tuned_model_dir
 from app.leases import LeaseHolder, renew
 from app.models import FineTuningJobCheckpointRow, FineTuningJobRow, JobStatus, utcnow
 from app.services.base_models import find_base_model
 from app.services.files import file_path
-from app.services.finetune import add_event, artifacts_dir, tuned_model_dir
 from app.settings import BUNDLED_MODEL_ID, Settings
 
 log = logging.getLogger("selfinstruct.finetune")
@@ -52,43 +65,40 @@ def model_dir_for(settings: Settings, engine: Engine, model: str) -> str | None:
     return tuned_model_dir(settings, job)
 
 
-def job_spec(settings: Settings, engine: Engine, job: FineTuningJobRow) -> dict[str, Any]:
-    """What a worker needs to train a job, as plain data (a remote worker gets it as JSON).
+def job_spec(settings: Settings, engine: Engine, job: FineTuningJobRow) -> JobSpec:
+    """What a worker needs to train a job (a remote worker gets it as JSON).
 
     `base_model` is None for the bundled model, which every worker finds in its own install.
     """
     hyper, method = job.hyperparameters, job.method
-    lora = method.get("lora")
-    spec: dict[str, Any] = {
-        "job_id": job.id,
-        "base_model": None
+    lora = method.get("lora") or {}
+    assert job.training_file is not None  # a job without one fails validation, never queues
+    return JobSpec(
+        job_id=job.id,
+        base_model=None
         if job.model == BUNDLED_MODEL_ID
         else model_dir_for(settings, engine, job.model),
-        "training_file": job.training_file,
-        "validation_file": job.validation_file,
-        "config": {
-            "method": "lora" if lora else "full",
-            "n_epochs": hyper["n_epochs"],
-            "batch_size": hyper["batch_size"],
-            "learning_rate_multiplier": hyper["learning_rate_multiplier"],
-            "max_seq_len": method.get("max_seq_len", 1024),
-            "long_examples": method.get("long_examples", "truncate"),
-            "seed": job.seed or 0,
-            "checkpoint_interval": method.get("checkpoint_interval", 100),
-            "devices": method.get("devices", 1),
-            "parallelism": method.get("parallelism", "ddp"),
-        },
-    }
-    if method.get("max_steps"):
-        spec["config"]["max_steps"] = method["max_steps"]
-    if lora:
-        spec["config"].update(
-            lora_r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
-            lora_target_modules=lora["target_modules"],
-        )
-    return spec
+        training_file=job.training_file,
+        validation_file=job.validation_file,
+        config=JobConfig(
+            method="lora" if lora else "full",
+            n_epochs=hyper["n_epochs"],
+            batch_size=hyper["batch_size"],
+            learning_rate_multiplier=hyper["learning_rate_multiplier"],
+            max_seq_len=method.get("max_seq_len", 1024),
+            long_examples=method.get("long_examples", "truncate"),
+            seed=job.seed or 0,
+            checkpoint_interval=method.get("checkpoint_interval", 100),
+            devices=method.get("devices", 1),
+            parallelism=method.get("parallelism", "ddp"),
+            max_steps=method.get("max_steps") or None,
+            lora_r=lora.get("r"),
+            lora_alpha=lora.get("alpha"),
+            lora_dropout=lora.get("dropout"),
+            lora_target_modules=lora.get("target_modules"),
+        ),
+        lease_seconds=settings.worker_lease_seconds,
+    )
 
 
 def begin_attempt(engine: Engine, job_id: str) -> bool:
@@ -218,59 +228,58 @@ def release_job(engine: Engine, job_id: str, worker_id: str) -> bool:
     return True
 
 
-def record_event(engine: Engine, job_id: str, worker_id: str, event: dict[str, Any]) -> bool:
-    """Store one training event (progress, metrics, checkpoints); False: the worker must stop."""
-    kind = event.get("type")
+def record_event(engine: Engine, job_id: str, worker_id: str, event: WorkerEvent) -> bool:
+    """Store one training event (progress, metrics, checkpoints); False: the worker must stop.
+
+    Both workers' events come here: the database worker's from training, a remote worker's
+    through the HTTP route."""
     progress = _progress(engine, job_id)
     with Session(engine) as session:
-        if kind == "step":
-            step, total = event["step"], event["total_steps"]
-            eta = (total - step) * event.get("elapsed_s", 0.0) / max(1, step)
-            progress.update(
-                step=step,
-                total_steps=total,
-                epoch=event.get("epoch"),
-                tokens_per_s=event.get("tokens_per_s"),
-                eta_s=eta,
-                train_loss=event.get("train_loss"),
-            )
-            _update(engine, job_id, worker_id, progress=progress)
-            message = f"Step {step}/{total}: training loss={event['train_loss']:.4f}"
-        elif kind == "eval":
-            _update(
-                engine, job_id, worker_id, progress={**progress, "valid_loss": event["eval_loss"]}
-            )
-            message = f"Step {event['step']}: validation loss={event['eval_loss']:.4f}"
-        elif kind == "checkpoint":
-            metrics = {
-                "step": event["step"],
-                "train_loss": progress.get("train_loss"),
-                "valid_loss": progress.get("valid_loss"),
-            }
-            session.add(
-                FineTuningJobCheckpointRow(
-                    job_id=job_id, step=event["step"], path=event["path"], metrics=metrics
+        match event:
+            case StepEvent():
+                eta = (
+                    (event.total_steps - event.step) * (event.elapsed_s or 0.0) / max(1, event.step)
                 )
-            )
-            message = f"Checkpoint saved at step {event['step']}"
-        elif kind == "start":
-            long_counts = {
-                key: event.get(key, 0) for key in ("truncated_examples", "dropped_examples")
-            }
-            stats = {
-                **_job(engine, job_id).data_stats,
-                "tokens": event.get("train_tokens"),
-                **long_counts,
-            }
-            _update(engine, job_id, worker_id, data_stats=stats)
-            message = "Training started"
-            if any(long_counts.values()):
-                add_event(session, job_id, _long_examples_message(long_counts), data=long_counts)
-        elif kind == "done":
-            message = f"Training finished after step {event['step']}"
-        else:
-            message = f"Training {kind}"
-        add_event(session, job_id, message, data=_plain(event))
+                progress.update(
+                    step=event.step,
+                    total_steps=event.total_steps,
+                    epoch=event.epoch,
+                    tokens_per_s=event.tokens_per_s,
+                    eta_s=eta,
+                    train_loss=event.train_loss,
+                )
+                _update(engine, job_id, worker_id, progress=progress)
+            case EvalEvent():
+                _update(
+                    engine, job_id, worker_id, progress={**progress, "valid_loss": event.eval_loss}
+                )
+            case CheckpointEvent():
+                metrics = {
+                    "step": event.step,
+                    "train_loss": progress.get("train_loss"),
+                    "valid_loss": progress.get("valid_loss"),
+                }
+                session.add(
+                    FineTuningJobCheckpointRow(
+                        job_id=job_id, step=event.step, path=event.path, metrics=metrics
+                    )
+                )
+            case StartEvent():
+                long_counts = {
+                    "truncated_examples": event.truncated_examples,
+                    "dropped_examples": event.dropped_examples,
+                }
+                stats = {
+                    **_job(engine, job_id).data_stats,
+                    "tokens": event.train_tokens,
+                    **long_counts,
+                }
+                _update(engine, job_id, worker_id, data_stats=stats)
+                if any(long_counts.values()):
+                    add_event(
+                        session, job_id, _long_examples_message(long_counts), data=long_counts
+                    )
+        add_event(session, job_id, event.message(), data=event_data(event))
         session.commit()
     return still_mine(engine, job_id, worker_id)
 
@@ -288,111 +297,6 @@ def still_mine(engine: Engine, job_id: str, worker_id: str) -> bool:
     return current.status == JobStatus.running and current.worker_id == worker_id
 
 
-def run_training(
-    spec: dict[str, Any],
-    *,
-    train_path: Path,
-    valid_path: Path | None,
-    output_dir: Path,
-    device: str,
-    on_event: Any,
-    should_stop: Any,
-) -> dict[str, Any] | None:
-    """Train, resuming from the newest checkpoint in `output_dir`; returns how the job ends
-    (`status` and fields) or None when it was cancelled or taken over.
-
-    A job on several devices (`devices` > 1) runs in torchrun's processes (training/launch.py);
-    their rank 0's events come to `on_event` here and a stop reaches them all."""
-    from training.config import FinetuneConfig, bundled_base_model
-    from training.errors import InsufficientMemory, TrainingDataError, TrainingError
-    from training.launch import run
-
-    checkpoints = complete_checkpoints(output_dir)
-    try:
-        config = FinetuneConfig(
-            base_model=spec["base_model"] or str(bundled_base_model()),
-            output_dir=str(output_dir),
-            device=device,  # type: ignore[arg-type]
-            **spec["config"],
-        )
-        result = run(
-            config,
-            train_path,
-            valid_path,
-            on_event=on_event,
-            should_stop=should_stop,
-            resume_from=checkpoints[-1] if checkpoints else None,
-        )
-    except Exception as exc:
-        if isinstance(exc, TrainingDataError):
-            code, message = "invalid_training_file", str(exc)
-        elif isinstance(exc, InsufficientMemory):
-            code, message = "insufficient_memory", str(exc)
-        elif isinstance(exc, TrainingError):
-            code, message = "training_failed", str(exc)
-        else:
-            log.exception("fine-tune job %s failed", spec["job_id"])
-            code, message = "server_error", f"{type(exc).__name__}: {exc}"
-        return {
-            "status": JobStatus.failed.value,
-            "error": {"code": code, "message": message, "param": None},
-        }
-    if result.cancelled:
-        return None
-    return {
-        "status": JobStatus.succeeded.value,
-        "trained_tokens": result.trained_tokens,
-        "model_dir": str(result.final_dir) if result.final_dir else None,
-    }
-
-
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """`checkpoints/step-N` directories that were fully written, oldest first.
-
-    A worker killed while saving leaves `step-N.partial` behind; it is not a checkpoint (and its
-    name is not a number), so resuming must skip it rather than fail on it.
-    """
-    found = []
-    for path in (output_dir / "checkpoints").glob("step-*"):
-        number = path.name.removeprefix("step-")
-        if number.isdigit() and (path / "trainer_state.json").is_file():
-            found.append((int(number), path))
-    return [path for _, path in sorted(found)]
-
-
-class Heartbeat:
-    """Renews a lease every third of its length from a thread, until stopped.
-
-    Training events alone cannot keep a lease: loading a large base model, or one long step,
-    can outlast it, and another worker would then take over a job that is still alive.
-    `lost` turns true when a renewal is refused (the job was cancelled or taken over).
-    """
-
-    def __init__(self, renew_once: Any, lease_seconds: float) -> None:
-        self._renew_once = renew_once
-        self._interval = lease_seconds / 3
-        self._stop = threading.Event()
-        self.lost = False
-        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                if not self._renew_once():
-                    self.lost = True
-                    return
-            except Exception:  # a database or network hiccup: try again next beat
-                log.warning("lease renewal failed; retrying", exc_info=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
 def execute_job(
     *,
     engine: Engine,
@@ -407,7 +311,7 @@ def execute_job(
     lease = settings.worker_lease_seconds
 
     def on_event(event: dict[str, Any]) -> None:
-        record_event(engine, job_id, worker.worker_id, event)
+        record_event(engine, job_id, worker.worker_id, parse_event(event))
 
     def renew_once() -> bool:
         return renew(
@@ -416,11 +320,10 @@ def execute_job(
 
     job = _job(engine, job_id)
     spec = job_spec(settings, engine, job)
-    assert job.training_file is not None
     with Heartbeat(renew_once, lease) as heartbeat:
         outcome = run_training(
             spec,
-            train_path=file_path(settings, job.training_file),
+            train_path=file_path(settings, spec.training_file),
             valid_path=file_path(settings, job.validation_file) if job.validation_file else None,
             output_dir=artifacts_dir(settings, job_id),
             device=device or settings.finetune_device,
@@ -437,23 +340,23 @@ def execute_job(
         release_job(engine, job_id, worker.worker_id)
 
 
-def complete_job(engine: Engine, job_id: str, worker_id: str, outcome: dict[str, Any]) -> None:
+def complete_job(engine: Engine, job_id: str, worker_id: str, outcome: Outcome) -> None:
     job = _job(engine, job_id)
-    if outcome["status"] == JobStatus.succeeded.value:
+    if isinstance(outcome, Succeeded):
         progress = dict(job.progress or {})
-        if outcome.get("model_dir"):  # a remote worker's output, on storage the API shares
-            progress["model_dir"] = str(outcome["model_dir"])
+        if outcome.model_dir:  # a remote worker's output, on storage the API shares
+            progress["model_dir"] = outcome.model_dir
         _finish(
             engine,
             job_id,
             worker_id,
             JobStatus.succeeded,
             fine_tuned_model=fine_tuned_model_id(job),
-            trained_tokens=outcome.get("trained_tokens"),
+            trained_tokens=outcome.trained_tokens,
             progress=progress,
         )
     else:
-        _finish(engine, job_id, worker_id, JobStatus.failed, error=outcome.get("error"))
+        _finish(engine, job_id, worker_id, JobStatus.failed, error=outcome.error.model_dump())
 
 
 def _latest_checkpoint(engine: Engine, job_id: str) -> Path | None:
@@ -488,10 +391,6 @@ def _job(engine: Engine, job_id: str) -> FineTuningJobRow:
 
 def _progress(engine: Engine, job_id: str) -> dict[str, Any]:
     return dict(_job(engine, job_id).progress or {})
-
-
-def _plain(event: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in event.items() if isinstance(v, int | float | str | bool | None)}
 
 
 def _finish(engine: Engine, job_id: str, worker_id: str, status: JobStatus, **fields: Any) -> None:

@@ -1,5 +1,9 @@
 """A fine-tune worker on another machine: it talks to the API over HTTP with a worker token,
-downloads the training data, trains with `training/`, and reports as it goes."""
+downloads the training data, trains with `training/`, and reports as it goes, in the worker
+protocol's models (app/finetune/protocol.py).
+
+It needs no database: nothing here imports sqlalchemy, sqlmodel or the app's tables
+(tests/finetune/test_protocol.py holds it to that)."""
 
 from __future__ import annotations
 
@@ -10,8 +14,17 @@ from typing import Any
 
 import httpx
 
-from app.finetune_worker import Heartbeat, run_training
-from app.leases import new_worker_id
+from app.finetune.protocol import (
+    ClaimRequest,
+    CompleteRequest,
+    Continue,
+    EventsRequest,
+    JobSpec,
+    WorkerEvent,
+    parse_event,
+)
+from app.finetune.runner import Heartbeat, run_training
+from app.worker_ids import new_worker_id
 
 log = logging.getLogger("selfinstruct.remote_worker")
 
@@ -52,14 +65,13 @@ class RemoteFinetuneWorker:
         self.api_retry_s = api_retry_s
         self.worker_id = new_worker_id()
 
-    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    def _post(self, path: str, body: ClaimRequest) -> httpx.Response:
         deadline = time.monotonic() + self.api_retry_s
         delay = 0.2
+        payload = body.model_dump(mode="json", exclude_unset=True)
         while True:
             try:
-                response = self.http.post(
-                    path, json={"worker_id": self.worker_id, **body}, headers=self.headers
-                )
+                response = self.http.post(path, json=payload, headers=self.headers)
             except httpx.TransportError as exc:
                 failure: str = f"{type(exc).__name__}: {exc}"
             else:
@@ -91,33 +103,32 @@ class RemoteFinetuneWorker:
 
     def run_once(self) -> bool:
         """Claim and train one job; False when none was waiting."""
-        claimed = self._post("/v1/workers/finetune/claim", {})
+        claimed = self._post("/v1/workers/finetune/claim", ClaimRequest(worker_id=self.worker_id))
         if claimed.status_code == 204:
             return False
-        spec = claimed.json()
-        job_id = spec["job_id"]
+        spec = JobSpec.model_validate(claimed.json())
+        job_id = spec.job_id
         job_dir = self.work_dir / job_id
         job_dir.mkdir(parents=True, exist_ok=True)
-        train_path = self._download(spec["training_file"], job_dir)
-        valid_path = (
-            self._download(spec["validation_file"], job_dir)
-            if spec.get("validation_file")
-            else None
-        )
+        train_path = self._download(spec.training_file, job_dir)
+        valid_path = self._download(spec.validation_file, job_dir) if spec.validation_file else None
         proceed = True
 
-        def report(events: list[dict[str, Any]]) -> bool:
+        def report(events: list[WorkerEvent]) -> bool:
             nonlocal proceed
-            reply = self._post(f"/v1/workers/finetune/{job_id}/events", {"events": events})
-            proceed = proceed and bool(reply.json()["proceed"])
+            reply = self._post(
+                f"/v1/workers/finetune/{job_id}/events",
+                EventsRequest(worker_id=self.worker_id, events=events),
+            )
+            proceed = proceed and Continue.model_validate(reply.json()).proceed
             return proceed
 
         def on_event(event: dict[str, Any]) -> None:
-            report([event])
+            report([parse_event(event)])
 
         # An empty report renews the lease while no event comes: loading a large model or one
         # long step can outlast it, and another worker would take over a job still alive.
-        with Heartbeat(lambda: report([]), float(spec.get("lease_seconds", 60))) as heartbeat:
+        with Heartbeat(lambda: report([]), spec.lease_seconds) as heartbeat:
             outcome = run_training(
                 spec,
                 train_path=train_path,
@@ -128,7 +139,10 @@ class RemoteFinetuneWorker:
                 should_stop=lambda: not proceed or heartbeat.lost,
             )
         if outcome is not None:
-            self._post(f"/v1/workers/finetune/{job_id}/complete", {"outcome": outcome})
+            self._post(
+                f"/v1/workers/finetune/{job_id}/complete",
+                CompleteRequest(worker_id=self.worker_id, outcome=outcome),
+            )
         return True
 
     def run_forever(self, *, once: bool = False) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 T = TypeVar("T")
 
@@ -224,75 +224,3 @@ class Page(BaseModel, Generic[T]):
     object: Literal["list"] = "list"
     data: list[T]
     has_more: bool
-
-
-# --- the remote worker's requests ---
-
-# Keys each training event kind must carry, with their types: the recorder reads them directly,
-# so a malformed event is refused here (422) instead of failing halfway through recording.
-_Number = (int, float)
-EVENT_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
-    "step": {"step": (int,), "total_steps": (int,), "train_loss": _Number},
-    "eval": {"step": (int,), "eval_loss": _Number},
-    "checkpoint": {"step": (int,), "path": (str,)},
-    "done": {"step": (int,)},
-}
-
-
-class ClaimRequest(BaseModel):
-    worker_id: str = Field(min_length=1, max_length=200)
-
-
-class EventsRequest(ClaimRequest):
-    events: list[dict[str, Any]] = Field(max_length=1000)
-
-    @model_validator(mode="after")
-    def _well_formed(self) -> EventsRequest:
-        for index, event in enumerate(self.events):
-            kind = event.get("type")
-            if not isinstance(kind, str) or not 1 <= len(kind) <= 64:
-                raise ValueError(f"events[{index}].type must be a short string")
-            for key, types in EVENT_FIELDS.get(kind, {}).items():
-                value = event.get(key)
-                if isinstance(value, bool) or not isinstance(value, types):
-                    raise ValueError(
-                        f"events[{index}] ({kind}) needs `{key}` as "
-                        f"{' or '.join(t.__name__ for t in types)}"
-                    )
-        return self
-
-
-class JobErrorReport(BaseModel):
-    code: str = Field(min_length=1, max_length=100)
-    message: str = Field(max_length=10_000)
-    param: str | None = Field(None, max_length=100)
-
-
-class Outcome(BaseModel):
-    """How the job ended on the worker: succeeded with its model, or failed with an error."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    status: Literal["succeeded", "failed"]
-    trained_tokens: StrictInt | None = Field(None, ge=0, le=2**62)
-    model_dir: str | None = Field(
-        None,
-        max_length=4096,
-        description="The tuned model's folder; must lie inside the API's data dir, "
-        "which the API loads it from.",
-    )
-    error: JobErrorReport | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Outcome:
-        if self.status == "failed" and self.error is None:
-            raise ValueError("a failed outcome needs an `error` with code and message")
-        return self
-
-
-class CompleteRequest(ClaimRequest):
-    outcome: Outcome
-
-
-class Continue(BaseModel):
-    proceed: bool = Field(description="False: the job was cancelled or taken over; stop now.")
