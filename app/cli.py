@@ -16,11 +16,11 @@ from sqlmodel import Session
 from app.db import NotMigratedError, check_migrated, make_engine, migrate
 from app.errors import ServiceError
 from app.models import Dataset
-from app.schemas import HUB_LICENSE_PATTERN, BundleFileFormat, ExportFormat
+from app.schemas import HUB_LICENSE_PATTERN, BundleFileFormat, ExportFormat, ExportSplit
 from app.services.bundle import BundleOptions, write_bundle
 from app.services.bundle import push_to_hub as hub_upload
 from app.services.datasets import get_dataset
-from app.services.export import export_chunks
+from app.services.export import Selection, export_chunks
 from app.services.seeds import import_seeds, parse_json_array, parse_jsonl
 from app.settings import Settings, get_settings
 
@@ -153,6 +153,13 @@ def export(
         ExportFormat, typer.Option(help="A JSONL record shape, or parquet (flat rows).")
     ] = ExportFormat.self_instruct,
     include_seeds: Annotated[bool, typer.Option(help="Add the seed tasks.")] = False,
+    split: Annotated[
+        ExportSplit,
+        typer.Option(
+            help="train: outside the dataset's held-out share (as the API's default); "
+            "held_out: only that share; all: both. Not used by --bundle, which splits itself."
+        ),
+    ] = ExportSplit.train,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="File; stdout if absent.")
     ] = None,
@@ -200,9 +207,8 @@ def export(
         return
     assert target.id is not None
     if bundle is None and push_to_hub is None:
-        chunks = export_chunks(
-            engine=engine, dataset_id=target.id, fmt=format, include_seeds=include_seeds
-        )
+        selection = Selection(include_seeds=include_seeds, split=split)
+        chunks = export_chunks(engine=engine, dataset_id=target.id, fmt=format, selection=selection)
         _write_stream(chunks, output)
         return
     options = BundleOptions(file_format=bundle_format, license=license, include_seeds=include_seeds)

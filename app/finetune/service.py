@@ -32,7 +32,7 @@ from app.models import (
 from app.schemas import ErrorItem, ExportFormat, ExportSplit
 from app.services import base_models
 from app.services.datasets import get_dataset
-from app.services.export import export_chunks
+from app.services.export import Selection, export_chunks
 from app.services.files import file_path, get_file, store_file
 from app.settings import BUNDLED_MODEL_ID, Settings
 from training.data import read_chat_jsonl
@@ -160,8 +160,8 @@ def create_job(
                     engine=session.get_bind().engine,
                     dataset_id=dataset.id,
                     fmt=ExportFormat.openai_messages,
-                    include_seeds=True,
-                    split=ExportSplit.train,  # the held-out share stays out of training
+                    # The held-out share stays out of training.
+                    selection=Selection(include_seeds=True, split=ExportSplit.train),
                 ),
             )
             if _has_tasks(session, dataset)

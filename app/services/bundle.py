@@ -35,6 +35,7 @@ from app.services.export import (
     ByteSink,
     ExportRow,
     FlatColumns,
+    Selection,
     task_batches,
 )
 from filters.language import UNKNOWN, base_language
@@ -214,9 +215,8 @@ def _write_splits(
     }
     counts, edge = SplitCounts(splits=rule.splits), _Edge(rule)
     try:
-        for tasks in task_batches(
-            engine=engine, dataset_id=dataset_id, include_seeds=options.include_seeds
-        ):
+        selection = Selection(include_seeds=options.include_seeds)
+        for tasks in task_batches(engine=engine, dataset_id=dataset_id, selection=selection):
             for task in tasks:
                 if not task.instances:
                     continue  # nothing to learn from; the flat export drops it too

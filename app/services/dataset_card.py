@@ -182,8 +182,12 @@ def _body(*, facts: CardFacts, splits: SplitFacts, include_seeds: bool) -> str:
         "|---|---:|---:|",
         *(f"| {s} | {splits.tasks[s]:,} | {splits.rows[s]:,} |" for s in splits.paths),
         "",
-        f"Splits: {splits.rule}. This is a fixed rule, not a held-out set chosen before "
-        "generation.",
+        f"Splits: {splits.rule}."
+        + (
+            ""
+            if "test" in splits.paths  # the held-out share, which the rule already names
+            else " This is a fixed rule, not a held-out set chosen before generation."
+        ),
         "",
         "## How it was made",
         "",

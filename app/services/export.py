@@ -4,6 +4,7 @@ row count."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
@@ -94,20 +95,24 @@ FORMATTERS: dict[ExportFormat, Formatter] = {
 }
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which accepted tasks an export holds: seeds only when asked for, one side of the held-out
+    share or both, contaminated tasks only when asked for, and a judge rating floor."""
+
+    include_seeds: bool = False
+    split: ExportSplit = ExportSplit.all
+    include_contaminated: bool = False
+    min_rating: str | None = None
+
+
 def export_query(
-    *,
-    dataset_id: int,
-    include_seeds: bool,
-    split: ExportSplit = ExportSplit.all,
-    held_out_share: float = 0.0,
-    include_contaminated: bool = False,
-    min_rating: str | None = None,
+    *, dataset_id: int, selection: Selection, held_out_share: float = 0.0
 ) -> sa.Select:  # type: ignore[type-arg]
-    """Accepted tasks of a dataset, oldest first; seeds only when asked for; one side of the
-    held-out share or both; contaminated tasks only when asked for."""
+    """The selected tasks of a dataset, oldest first."""
     # Plain strings: the raw DBAPI cursor below binds them without SQLAlchemy's type handling.
     origins = list(MACHINE_ORIGINS)
-    if include_seeds:
+    if selection.include_seeds:
         origins.append(TaskOrigin.seed.value)
     return (
         sa.select(
@@ -126,10 +131,10 @@ def export_query(
             col(Task.dataset_id) == dataset_id,
             col(Task.status) == TaskStatus.accepted.value,
             col(Task.origin).in_(origins),
-            split_clause(split, held_out_share),
-            sa.true() if include_contaminated else sa.not_(col(Task.contaminated)),
+            split_clause(selection.split, held_out_share),
+            sa.true() if selection.include_contaminated else sa.not_(col(Task.contaminated)),
             # Only tasks rated this or better by their latest judgement.
-            *min_rating_clause(min_rating),
+            *min_rating_clause(selection.min_rating),
         )
         .order_by(col(Task.id))
     )
@@ -157,13 +162,7 @@ def _row_batches(conn: Connection, query: sa.Select) -> Iterator[list[Any]]:  # 
 
 
 def task_batches(
-    *,
-    engine: Engine,
-    dataset_id: int,
-    include_seeds: bool,
-    split: ExportSplit = ExportSplit.all,
-    include_contaminated: bool = False,
-    min_rating: str | None = None,
+    *, engine: Engine, dataset_id: int, selection: Selection
 ) -> Iterator[list[ExportRow]]:
     """Exported tasks in batches; owns its connection because it outlives the request's session.
 
@@ -173,14 +172,7 @@ def task_batches(
         share = conn.execute(
             sa.select(col(Dataset.held_out_share)).where(col(Dataset.id) == dataset_id)
         ).scalar()
-    query = export_query(
-        dataset_id=dataset_id,
-        include_seeds=include_seeds,
-        split=split,
-        held_out_share=share or 0.0,
-        include_contaminated=include_contaminated,
-        min_rating=min_rating,
-    )
+    query = export_query(dataset_id=dataset_id, selection=selection, held_out_share=share or 0.0)
     loads = orjson.loads
     with engine.connect() as conn:
         for rows in _row_batches(conn, query):
@@ -202,27 +194,14 @@ def export_file(*, dataset_name: str, fmt: ExportFormat) -> tuple[str, str]:
 
 
 def export_chunks(
-    *,
-    engine: Engine,
-    dataset_id: int,
-    fmt: ExportFormat,
-    include_seeds: bool,
-    split: ExportSplit = ExportSplit.all,
-    include_contaminated: bool = False,
-    min_rating: str | None = None,
+    *, engine: Engine, dataset_id: int, fmt: ExportFormat, selection: Selection
 ) -> Iterator[bytes]:
     """Yield the export in chunks: JSONL lines in the chosen shape, or a Parquet file."""
-    selection: dict[str, Any] = {
-        "include_seeds": include_seeds,
-        "split": split,
-        "include_contaminated": include_contaminated,
-        "min_rating": min_rating,
-    }
     if fmt == ExportFormat.parquet:
-        yield from parquet_chunks(engine=engine, dataset_id=dataset_id, **selection)
+        yield from parquet_chunks(engine=engine, dataset_id=dataset_id, selection=selection)
         return
     formatter, dumps = FORMATTERS[fmt], orjson.dumps
-    for tasks in task_batches(engine=engine, dataset_id=dataset_id, **selection):
+    for tasks in task_batches(engine=engine, dataset_id=dataset_id, selection=selection):
         lines = [dumps(obj) for task in tasks for obj in formatter(task)]
         if lines:
             lines.append(b"")
@@ -320,15 +299,7 @@ class ByteSink:
         return data
 
 
-def parquet_chunks(
-    *,
-    engine: Engine,
-    dataset_id: int,
-    include_seeds: bool,
-    split: ExportSplit = ExportSplit.all,
-    include_contaminated: bool = False,
-    min_rating: str | None = None,
-) -> Iterator[bytes]:
+def parquet_chunks(*, engine: Engine, dataset_id: int, selection: Selection) -> Iterator[bytes]:
     """Yield a Parquet file of flat rows, one row group per ROWS_PER_GROUP rows as they are read.
 
     An empty dataset gives a valid file with the schema and no rows.
@@ -336,14 +307,7 @@ def parquet_chunks(
     sink = ByteSink()
     buffer = FlatColumns()
     with pq.ParquetWriter(sink, FLAT_SCHEMA) as writer:
-        for tasks in task_batches(
-            engine=engine,
-            dataset_id=dataset_id,
-            include_seeds=include_seeds,
-            split=split,
-            include_contaminated=include_contaminated,
-            min_rating=min_rating,
-        ):
+        for tasks in task_batches(engine=engine, dataset_id=dataset_id, selection=selection):
             for task in tasks:
                 buffer.add(task)
             if buffer.rows >= ROWS_PER_GROUP:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import MAX_ID, EngineDep, SessionDep, SettingsDep
-from app.api.sse import Event, follow
-from app.api.sse import last_event_id as sse_start
+from app.api.sse import event_stream
 from app.errors import InvalidInput
 from app.models import Evaluation
 from app.schemas import (
@@ -120,22 +118,12 @@ async def evaluation_events(
     """Stream the evaluation's progress as server-sent events until it ends (Last-Event-ID)."""
     assert evaluation.id is not None
     evaluation_id = evaluation.id
-
-    def read_after(after: int) -> list[Event]:
-        return [
-            (e.id, e.kind, json.dumps(svc.event_public(e), ensure_ascii=False))  # type: ignore[misc]
-            for e in svc.events_after(engine, evaluation_id=evaluation_id, after=after)
-        ]
-
-    def finished() -> bool:
-        state = svc.evaluation_status(engine, evaluation_id=evaluation_id)
-        return state is None or state in FINAL
-
-    stream = follow(
+    return event_stream(
         request,
-        read_after=read_after,
-        finished=finished,
-        after=sse_start(last_event_id),
-        poll_s=min(max(poll_seconds, 0.05), 5.0),
+        rows_after=lambda after: svc.events_after(engine, evaluation_id=evaluation_id, after=after),
+        encode=lambda e: (e.id, e.kind, svc.event_public(e)),
+        status=lambda: svc.evaluation_status(engine, evaluation_id=evaluation_id),
+        final=FINAL,
+        last_event_id_header=last_event_id,
+        poll_seconds=poll_seconds,
     )
-    return EventSourceResponse(stream, ping=15)

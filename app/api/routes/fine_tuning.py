@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Header, Query, Request, UploadFile
 from fastapi.responses import FileResponse
-from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import EngineDep, SessionDep, SettingsDep
-from app.api.sse import Event, follow
-from app.api.sse import last_event_id as sse_start
+from app.api.sse import event_stream
 from app.finetune import service as svc
 from app.finetune.schemas import (
     FileObject,
@@ -143,19 +140,14 @@ async def list_events(
     """Job events, newest first; `stream=true` (or Accept: text/event-stream) follows them live
     in order, resuming after `Last-Event-ID` when a client reconnects."""
     if stream or "text/event-stream" in request.headers.get("accept", ""):
-        return EventSourceResponse(_follow(request, engine, job.id, sse_start(last_event_id)))
+        job_id = job.id
+        return event_stream(
+            request,
+            rows_after=lambda after: svc.events_after(engine, job_id=job_id, after=after),
+            encode=lambda e: (e.id, "event", svc.event_public(e)),
+            status=lambda: svc.job_status(engine, job_id=job_id),
+            final=svc.FINAL,
+            last_event_id_header=last_event_id,
+        )
     events, more = svc.list_events(session=session, job=job, after=after, limit=limit)
     return Page[FineTuningJobEvent](data=[svc.event_public(e) for e in events], has_more=more)
-
-
-def _follow(request: Request, engine: Any, job_id: str, after: int) -> Any:
-    def read_after(last: int) -> list[Event]:
-        return [
-            (e.id, "event", json.dumps(svc.event_public(e).model_dump(), ensure_ascii=False))  # type: ignore[misc]
-            for e in svc.events_after(engine, job_id=job_id, after=last)
-        ]
-
-    def finished() -> bool:
-        return svc.job_status(engine, job_id=job_id) in svc.FINAL
-
-    return follow(request, read_after=read_after, finished=finished, after=after)

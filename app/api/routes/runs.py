@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep
-from app.api.sse import Event, follow
-from app.api.sse import last_event_id as sse_start
+from app.api.sse import event_stream
 from app.models import Dataset, Run
 from app.run_schemas import RunCreate, RunPublic, RunsPublic
 from app.schemas import ErrorResponse
@@ -92,22 +90,12 @@ async def run_events(
     """Stream the run's progress as server-sent events until it ends (resumes: Last-Event-ID)."""
     assert run.id is not None
     run_id = run.id
-
-    def read_after(after: int) -> list[Event]:
-        return [
-            (e.id, e.kind, json.dumps(svc.event_public(e), ensure_ascii=False))  # type: ignore[misc]
-            for e in svc.events_after(engine, run_id=run_id, after=after)
-        ]
-
-    def finished() -> bool:
-        state = svc.run_status(engine, run_id=run_id)
-        return state is None or state in FINAL
-
-    stream = follow(
+    return event_stream(
         request,
-        read_after=read_after,
-        finished=finished,
-        after=sse_start(last_event_id),
-        poll_s=min(max(poll_seconds, 0.05), 5.0),
+        rows_after=lambda after: svc.events_after(engine, run_id=run_id, after=after),
+        encode=lambda e: (e.id, e.kind, svc.event_public(e)),
+        status=lambda: svc.run_status(engine, run_id=run_id),
+        final=FINAL,
+        last_event_id_header=last_event_id,
+        poll_seconds=poll_seconds,
     )
-    return EventSourceResponse(stream, ping=15)

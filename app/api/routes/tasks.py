@@ -24,7 +24,13 @@ from app.schemas import (
 )
 from app.services import tasks as svc
 from app.services.bundle import BundleOptions, bundle_archive
-from app.services.export import JSONL_MEDIA_TYPE, PARQUET_MEDIA_TYPE, export_chunks, export_file
+from app.services.export import (
+    JSONL_MEDIA_TYPE,
+    PARQUET_MEDIA_TYPE,
+    Selection,
+    export_chunks,
+    export_file,
+)
 from generators.judge import Rating
 
 router = APIRouter(tags=["tasks"])
@@ -153,10 +159,12 @@ def export_dataset(
         engine=engine,
         dataset_id=dataset.id,
         fmt=format,
-        include_seeds=include_seeds,
-        split=split,
-        include_contaminated=include_contaminated,
-        min_rating=min_rating,
+        selection=Selection(
+            include_seeds=include_seeds,
+            split=split,
+            include_contaminated=include_contaminated,
+            min_rating=min_rating,
+        ),
     )
     media_type, filename = export_file(dataset_name=dataset.name, fmt=format)
     return StreamingResponse(
