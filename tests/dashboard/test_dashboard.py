@@ -137,7 +137,7 @@ def test_stats_page_draws_every_chart(page: Page, live_base: str) -> None:
     stats = httpx.get(f"{live_base}/v1/datasets/default/stats").json()
     open_view(page, "#/d/default/stats")
     charts = page.locator("#stats-charts [data-chart]")
-    expect(charts).to_have_count(7)
+    expect(charts).to_have_count(8)  # the judge ratings chart too
     rouge_bars = page.locator('[data-chart="rouge"] rect')
     expect(rouge_bars).to_have_count(len(stats["rouge_to_nearest_seed"]))
     for name in ("instruction_length", "input_length", "output_length"):
