@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 
 from fastapi.testclient import TestClient
+from sqlmodel import Session, select
 
-from tests.quality.conftest import seed
+from app.db import make_engine
+from app.models import Task
+from app.settings import Settings
+from tests.generators.fakes import Reply, completion_body
+from tests.quality.conftest import MODEL_A, JudgingStub, seed
+from tests.runs.conftest import wait_for_run
 
 BENCH = [
     seed("b1", "Translate the sentence 'the cat sleeps on the warm mat' into French."),
@@ -74,3 +80,36 @@ def test_unknown_or_own_evaluation_sets_are_refused_naming_the_field(api: TestCl
     itself = api.patch("/v1/datasets/default", json={"decontaminate_against": ["default"]})
     assert itself.status_code == 422
     assert itself.json()["errors"][0]["field"] == "decontaminate_against.0"
+
+
+def test_a_run_marks_a_near_copy_of_an_evaluation_task_as_it_accepts_it(
+    api: TestClient, judging_stub: JudgingStub, db_url: str
+) -> None:
+    """The run's commit marks the task itself: read from the database right after the run,
+    with no API read in between that would refresh the marks lazily."""
+    assert api.post("/v1/datasets", json={"name": "bench"}).status_code == 201
+    assert api.post("/v1/datasets/bench/seeds", json=BENCH).status_code == 200
+    created = api.post("/v1/datasets", json={"name": "mine", "decontaminate_against": ["bench"]})
+    assert created.status_code == 201, created.text
+    assert api.post("/v1/datasets/mine/seeds", json=MINE[1:]).status_code == 200
+    copy = BENCH[0]["instruction"]
+    # The first bootstrap answer continues its prompt with the evaluation task, word for word.
+    judging_stub.script.append(Reply(body=completion_body(" " + copy)))
+    run = api.post("/v1/datasets/mine/runs", json={"target": 40, "model": MODEL_A})
+    assert run.status_code == 201, run.text
+    finished = wait_for_run(api, run.json()["id"])
+    assert finished["status"] == "succeeded", finished
+
+    with Session(make_engine(Settings(database_url=db_url))) as session:
+        bench_b1 = session.exec(select(Task.id).where(Task.seed_id == "b1")).one()
+        rows = session.exec(
+            select(Task).where(Task.instruction == copy, Task.origin != "seed")
+        ).all()
+    assert [(t.origin, t.status) for t in rows] == [("generated", "accepted")], [
+        (t.rejection_reason, t.rejection_detail) for t in rows
+    ]
+    assert rows[0].contaminated and rows[0].contamination is not None
+    assert rows[0].contamination["task_id"] == bench_b1
+    assert rows[0].contamination["score"] > 0.7
+    clean = api.get("/v1/datasets/mine/tasks", params={"contaminated": False}).json()["data"]
+    assert copy not in {t["instruction"] for t in clean}
