@@ -28,8 +28,16 @@ def make_engine(settings: Settings) -> Engine:
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # More connections than the server has threads (anyio's 40, plus the run's): a thread
+        # that waits for a connection holds a thread, and a request that holds a connection may
+        # need a thread to give it back, so a smaller pool can leave both waiting for its
+        # timeout under load. SQLite connections are cheap.
         engine = sa.create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_pre_ping=True,
+            pool_size=8,
+            max_overflow=72,
         )
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine

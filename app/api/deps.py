@@ -50,6 +50,15 @@ def get_db(engine: EngineDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_db)]
 
 
+def release(session: Session) -> None:
+    """Give the request's connection back before a streamed body (an export, a bundle, an event
+    stream). The session would otherwise hold it until the body ends, while the stream reads
+    with connections of its own: with enough downloads at once every pooled connection is held
+    by a request waiting for a second one, and all of them wait out the pool's timeout. The
+    objects already loaded stay readable."""
+    session.close()
+
+
 READ_COOKIE = "selfinstruct_token"  # the dashboard's token, for reads the browser makes itself
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from sse_starlette.sse import EventSourceResponse
 
-from app.api.deps import MAX_ID, EngineDep, SessionDep, SettingsDep
+from app.api.deps import MAX_ID, EngineDep, SessionDep, SettingsDep, release
 from app.api.sse import event_stream
 from app.errors import InvalidInput
 from app.models import Evaluation
@@ -108,6 +108,7 @@ def list_samples(
 )
 async def evaluation_events(
     request: Request,
+    session: SessionDep,
     engine: EngineDep,
     evaluation: EvaluationDep,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -118,6 +119,7 @@ async def evaluation_events(
     """Stream the evaluation's progress as server-sent events until it ends (Last-Event-ID)."""
     assert evaluation.id is not None
     evaluation_id = evaluation.id
+    release(session)
     return event_stream(
         request,
         rows_after=lambda after: svc.events_after(engine, evaluation_id=evaluation_id, after=after),

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Header, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 
-from app.api.deps import EngineDep, SessionDep, SettingsDep
+from app.api.deps import EngineDep, SessionDep, SettingsDep, release
 from app.api.sse import event_stream
 from app.finetune import service as svc
 from app.finetune.schemas import (
@@ -141,6 +141,7 @@ async def list_events(
     in order, resuming after `Last-Event-ID` when a client reconnects."""
     if stream or "text/event-stream" in request.headers.get("accept", ""):
         job_id = job.id
+        release(session)
         return event_stream(
             request,
             rows_after=lambda after: svc.events_after(engine, job_id=job_id, after=after),

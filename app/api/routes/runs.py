@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from sse_starlette.sse import EventSourceResponse
 
-from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep
+from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep, release
 from app.api.sse import event_stream
 from app.models import Dataset, Run
 from app.run_schemas import RunCreate, RunPublic, RunsPublic
@@ -80,6 +80,7 @@ def cancel_run(session: SessionDep, run: RunDep) -> RunPublic:
 )
 async def run_events(
     request: Request,
+    session: SessionDep,
     engine: EngineDep,
     run: RunDep,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -90,6 +91,7 @@ async def run_events(
     """Stream the run's progress as server-sent events until it ends (resumes: Last-Event-ID)."""
     assert run.id is not None
     run_id = run.id
+    release(session)
     return event_stream(
         request,
         rows_after=lambda after: svc.events_after(engine, run_id=run_id, after=after),

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep, TaskId
+from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep, TaskId, release
 from app.errors import InvalidInput
 from app.models import TaskOrigin, TaskStatus
 from app.schemas import (
@@ -128,6 +128,7 @@ def edit_task(session: SessionDep, task_id: TaskId, edit: TaskEdit) -> TaskPubli
     },
 )
 def export_dataset(
+    session: SessionDep,
     engine: EngineDep,
     dataset: DatasetDep,
     format: Annotated[
@@ -155,6 +156,7 @@ def export_dataset(
 ) -> StreamingResponse:
     """Stream accepted tasks as JSONL in the chosen shape, or as Parquet."""
     assert dataset.id is not None
+    release(session)
     chunks = export_chunks(
         engine=engine,
         dataset_id=dataset.id,
@@ -187,6 +189,7 @@ def export_dataset(
     },
 )
 def download_bundle(
+    session: SessionDep,
     engine: EngineDep,
     dataset: DatasetDep,
     file_format: Annotated[
@@ -202,6 +205,7 @@ def download_bundle(
     include_seeds: bool = False,
 ) -> StreamingResponse:
     """Download a Hub-ready bundle: train and validation splits and a dataset card, zipped."""
+    release(session)
     options = BundleOptions(file_format=file_format, license=license, include_seeds=include_seeds)
     chunks = bundle_archive(engine=engine, dataset=dataset, options=options)
     return StreamingResponse(
