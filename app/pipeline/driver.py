@@ -53,7 +53,14 @@ from app.pipeline.stages import (
     rejected,
     screen,
 )
-from app.pipeline.storage import Committed, LateNeighbours, cap_reached, commit_group, finish
+from app.pipeline.storage import (
+    Committed,
+    LateNeighbours,
+    cap_reached,
+    commit_group,
+    fail_on_error,
+    finish,
+)
 from app.run_schemas import JUDGEMENT_STRATEGY
 from app.settings import Settings
 from app.strategies import Candidate, template_space
@@ -458,13 +465,7 @@ class Stream:
         except Exception as exc:
             log.exception("run %s failed", ctx.run_id)
             await self._cancel_tasks()
-            finish(
-                ctx.engine,
-                run_id=ctx.run_id,
-                status=RunStatus.failed,
-                stop_reason="error",
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            fail_on_error(ctx.engine, run_id=ctx.run_id, exc=exc)
         finally:
             await self._cancel_tasks()
             if self.committing is not None:  # a commit checks its lease and status itself

@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 from app.leases import LeaseHolder, renew_lease
 from app.llm import backend_for, find_model, price_table
 from app.models import Run, RunEvent, RunStatus, Task, TaskJudgement, utcnow
-from app.pipeline.storage import counter_data, finish, new_ids
+from app.pipeline.storage import counter_data, fail_on_error, finish, new_ids
 from app.run_schemas import JudgementJobCreate
 from app.services.judgements import job_task_query
 from app.settings import Settings
@@ -246,13 +246,7 @@ class JudgementJob:
         except Exception as exc:
             log.exception("judgement job %s failed", self.job_id)
             await self._cancel()
-            finish(
-                self.engine,
-                run_id=self.job_id,
-                status=RunStatus.failed,
-                stop_reason="error",
-                error=f"{type(exc).__name__}: {exc}",
-            )
+            fail_on_error(self.engine, run_id=self.job_id, exc=exc)
 
     async def _flush(self) -> bool:
         done, self.buffer = self.buffer, []

@@ -382,6 +382,17 @@ def finish(
         session.commit()
 
 
+def fail_on_error(engine: Engine, *, run_id: int, exc: Exception) -> None:
+    """End a run (a generation run or a judgement job) whose loop raised, naming the error."""
+    finish(
+        engine,
+        run_id=run_id,
+        status=RunStatus.failed,
+        stop_reason="error",
+        error=f"{type(exc).__name__}: {exc}",
+    )
+
+
 def cap_reached(run: Run, caps: Caps) -> str | None:
     if caps.max_requests is not None and run.requests >= caps.max_requests:
         return "max_requests"
