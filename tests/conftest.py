@@ -34,9 +34,32 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'test.db'}"
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--sqlite-only",
+        action="store_true",
+        help="run tests marked both_databases on SQLite alone (make test-fast)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Database tests run on SQLite; those marked `both_databases` on PostgreSQL too.
+
+    Behaviour that the database decides (locking, concurrency, migrations, JSON types, several
+    processes) is marked; the rest is the same code path on both and runs once.
+    """
+    if "db_url" not in metafunc.fixturenames:
+        return
+    both = metafunc.definition.get_closest_marker("both_databases") is not None
+    if metafunc.config.getoption("--sqlite-only"):
+        both = False
+    metafunc.parametrize(
+        "db_url", ["sqlite", "postgres"] if both else ["sqlite"], indirect=True, scope="session"
+    )
+
+
+@pytest.fixture(scope="session")
 def db_url(request: pytest.FixtureRequest) -> str:
-    """Every test that uses the database runs once on SQLite and once on PostgreSQL."""
     url: str = request.getfixturevalue(f"{request.param}_url")
     migrate(Settings(database_url=url))
     return url

@@ -19,7 +19,7 @@ from playwright.sync_api import Page, expect
 from tests.dashboard.conftest import ARTIFACTS, TOKEN
 from tests.factories import seed
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.real
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

@@ -11,7 +11,7 @@ from playwright.sync_api import Page, expect
 from tests.dashboard.conftest import TOKEN
 from tests.dashboard.test_dashboard import open_view
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.real
 
 
 def test_an_evaluation_queued_from_the_form_shows_its_answers_side_by_side(

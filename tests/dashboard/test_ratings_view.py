@@ -12,7 +12,7 @@ from playwright.sync_api import Page, expect
 from tests.dashboard.conftest import TOKEN
 from tests.dashboard.test_dashboard import open_view
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.real
 
 
 def test_judged_tasks_show_their_rating_filter_by_it_and_chart_it(

@@ -132,7 +132,7 @@ def test_jobs_no_worker_could_train_are_refused_naming_the_field(client: TestCli
         assert job["status"] == "queued" and job["method"]["max_seq_len"] == max_seq_len, job
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_an_own_base_model_trains_on_two_devices_through_the_worker(
     sqlite_url: str, tmp_path: Path, models_dir: Path
 ) -> None:

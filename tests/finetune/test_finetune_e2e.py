@@ -34,7 +34,7 @@ def _greet_dataset(client: TestClient) -> None:
     assert client.post("/v1/datasets/greet/seeds", json=seeds).status_code == 200
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_cpu_job_trains_and_the_tuned_model_generates(sqlite_url: str, tmp_path: Path) -> None:
     settings = Settings(
         database_url=sqlite_url, data_dir=tmp_path, embedded_worker=False, worker_lease_seconds=60
@@ -229,7 +229,7 @@ def _tiny_lora_job(client: Any, model: str, *, max_steps: int, seed: int, **fiel
     return str(created.json()["id"])
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_killed_worker_loses_the_lease_and_the_job_resumes_from_its_checkpoint(
     db_url: str, tmp_path: Path, tiny_base_dir: Path
 ) -> None:
@@ -315,7 +315,7 @@ def test_killed_worker_loses_the_lease_and_the_job_resumes_from_its_checkpoint(
     _wipe(settings.db_url)
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_remote_worker_trains_over_http_with_its_own_token(sqlite_url: str, tmp_path: Path) -> None:
     from app.finetune.remote import RemoteFinetuneWorker
 

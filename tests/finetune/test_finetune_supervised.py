@@ -139,7 +139,7 @@ def event_number(event: dict[str, Any]) -> int:
     return int(event["id"].removeprefix("ftevent-"))
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_serve_alone_trains_a_job_to_succeeded(
     sqlite_url: str, tmp_path: Path, live: Callable[..., Any]
 ) -> None:
@@ -227,7 +227,7 @@ def _long_job(client: httpx.Client, model: str) -> str:
     return str(created.json()["id"])
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_a_job_whose_worker_is_killed_twice_fails_with_the_reason(
     db_url: str,
     tmp_path: Path,
@@ -427,7 +427,7 @@ def test_a_job_gets_one_retry_after_its_lease_runs_out_and_a_stop_costs_none(
     _wipe(db_url)
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_a_worker_stopped_mid_job_hands_it_back_without_using_the_retry(
     sqlite_url: str,
     tmp_path: Path,

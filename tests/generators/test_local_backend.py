@@ -20,7 +20,7 @@ from generators import (
 )
 from generators.local import default_threads, usable_cores
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.real]
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
 LIST_PROMPT = "Here is a list of fruits:\n1. Apple\n2. Banana\n3."

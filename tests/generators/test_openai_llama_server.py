@@ -7,7 +7,7 @@ import pytest
 
 from generators import BUNDLED_MODEL_ID, LocalBackend, OpenAIBackend, SamplingParams
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.real]
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
 # llama.cpp's server defaults to repeat_penalty 1.1; the local backend and OpenAI use none.

@@ -115,7 +115,7 @@ def llama_judge() -> Iterator[str]:
         yield url
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_bundled_model_judges_through_a_real_llama_cpp_server(
     sqlite_settings: Settings, llama_judge: str
 ) -> None:

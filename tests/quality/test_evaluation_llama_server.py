@@ -27,7 +27,7 @@ def llama_server() -> Iterator[str]:
         yield url
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_evaluation_job_through_a_real_llama_cpp_server(
     sqlite_url: str, tmp_path: Path, llama_server: str
 ) -> None:

@@ -67,7 +67,7 @@ def postgres_settings(postgres_url: str, tmp_path: Path) -> Settings:
     return settings
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_bundled_model_grows_the_default_pool(sqlite_settings: Settings) -> None:
     settings = sqlite_settings
     _wipe(settings.db_url)
@@ -92,7 +92,7 @@ def llama_server() -> Iterator[str]:
         yield url
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_run_through_a_real_llama_cpp_server(
     postgres_settings: Settings, llama_server: str
 ) -> None:
@@ -193,7 +193,7 @@ def _starter(chinese: bool) -> list[dict]:  # type: ignore[type-arg]
     return [s for s in seeds if any("\u4e00" <= c <= "\u9fff" for c in s["instruction"]) == chinese]
 
 
-@pytest.mark.slow
+@pytest.mark.real
 @pytest.mark.parametrize(
     ("seeds", "run_language", "expected"),
     [("zh", None, {"zh"}), ("en", "zh", {"zh"})],
@@ -224,7 +224,7 @@ def test_bundled_model_writes_chinese_tasks(
     _wipe(settings.db_url)
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_bundled_model_grows_the_mixed_starter_pool_in_both_languages(
     sqlite_settings: Settings,
 ) -> None:
@@ -260,7 +260,7 @@ TEA = (
 )
 
 
-@pytest.mark.slow
+@pytest.mark.real
 @pytest.mark.parametrize("strategy", ["evolve", "backtranslate", "magpie"])
 def test_bundled_model_constructs_tasks_with_each_strategy(
     sqlite_settings: Settings, strategy: str

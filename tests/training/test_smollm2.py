@@ -14,7 +14,7 @@ from training.evaluate import EvalTask, evaluate_model, load_for_eval
 from training.train import train
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_lora_finetunes_the_bundled_model(gguf_path: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", [chat_record(u, a) for u, a in CHATS[:8]])
     config = FinetuneConfig(
