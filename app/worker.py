@@ -35,10 +35,29 @@ class Worker:
         self.kind = kind  # "generate" runs or "finetune" jobs
         self.device = device
         self._stop = threading.Event()
+        # Set from any thread to end an idle wait at once (stop, or new work queued here), so a
+        # stop or a queued run never waits out worker_poll_seconds.
+        self._wake: asyncio.Event | None = None
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._marked = -PRESENCE_INTERVAL_S  # when the presence file was last refreshed
 
     def stop(self) -> None:
         self._stop.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """End the current idle wait early; safe to call from any thread."""
+        loop, event = self._loop_ref, self._wake
+        if loop is not None and event is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(event.set)
+
+    async def _idle(self) -> None:
+        assert self._wake is not None
+        try:
+            await asyncio.wait_for(self._wake.wait(), self.settings.worker_poll_seconds)
+        except TimeoutError:
+            pass
+        self._wake.clear()
 
     @property
     def stopping(self) -> bool:
@@ -46,9 +65,12 @@ class Worker:
 
     async def run_forever(self, *, once: bool = False) -> None:
         model = FineTuningJobRow if self.kind == "finetune" else Run
+        self._wake = asyncio.Event()
+        self._loop_ref = asyncio.get_running_loop()
         try:
             await self._loop(model, once=once)
         finally:
+            self._loop_ref = None
             if self.kind == "finetune":
                 mark_gone(self.settings.data_dir, self.kind, self.worker_id)
 
@@ -76,7 +98,7 @@ class Worker:
             if not worked:
                 if once:
                     return
-                await asyncio.sleep(self.settings.worker_poll_seconds)
+                await self._idle()
 
     async def _claim_and_execute(self, model: Leased) -> bool:
         """Claim one row and drive it; False when nothing was waiting."""
