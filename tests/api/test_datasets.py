@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 
@@ -32,6 +33,7 @@ def test_create_read_list_and_delete_dataset(client: TestClient) -> None:
     assert "medical-zh" in gone.json()["detail"]
 
 
+@pytest.mark.both_databases
 def test_duplicate_dataset_name_is_409_and_changes_nothing(client: TestClient) -> None:
     assert (
         client.post("/v1/datasets", json={"name": "a", "description": "first"}).status_code == 201
@@ -58,6 +60,7 @@ def test_default_dataset_cannot_be_deleted(client: TestClient) -> None:
     assert client.get("/v1/datasets/default").status_code == 200
 
 
+@pytest.mark.both_databases
 def test_deleting_a_dataset_removes_its_tasks(client: TestClient) -> None:
     from tests.factories import seed
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
@@ -9,6 +10,8 @@ from sqlmodel import SQLModel
 import app.models  # noqa: F401
 from app.db import make_engine
 from app.settings import Settings
+
+pytestmark = pytest.mark.both_databases
 
 
 def test_migrated_schema_matches_the_models(db_url: str) -> None:

@@ -23,6 +23,7 @@ def data(client: TestClient) -> TestClient:
     return client
 
 
+@pytest.mark.both_databases
 def test_original_seed_file_imports_unchanged_and_exports_identically(
     data: TestClient, original_seeds_path: Path
 ) -> None:
@@ -48,6 +49,7 @@ def test_json_array_jsonl_and_multipart_all_import(data: TestClient) -> None:
     assert _task_count(data) == 6
 
 
+@pytest.mark.both_databases
 def test_reposting_a_seed_id_updates_it(data: TestClient) -> None:
     data.post("/v1/datasets/data/seeds", json=[seed(id="s1", instruction="Old wording here.")])
     again = data.post(
@@ -61,6 +63,7 @@ def test_reposting_a_seed_id_updates_it(data: TestClient) -> None:
     assert len(tasks) == 2
 
 
+@pytest.mark.both_databases
 def test_chinese_seeds_round_trip(data: TestClient) -> None:
     task = seed(
         instruction="把下面的句子翻译成英文。", instances=[{"input": "你好", "output": "Hello"}]
@@ -86,6 +89,7 @@ def test_chinese_seeds_round_trip(data: TestClient) -> None:
         ("[1, 2]", None, "JSON object"),
     ],
 )
+@pytest.mark.both_databases
 def test_one_invalid_line_refuses_the_whole_import(
     data: TestClient, bad_line: str, field: str | None, reason_part: str
 ) -> None:

@@ -13,6 +13,7 @@ from tests.factories import seed
 TOKEN = "s3cr3t-test-token-value"
 
 
+@pytest.mark.both_databases
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
@@ -63,6 +64,7 @@ def test_placeholder_token_is_refused_at_start() -> None:
         Settings(api_token="changethis")
 
 
+@pytest.mark.both_databases
 def test_unmigrated_database_refuses_to_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from app.settings import Settings
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.settings import Settings
@@ -42,6 +43,7 @@ def _export(client: TestClient) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for line in body.splitlines() if line]
 
 
+@pytest.mark.both_databases
 def test_accept_and_reject_change_the_export_and_keep_the_history(
     client: TestClient, settings: Settings
 ) -> None:
@@ -114,6 +116,7 @@ def test_bad_reviews_and_edits_are_refused_and_change_nothing(
     assert client.get("/v1/datasets/review/tasks").json()["data"] == before
 
 
+@pytest.mark.both_databases
 def test_one_live_copy_per_task_even_with_concurrent_editors(
     client: TestClient, settings: Settings
 ) -> None:

@@ -67,6 +67,7 @@ def pool(client: TestClient, settings: Settings) -> TestClient:
     return client
 
 
+@pytest.mark.both_databases
 def test_filters_select_what_the_user_asked_for(pool: TestClient) -> None:
     def ids(**params: object) -> list[str]:
         rows = pool.get("/v1/datasets/pool/tasks", params=params).json()["data"]
@@ -86,6 +87,7 @@ def test_filters_select_what_the_user_asked_for(pool: TestClient) -> None:
     assert pool.get("/v1/datasets/pool/tasks", params={"origin": "alien"}).status_code == 422
 
 
+@pytest.mark.both_databases
 def test_cursor_pagination_walks_every_task_once(pool: TestClient) -> None:
     seen: list[int] = []
     after = None

@@ -114,6 +114,7 @@ def test_refusals(client: TestClient) -> None:
     assert client.get("/v1/fine_tuning/jobs").json()["data"] == []
 
 
+@pytest.mark.both_databases
 def test_dataset_job_freezes_the_data_and_cancel_is_final(client: TestClient) -> None:
     job = client.post(
         "/v1/fine_tuning/jobs",
@@ -146,6 +147,7 @@ def test_dataset_job_freezes_the_data_and_cancel_is_final(client: TestClient) ->
     assert client.get("/v1/fine_tuning/jobs/ftjob-nope").status_code == 404
 
 
+@pytest.mark.both_databases
 def test_succeeded_job_never_changes(client: TestClient, settings: Settings) -> None:
     job = client.post(
         "/v1/fine_tuning/jobs", json={"model": "SmolLM2-135M-Instruct", "dataset": "default"}
@@ -161,6 +163,7 @@ def test_succeeded_job_never_changes(client: TestClient, settings: Settings) -> 
     assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()["status"] == "succeeded"
 
 
+@pytest.mark.both_databases
 def test_list_pages_newest_first(client: TestClient) -> None:
     ids = [
         client.post(

@@ -230,6 +230,7 @@ def _tiny_lora_job(client: Any, model: str, *, max_steps: int, seed: int, **fiel
 
 
 @pytest.mark.real
+@pytest.mark.both_databases
 def test_killed_worker_loses_the_lease_and_the_job_resumes_from_its_checkpoint(
     db_url: str, tmp_path: Path, tiny_base_dir: Path
 ) -> None:

@@ -228,6 +228,7 @@ def _long_job(client: httpx.Client, model: str) -> str:
 
 
 @pytest.mark.real
+@pytest.mark.both_databases
 def test_a_job_whose_worker_is_killed_twice_fails_with_the_reason(
     db_url: str,
     tmp_path: Path,
@@ -390,6 +391,7 @@ def test_the_no_worker_note_goes_when_a_worker_shows_up(db_url: str, tmp_path: P
     _wipe(db_url)
 
 
+@pytest.mark.both_databases
 def test_a_job_gets_one_retry_after_its_lease_runs_out_and_a_stop_costs_none(
     db_url: str, tmp_path: Path
 ) -> None:

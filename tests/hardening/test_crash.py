@@ -41,6 +41,7 @@ WORKER_TOKEN = "remote-worker-secret-9"
 TOTAL_STEPS = 40
 
 
+@pytest.mark.both_databases
 def test_api_killed_while_a_remote_worker_trains_then_the_job_completes(
     db_url: str,
     tmp_path: Path,

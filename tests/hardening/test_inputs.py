@@ -4,9 +4,12 @@ characters. Each is a 4xx in the error shape with nothing written, on both datab
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.factories import seed
+
+pytestmark = pytest.mark.both_databases
 
 HUGE = 2**70
 

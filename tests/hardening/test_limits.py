@@ -125,6 +125,7 @@ def test_run_targets_over_the_limit_are_refused(limited: TestClient) -> None:
     assert limited.post("/v1/datasets/pool/runs", json={"target": 50}).status_code == 201
 
 
+@pytest.mark.both_databases
 def test_active_runs_per_dataset_hold_under_concurrent_requests(limited: TestClient) -> None:
     """SELFINSTRUCT_MAX_ACTIVE_RUNS_PER_DATASET holds when many clients ask at the same moment:
     exactly the limit is created, the others get a 409 naming the setting; other datasets are

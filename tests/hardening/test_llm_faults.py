@@ -215,6 +215,7 @@ def any_db(db_url: str) -> Iterator[str]:
     _wipe(db_url)
 
 
+@pytest.mark.both_databases
 def test_retry_after_longer_than_the_lease_never_lets_a_second_worker_take_the_run(
     any_db: str, tmp_path: Path, fault_llm: FaultLLM
 ) -> None:

@@ -17,6 +17,8 @@ from tests.conftest import _wipe
 from tests.runs.conftest import STUB_MODEL, assert_run_matches_rows
 from tests.runs.stub_llm import StubLLM
 
+pytestmark = pytest.mark.both_databases
+
 CLIENTS = 50
 SECONDS = 8.0
 STARTER_SEED_LINES = 48  # the starter pool's seeds have at least one instance each

@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 import pyarrow.parquet as pq
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.judge.conftest import JUDGE_MODEL, JudgeStub, scripted_rating
@@ -189,6 +190,7 @@ def test_a_judgement_job_rates_tasks_that_then_filter_and_export_by_rating(
     assert [j["id"] for j in listed["data"]] == [again["id"], job["id"]]
 
 
+@pytest.mark.both_databases
 def test_a_judgement_job_can_be_cancelled_and_keeps_what_it_stored(
     judge_api: TestClient, judge_stub: JudgeStub
 ) -> None:

@@ -39,6 +39,7 @@ def _judgements_per_task(db_url: str, job_id: int) -> dict[int, int]:
     return {int(task_id): int(n) for task_id, n in rows}
 
 
+@pytest.mark.both_databases
 def test_kill9_mid_judgement_job_then_restart_judges_each_task_once(
     settings_factory: Callable[..., Settings], judge_stub: JudgeStub, tmp_path: Path
 ) -> None:

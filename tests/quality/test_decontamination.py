@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
@@ -82,6 +83,7 @@ def test_unknown_or_own_evaluation_sets_are_refused_naming_the_field(api: TestCl
     assert itself.json()["errors"][0]["field"] == "decontaminate_against.0"
 
 
+@pytest.mark.both_databases
 def test_a_run_marks_a_near_copy_of_an_evaluation_task_as_it_accepts_it(
     api: TestClient, judging_stub: JudgingStub, db_url: str
 ) -> None:

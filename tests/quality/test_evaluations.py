@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
@@ -107,6 +108,7 @@ def test_a_judge_that_knows_better_wins_in_both_orders(
     assert done["pairwise"][0]["ties"] == 3
 
 
+@pytest.mark.both_databases
 def test_cancel_stops_an_evaluation_and_keeps_what_it_stored(
     api: TestClient, judging_stub: JudgingStub
 ) -> None:
@@ -149,6 +151,7 @@ def test_bad_evaluations_name_the_field_and_queue_nothing(api: TestClient) -> No
     assert api.get("/v1/evaluations").json()["count"] == 0
 
 
+@pytest.mark.both_databases
 def test_a_dead_workers_evaluation_resumes_without_asking_stored_answers_again(
     settings_factory: Callable[..., Settings], judging_stub: JudgingStub
 ) -> None:

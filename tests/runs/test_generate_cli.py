@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import _wipe
 from tests.runs.conftest import STUB_MODEL
 from tests.runs.stub_llm import StubLLM
@@ -29,6 +31,7 @@ def _serve_once(env: dict[str, str]) -> None:
     assert serve_once.returncode == 0, serve_once.stderr
 
 
+@pytest.mark.both_databases
 def test_generate_reaches_target_and_reports(db_url: str, stub: StubLLM, tmp_path: Path) -> None:
     _wipe(db_url)
     env = {

@@ -23,6 +23,7 @@ def _tasks(client: TestClient, dataset: str = "default", **params: object) -> li
     ]
 
 
+@pytest.mark.both_databases
 def test_run_reaches_target_with_counters_equal_to_rows(api: TestClient) -> None:
     created = api.post("/v1/datasets/default/runs", json={"target": 6, "model": STUB_MODEL})
     assert created.status_code == 201, created.text
@@ -97,6 +98,7 @@ def test_impossible_runs_are_refused(api: TestClient) -> None:
     assert api.get("/v1/datasets/default/runs").json()["count"] == 0
 
 
+@pytest.mark.both_databases
 def test_cancel_stops_within_a_second_and_is_idempotent(api: TestClient, stub: StubLLM) -> None:
     """With dozens of requests in flight, cancel stops new requests and nothing more is
     stored: what was in flight is dropped, so counters still equal rows."""
@@ -126,6 +128,7 @@ def test_cancel_stops_within_a_second_and_is_idempotent(api: TestClient, stub: S
     assert api.post(f"/v1/runs/{run_id}/cancel").json()["status"] == "cancelled"
 
 
+@pytest.mark.both_databases
 def test_caps_stop_the_run_and_say_which(api: TestClient) -> None:
     run_id = api.post(
         "/v1/datasets/default/runs",

@@ -121,6 +121,7 @@ def _accepted_ids(db_url: str, run_id: int) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+@pytest.mark.both_databases
 def test_kill9_mid_run_then_restart_finishes_consistently(
     settings_factory: Callable[..., Settings], stub: StubLLM, tmp_path: Path
 ) -> None:

@@ -320,6 +320,7 @@ def _wait(condition: Callable[[], bool], timeout_s: float = 60) -> None:
 
 
 @pytest.mark.parametrize("neighbour_process", [False, True], ids=["inline", "process"])
+@pytest.mark.both_databases
 def test_stored_neighbours_are_exact_whether_computed_inline_or_in_their_own_process(
     settings_factory: Callable[..., Settings], servers: list[StubLLM], neighbour_process: bool
 ) -> None:
@@ -392,6 +393,7 @@ def test_a_pool_with_no_live_replica_fails_the_run_saying_so(
     _wipe(settings.db_url)
 
 
+@pytest.mark.both_databases
 def test_max_requests_is_never_passed_with_dozens_in_flight(
     settings_factory: Callable[..., Settings], servers: list[StubLLM]
 ) -> None:
