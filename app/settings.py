@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_TOKENS = {"changethis", "changeme", "secret", "token", "password"}
+TOKEN_RECIPE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 BUNDLED_MODEL_ID = "SmolLM2-135M-Instruct"
 
 
@@ -96,8 +106,15 @@ class Price(BaseModel):
 class Settings(BaseSettings):
     """Service configuration. Every field is an environment variable (see the README's table)."""
 
+    # An empty variable means "unset": docker-compose.yml passes `${SELFINSTRUCT_X:-}` through
+    # from .env as an empty string when the user leaves a line blank, and an empty base models
+    # dir would otherwise be the working directory, an empty bool or JSON list an error.
     model_config = SettingsConfigDict(
-        env_prefix="SELFINSTRUCT_", env_file=None, extra="ignore", validate_default=True
+        env_prefix="SELFINSTRUCT_",
+        env_file=None,
+        env_ignore_empty=True,
+        extra="ignore",
+        validate_default=True,
     )
 
     # --- storage ---
@@ -236,13 +253,15 @@ class Settings(BaseSettings):
 
     @field_validator("api_token", "worker_token")
     @classmethod
-    def _refuse_placeholder_token(cls, value: SecretStr | None) -> SecretStr | None:
+    def _refuse_placeholder_token(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
         if value is None or value.get_secret_value() == "":
             return None
         if value.get_secret_value().lower() in PLACEHOLDER_TOKENS:
             raise ValueError(
-                "SELFINSTRUCT_API_TOKEN is a placeholder; set a random value, "
-                "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                f"SELFINSTRUCT_{(info.field_name or '').upper()} is a placeholder; set a random "
+                f"value, e.g. `{TOKEN_RECIPE}`"
             )
         return value
 
@@ -278,6 +297,20 @@ class Settings(BaseSettings):
             self.database_url = "postgresql+psycopg://" + self.database_url[len("postgresql://") :]
         return self
 
+    def unguarded_bind(self, host: str) -> str | None:
+        """Why serving on `host` would hand the API to anyone who reaches it, or None.
+
+        Beyond loopback (0.0.0.0 in a container, a LAN address) any client could change or
+        delete data unless the API token guards the routes; `selfinstruct serve` refuses to
+        start then, rather than run open by accident. Loopback stays open for `make run`."""
+        if is_loopback(host) or self.api_token is not None:
+            return None
+        return (
+            f"refusing to serve on {host}, beyond loopback, without SELFINSTRUCT_API_TOKEN: "
+            f"set SELFINSTRUCT_API_TOKEN to a random value (`{TOKEN_RECIPE}`) so that only "
+            "holders of the token can change data, or bind 127.0.0.1 (--host)."
+        )
+
     @property
     def db_url(self) -> str:
         assert self.database_url is not None  # filled by the validator
@@ -286,6 +319,18 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.db_url.startswith("sqlite")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host`: localhost, 127.0.0.0/8 or ::1.
+
+    Any other name counts as reachable from outside: it may resolve to a public interface."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache
