@@ -1,7 +1,11 @@
 """The language of a short text: script rules first, a statistical detector for the rest.
 
-Scripts decide where they can, in microseconds: kana means Japanese, hangul Korean, and Han
-characters without either Chinese. Texts in other scripts go to lingua (a maintained detector that
+Scripts decide where they can, in microseconds, by share: each Han, kana or hangul character
+weighs as much as a word of another script (the length rules count the same way), so a text is
+Chinese, Japanese or Korean when such characters are at least as many as its other words. "请把
+machine learning 翻译成中文" (7 characters, 2 words) is Chinese; "Translate the word 猫 into
+English." (1 character, 5 words) is not. Among CJK texts kana means Japanese, hangul Korean, and
+Han characters alone Chinese. Texts in other scripts go to lingua (a maintained detector that
 works offline, built for short texts) restricted to `DETECTABLE`, which keeps it fast (about
 0.3 ms a short instruction, docs/BENCHMARKS.md) and its answers among languages we can name. A
 text with too few letters to tell is `UNKNOWN`, never guessed.
@@ -14,7 +18,7 @@ import threading
 from functools import lru_cache
 from typing import Any
 
-from filters.tokenize import CJK_CHARACTERS
+from filters.tokenize import CJK_CHARACTERS, count_cjk, strip_cjk
 
 UNKNOWN = "unknown"
 # ISO 639-1 codes lingua may answer with, for text without CJK characters.
@@ -31,6 +35,7 @@ _KANA = re.compile(
 _HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3131-\u318e]")
 _HAN = re.compile(rf"[{CJK_CHARACTERS}]")
 _LETTER = re.compile(r"[^\W\d_]")
+_ALNUM = re.compile(r"[^\W_]")
 _lock = threading.Lock()
 
 
@@ -44,16 +49,20 @@ def _detector() -> Any:
 
 def detect_language(text: str) -> str:
     """An ISO 639-1 code (`en`, `zh`, `ja`, `ko`, ...) or `UNKNOWN`."""
-    if _KANA.search(text):
-        return "ja"
-    if _HANGUL.search(text):
-        return "ko"
-    if _HAN.search(text):
-        return "zh"
-    if len(_LETTER.findall(text)) < MIN_LETTERS:
+    cjk = count_cjk(text)
+    rest = strip_cjk(text)
+    if cjk:
+        other_words = sum(1 for chunk in rest.split() if _ALNUM.search(chunk))
+        if cjk >= other_words:
+            if _KANA.search(text):
+                return "ja"
+            if _HANGUL.search(text):
+                return "ko"
+            return "zh"
+    if len(_LETTER.findall(rest)) < MIN_LETTERS:
         return UNKNOWN
     with _lock:  # lingua loads its models on first use
-        ranked = _detector().compute_language_confidence_values(text)
+        ranked = _detector().compute_language_confidence_values(rest)
     if not ranked or ranked[0].value < MIN_CONFIDENCE:
         return UNKNOWN
     return str(ranked[0].language.iso_code_639_1.name).lower()

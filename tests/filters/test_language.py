@@ -32,6 +32,12 @@ STARTER = Path(__file__).resolve().parents[2] / "app" / "seeds" / "starter_seed_
         ("Generate a haiku.", UNKNOWN),
         ("Paris", UNKNOWN),
         ("12 + 30 = ?", UNKNOWN),  # symbols only
+        # a CJK character weighs as a word: the larger share decides, not one character
+        ("Translate the word 猫 into English.", "en"),
+        ("Write a short poem about the character 春 and the spring rain.", "en"),
+        ("请把 machine learning 翻译成中文", "zh"),
+        ("用Python写一个排序函数", "zh"),
+        ("「桜」という言葉を English に訳してください。", "ja"),
     ],
 )
 def test_languages_are_detected_offline(text: str, language: str) -> None:
