@@ -21,6 +21,22 @@ class FileObject(BaseModel):
     sha256: str
 
 
+class FileDeleted(BaseModel):
+    """OpenAI's answer to `DELETE /v1/files/{file_id}` (`client.files.delete()`)."""
+
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+class ModelDeleted(BaseModel):
+    """OpenAI's answer to `DELETE /v1/models/{model}` (`client.models.delete()`)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool = True
+
+
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -208,6 +208,9 @@ def test_file_routes_cannot_read_outside_the_files_folder(guarded: TestClient) -
     for attempt in attempts:
         for suffix in ("", "/content"):
             response = guarded.get(f"/v1/files/{attempt}{suffix}")
+            if response.status_code == 200:  # the client drops "/.": the list of files, no more
+                assert (attempt, suffix) == (".", "") and response.json()["object"] == "list"
+                continue
             assert response.status_code in (404, 405), (attempt, response.status_code)
             assert SECRET not in response.text, attempt
             if response.status_code == 404:

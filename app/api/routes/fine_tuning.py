@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from app.api.deps import EngineDep, SessionDep, SettingsDep, release
 from app.api.sse import event_stream
 from app.finetune import service as svc
 from app.finetune.schemas import (
+    FileDeleted,
     FileObject,
     FineTuningJob,
     FineTuningJobCheckpoint,
@@ -18,21 +19,37 @@ from app.finetune.schemas import (
     FineTuningJobEvent,
     Page,
 )
-from app.models import FineTuningJobRow
+from app.models import FineTuningJobRow, StoredFile
 from app.schemas import ErrorResponse
 from app.services import files as file_svc
 
 router = APIRouter(tags=["fine-tuning"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
 UPLOAD_CHUNK = 1 << 20
+NOT_EMPTY: dict[str, Any] = {"minLength": 1}
+
+
+def file_by_id(
+    session: SessionDep, file_id: Annotated[str, Path(description="A file id (file-...).")]
+) -> StoredFile:
+    return file_svc.get_file(session=session, file_id=file_id)
+
+
+FileDep = Annotated[StoredFile, Depends(file_by_id)]
 
 
 @router.post("/files", responses={422: {"model": ErrorResponse}})
 async def upload_file(
     session: SessionDep,
     settings: SettingsDep,
-    file: UploadFile,
-    purpose: Annotated[str, Form()] = "fine-tune",
+    file: Annotated[
+        UploadFile,
+        # The schema states the rule the code enforces: an empty upload is refused.
+        File(description="JSONL, one example a line; not empty.", json_schema_extra=NOT_EMPTY),
+    ],
+    purpose: Annotated[
+        Literal["fine-tune"], Form(description="Only fine-tune files are kept here.")
+    ] = "fine-tune",
 ) -> FileObject:
     """Upload a JSONL training file (chat `messages` format)."""
 
@@ -52,16 +69,54 @@ async def upload_file(
     return FileObject(**svc.file_public(record))
 
 
+@router.get("/files", responses=ERRORS)
+def list_files(
+    session: SessionDep,
+    settings: SettingsDep,
+    purpose: Annotated[
+        str | None, Query(max_length=32, description="Only files with this purpose.")
+    ] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            pattern=file_svc.FILE_ID.pattern, description="The last file id of the previous page."
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            description="At most SELFINSTRUCT_PAGE_SIZE_MAX (1000 unless set), which is also "
+            "the default, as OpenAI's default is its maximum.",
+        ),
+    ] = None,
+    order: Annotated[
+        Literal["asc", "desc"], Query(description="By upload time; newest first by default.")
+    ] = "desc",
+) -> Page[FileObject]:
+    """List uploaded and frozen files, newest first, as `client.files.list()` pages them."""
+    records, more = file_svc.list_files(
+        session=session, settings=settings, purpose=purpose, after=after, limit=limit, order=order
+    )
+    return Page[FileObject](data=[FileObject(**svc.file_public(r)) for r in records], has_more=more)
+
+
 @router.get("/files/{file_id}", responses=ERRORS)
-def read_file(session: SessionDep, file_id: str) -> FileObject:
+def read_file(record: FileDep) -> FileObject:
     """Read a file's metadata."""
-    return FileObject(**svc.file_public(file_svc.get_file(session=session, file_id=file_id)))
+    return FileObject(**svc.file_public(record))
+
+
+@router.delete("/files/{file_id}", responses={**ERRORS, 409: {"model": ErrorResponse}})
+def delete_file(session: SessionDep, settings: SettingsDep, record: FileDep) -> FileDeleted:
+    """Delete a file and its bytes; 409 while a queued or running fine-tune job reads it."""
+    file_svc.delete_file(session=session, settings=settings, record=record)
+    return FileDeleted(id=record.id)
 
 
 @router.get("/files/{file_id}/content", response_class=FileResponse, responses=ERRORS)
-def file_content(session: SessionDep, settings: SettingsDep, file_id: str) -> FileResponse:
+def file_content(settings: SettingsDep, record: FileDep) -> FileResponse:
     """Download a file's bytes."""
-    record = file_svc.get_file(session=session, file_id=file_id)
     return FileResponse(
         file_svc.file_path(settings, record.id),
         media_type="application/jsonl",
