@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.models import TaskOrigin
+from app.models import TaskOrigin, holdout_key
 from app.run_schemas import EvolveSpec, RunCreate, TemplateSpec
 from filters.novelty import NoveltyIndex
 from generators.base import Generation
@@ -54,10 +54,22 @@ class Pool:
         default_factory=dict
     )
 
+    # The dataset's held-out share: tasks on the held-out side stay in the novelty index (nothing
+    # near them is accepted) but are never shown to the model, as an example, an evolve parent or
+    # a topic's neighbour, so an evaluation on them is not biased toward the generated data.
+    held_out_share: float = 0.0
+
     def add_example(self, example: PromptExample, *, seed: bool) -> None:
+        if self.held_out_share > 0 and self.held_out(example):
+            return
         (self.seeds if seed else self.machine).append(example)
         own = self.by_language.setdefault(example.language, ([], []))
         (own[0] if seed else own[1]).append(example)
+
+    def held_out(self, example: PromptExample) -> bool:
+        """The rule of app.services.heldout.split_of, from what a prompt example keeps (the
+        instruction and the first instance's input are what the key is made of)."""
+        return holdout_key(example.instruction, [{"input": example.input}]) < self.held_out_share
 
     def drop_machine(self, example_id: str) -> None:
         """Take a generated example out again (rare: a demotion)."""

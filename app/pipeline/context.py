@@ -353,9 +353,12 @@ def echo_references(header: str | None, strategy: str = "self_instruct") -> list
     return [s.strip() for t in texts for s in re.split(r"(?<=[.!?。！？])\s*", t) if s.strip()]
 
 
-def load_pool(engine: Engine, *, dataset_id: int) -> tuple[Pool, list[tuple[int, str]]]:
-    """The dataset's accepted tasks, and their ids and instructions in id order."""
-    pool = Pool()
+def load_pool(
+    engine: Engine, *, dataset_id: int, held_out_share: float = 0.0
+) -> tuple[Pool, list[tuple[int, str]]]:
+    """The dataset's accepted tasks, and their ids and instructions in id order; held-out tasks
+    are in the novelty index only (Pool.held_out_share)."""
+    pool = Pool(held_out_share=held_out_share)
     texts: list[tuple[int, str]] = []
     with Session(engine) as session:
         rows = session.exec(

@@ -97,7 +97,12 @@ async def execute_run(
         model = find_model(settings, run.model, engine)
         # A pool of 1M tasks takes half a minute to load: the lease is renewed meanwhile.
         loaded = await _renewing(
-            asyncio.to_thread(load_pool, engine, dataset_id=dataset.id),  # type: ignore[arg-type]
+            asyncio.to_thread(
+                load_pool,
+                engine,
+                dataset_id=dataset.id,  # type: ignore[arg-type]
+                held_out_share=dataset.held_out_share,
+            ),
             engine=engine,
             run_id=run_id,
             worker=worker,
