@@ -1,5 +1,5 @@
 """What a fresh machine needs before `make run` can work: a lock of registry pins only, and a
-clear sentence when Python or a compiler is missing (scripts/check_lock.py, scripts/preflight.sh)."""
+clear sentence when Python or a compiler is missing (scripts/check_lock.py and preflight.sh)."""
 
 from __future__ import annotations
 
