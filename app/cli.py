@@ -403,8 +403,10 @@ def generate(
     run_id = run.id
 
     def execute() -> None:
-        asyncio.run(execute_run(engine=engine, settings=settings, run_id=run_id, worker=runner))
-        done.set()
+        try:
+            asyncio.run(execute_run(engine=engine, settings=settings, run_id=run_id, worker=runner))
+        finally:  # a run that raises must not leave the progress loop waiting for ever
+            done.set()
 
     thread = threading.Thread(target=execute)
     thread.start()
