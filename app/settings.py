@@ -104,7 +104,7 @@ class Price(BaseModel):
 
 
 class Settings(BaseSettings):
-    """Service configuration. Every field is an environment variable (see the README's table)."""
+    """Service configuration. Every field is an environment variable (docs/CONFIGURATION.md)."""
 
     # An empty variable means "unset": docker-compose.yml passes `${SELFINSTRUCT_X:-}` through
     # from .env as an empty string when the user leaves a line blank, and an empty base models

@@ -124,17 +124,6 @@ def test_every_schema_reference_resolves(client: TestClient) -> None:
     assert {"SeedTask", "DocumentsCreate", "DocumentText"} <= set(schemas)
 
 
-def test_readme_documents_every_setting() -> None:
-    from pathlib import Path
-
-    from app.settings import Settings
-
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    for name, field in Settings.model_fields.items():
-        variable = field.validation_alias or f"SELFINSTRUCT_{name.upper()}"
-        assert f"`{variable}`" in readme, f"README's settings table lacks {variable}"
-
-
 def test_every_state_changing_route_needs_the_token(settings_factory) -> None:  # type: ignore[no-untyped-def]
     """Walks the OpenAPI document, so a new route is covered the day it is added."""
     with TestClient(create_app(settings_factory(api_token=TOKEN))) as client:
