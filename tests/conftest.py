@@ -16,16 +16,28 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from app.db import make_engine, migrate
 from app.main import create_app
 from app.settings import Settings
+from generators.llama_server import serve_llama_cpp
 from tests.pg import postgres_server
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ORIGINAL_SEEDS = SHARED / "data" / "selfinstruct_seed_tasks.jsonl"
+# The model name the shared llama.cpp server answers to: not the bundled model's own id, which
+# the service serves in-process, so a test's endpoint never shadows it.
+LLAMA_ALIAS = "smollm2-llamacpp"
 TABLES = ["finetune_checkpoint", "finetune_event", "finetune_job", "task", "run", "dataset"]
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[str]:
+    """One real llama.cpp server (`python -m llama_cpp.server`, the bundled GGUF) for the whole
+    session: each start loads the model again, and no test changes the server."""
+    with serve_llama_cpp(model_alias=LLAMA_ALIAS, n_ctx=4096) as url:
         yield url
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,16 +13,24 @@ import pytest
 
 from app.db import migrate
 from app.settings import Settings
+from tests.finetune.test_finetune_e2e import tiny_base_dir  # noqa: F401 (a fixture)
 from tests.live import free_port, serve_api, wait_ready
 
 TOKEN = "dashboard-test-token"
-ARTIFACTS = Path(os.environ.get("SELFINSTRUCT_TEST_ARTIFACTS", "test-artifacts"))
+# Screenshots of failures and of the pages, outside the repository unless asked for.
+ARTIFACTS = Path(
+    os.environ.get("SELFINSTRUCT_TEST_ARTIFACTS")
+    or Path(tempfile.gettempdir()) / "selfinstruct-test-artifacts"
+)
+TINY_BASE = "tiny-llama"  # an own base model (a random 2-layer Llama): a job trains in seconds
 
 
 @pytest.fixture(scope="module")
-def live_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def live_env(tmp_path_factory: pytest.TempPathFactory, tiny_base_dir: Path) -> dict[str, str]:  # noqa: F811
     """The environment of the server and of any worker started beside it."""
     data = tmp_path_factory.mktemp("dashboard")
+    base_models = data / "base-models"
+    shutil.copytree(tiny_base_dir, base_models / TINY_BASE)
     url = f"sqlite:///{data / 'dashboard.db'}"
     migrate(Settings(database_url=url, data_dir=data))
     env = {
@@ -30,6 +39,7 @@ def live_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "SELFINSTRUCT_DATA_DIR": str(data),
         "SELFINSTRUCT_API_TOKEN": TOKEN,
         "SELFINSTRUCT_WORKER_POLL_SECONDS": "0.2",
+        "SELFINSTRUCT_BASE_MODELS_DIR": str(base_models),
     }
     return env
 

@@ -316,8 +316,11 @@ def test_killed_worker_loses_the_lease_and_the_job_resumes_from_its_checkpoint(
     _wipe(settings.db_url)
 
 
-@pytest.mark.real
-def test_remote_worker_trains_over_http_with_its_own_token(sqlite_url: str, tmp_path: Path) -> None:
+def test_remote_worker_trains_over_http_with_its_own_token(
+    sqlite_url: str, tmp_path: Path, tiny_base_dir: Path
+) -> None:
+    """On the tiny base model: what is tested is the worker's protocol, not the bundled model
+    (test_cpu_job_trains_and_the_tuned_model_generates trains that)."""
     from app.finetune.remote import RemoteFinetuneWorker
 
     settings = Settings(
@@ -333,10 +336,11 @@ def test_remote_worker_trains_over_http_with_its_own_token(sqlite_url: str, tmp_
     with TestClient(create_app(settings)) as client:
         client.headers.update(auth)
         _greet_dataset(client)
+        base_model = _register_base(settings, tiny_base_dir)
         job_id = client.post(
             "/v1/fine_tuning/jobs",
             json={
-                "model": "SmolLM2-135M-Instruct",
+                "model": base_model,
                 "dataset": "greet",
                 "lora": {"r": 4},
                 "max_seq_len": 64,

@@ -11,7 +11,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from generators.llama_server import serve_llama_cpp
 from generators.ratelimit import reset_shared_rate_limiters
 from tests.generators.fakes import ScriptedServer
 
@@ -27,13 +26,6 @@ def _fresh_rate_limiters() -> Iterator[None]:
     reset_shared_rate_limiters()
     yield
     reset_shared_rate_limiters()
-
-
-@pytest.fixture(scope="session")
-def llama_server_url() -> Iterator[str]:
-    """A real `python -m llama_cpp.server` serving the bundled GGUF on loopback."""
-    with serve_llama_cpp(n_ctx=2048) as base_url:
-        yield base_url
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,8 +18,7 @@ from fastapi.testclient import TestClient
 from app.db import make_engine, migrate
 from app.main import create_app
 from app.settings import EndpointConfig, Settings
-from generators.llama_server import serve_llama_cpp
-from tests.conftest import _wipe
+from tests.conftest import LLAMA_ALIAS, _wipe
 from tests.judge.conftest import JUDGE_MODEL, JudgeStub, scripted_rating
 from tests.live import free_port, serve_api, wait_ready
 
@@ -110,22 +109,16 @@ def sqlite_settings(sqlite_url: str, tmp_path: Path) -> Settings:
     return settings
 
 
-@pytest.fixture(scope="module")
-def llama_judge() -> Iterator[str]:
-    with serve_llama_cpp(model_alias="smollm2-judge") as url:
-        yield url
-
-
 @pytest.mark.real
 def test_bundled_model_judges_through_a_real_llama_cpp_server(
-    sqlite_settings: Settings, llama_judge: str
+    sqlite_settings: Settings, llama_server: str
 ) -> None:
     """Mechanics, not quality: the grammar reaches the server, every task gets a stored
     judgement with the judge's id and prompt version, and counts agree."""
     endpoint = EndpointConfig(
         name="llamacpp",
-        base_url=llama_judge,
-        models=["smollm2-judge"],
+        base_url=llama_server,
+        models=[LLAMA_ALIAS],
         structured_output="grammar",
     )
     settings = sqlite_settings.model_copy(update={"endpoints": [endpoint]})
@@ -148,9 +141,9 @@ def test_bundled_model_judges_through_a_real_llama_cpp_server(
             )
         ]
         assert client.post("/v1/datasets/judged/seeds", json=seeds).status_code < 300
-        job_id = client.post(
-            "/v1/datasets/judged/judgements", json={"model": "smollm2-judge"}
-        ).json()["id"]
+        job_id = client.post("/v1/datasets/judged/judgements", json={"model": LLAMA_ALIAS}).json()[
+            "id"
+        ]
         deadline = time.monotonic() + 600
         while (job := client.get(f"/v1/judgements/{job_id}").json())["status"] in (
             "queued",
@@ -171,7 +164,7 @@ def test_bundled_model_judges_through_a_real_llama_cpp_server(
             judgement = task["judgement"]
             assert task["rating"] in ("A", "B", "C", "D")
             assert judgement["rating"] == task["rating"]
-            assert judgement["judge_model"] == "smollm2-judge"
+            assert judgement["judge_model"] == LLAMA_ALIAS
             assert judgement["run_id"] == job_id
             assert judgement["rationale"].strip()
             versions.add(judgement["prompt_version"])

@@ -4,7 +4,6 @@ mechanics and the stored records, not quality."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,18 +12,11 @@ from fastapi.testclient import TestClient
 from app.db import migrate
 from app.main import create_app
 from app.settings import EndpointConfig, Settings
-from generators.llama_server import serve_llama_cpp
-from tests.conftest import _wipe
+from tests.conftest import LLAMA_ALIAS, _wipe
 from tests.quality.conftest import seed
 from tests.quality.helpers import all_samples, wait_for_evaluation
 
-ALIAS = "smollm2-llamacpp"
-
-
-@pytest.fixture(scope="module")
-def llama_server() -> Iterator[str]:
-    with serve_llama_cpp(model_alias=ALIAS, n_ctx=4096) as url:
-        yield url
+ALIAS = LLAMA_ALIAS
 
 
 @pytest.mark.real

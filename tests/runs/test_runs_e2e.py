@@ -8,7 +8,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,7 +20,6 @@ from app.db import make_engine, migrate
 from app.main import create_app
 from app.models import Task
 from app.settings import EndpointConfig, Settings
-from generators.llama_server import serve_llama_cpp
 from tests.conftest import _wipe
 from tests.live import free_port, serve_api, wait_ready
 from tests.runs.conftest import (
@@ -84,12 +83,6 @@ def test_bundled_model_grows_the_default_pool(sqlite_settings: Settings) -> None
         assert task["lineage"]["model"] == "SmolLM2-135M-Instruct"
         assert task["instances"] and task["instances"][0]["output"]
     _wipe(settings.db_url)
-
-
-@pytest.fixture(scope="module")
-def llama_server() -> Iterator[str]:
-    with serve_llama_cpp(model_alias="smollm2-llamacpp") as url:
-        yield url
 
 
 @pytest.mark.real

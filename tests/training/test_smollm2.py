@@ -14,7 +14,10 @@ from training.evaluate import EvalTask, evaluate_model, load_for_eval
 from training.train import train
 
 
+# In the exhaustive tier: the service-level test_cpu_job_trains_and_the_tuned_model_generates
+# trains the bundled model with LoRA through a job in make test, and each costs half a minute.
 @pytest.mark.real
+@pytest.mark.slow
 def test_lora_finetunes_the_bundled_model(gguf_path: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", [chat_record(u, a) for u, a in CHATS[:8]])
     config = FinetuneConfig(
