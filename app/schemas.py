@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -70,7 +71,8 @@ class DatasetCreate(BaseModel):
         default_factory=list,
         max_length=20,
         description="Evaluation datasets this one must stay clean of: a task too similar to one "
-        "of theirs is marked `contaminated` and left out of exports and fine-tunes.",
+        "of theirs is marked `contaminated` and left out of exports and fine-tunes. Rule "
+        "between fields: a dataset cannot name itself.",
     )
     decontamination_threshold: float = Field(
         default=0.7,
@@ -125,39 +127,84 @@ class DatasetsPublic(BaseModel):
 # --- seeds ---
 
 
+# What `str.strip()` removes (the characters `str.isspace()` calls whitespace), spelled out so a
+# JSON Schema pattern states the same "not blank" rule the validators apply.
+PY_WHITESPACE = "\t-\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NO_NUL = "^[^\u0000]*$"
+NOT_BLANK = f"^[^\u0000]*[^\u0000{PY_WHITESPACE}][^\u0000]*$"
+SEED_ID_CHARS = 200  # the column's length
+SEED_ID_MAX = 2**63 - 1  # an integer id as large as a 64-bit database integer
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL cannot store a NUL character; SQLite can, so refuse it on both alike.
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (\\u0000)")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not _no_nul(value).strip():
+        raise ValueError("must not be empty or only whitespace")
+    return value
+
+
+SeedText = Annotated[
+    StrictStr, AfterValidator(_no_nul), Field(json_schema_extra={"pattern": NO_NUL})
+]
+
+
 class Instance(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: StrictStr
-    output: StrictStr
+    input: SeedText
+    output: SeedText
 
 
 class SeedTask(BaseModel):
-    """One line of a Self-Instruct `seed_tasks.jsonl`; unknown keys are ignored."""
+    """One line of a Self-Instruct `seed_tasks.jsonl`; unknown keys are ignored. Text may be in
+    any language but holds no NUL character."""
 
     model_config = ConfigDict(extra="ignore")
 
-    id: StrictStr | int
-    name: StrictStr = ""
-    instruction: StrictStr
+    id: StrictStr | int = Field(
+        description="Unique within the dataset: a task with an id already there replaces it.",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "maxLength": SEED_ID_CHARS, "pattern": NOT_BLANK},
+                {"type": "integer", "minimum": -SEED_ID_MAX, "maximum": SEED_ID_MAX},
+            ]
+        },
+    )
+    name: SeedText = ""
+    instruction: Annotated[
+        StrictStr, AfterValidator(_not_blank), Field(json_schema_extra={"pattern": NOT_BLANK})
+    ]
     instances: list[Instance]
     is_classification: StrictBool
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_not_bool(cls, value: object) -> object:
+        # JSON true is no integer (JSON Schema says so), though Python's int accepts it.
+        if isinstance(value, bool):
+            raise ValueError("must be text or an integer, not true or false")
+        return value
 
     @field_validator("id")
     @classmethod
     def _id_text(cls, value: str | int) -> str:
-        text = str(value).strip()
-        if not text:
-            raise ValueError("must not be empty")
-        if len(text) > 200:
-            raise ValueError("must be at most 200 characters")
-        return text
+        if isinstance(value, int):
+            if abs(value) > SEED_ID_MAX:
+                raise ValueError(f"an integer id must lie within +-{SEED_ID_MAX}")
+            return str(value)
+        if len(value) > SEED_ID_CHARS:
+            raise ValueError(f"must be at most {SEED_ID_CHARS} characters")
+        return _not_blank(value).strip()
 
     @field_validator("instruction")
     @classmethod
     def _instruction_text(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
         return value.strip()
 
 
@@ -294,15 +341,16 @@ class TaskReview(BaseModel):
 class InstanceEdit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: str = Field(default="", max_length=20_000)
-    output: str = Field(min_length=1, max_length=20_000)
-
-    @field_validator("output")
-    @classmethod
-    def _output_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value
+    input: Annotated[
+        str,
+        AfterValidator(_no_nul),
+        Field(max_length=20_000, json_schema_extra={"pattern": NO_NUL}),
+    ] = ""
+    output: Annotated[
+        str,
+        AfterValidator(_not_blank),
+        Field(min_length=1, max_length=20_000, json_schema_extra={"pattern": NOT_BLANK}),
+    ]
 
 
 class TaskEdit(BaseModel):
@@ -310,16 +358,28 @@ class TaskEdit(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    instruction: str | None = Field(default=None, min_length=1, max_length=5_000)
+    instruction: (
+        Annotated[
+            str,
+            AfterValidator(_not_blank),
+            Field(min_length=1, max_length=5_000, json_schema_extra={"pattern": NOT_BLANK}),
+        ]
+        | None
+    ) = None
     instances: list[InstanceEdit] | None = Field(default=None, min_length=1, max_length=5)
     is_classification: bool | None = None
-    note: str | None = Field(default=None, max_length=2000)
+    note: (
+        Annotated[
+            str,
+            AfterValidator(_no_nul),
+            Field(max_length=2000, json_schema_extra={"pattern": NO_NUL}),
+        ]
+        | None
+    ) = None
 
     @field_validator("instruction")
     @classmethod
-    def _instruction_not_blank(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be blank")
+    def _instruction_stripped(cls, value: str | None) -> str | None:
         return value.strip() if value is not None else None
 
 
@@ -490,25 +550,44 @@ class EvaluationCreate(BaseModel):
 
 
 class ModelScore(BaseModel):
+    """One model's figures, each over the samples it states (`*_n`): a request that failed is
+    no answer, so it is counted in `failed` and left out of every figure until it is asked
+    again (when the evaluation is taken up again)."""
+
     model: str
-    answered: int = Field(description="Tasks with a stored answer so far.")
-    mean_rouge_l: float | None = Field(description="Mean ROUGE-L F1 against the references.")
-    failed: int = Field(description="Tasks the model gave no answer for (scored 0).")
+    answered: int = Field(description="Tasks the model answered so far (failed requests not).")
+    failed: int = Field(
+        description="Tasks whose answer request failed after the endpoint's retries: not scored, "
+        "rated or compared."
+    )
+    mean_rouge_l: float | None = Field(
+        description="Mean ROUGE-L F1 against the references, over `rouge_l_n` answers."
+    )
+    rouge_l_n: int = Field(0, description="Answers `mean_rouge_l` is over.")
     ratings: dict[str, int] | None = Field(
         None, description="The judge's A-D ratings of the answers (with a judge)."
     )
+    ratings_n: int | None = Field(
+        None, description="Answers the judge rated A-D: the sum of `ratings` (with a judge)."
+    )
     unjudged: int | None = Field(
-        None, description="Answers whose rating could not be read or was not asked for."
+        None, description="Answers the judge answered about without a rating (never guessed)."
+    )
+    judge_failed: int | None = Field(
+        None,
+        description="Answers whose rating request failed after the endpoint's retries: not "
+        "counted in `ratings`, asked again when the evaluation is taken up again.",
     )
 
 
 class PairwiseScore(BaseModel):
     """`model_a` against `model_b`, each task judged twice with the answers in both positions;
-    a win counts only when both orders agree, anything else is a tie."""
+    a win counts only when both orders agree, anything else is a tie. Only tasks both models
+    answered and the judge answered in both orders count."""
 
     model_a: str
     model_b: str
-    compared: int
+    compared: int = Field(description="Tasks with a verdict: the n of `win_rate_a`.")
     wins_a: int
     wins_b: int
     ties: int
@@ -518,15 +597,29 @@ class PairwiseScore(BaseModel):
     interval: Literal["wilson_95"] = Field(
         "wilson_95", description="Wilson score interval, 95%, on win_rate_a."
     )
+    undecided: int = Field(0, description="Tasks where an order's answer named no winner.")
+    failed: int = Field(
+        0,
+        description="Tasks where a comparison request failed after the endpoint's retries: "
+        "not counted, asked again when the evaluation is taken up again.",
+    )
+    unanswered: int = Field(
+        0, description="Tasks not compared because a model's answer is missing or failed."
+    )
 
 
 class EvaluationProgress(BaseModel):
-    answers: int = 0
+    answers: int = Field(0, description="Answers received (failed requests not counted).")
     answers_total: int = 0
     ratings: int = 0
     ratings_total: int = 0
     comparisons: int = 0
     comparisons_total: int = 0
+    failed: int = Field(
+        0,
+        description="Answer, rating and comparison requests that failed after the endpoint's "
+        "retries; each is asked again when the evaluation is taken up again.",
+    )
 
 
 class EvaluationPublic(BaseModel):
@@ -555,10 +648,14 @@ class EvaluationsPublic(BaseModel):
 
 class SampleAnswer(BaseModel):
     text: str
-    failed: bool
-    rouge_l: float
+    failed: bool = Field(description="The request failed: no answer, so no score or rating.")
+    rouge_l: float | None = Field(description="Against the reference; null when `failed`.")
+    error: str | None = Field(None, description="Why the request failed.")
     rating: str | None = None
     rationale: str | None = None
+    judge_failed: bool = Field(
+        False, description="The rating request failed; `rating` is null until asked again."
+    )
 
 
 class Sample(BaseModel):
@@ -569,7 +666,9 @@ class Sample(BaseModel):
     reference: str
     answers: dict[str, SampleAnswer] = Field(description="Each model's answer, by model id.")
     pairwise: dict[str, Any] = Field(
-        description="Per pair `a|b`: the verdict with a first, with b first, and the winner."
+        description="Per pair `a|b`: the verdict with a shown first, with b shown first, the "
+        "winner (null until both orders are answered) and `failed_orders` (requests that failed, "
+        "asked again when the evaluation is taken up again)."
     )
 
 
@@ -593,6 +692,17 @@ class EvaluationEventPublic(BaseModel):
 # Fields some clients use to pick a server. Ignoring them would let a client believe it chose
 # the host; refusing them says plainly that only SELFINSTRUCT_ENDPOINTS picks servers.
 SERVER_FIELDS = ("base_url", "api_base", "api_url", "url", "endpoint", "host")
+
+
+StopText = Annotated[str, Field(min_length=1)]
+
+
+class ChatStreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = Field(
+        False, description="End the stream with a chunk holding `usage` and no choices."
+    )
 
 
 class ChatCompletionRequest(BaseModel):
@@ -625,10 +735,17 @@ class ChatCompletionRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    stop: str | list[str] | None = None
+    stop: StopText | list[StopText] | None = Field(
+        None, description="Text that ends a choice (left out of it); an empty one would end all."
+    )
     n: int = Field(1, ge=1, le=32, description="At most SELFINSTRUCT_CHAT_MAX_N (default 8).")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Sampling seed (uint32).")
-    stream: bool = False
+    stream: bool = Field(
+        False,
+        description="Send server-sent `chat.completion.chunk`s as the tokens are made, each with "
+        "its choice's `index`; with n > 1 the choices may come one after another.",
+    )
+    stream_options: ChatStreamOptions | None = None
 
 
 class ChatChoice(BaseModel):

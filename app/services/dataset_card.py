@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,10 +15,19 @@ import sqlalchemy as sa
 from huggingface_hub import DatasetCardData
 from sqlmodel import Session, col, select
 
-from app.models import MACHINE_ORIGINS, Dataset, Run, Task, TaskOrigin, TaskStatus
+from app.models import (
+    MACHINE_ORIGINS,
+    Dataset,
+    Run,
+    Task,
+    TaskJudgement,
+    TaskOrigin,
+    TaskStatus,
+)
 from app.services.datasets import pool_languages, seed_languages
 from app.services.export import FLAT_SCHEMA
 from filters.language import base_language
+from generators.judge import RATINGS
 
 
 @dataclass
@@ -54,6 +63,30 @@ class CardFacts:
     rejected_by_reason: dict[str, int]
     runs: list[RunFacts]
     pool_languages: list[str]
+    # Accepted tasks (seeds included) by their latest judgement: a level A-D, `unjudged` (the
+    # judge's answer held no rating) or `not_judged`; and by the judge model that gave it.
+    ratings: dict[str, int] = field(default_factory=dict)
+    judges: dict[str, int] = field(default_factory=dict)
+
+
+def _ratings(session: Session, dataset_id: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Accepted tasks per latest rating and per judge model, in one grouped query."""
+    rows = session.exec(
+        select(Task.rating, TaskJudgement.judge_model, sa.func.count())  # type: ignore[call-overload]
+        .select_from(Task)
+        .outerjoin(TaskJudgement, col(TaskJudgement.id) == col(Task.judgement_id))
+        .where(Task.dataset_id == dataset_id, Task.status == TaskStatus.accepted.value)
+        .group_by(col(Task.rating), col(TaskJudgement.judge_model))
+    ).all()
+    ratings: Counter[str] = Counter()
+    judges: Counter[str] = Counter()
+    for rating, judge, n in rows:
+        if judge is None:
+            ratings["not_judged"] += n
+            continue
+        ratings[rating if rating in RATINGS else "unjudged"] += n
+        judges[judge] += n
+    return dict(ratings), dict(judges.most_common())
 
 
 def card_facts(*, session: Session, dataset: Dataset) -> CardFacts:
@@ -76,6 +109,7 @@ def card_facts(*, session: Session, dataset: Dataset) -> CardFacts:
     languages = pool_languages(
         dataset=dataset, seeds=seed_languages(session, [dataset.id]).get(dataset.id, {})
     )
+    ratings, judges = _ratings(session, dataset.id)
     return CardFacts(
         name=dataset.name,
         description=dataset.description,
@@ -95,6 +129,8 @@ def card_facts(*, session: Session, dataset: Dataset) -> CardFacts:
             for run in runs
         ],
         pool_languages=sorted({c for c in map(base_language, languages) if c}),
+        ratings=ratings,
+        judges=judges,
     )
 
 
@@ -117,13 +153,41 @@ def service_version() -> str:
         return "unknown"
 
 
-def judge_ratings_section(facts: CardFacts) -> str | None:
-    """Judge ratings of the accepted tasks, once the service stores any.
+RATING_WORDS = {
+    "A": "valid and satisfying",
+    "B": "acceptable with minor imperfections",
+    "C": "responds with significant errors",
+    "D": "irrelevant or invalid",
+}
 
-    Hook: no judge exists yet, so there is nothing to state and the card says so. When one lands,
-    read its ratings into CardFacts and return a Markdown section here.
-    """
-    return None
+
+def judge_ratings_section(facts: CardFacts) -> str | None:
+    """The judge's ratings of the accepted tasks and who gave them, so a reader of the card can
+    weigh the data without the service; None when no task was ever judged."""
+    if not facts.judges:
+        return None
+    rated = sum(facts.ratings.get(r, 0) for r in RATINGS)
+    judges = ", ".join(
+        f"`{model}` ({n:,} task{'s' if n != 1 else ''})" for model, n in facts.judges.items()
+    )
+    lines = [
+        "Each accepted task's latest rating (seeds included) on the Self-Instruct paper's "
+        "human-evaluation scale, given by a model acting as judge: "
+        f"{judges}. Shares are of the {rated:,} tasks rated A-D.",
+        "",
+        "| rating | meaning | tasks | share |",
+        "|---|---|---:|---:|",
+    ]
+    for level in RATINGS:
+        n = facts.ratings.get(level, 0)
+        share = f"{n / rated:.1%}" if rated else "-"
+        lines.append(f"| {level} | {RATING_WORDS[level]} | {n:,} | {share} |")
+    lines += [
+        f"| unjudged | the judge's answer held no rating | {facts.ratings.get('unjudged', 0):,} "
+        "| - |",
+        f"| not judged | never sent to a judge | {facts.ratings.get('not_judged', 0):,} | - |",
+    ]
+    return "\n".join(lines)
 
 
 def _card_metadata(*, facts: CardFacts, splits: SplitFacts, license: str) -> DatasetCardData:

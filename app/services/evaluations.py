@@ -14,6 +14,12 @@ redoes nothing it had finished:
    judge that always picks one position) is a tie. The win rate counts a tie as half a win; its
    interval is Wilson's score interval at 95%.
 
+A request that fails after the endpoint's retries is not an answer: an empty text would score
+ROUGE-L 0, be rated and be compared, measuring the endpoint instead of the model. So a failed
+answer, rating or comparison is stored as failed, left out of every mean, count and rate (each
+figure states the `n` it is over, and `failed` says what is missing), and asked again when the
+evaluation is taken up again; what depends on a failed answer waits for it.
+
 Results are recomputed from the samples after every chunk, so progress is readable while it runs.
 """
 
@@ -71,6 +77,8 @@ log = logging.getLogger("selfinstruct.evaluations")
 FINAL = frozenset({EvaluationStatus.succeeded, EvaluationStatus.failed, EvaluationStatus.cancelled})
 CHUNK = 8  # samples per stored step: the most a kill can lose, and the progress granularity
 Z95 = 1.959963984540054
+ERROR_CHARS = 300  # a failed request's error, as stored with the sample
+ORDERS = ("a_shown_first", "b_shown_first")  # a pairwise verdict's two requests
 
 
 # --- creating ---
@@ -315,46 +323,80 @@ def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _summary(evaluation: Evaluation, samples: Sequence[EvaluationSample]) -> dict[str, Any]:
-    models: list[dict[str, Any]] = []
-    for model in evaluation.models:
-        answers = [s.answers[model] for s in samples if model in s.answers]
-        scores = [a["rouge_l"] for a in answers]
-        entry: dict[str, Any] = {
-            "model": model,
-            "answered": len(answers),
-            "mean_rouge_l": sum(scores) / len(scores) if scores else None,
-            "failed": sum(1 for a in answers if a["failed"]),
-        }
-        if evaluation.judge:
-            rated = Counter(a.get("rating") for a in answers if "rating" in a)
-            entry["ratings"] = {r: rated.get(r, 0) for r in RATINGS}
-            entry["unjudged"] = len(answers) - sum(entry["ratings"].values())
-        models.append(entry)
-    pairwise = []
+def answered(answer: dict[str, Any] | None) -> bool:
+    """A stored answer the model gave (not a failed request)."""
+    return answer is not None and not answer.get("failed", False)
+
+
+def rated(answer: dict[str, Any]) -> bool:
+    """The judge answered about this answer (a rating, or an answer that held none)."""
+    return "rating" in answer and not answer.get("judge_failed", False)
+
+
+def _model_summary(
+    evaluation: Evaluation, model: str, samples: Sequence[EvaluationSample]
+) -> dict[str, Any]:
+    stored = [s.answers[model] for s in samples if model in s.answers]
+    answers = [a for a in stored if answered(a)]
+    scores = [a["rouge_l"] for a in answers]
+    entry: dict[str, Any] = {
+        "model": model,
+        "answered": len(answers),
+        "failed": len(stored) - len(answers),
+        "mean_rouge_l": sum(scores) / len(scores) if scores else None,
+        "rouge_l_n": len(scores),
+    }
     if evaluation.judge:
-        for a, b in combinations(evaluation.models, 2):
-            verdicts = Counter(
-                s.pairwise[pair_key(a, b)].get("winner")
-                for s in samples
-                if pair_key(a, b) in s.pairwise
-            )
-            wins_a, wins_b, ties = verdicts["a"], verdicts["b"], verdicts["tie"]
-            compared = wins_a + wins_b + ties
-            low, high = wilson(wins_a + ties / 2, compared) if compared else (None, None)
-            pairwise.append(
-                {
-                    "model_a": a,
-                    "model_b": b,
-                    "compared": compared,
-                    "wins_a": wins_a,
-                    "wins_b": wins_b,
-                    "ties": ties,
-                    "win_rate_a": (wins_a + ties / 2) / compared if compared else None,
-                    "ci_low": low,
-                    "ci_high": high,
-                }
-            )
+        judged = [a for a in answers if rated(a)]
+        levels = Counter(a["rating"] for a in judged if a["rating"] in RATINGS)
+        entry["ratings"] = {r: levels.get(r, 0) for r in RATINGS}
+        entry["ratings_n"] = sum(levels.values())
+        entry["unjudged"] = len(judged) - entry["ratings_n"]
+        entry["judge_failed"] = sum(1 for a in answers if a.get("judge_failed", False))
+    return entry
+
+
+def _pair_summary(a: str, b: str, samples: Sequence[EvaluationSample]) -> dict[str, Any]:
+    verdicts: Counter[str | None] = Counter()
+    failed = unanswered = 0
+    for s in samples:
+        if not (answered(s.answers.get(a)) and answered(s.answers.get(b))):
+            unanswered += 1
+            continue
+        entry = s.pairwise.get(pair_key(a, b))
+        if entry is None:
+            continue
+        if entry.get("failed_orders"):
+            failed += 1
+        else:
+            verdicts[entry.get("winner")] += 1
+    wins_a, wins_b, ties = verdicts["a"], verdicts["b"], verdicts["tie"]
+    compared = wins_a + wins_b + ties
+    low, high = wilson(wins_a + ties / 2, compared) if compared else (None, None)
+    return {
+        "model_a": a,
+        "model_b": b,
+        "compared": compared,
+        "wins_a": wins_a,
+        "wins_b": wins_b,
+        "ties": ties,
+        "win_rate_a": (wins_a + ties / 2) / compared if compared else None,
+        "ci_low": low,
+        "ci_high": high,
+        "undecided": verdicts[None],
+        "failed": failed,
+        "unanswered": unanswered,
+    }
+
+
+def _summary(evaluation: Evaluation, samples: Sequence[EvaluationSample]) -> dict[str, Any]:
+    """Every figure from the answered samples only; failures are counted, never scored."""
+    models = [_model_summary(evaluation, m, samples) for m in evaluation.models]
+    pairwise = (
+        [_pair_summary(a, b, samples) for a, b in combinations(evaluation.models, 2)]
+        if evaluation.judge
+        else []
+    )
     return {"models": models, "pairwise": pairwise}
 
 
@@ -362,13 +404,18 @@ def _progress(evaluation: Evaluation, samples: Sequence[EvaluationSample]) -> Ev
     n, m = len(samples), len(evaluation.models)
     judged = evaluation.judge is not None
     pairs = m * (m - 1) // 2 if judged else 0
+    answers = [a for s in samples for a in s.answers.values()]
+    comparisons = [p for s in samples for p in s.pairwise.values()]
     return EvaluationProgress(
-        answers=sum(len(s.answers) for s in samples),
+        answers=sum(1 for a in answers if answered(a)),
         answers_total=n * m,
-        ratings=sum(1 for s in samples for a in s.answers.values() if "rating" in a),
+        ratings=sum(1 for a in answers if answered(a) and rated(a)),
         ratings_total=n * m if judged else 0,
-        comparisons=sum(len(s.pairwise) for s in samples),
+        comparisons=sum(1 for p in comparisons if not p.get("failed_orders")),
         comparisons_total=n * pairs,
+        failed=sum(1 for a in answers if not answered(a))
+        + sum(1 for a in answers if answered(a) and a.get("judge_failed", False))
+        + sum(1 for p in comparisons if p.get("failed_orders")),
     )
 
 
@@ -504,15 +551,23 @@ async def _answer(
     prompts: list[Any] = [task_to_messages(s.instruction, s.input) for s in chunk]
     answers = await backend_for(settings, entry).generate(prompts, params, return_exceptions=True)
     for sample, answer in zip(chunk, answers, strict=True):
-        text = answer.text if isinstance(answer, Generation) else ""
-        sample.answers = {
-            **sample.answers,
-            entry.id: {
-                "text": text,
-                "failed": not isinstance(answer, Generation),
-                "rouge_l": rouge_l(text, sample.reference),
-            },
+        stored: dict[str, Any]
+        if isinstance(answer, Generation):
+            score = rouge_l(answer.text, sample.reference)
+            stored = {"text": answer.text, "failed": False, "rouge_l": score}
+        else:  # not an answer: no score, no rating, no comparison until it is asked again
+            stored = {"text": "", "failed": True, "rouge_l": None, "error": _error(answer)}
+        # A comparison made against this model's earlier (failed) answer is stale.
+        sample.pairwise = {
+            k: v
+            for k, v in sample.pairwise.items()
+            if not (k.startswith(f"{entry.id}|") or k.endswith(f"|{entry.id}"))
         }
+        sample.answers = {**sample.answers, entry.id: stored}
+
+
+def _error(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__)[:ERROR_CHARS]
 
 
 async def _rate(
@@ -526,19 +581,29 @@ async def _rate(
     )
     try:
         judgement = await judge_task(backend_for(settings, judge), task, chat=_chat(judge))
-        rating, why = judgement.rating, judgement.rationale
-    except Exception as exc:  # failed after the backend's retries: unjudged, with the reason
-        rating, why = None, f"the judge request failed: {exc}"
-    sample.answers = {**sample.answers, model: {**answer, "rating": rating, "rationale": why}}
+        rating, why, failed = judgement.rating, judgement.rationale, False
+    except Exception as exc:  # failed after the backend's retries: asked again on resume
+        rating, why, failed = None, f"the judge request failed: {_error(exc)}", True
+    sample.answers = {
+        **sample.answers,
+        model: {**answer, "rating": rating, "rationale": why, "judge_failed": failed},
+    }
 
 
 async def _compare(
     settings: Settings, judge: ModelEntry, a: str, b: str, sample: EvaluationSample
 ) -> None:
+    """Both orders, or only the ones whose request failed before: an order the judge answered
+    is kept."""
     backend = backend_for(settings, judge)
     language = detect_language(sample.instruction)
-    verdicts: list[str | None] = []
-    for swap in (False, True):
+    stored = sample.pairwise.get(pair_key(a, b), {})
+    todo = stored.get("failed_orders") or ORDERS
+    verdicts: dict[str, str | None] = {o: stored.get(o) for o in ORDERS}
+    failed: list[str] = []
+    for order in ORDERS:
+        if order not in todo:
+            continue
         try:
             preference = await compare(
                 backend,
@@ -548,17 +613,19 @@ async def _compare(
                 sample.answers[b]["text"],
                 language=language,
                 chat=_chat(judge),
-                swap=swap,
+                swap=order == "b_shown_first",
             )
-            verdicts.append(preference.winner)
-        except Exception:
-            verdicts.append(None)
+            verdicts[order] = preference.winner
+        except Exception:  # failed after the backend's retries: not a verdict
+            verdicts[order] = None
+            failed.append(order)
+    first, second = (verdicts[o] for o in ORDERS)
     sample.pairwise = {
         **sample.pairwise,
         pair_key(a, b): {
-            "a_shown_first": verdicts[0],
-            "b_shown_first": verdicts[1],
-            "winner": combine_orders(verdicts[0], verdicts[1]),
+            **verdicts,
+            "winner": None if failed else combine_orders(first, second),
+            "failed_orders": failed,
         },
     }
 
@@ -597,14 +664,19 @@ async def execute_evaluation(
                 await work
                 await asyncio.to_thread(_store, changed=chunk, **store)  # type: ignore[arg-type]
 
+            # Each phase takes what is missing or failed; what needs a failed answer waits.
             for entry in entries:
-                todo = [s for s in samples if entry.id not in s.answers]
+                todo = [s for s in samples if not answered(s.answers.get(entry.id))]
                 for start in range(0, len(todo), CHUNK):
                     chunk = todo[start : start + CHUNK]
                     await step(chunk, _answer(settings, entry, chunk, max_tokens))
             if judge is not None:
                 for model in evaluation.models:
-                    todo = [s for s in samples if "rating" not in s.answers[model]]
+                    todo = [
+                        s
+                        for s in samples
+                        if answered(s.answers.get(model)) and not rated(s.answers[model])
+                    ]
                     for start in range(0, len(todo), CHUNK):
                         chunk = todo[start : start + CHUNK]
                         await step(
@@ -612,7 +684,16 @@ async def execute_evaluation(
                             asyncio.gather(*(_rate(settings, judge, model, s) for s in chunk)),
                         )
                 for a, b in combinations(evaluation.models, 2):
-                    todo = [s for s in samples if pair_key(a, b) not in s.pairwise]
+                    todo = [
+                        s
+                        for s in samples
+                        if answered(s.answers.get(a))
+                        and answered(s.answers.get(b))
+                        and (
+                            pair_key(a, b) not in s.pairwise
+                            or s.pairwise[pair_key(a, b)].get("failed_orders")
+                        )
+                    ]
                     for start in range(0, len(todo), CHUNK):
                         chunk = todo[start : start + CHUNK]
                         await step(

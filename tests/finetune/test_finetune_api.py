@@ -62,18 +62,19 @@ def test_upload_and_download_a_file(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    ("content", "reason"),
+    ("content", "line", "reason"),
     [
         (
             b'{"messages": [{"role": "user", "content": "hi"}, '
             b'{"role": "assistant", "content": "yo"}]}\nnot json at all\n',
-            "line 2",
+            2,
+            "not valid JSON",
         ),
-        (b'{"messages": [{"role": "user", "content": "hi"}]}\n', "no assistant message"),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}\n', 1, "no assistant message"),
     ],
 )
 def test_bad_training_file_fails_the_job_naming_the_line(
-    client: TestClient, content: bytes, reason: str
+    client: TestClient, content: bytes, line: int, reason: str
 ) -> None:
     file_id = upload(client, content)["id"]
     job = client.post(
@@ -82,8 +83,8 @@ def test_bad_training_file_fails_the_job_naming_the_line(
     assert job["status"] == "failed"
     assert job["error"]["code"] == "invalid_training_file"
     assert job["error"]["param"] == "training_file"
-    assert reason in job["error"]["message"]
-    assert "line 1" in job["error"]["message"] or reason == "line 2"
+    # The bad line and what is wrong with it, together: "line 2: not valid JSON (...)".
+    assert f"line {line}: {reason}" in job["error"]["message"], job["error"]
 
 
 def test_refusals(client: TestClient) -> None:

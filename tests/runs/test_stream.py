@@ -6,8 +6,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from pydantic import ValidationError
 from app.main import create_app
 from app.settings import EndpointConfig, Settings
 from filters.rouge import rouge_l
+from generators.prompt_text import BOOTSTRAP_HEADERS
 from generators.prompts import build_instance_prompt
 from tests.conftest import _wipe
 from tests.generators.fakes import Reply
@@ -245,12 +248,51 @@ class RepeatingLLM(StubLLM):
         return str(self.rng.choice(FIXED))
 
 
+# Unlike every FIXED task and every seed: only the other run's copy can make it a near-copy.
+SHARED = "Invent a board game in which two players guard lighthouses along a stormy coast"
+
+
+class MeetingLLM(RepeatingLLM):
+    """Every list of new tasks starts with SHARED. The first two requests for SHARED's instances
+    (one per run) are held until both have arrived and then answered together, so each run
+    decides to accept SHARED against a pool that lacks the other's copy: the store of the run
+    that commits second must find the other's copy and demote its own."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.met = threading.Event()
+        self.meeting = 0  # SHARED instance requests held so far (at most two are)
+        self.meeting_lock = threading.Lock()
+
+    def _next_reply(self, body: dict[str, Any] | None) -> Reply:
+        prompt = str((body or {}).get("prompt", ""))
+        if prompt.startswith(INSTANCE_MARK) and SHARED in prompt:
+            with self.meeting_lock:
+                self.meeting += 1
+                if self.meeting >= 2:
+                    self.met.set()
+            self.met.wait(timeout=60)  # the second worker process may take a while to start
+        return super()._next_reply(body)
+
+    def answer(self, prompt: str) -> str:
+        text = super().answer(prompt)
+        # Runs take turns asking in the pool's languages (English and Chinese): both ask.
+        if not prompt.startswith(tuple(BOOTSTRAP_HEADERS.values())):
+            return text
+        return f" {SHARED}\n" + text.split("\n", 1)[-1]
+
+
 def test_two_workers_on_postgres_never_accept_near_copies_of_each_other(
     postgres_url: str, tmp_path: Path, servers: list[StubLLM]
 ) -> None:
+    """Two runs on one dataset, each in its own worker process, propose the same tasks. Both
+    decide to accept SHARED at the same moment; the one stored second is demoted to a
+    `too_similar` rejection naming the other's copy (a row that went through instance
+    generation, so it was decided accepted, not screened out). Each run still reaches its
+    target: 7 distinct tasks can be accepted and the two targets need 6."""
     from app.db import migrate
 
-    llm = RepeatingLLM(seed=3)
+    llm = MeetingLLM(seed=3)
     llm.delay_s = 0.1
     llm.start()
     servers.append(llm)
@@ -271,7 +313,7 @@ def test_two_workers_on_postgres_never_accept_near_copies_of_each_other(
         "SELFINSTRUCT_WORKER_POLL_SECONDS": "0.05",
     }
     with TestClient(create_app(settings)) as api:
-        body = {"target": 30, "model": STUB_MODEL, "prompt": {"prompts_per_batch": 1}}
+        body = {"target": 3, "model": STUB_MODEL, "prompt": {"prompts_per_batch": 1}}
         ids = [api.post("/v1/datasets/default/runs", json=body).json()["id"] for _ in range(2)]
         workers = [
             subprocess.Popen(
@@ -288,22 +330,47 @@ def test_two_workers_on_postgres_never_accept_near_copies_of_each_other(
             for worker in workers:
                 worker.terminate()
                 worker.wait(timeout=30)
-        accepted = api.get(
-            "/v1/datasets/default/tasks", params={"status": "accepted", "limit": 1000}
-        ).json()["data"]
+        tasks = api.get("/v1/datasets/default/tasks", params={"limit": 1000})
+        everything = tasks.json()["data"]
+    assert llm.met.is_set(), "the two runs never asked for SHARED's instances together"
     assert runs[0]["worker_id"] != runs[1]["worker_id"], "each run had its own worker"
-    assert all(r["stop_reason"] in ("target_reached", "stalled") for r in runs), [
-        (r["stop_reason"], r["error"]) for r in runs
-    ]
+    ends = [(r["status"], r["stop_reason"]) for r in runs]
+    assert ends == [("succeeded", "target_reached")] * 2, [r["error"] for r in runs]
+    accepted = [t for t in everything if t["status"] == "accepted"]
     generated = [t["instruction"] for t in accepted if t["origin"] == "generated"]
-    assert len(generated) >= 4, runs
+    assert len(generated) == 6, runs
     assert len(set(generated)) == len(generated), "an instruction was accepted twice"
-    everything = [t["instruction"] for t in accepted]
-    for x, y in itertools.combinations(everything, 2):
+    for x, y in itertools.combinations([t["instruction"] for t in accepted], 2):
         assert rouge_l(x, y) <= 0.7, (x, y)
+    (kept,) = [t for t in accepted if t["instruction"] == SHARED]
+    # The other run's copy: decided accepted (its instances were generated), then demoted.
+    (demoted,) = [
+        t
+        for t in everything
+        if t["instruction"] == SHARED and t["run_id"] != kept["run_id"] and t["instances"]
+    ]
+    assert demoted["status"] == "rejected" and demoted["rejection_reason"] == "too_similar"
+    assert demoted["nearest"][0] == {"task_id": kept["id"], "score": 1.0}, demoted["nearest"]
     for run_id in ids:
         assert_run_matches_rows(postgres_url, run_id)
     _wipe(postgres_url)
+
+
+class NearCopyLLM(StubLLM):
+    """Starts every list of new tasks with a near-copy of an English task its prompt shows (the
+    last word changed: ROUGE-L (n-1)/n, above 0.7 from four words on), so every run meets
+    candidates the novelty filter must reject as well as novel ones."""
+
+    def answer(self, prompt: str) -> str:
+        text = super().answer(prompt)
+        if not prompt.startswith(BOOTSTRAP_HEADERS["en"]):
+            return text
+        shown = re.findall(r"^\d+\. ([A-Za-z][^\n]*)$", prompt, flags=re.MULTILINE)
+        long = [line for line in shown if len(line.split()) >= 6]
+        if not long:
+            return text
+        with_one_word_changed = " ".join([*self.rng.choice(long).split()[:-1], "zebras."])
+        return f" {with_one_word_changed}\n" + text.split("\n", 1)[-1]
 
 
 def _stub_model(api: TestClient) -> dict[str, Any]:
@@ -327,7 +394,9 @@ def test_stored_neighbours_are_exact_whether_computed_inline_or_in_their_own_pro
     """Large pools take the top-10 off the decision path (a process of its own); forced here
     on the starter pool. Either way each stored score is the ROUGE-L to the task it names, the
     best one is `max_rouge`, and verdicts agree with it."""
-    stub = _start(servers, seed=5)
+    stub = NearCopyLLM(seed=5)
+    stub.start()
+    servers.append(stub)
     stub.delay_s = 0.02
     settings = _settings(
         settings_factory,
@@ -351,7 +420,9 @@ def test_stored_neighbours_are_exact_whether_computed_inline_or_in_their_own_pro
     scored = [
         t for t in rows if t["status"] == "accepted" or t["rejection_reason"] == "too_similar"
     ]
-    assert any(t["rejection_reason"] == "too_similar" for t in scored) or len(scored) >= 40
+    # Both verdicts are checked below: the stub proposes near-copies as well as novel tasks.
+    assert len([t for t in scored if t["status"] == "accepted"]) == 40
+    assert any(t["rejection_reason"] == "too_similar" for t in scored), run["counters"]
     for task in scored:
         assert task["nearest"], task
         assert task["max_rouge"] == task["nearest"][0]["score"]

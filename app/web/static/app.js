@@ -875,7 +875,8 @@ async function evaluationView(id) {
           return h("div", { class: "answer" },
             h("b", {}, m),
             h("pre", {}, a ? a.text : "(not answered yet)"),
-            a && h("span", { class: "muted" }, `ROUGE-L ${a.rouge_l.toFixed(2)}`,
+            a && h("span", { class: "muted" },
+              a.rouge_l === null ? `failed: ${a.error ?? "no answer"} (asked again on resume)` : `ROUGE-L ${a.rouge_l.toFixed(2)}`,
               a.rating !== undefined ? ` · rating ${a.rating ?? "unjudged"}` : "",
               a.rationale ? ` · ${a.rationale}` : ""));
         })),
