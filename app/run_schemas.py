@@ -32,8 +32,8 @@ class SamplingOptions(_Strict):
 
 class PromptMix(_Strict):
     """How each bootstrap prompt is assembled. Rules between fields (beyond what JSON Schema
-    states): machine_examples must not exceed examples_per_prompt; stop_at must be greater than
-    examples_per_prompt + 1."""
+    states): machine_examples must not exceed examples_per_prompt;
+    stop_at must be greater than examples_per_prompt + 1."""
 
     examples_per_prompt: int = Field(8, ge=1, le=32, description="Instructions shown.")
     machine_examples: int = Field(2, ge=0, le=32, description="At most this many generated.")
@@ -90,23 +90,51 @@ class Caps(_Strict):
     max_cost: float | None = Field(None, gt=0, description="In the price table's currency.")
 
 
-class TemplateSpec(_Strict):
-    """Instruction templates with `{slot}` placeholders filled from value lists."""
+# A template: text with `{slot}` placeholders, a slot's name free of `. [ ] ! :` and not only
+# digits (str.format would read those as attributes, indexes, conversions, formats or positions);
+# `{{` and `}}` are literal braces. The schema states it; the validator says what is wrong.
+TEMPLATE_PATTERN = r"^(?:[^{}]|\{\{|\}\}|\{[^{}.\[\]!:]*[^{}.\[\]!:0-9][^{}.\[\]!:]*\})*$"
+SLOTS_NEED_VALUES = "every `{slot}` in `templates` needs a non-empty list in `values`"
 
-    templates: list[str] = Field(min_length=1, max_length=1000)
-    values: dict[str, list[str]] = Field(default_factory=dict)
+
+class TemplateSpec(_Strict):
+    """Instruction templates with `{slot}` placeholders filled from value lists. Rule between
+    fields: every `{slot}` in `templates` needs a non-empty list in `values`."""
+
+    templates: list[Annotated[str, Field(json_schema_extra={"pattern": TEMPLATE_PATTERN})]] = Field(
+        min_length=1,
+        max_length=1000,
+        description="E.g. 'Write a {tone} poem about {topic}.'; `{{` and `}}` for braces.",
+    )
+    values: dict[str, list[str]] = Field(
+        default_factory=dict, description="Each slot's values, e.g. {'tone': ['sad', 'funny']}."
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _well_formed(cls, templates: list[str]) -> list[str]:
+        for i, template in enumerate(templates):
+            if re.fullmatch(TEMPLATE_PATTERN, template) is None:
+                raise ValueError(
+                    f"templates[{i}] {template!r}: write each slot as `{{name}}` (a name without "
+                    ". [ ] ! : and not only digits), and literal braces as `{{` and `}}`"
+                )
+        return templates
 
     @model_validator(mode="after")
     def _slots_have_values(self) -> TemplateSpec:
-        for template in self.templates:
-            try:
-                slots = {f for _, f, _, _ in string.Formatter().parse(template) if f}
-            except ValueError as exc:
-                raise ValueError(f"template {template!r} is malformed: {exc}") from exc
-            missing = sorted(s for s in slots if not self.values.get(s))
-            if missing:
-                raise ValueError(f"template {template!r} uses slots with no values: {missing}")
+        missing = sorted(
+            {slot for t in self.templates for slot in template_slots(t)}
+            - {name for name, values in self.values.items() if values}
+        )
+        if missing:
+            raise ValueError(f"{SLOTS_NEED_VALUES} (missing: {', '.join(map(repr, missing))})")
         return self
+
+
+def template_slots(template: str) -> list[str]:
+    """The slot names of a well-formed template, in order of first use."""
+    return list(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(template) if f))
 
 
 EvolveOperation = Literal[
@@ -166,6 +194,9 @@ class JudgeSpec(_Strict):
 
 
 class RunCreate(_Strict):
+    """A generation run; every field has a default but `target`. Rule between fields:
+    strategy 'template' needs a `template` with templates and values."""
+
     target: int = Field(ge=1, description="Accepted instructions to reach.")
     strategy: Literal[
         "self_instruct", "alpaca", "template", "evolve", "backtranslate", "magpie"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -53,10 +54,8 @@ class Worker:
 
     async def _idle(self) -> None:
         assert self._wake is not None
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self.settings.worker_poll_seconds)
-        except TimeoutError:
-            pass
         self._wake.clear()
 
     @property

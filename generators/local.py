@@ -7,18 +7,24 @@ transformers when that is installed.
 Loading takes a while and memory, so each model is loaded once per process and shared by every
 backend built with the same settings. Generation blocks a CPU for seconds, so it runs in a worker
 thread, one prompt at a time per model, because a llama.cpp context is not thread-safe.
+
+Streaming (`stream_prompt`): the worker thread hands each piece of text to the event loop as
+llama.cpp makes it, choice after choice, so the first words leave after the first token rather
+than after the last choice; closing the stream stops the thread at its next token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import functools
 import importlib.util
 import os
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -33,6 +39,7 @@ from generators.base import (
     Generation,
     NormalizedPrompt,
     SamplingParams,
+    prompt_text,
     register_backend,
 )
 from generators.bundled import BUNDLED_MODEL_ID, bundled_model_path
@@ -42,6 +49,7 @@ from generators.errors import (
     GeneratorError,
     UnsupportedRequest,
 )
+from generators.streaming import ChoiceDelta, StreamItem
 
 Engine = Literal["auto", "llama_cpp", "transformers"]
 
@@ -73,6 +81,7 @@ class Sample:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    usage_estimated: bool = False  # counted by tokenizing, where the engine reported none
 
 
 class LoadedModel(Protocol):
@@ -212,16 +221,63 @@ class LocalBackend(Backend):
             try:
                 generation = await asyncio.to_thread(self._generate, model, prompt, params, seeds)
                 results.append(generation)
-            except GeneratorError as exc:
-                exc.attempts = exc.attempts or 1
-                results.append(exc)
             except Exception as exc:  # an engine crash fails this prompt, not the whole batch
-                error = GeneratorError(
-                    f"local model {self.model_id} failed: {type(exc).__name__}: {exc}", attempts=1
-                )
-                error.__cause__ = exc
-                results.append(error)
+                results.append(self._failure(exc))
         return results
+
+    async def stream_prompt(
+        self, prompt: NormalizedPrompt, params: SamplingParams
+    ) -> AsyncGenerator[StreamItem, None]:
+        """Each choice's text as it is made (llama.cpp: piece by piece; transformers: whole
+        choices), then the whole `Generation`; see `generators.streaming.stream`."""
+        model = await self.load()
+        seeds = self._choice_seeds(params)
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[StreamItem | Exception] = asyncio.Queue()
+        closed = threading.Event()
+
+        def send(item: StreamItem | Exception) -> None:  # from the worker thread
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, item)
+            except RuntimeError:  # the loop is gone; nobody is reading
+                closed.set()
+
+        def emit(delta: ChoiceDelta) -> None:
+            if closed.is_set():
+                raise _StreamClosed  # unwinds the engine's loop, releasing the model
+            send(delta)
+
+        def work() -> None:
+            try:
+                send(self._generate(model, prompt, params, seeds, emit))
+            except _StreamClosed:
+                pass
+            except Exception as exc:
+                send(self._failure(exc))
+
+        # Not awaited: the queue brings its results, and `closed` ends it early.
+        loop.run_in_executor(None, work)
+        try:
+            while True:
+                item = await items.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+                if isinstance(item, Generation):
+                    return
+        finally:
+            closed.set()
+
+    def _failure(self, exc: Exception) -> GeneratorError:
+        """The error to report for one prompt: the backend's own, or an engine crash wrapped."""
+        if isinstance(exc, GeneratorError):
+            exc.attempts = exc.attempts or 1
+            return exc
+        error = GeneratorError(
+            f"local model {self.model_id} failed: {type(exc).__name__}: {exc}", attempts=1
+        )
+        error.__cause__ = exc
+        return error
 
     def _choice_seeds(self, params: SamplingParams) -> list[int]:
         # llama-cpp-python samples with the same seed on every call without one, so each choice
@@ -236,16 +292,14 @@ class LocalBackend(Backend):
         prompt: NormalizedPrompt,
         params: SamplingParams,
         seeds: list[int],
+        emit: Callable[[ChoiceDelta], None] | None = None,
     ) -> Generation:
+        """All choices, one after another; with `emit`, each one's text as it is made."""
         started = time.perf_counter()
         samples: list[Sample] = []
-        extra = self._sampler_extras
         with model.lock:
-            for seed in seeds:
-                if isinstance(prompt, str):
-                    samples.append(model.complete(prompt, params, seed, extra))
-                else:
-                    samples.append(model.chat(prompt, params, seed, extra))
+            for index, seed in enumerate(seeds):
+                samples.append(self._one_choice(model, prompt, params, seed, index, emit))
         return Generation(
             choices=[
                 Choice(text=s.text, finish_reason=s.finish_reason, index=i)
@@ -258,7 +312,35 @@ class LocalBackend(Backend):
             model=self.model_id,
             backend=self.backend_id,
             attempts=1,
+            usage_estimated=any(s.usage_estimated for s in samples),
         )
+
+    def _one_choice(
+        self,
+        model: LoadedModel,
+        prompt: NormalizedPrompt,
+        params: SamplingParams,
+        seed: int,
+        index: int,
+        emit: Callable[[ChoiceDelta], None] | None,
+    ) -> Sample:
+        extra = self._sampler_extras
+        if emit is not None and isinstance(model, LlamaCppModel):
+            sample = model.stream(
+                prompt, params, seed, extra, lambda text: emit(ChoiceDelta(index, text))
+            )
+        elif isinstance(prompt, str):
+            sample = model.complete(prompt, params, seed, extra)
+        else:
+            sample = model.chat(prompt, params, seed, extra)
+        if emit is not None:
+            unsent = "" if isinstance(model, LlamaCppModel) else sample.text
+            emit(ChoiceDelta(index, unsent, sample.finish_reason))
+        return sample
+
+
+class _StreamClosed(Exception):
+    """The stream's reader went away; raised inside the engine's loop to stop generating."""
 
 
 _MODELS: dict[tuple[Any, ...], LoadedModel] = {}
@@ -333,6 +415,10 @@ class LlamaCppModel:
         self.llama.close()
 
     def chat_template(self) -> ChatTemplate | None:
+        return self._chat_template
+
+    @functools.cached_property
+    def _chat_template(self) -> ChatTemplate | None:
         source = self.llama.metadata.get("tokenizer.chat_template")
         if not source:
             return None
@@ -399,6 +485,56 @@ class LlamaCppModel:
         choice = out["choices"][0]  # type: ignore[index]
         text = choice["message"]["content"] or ""
         return self._sample(text, choice["finish_reason"], out["usage"])  # type: ignore[index,arg-type]
+
+    def stream(
+        self,
+        prompt: NormalizedPrompt,
+        params: SamplingParams,
+        seed: int,
+        extra: Mapping[str, Any],
+        on_text: Callable[[str], None],
+    ) -> Sample:
+        """One choice, handing each piece of text to `on_text` as llama.cpp makes it (pieces
+        that may begin a stop string are held back until they do not)."""
+        kwargs = {**self._kwargs(params, seed, extra), "stream": True}
+        parts: list[str] = []
+        finish: str | None = None
+        try:
+            if isinstance(prompt, str):
+                chunks: Any = self.llama.create_completion(prompt, **kwargs)
+            else:
+                chunks = self.llama.create_chat_completion(
+                    [m.model_dump() for m in prompt],  # type: ignore[misc]
+                    **kwargs,
+                )
+            for chunk in chunks:  # each chunk is made when it is asked for
+                choice = chunk["choices"][0]
+                piece = choice["text"] if "text" in choice else choice["delta"].get("content")
+                if piece:
+                    parts.append(piece)
+                    on_text(piece)
+                finish = choice.get("finish_reason") or finish
+        except ValueError as exc:
+            raise self._too_long(exc) from exc
+        text = "".join(parts)
+        sample = self._sample(text, finish, self._streamed_usage(prompt, text))
+        sample.usage_estimated = True
+        return sample
+
+    def _streamed_usage(self, prompt: NormalizedPrompt, text: str) -> dict[str, int]:
+        """llama.cpp reports no usage when it streams: count the tokens of the prompt as the
+        model reads it (its chat template applied) and of the answer, within a token or two."""
+        shown = prompt if isinstance(prompt, str) else prompt_text(prompt)
+        template = self.chat_template()
+        if template is not None and not isinstance(prompt, str):
+            with contextlib.suppress(GeneratorError):  # the engine's own formatter took it
+                shown = template.render(
+                    [m.model_dump() for m in prompt], add_generation_prompt=True
+                )
+        return {
+            "prompt_tokens": len(self.llama.tokenize(shown.encode(), add_bos=False, special=True)),
+            "completion_tokens": len(self.llama.tokenize(text.encode(), add_bos=False)),
+        }
 
     def _too_long(self, exc: ValueError) -> GeneratorError:
         return UnsupportedRequest(

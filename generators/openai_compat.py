@@ -12,6 +12,11 @@ Replicas: `replicas` lists more base URLs serving the same model (one vLLM or ll
 deployment scaled out). Each attempt takes a slot on the least-loaded live replica
 (`generators.pool`); a retry after a failure goes to another replica at once when one is live,
 and waits the backoff only when none is.
+
+Streaming (`stream_prompt`): the server's own event stream (`stream: true`) passed on delta by
+delta, holding its replica slot until the stream ends. Failures are retried as above until the
+stream begins, not after; a server that ignores `stream` has its whole answer passed on, and one
+that ignores `n` gets follow-up streams, their choices numbered after the first's.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ import json
 import random
 import ssl
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -52,6 +59,7 @@ from generators.pool import Outcome, Replica, ReplicaPool, shared_replica
 from generators.pool import capacity as pool_capacity
 from generators.ratelimit import RateLimiter, shared_rate_limiter
 from generators.retry import RetryPolicy, is_retryable_status, parse_retry_after, retry_delay
+from generators.streaming import ChoiceDelta, StreamItem
 
 _ERROR_TEXT_LIMIT = 500
 _CONNECTIONS_PER_CLIENT = 8
@@ -59,12 +67,43 @@ _CONNECTIONS_PER_CLIENT = 8
 
 @dataclass
 class _Reply:
-    """A parsed 2xx answer and what it cost to get it."""
+    """A parsed 2xx answer and what it cost to get it; or, asked to stream, the event stream
+    still open, with the replica slot it holds (the reader releases both)."""
 
     data: dict[str, Any]
     request_id: str | None
     attempts: int
     choices: list[Choice]
+    events: httpx.Response | None = None
+    replica: Replica | None = None
+    pool: ReplicaPool | None = None
+
+
+@dataclass
+class _Round:
+    """What one streamed request brought: each choice's text and finish, keyed by the server's
+    index in the order the choices began (their rank), and the usage if the server sent one."""
+
+    texts: dict[int, list[str]] = field(default_factory=dict)
+    finishes: dict[int, FinishReason] = field(default_factory=dict)
+    usage: dict[str, Any] | None = None
+    model: str | None = None
+    request_id: str | None = None
+
+    def delta(self, index: int, text: str, finish: str | None) -> ChoiceDelta:
+        """Record a piece of choice `index`; the same piece, numbered by the choice's rank."""
+        texts = self.texts.setdefault(index, [])
+        if text:
+            texts.append(text)
+        reason: FinishReason | None = None
+        if finish is not None and index not in self.finishes:
+            reason = self.finishes[index] = "length" if finish == "length" else "stop"
+        return ChoiceDelta(list(self.texts).index(index), text, reason)
+
+    def take_whole(self, reply: _Reply) -> None:
+        self.usage = reply.data.get("usage") if isinstance(reply.data.get("usage"), dict) else None
+        self.model = _as_str(reply.data.get("model"))
+        self.request_id = reply.request_id
 
 
 def _normalize_url(value: str) -> str:
@@ -317,13 +356,9 @@ class OpenAIBackend(Backend):
         # Keep asking until there are n choices: some servers ignore `n` and return one.
         while len(choices) < params.n:
             wanted = params.n - len(choices)
-            if params.seed is not None:
-                seed: int | None = params.seed + round_
-            else:
-                # A server that ignored `n` may also sample the same way for the same prompt
-                # (llama.cpp does without a seed), so follow-up rounds get a fresh seed.
-                seed = None if round_ == 0 else self._rng.randrange(2**31)
-            body = self._request_body(prompt, params, n=wanted, seed=seed)
+            body = self._request_body(
+                prompt, params, n=wanted, seed=self._round_seed(params, round_)
+            )
             estimate = estimate_tokens(prompt_text(prompt)) + params.max_tokens * wanted
             try:
                 reply = await self._request(
@@ -358,6 +393,132 @@ class OpenAIBackend(Backend):
             attempts=attempts,
             usage_estimated=usage_estimated,
         )
+
+    async def stream_prompt(
+        self, prompt: NormalizedPrompt, params: SamplingParams
+    ) -> AsyncGenerator[StreamItem, None]:
+        """Each choice's text as the server streams it, then the whole `Generation`; see
+        `generators.streaming.stream`."""
+        started = time.perf_counter()
+        is_chat = not isinstance(prompt, str)
+        path = "/chat/completions" if is_chat else "/completions"
+        choices: list[Choice] = []
+        prompt_tokens = completion_tokens = attempts = 0
+        usage_estimated = False
+        model: str | None = None
+        request_id: str | None = None
+        round_ = 0
+        while len(choices) < params.n:  # as in `_generate_prompt`: some servers ignore `n`
+            wanted = params.n - len(choices)
+            seed = self._round_seed(params, round_)
+            body = {**self._request_body(prompt, params, n=wanted, seed=seed), "stream": True}
+            estimate = estimate_tokens(prompt_text(prompt)) + params.max_tokens * wanted
+            got = _Round()
+            try:
+                reply = await self._request(
+                    "POST", path, body, estimated_tokens=estimate, chat=is_chat, stream=True
+                )
+                attempts += reply.attempts
+                if reply.events is None:  # the server ignored `stream` and answered whole
+                    got.take_whole(reply)
+                    for choice in reply.choices[:wanted]:
+                        delta = got.delta(choice.index, choice.text, choice.finish_reason)
+                        yield replace(delta, index=len(choices) + delta.index)
+                else:
+                    # Closed here, not left to the garbage collector, when our reader stops.
+                    reading = self._read_events(reply, got, is_chat, wanted, estimate)
+                    async with aclosing(reading) as deltas:
+                        async for delta in deltas:
+                            yield replace(delta, index=len(choices) + delta.index)
+                if not got.texts:
+                    raise BadResponse(
+                        f"POST {self.options.base_url}{path} streamed no choice",
+                        endpoint=f"{self.options.base_url}{path}",
+                    )
+            except GeneratorError as exc:
+                exc.attempts += attempts
+                raise
+            for rank, index in enumerate(got.texts):  # a choice the server never finished
+                if index not in got.finishes:
+                    got.finishes[index] = "stop"
+                    yield ChoiceDelta(len(choices) + rank, "", "stop")
+            new = [
+                Choice(text="".join(texts), finish_reason=got.finishes[i])
+                for i, texts in got.texts.items()
+            ]
+            for choice in new:
+                choices.append(choice.model_copy(update={"index": len(choices)}))
+            if isinstance(got.usage, dict) and isinstance(got.usage.get("completion_tokens"), int):
+                prompt_tokens += int(got.usage.get("prompt_tokens") or 0)
+                completion_tokens += int(got.usage["completion_tokens"])
+            else:
+                usage_estimated = True
+                prompt_tokens += estimate_tokens(prompt_text(prompt))
+                completion_tokens += sum(estimate_tokens(c.text) for c in new)
+            model = model or got.model
+            request_id = request_id or got.request_id
+            round_ += 1
+        yield Generation(
+            choices=choices,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_s=time.perf_counter() - started,
+            model=model or self.model_id,
+            backend=self.backend_id,
+            request_id=request_id,
+            attempts=attempts,
+            usage_estimated=usage_estimated,
+        )
+
+    async def _read_events(
+        self, reply: _Reply, got: _Round, is_chat: bool, wanted: int, estimate: int
+    ) -> AsyncGenerator[ChoiceDelta, None]:
+        """Read one open event stream into `got`, yielding each choice's text and finish with
+        the choice's rank in this stream; then give back its replica slot and connection."""
+        assert reply.events is not None and reply.replica and reply.pool
+        response, replica, pool = reply.events, reply.replica, reply.pool
+        got.request_id = reply.request_id
+        endpoint = f"POST {response.request.url}"
+        outcome: Outcome = "neutral"  # a reader that stops early is no fault of the server
+        error: str | None = None
+        try:
+            async for data in _event_data(response):
+                if data == "[DONE]":
+                    break
+                chunk = _parse_event(data, endpoint)
+                got.model = got.model or _as_str(chunk.get("model"))
+                got.request_id = got.request_id or _as_str(chunk.get("id"))
+                if isinstance(chunk.get("usage"), dict):
+                    got.usage = chunk["usage"]
+                for item in chunk.get("choices") or []:
+                    index = item.get("index", 0) if isinstance(item, dict) else None
+                    if not isinstance(index, int) or not 0 <= index < wanted:
+                        continue  # a choice not asked for
+                    finish = item.get("finish_reason")
+                    delta = got.delta(index, _delta_text(item, is_chat), finish)
+                    if delta.text or delta.finish_reason:
+                        yield delta
+            outcome = "ok"
+        except BadResponse as exc:
+            outcome, error = "failed", exc.message
+            raise
+        except (httpx.TransportError, httpx.DecodingError) as exc:
+            outcome, error = "failed", f"the stream broke off ({type(exc).__name__}: {exc})"
+            raise BadResponse(f"{endpoint}: {error}", endpoint=str(response.request.url)) from exc
+        finally:
+            # The slot first: closing may be cut short when the reader was cancelled.
+            pool.release(replica, outcome, error=error)
+            used = _usage_total({"usage": got.usage})
+            if used is not None:
+                self.rate_limiter.settle(estimate, used)
+            await response.aclose()
+
+    def _round_seed(self, params: SamplingParams, round_: int) -> int | None:
+        if params.seed is not None:
+            return params.seed + round_
+        # A server that ignored `n` may also sample the same way for the same prompt (llama.cpp
+        # does without a seed), so follow-up rounds get a fresh seed.
+        return None if round_ == 0 else self._rng.randrange(2**31)
 
     def _request_body(
         self, prompt: NormalizedPrompt, params: SamplingParams, *, n: int, seed: int | None
@@ -399,9 +560,11 @@ class OpenAIBackend(Backend):
         *,
         estimated_tokens: int,
         chat: bool | None = None,
+        stream: bool = False,
     ) -> _Reply:
         """Send one logical request, retrying per the policy; return the parsed JSON object
-        and, when `chat` says which kind of completion it is, its validated choices."""
+        and, when `chat` says which kind of completion it is, its validated choices. With
+        `stream`, a 2xx event stream comes back open instead (see `_Reply`)."""
         client, pool = self._http()
         policy = self.retry_policy
         attempts = bad_bodies = 0
@@ -419,7 +582,7 @@ class OpenAIBackend(Backend):
             failure = "cancelled"
             try:
                 await self.rate_limiter.acquire(estimated_tokens)
-                response = await client.request(method, url, json=body)
+                response = await _send(client, method, url, body, stream=stream)
             except httpx.TimeoutException as exc:
                 status, failure = None, f"timed out ({type(exc).__name__})"
             except (httpx.TransportError, httpx.DecodingError) as exc:
@@ -429,6 +592,17 @@ class OpenAIBackend(Backend):
                 raise
             else:
                 status = response.status_code
+                if stream and response.is_success and not response.is_stream_consumed:
+                    # An event stream `_send` left open: its reader releases the slot.
+                    return _Reply(
+                        data={},
+                        request_id=response.headers.get("x-request-id"),
+                        attempts=attempts,
+                        choices=[],
+                        events=response,
+                        replica=replica,
+                        pool=pool,
+                    )
                 if response.is_success:
                     try:
                         data = _parse_json_object(response, endpoint)
@@ -495,6 +669,53 @@ class OpenAIBackend(Backend):
             if outcome == "overloaded" or not pool.any_live_besides(replica):
                 await asyncio.sleep(retry_delay(attempts - 1, policy, retry_after, self._rng))
             # else another replica is live: retry there at once
+
+
+async def _send(
+    client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any] | None, *, stream: bool
+) -> httpx.Response:
+    """One attempt. With `stream`, a 2xx event stream comes back unread (its reader closes it);
+    any other answer, an error or a server that ignored `stream`, is read whole."""
+    if not stream:
+        return await client.request(method, url, json=body)
+    response = await client.send(client.build_request(method, url, json=body), stream=True)
+    content_type = response.headers.get("content-type", "")
+    if response.is_success and content_type.startswith("text/event-stream"):
+        return response
+    try:
+        await response.aread()
+    finally:
+        await response.aclose()
+    return response
+
+
+async def _event_data(response: httpx.Response) -> AsyncGenerator[str, None]:
+    """The `data` of each server-sent event (one line each, as OpenAI-style servers send)."""
+    async for line in response.aiter_lines():
+        if line.startswith("data:"):
+            yield line[5:].strip()
+
+
+def _parse_event(data: str, endpoint: str) -> dict[str, Any]:
+    url = endpoint.split(" ", 1)[-1]
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError:
+        raise BadResponse(
+            f"{endpoint} streamed an event that is not JSON: {data[:200]!r}", endpoint=url
+        ) from None
+    if not isinstance(chunk, dict):
+        raise BadResponse(f"{endpoint} streamed JSON {type(chunk).__name__}", endpoint=url)
+    if chunk.get("error"):
+        raise BadResponse(f"{endpoint} failed midway: {_short(chunk['error'])}", endpoint=url)
+    return chunk
+
+
+def _delta_text(item: dict[str, Any], is_chat: bool) -> str:
+    if not is_chat:
+        return str(item.get("text") or "")
+    delta = item.get("delta")
+    return str(delta.get("content") or "") if isinstance(delta, dict) else ""
 
 
 @functools.cache

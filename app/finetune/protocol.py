@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, TypeAdapter
 
 # Text the database can hold (PostgreSQL refuses NUL characters), stated in the schema.
 NO_NUL = "^[^\u0000]*$"
@@ -23,6 +23,16 @@ PathText = Annotated[str, Field(max_length=4096, pattern=NO_NUL)]
 Step = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Count = Annotated[int, Field(ge=0, le=2**62)]
 Seconds = Annotated[float, Field(ge=0, le=1e12)]
+
+
+def _whole(value: object) -> object:
+    """3.0 is the integer 3 in JSON; text and booleans are not numbers here."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[StrictInt, BeforeValidator(_whole)]
 
 
 # --- the job ----------------------------------------------------------------------------------
@@ -199,7 +209,8 @@ class Succeeded(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     status: Literal["succeeded"]
-    trained_tokens: StrictInt | None = Field(None, ge=0, le=2**62)
+    # A count: JSON's 3.0 is the integer 3 (JSON Schema says so), but "3" and true are refused.
+    trained_tokens: WholeNumber | None = Field(None, ge=0, le=2**62)
     model_dir: PathText | None = Field(
         None,
         description="The tuned model's folder; must lie inside the API's data dir, which the "

@@ -18,6 +18,8 @@ from filters.language import detect_language
 
 STARTER_SEEDS = "starter_seed_tasks.jsonl"
 MAX_REPORTED_ERRORS = 100
+# A rule between tasks, which JSON Schema cannot state; the request body's description does.
+DUPLICATE_ID = "an id may appear only once in an import"
 
 
 def _too_many(max_tasks: int) -> PayloadTooLarge:
@@ -52,7 +54,7 @@ def _validate(objects: Iterable[tuple[int, Any]], max_tasks: int) -> list[SeedTa
                 ErrorItem(
                     line=line_no,
                     field="id",
-                    reason=f"duplicate id '{seed_id}' (first on line {first_line[seed_id]})",
+                    reason=f"{DUPLICATE_ID} (first on line {first_line[seed_id]})",
                 )
             )
             continue

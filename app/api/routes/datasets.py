@@ -28,11 +28,18 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "Unknown dataset."},
 }
 
-_SEED_SCHEMA = {"type": "array", "items": {"$ref": "#/components/schemas/SeedTask"}}
+_SEED_SCHEMA = {
+    "type": "array",
+    "items": {"$ref": "#/components/schemas/SeedTask"},
+    "minItems": 1,
+}
 SEED_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "Seed tasks in the Self-Instruct `seed_tasks.jsonl` format.",
+        "description": "Seed tasks in the Self-Instruct `seed_tasks.jsonl` format: a JSON array, "
+        "JSONL (one task a line) or a multipart upload of either. Rule between tasks: "
+        f"{seed_svc.DUPLICATE_ID}. At most SELFINSTRUCT_SEED_IMPORT_MAX_TASKS tasks and "
+        "SELFINSTRUCT_SEED_IMPORT_MAX_BYTES bytes (413 beyond).",
         "content": {
             "application/json": {"schema": _SEED_SCHEMA},
             "application/x-ndjson": {
