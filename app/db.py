@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -13,6 +16,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 from app.settings import Settings
+
+log = logging.getLogger("selfinstruct.db")
+T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -86,3 +92,51 @@ def check_migrated(settings: Settings, engine: Engine) -> None:
             f"revision {current or 'none'}, but this version needs {head}. "
             "Run `selfinstruct migrate` (or `make run`, which migrates first)."
         )
+
+
+# --- transient errors ---
+
+# PostgreSQL's SQLSTATEs for work that may succeed if tried again: serialization failure,
+# deadlock, lock not available; class 08 is a lost or refused connection.
+_RETRY_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+# SQLite's words for another writer holding the database past the busy timeout.
+_SQLITE_BUSY = ("database is locked", "database is busy", "database table is locked")
+# Five retries, 3.75 s in all: longer than a deadlock victim's wait or a busy writer's commit,
+# short enough that a run whose database is really gone fails within seconds, saying why.
+RETRY_DELAYS_S = (0.05, 0.2, 0.5, 1.0, 2.0)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error may not happen again: a deadlock, a serialization failure, a
+    lock timeout, SQLite's busy database, or a connection that was reset."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = str(getattr(exc.orig, "sqlstate", "") or "")
+    if sqlstate in _RETRY_SQLSTATES or sqlstate.startswith("08"):
+        return True
+    return isinstance(exc, sa.exc.OperationalError) and any(
+        words in str(exc.orig).lower() for words in _SQLITE_BUSY
+    )
+
+
+def retry_transient(what: str, work: Callable[[], T]) -> T:
+    """`work()` (one whole transaction), run again after a transient error with back-off; the
+    last error is raised once the retries are spent, or at once for any other error."""
+    for attempt, delay in enumerate((*RETRY_DELAYS_S, None), start=1):
+        try:
+            return work()
+        except sa.exc.DBAPIError as exc:
+            if delay is None or not is_transient(exc):
+                raise
+            log.warning(
+                "%s: transient database error (%s); try %d of %d in %.2f s",
+                what,
+                str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__,
+                attempt + 1,
+                len(RETRY_DELAYS_S) + 1,
+                delay,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
+from app.db import retry_transient
 from app.models import Evaluation, FineTuningJobRow, Run, utcnow
 
 
@@ -56,8 +57,18 @@ def claim(
 ) -> object | None:
     """Take the oldest queued row (or `row_id`), or a running one whose lease expired.
 
-    Runs and fine-tune jobs share this: both are rows with a status and a lease.
+    Runs and fine-tune jobs share this: both are rows with a status and a lease. A transient
+    database error is retried (app.db.retry_transient): the claim is one transaction.
     """
+    return retry_transient(
+        f"claim of a {model.__name__}",
+        lambda: _claim_once(engine, model, worker_id, lease_seconds, row_id),
+    )
+
+
+def _claim_once(
+    engine: Engine, model: Leased, worker_id: str, lease_seconds: float, row_id: object | None
+) -> object | None:
     now = utcnow()
     lease = now + timedelta(seconds=lease_seconds)
     order = col(FineTuningJobRow.created_at) if model is FineTuningJobRow else col(model.id)

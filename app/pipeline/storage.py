@@ -22,6 +22,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app.db import retry_transient
 from app.models import (
     Dataset,
     JSONType,
@@ -68,7 +69,30 @@ def commit_group(
     late: list[LateNeighbours] | None = None,
 ) -> Committed:
     """One transaction: the dataset sync, task rows, candidate events, counters. Runs in a
-    thread; reads `ctx` only for values that do not change while it runs."""
+    thread; reads `ctx` only for values that do not change while it runs. A transient database
+    error (a deadlock, SQLite's busy timeout) runs the whole transaction again (app.db), with
+    each verdict as it was before the failed try: a demotion is decided anew."""
+    before = [(v.status, v.reason, v.detail, v.query, v.max_rouge, v.nearest) for v in verdicts]
+
+    def attempt() -> Committed:
+        for v, (status, reason, detail, query, max_rouge, nearest) in zip(
+            verdicts, before, strict=True
+        ):
+            v.status, v.reason, v.detail, v.query = status, reason, detail, query
+            v.max_rouge, v.nearest = max_rouge, nearest
+        return _commit_once(ctx, verdicts, tally, foreign_seen, live, late)
+
+    return retry_transient(f"run {ctx.run_id}: commit", attempt)
+
+
+def _commit_once(
+    ctx: RunContext,
+    verdicts: list[Verdict],
+    tally: Tally,
+    foreign_seen: list[tuple[int, str]],
+    live: dict[str, Any],
+    late: list[LateNeighbours] | None,
+) -> Committed:
     with Session(ctx.engine, expire_on_commit=False) as session:
         session.connection().execute(
             update(Dataset)
