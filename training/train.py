@@ -27,7 +27,6 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from training.data import IGNORE_INDEX, DatasetStats, TokenizedExample, load_cha
 from training.data import split_validation as split_off_validation
 from training.distributed import Parallel, Ranks
 from training.errors import InsufficientMemory, InvalidConfig
+from training.launch import TrainResult
 from training.loss import chunked_linear_cross_entropy, fused_linear_cross_entropy, liger_available
 from training.model import (
     add_lora,
@@ -54,24 +54,6 @@ from training.model import (
 from training.packing import Batch, StepPlan, collate, pack_rows, plan_steps
 
 Event = dict[str, Any]
-
-
-@dataclass
-class TrainResult:
-    """What a finished (or cancelled) job produced."""
-
-    steps: int  # optimizer steps completed, counting those before a resume
-    total_steps: int
-    trained_tokens: int  # real (non-padding) tokens through the model in training
-    final_train_loss: float | None
-    final_eval_loss: float | None
-    cancelled: bool
-    final_dir: Path | None  # None when cancelled
-    adapter_dir: Path | None  # LoRA only
-    train_stats: DatasetStats
-    valid_stats: DatasetStats | None  # only for a separate validation file
-    checkpoints: list[Path] = field(default_factory=list)  # written by this run
-    elapsed_s: float = 0.0
 
 
 # --- small pieces ------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """A fine-tune worker on another machine: it talks to the API over HTTP with a worker token,
 downloads the training data, trains with `training/`, and reports as it goes, in the worker
-protocol's models (app/finetune/protocol.py).
+protocol's models (app/finetune/protocol.py). Each job trains in a child process, as on the
+database worker (app/finetune/runner.py): an idle remote worker holds no training memory, and an
+out-of-memory kill fails the job instead of taking the worker down.
 
 It needs no database: nothing here imports sqlalchemy, sqlmodel or the app's tables
 (tests/finetune/test_protocol.py holds it to that)."""

@@ -31,9 +31,10 @@ def run_training(
     or None when it was cancelled or taken over.
 
     `on_event` gets training's events as it emits them (plain dicts; the caller turns them into
-    the protocol's models). A job on several devices (`devices` > 1) runs in torchrun's
-    processes (training/launch.py); their rank 0's events come to `on_event` here and a stop
-    reaches them all."""
+    the protocol's models). The job trains in a child process that exits when it ends, or in
+    torchrun's processes for several devices (training/launch.py): the worker gets its memory
+    back, and an out-of-memory kill takes the trainer, which fails the job saying so, not the
+    worker. Their rank 0's events come to `on_event` here, and a stop reaches them all."""
     from training.config import FinetuneConfig, bundled_base_model
     from training.errors import InsufficientMemory, TrainingDataError, TrainingError
     from training.launch import run
@@ -53,6 +54,7 @@ def run_training(
             on_event=on_event,
             should_stop=should_stop,
             resume_from=checkpoints[-1] if checkpoints else None,
+            isolated=True,
         )
     except Exception as exc:
         if isinstance(exc, TrainingDataError):
@@ -65,7 +67,7 @@ def run_training(
             log.exception("fine-tune job %s failed", spec.job_id)
             code, message = "server_error", f"{type(exc).__name__}: {exc}"
         return Failed(status="failed", error=JobErrorReport(code=code, message=message))
-    if result.cancelled:
+    if result is None or result.cancelled:
         return None
     return Succeeded(
         status="succeeded",

@@ -8,6 +8,8 @@ API even when the API is killed outright: the kernel sends it SIGTERM (Linux's
 PR_SET_PDEATHSIG, armed by the worker) and the worker also watches its parent's pid. When the
 worker dies, its job is handed back at once for its one retry (or fails as `worker_lost` if it
 had it), and a new worker starts after a back-off that grows while workers keep dying young.
+The worker trains each job in a child process (training/launch.py) that dies with it, so killing
+the worker frees the training's memory too.
 
 The same thread tells queued jobs that no worker can take them (a status message in the job's
 progress and one event), whether or not this process runs a worker of its own.
@@ -26,17 +28,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from app.finetune.service import add_event
-from app.finetune.worker import describe_exit, worker_lost
+from app.finetune.worker import worker_lost
 from app.leases import held_rows, present_workers
 from app.models import FineTuningJobRow, JobStatus
 from app.settings import Settings
 from app.worker_ids import worker_prefix
+from training.launch import describe_exit, oom_kills
 
 log = logging.getLogger("selfinstruct.finetune")
 
@@ -51,17 +53,6 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 def training_stack_missing() -> list[str]:
     """The training packages this install lacks (found without importing them: torch is slow)."""
     return [name for name in TRAINING_PACKAGES if importlib.util.find_spec(name) is None]
-
-
-def oom_kills() -> int | None:
-    """How many processes the kernel's out-of-memory killer has ended since boot (Linux)."""
-    try:
-        for line in Path("/proc/vmstat").read_text().splitlines():
-            if line.startswith("oom_kill "):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def worker_command(parent_pid: int) -> list[str]:

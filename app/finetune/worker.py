@@ -1,17 +1,18 @@
 """Executes a claimed fine-tune job with `training/`, turning its events into rows.
 
-The lease is renewed on every training event; `should_stop` is asked before every optimizer step
-and answers yes when the job was cancelled or taken over, so a cancel lands within one step. A
+The job trains in a child process (app/finetune/runner.py, training/launch.py) while this worker
+holds the lease: a heartbeat renews it, the child's events are recorded as they come, and
+`should_stop` is asked every second; it answers yes when the job was cancelled or taken over,
+and the child then stops at its next step or is terminated. A child killed by a signal (the
+out-of-memory killer's SIGKILL) fails the job saying so, and the worker takes the next one. A
 job whose worker died is claimed again (at once when a supervisor saw the death, else after its
 lease expires) and resumes from its last checkpoint, at most once: a job that killed its worker
-twice, by running out of memory for instance, would kill the next one too. A worker that is
-stopped on purpose hands its job back without using up that retry.
-"""
+twice would kill the next one too. A worker that is stopped on purpose hands its job back
+without using up that retry."""
 
 from __future__ import annotations
 
 import logging
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from app.models import FineTuningJobCheckpointRow, FineTuningJobRow, JobStatus, 
 from app.services.base_models import find_base_model
 from app.services.files import file_path
 from app.settings import BUNDLED_MODEL_ID, Settings
+from training.launch import describe_exit as describe_exit  # how a process ended, in words
 
 log = logging.getLogger("selfinstruct.finetune")
 MAX_ATTEMPTS = 2  # claims of one job: the first and one retry, then it fails as worker_lost
@@ -134,25 +136,6 @@ def _fail_lost(session: Session, job: FineTuningJobRow, deaths: int, how: str) -
     )
     job.error = {"code": "worker_lost", "param": None, "message": message}
     add_event(session, job.id, f"The job failed: {message}", level="error")
-
-
-def describe_exit(returncode: int, *, oom_killed: bool = False) -> str:
-    """How a worker process ended, in words (`returncode` as `subprocess` reports it)."""
-    if returncode >= 0:
-        return f"exited with code {returncode}"
-    number = -returncode
-    try:
-        name = signal.Signals(number).name
-    except ValueError:
-        name = f"signal {number}"
-    how = f"killed by {name} (signal {number})"
-    if number == signal.SIGKILL:
-        how += (
-            ": the kernel's out-of-memory killer was at work, likely out of memory"
-            if oom_killed
-            else ", as the kernel's out-of-memory killer or a `kill -9` does"
-        )
-    return how
 
 
 def worker_lost(engine: Engine, *, worker_prefix: str, how: str, counted: bool = True) -> list[str]:

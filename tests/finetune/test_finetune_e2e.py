@@ -384,9 +384,13 @@ def test_a_job_too_big_for_the_memory_fails_early_with_the_numbers(
     """The worker estimates a job's peak memory before its first step; a job that cannot fit
     ends `failed` with insufficient_memory and both figures, having trained nothing. The
     machine's free memory is pinned at 64 MiB, which not even the tiny model's step fits."""
-    from training import memory
+    from training import launch, memory
 
     monkeypatch.setattr(memory, "available_memory", lambda device: 64 << 20)
+    # The estimate is checked where the training runs: keep it in this process, which the patch
+    # above reaches (a job's trainer is otherwise a child process of its own).
+    in_process = launch.run
+    monkeypatch.setattr(launch, "run", lambda *a, **k: in_process(*a, **{**k, "isolated": False}))
     settings = Settings(database_url=sqlite_url, data_dir=tmp_path, embedded_worker=False)
     migrate(settings)
     _wipe(settings.db_url)
