@@ -66,7 +66,12 @@ migrate: $(VENV)/.run-deps
 # Test tiers (docs/TESTING.md): `make test` is what CI runs (under 10 minutes on 2 cores);
 # `make test-fast` is the edit loop (SQLite, no real model, server or browser: under 2 minutes);
 # `make test-all` adds the exhaustive matrices (marker `slow`).
-PYTEST := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest
+# Two test processes (pytest-xdist), each given whole modules so a module's server, browser or
+# model starts once: the suite spends much of its time waiting on the processes it starts.
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+PYTEST := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest \
+	$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 test: $(VENV)/.test-deps
 	bash scripts/ensure-test-services.sh
 	$(PYTEST) -m "not slow" $(PYTEST_ARGS)

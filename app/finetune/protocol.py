@@ -21,7 +21,11 @@ Text = Annotated[str, Field(max_length=200, pattern=NO_NUL)]
 PathText = Annotated[str, Field(max_length=4096, pattern=NO_NUL)]
 # A step is stored in an INTEGER column; other counts only in JSON.
 Step = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Count = Annotated[int, Field(ge=0, le=2**62)]
+# Counts stay below 2**53, where every integer is also an exact JSON (double) number: a client
+# that compares numbers as doubles (most JSON Schema validators) takes 2**62 + 1 for 2**62 and
+# would send a count this server refuses. 10**15 tokens is far beyond any job.
+MAX_COUNT = 10**15
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 Seconds = Annotated[float, Field(ge=0, le=1e12)]
 
 
@@ -210,7 +214,7 @@ class Succeeded(BaseModel):
 
     status: Literal["succeeded"]
     # A count: JSON's 3.0 is the integer 3 (JSON Schema says so), but "3" and true are refused.
-    trained_tokens: WholeNumber | None = Field(None, ge=0, le=2**62)
+    trained_tokens: WholeNumber | None = Field(None, ge=0, le=MAX_COUNT)
     model_dir: PathText | None = Field(
         None,
         description="The tuned model's folder; must lie inside the API's data dir, which the "

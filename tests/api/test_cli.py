@@ -14,6 +14,9 @@ import pytest
 from tests.factories import jsonl, seed
 from tests.live import free_port, serve_api, wait_ready
 
+# Starts real processes (servers, workers, trainers): not in make test-fast.
+pytestmark = pytest.mark.real
+
 
 def _cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(

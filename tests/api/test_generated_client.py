@@ -24,6 +24,9 @@ from tests.conftest import _wipe
 from tests.runs.conftest import STUB_MODEL, stub_settings
 from tests.runs.stub_llm import StubLLM
 
+# Starts real processes (servers, workers, trainers): not in make test-fast.
+pytestmark = pytest.mark.real
+
 PACKAGE = "selfinstruct_client"
 
 

@@ -18,6 +18,9 @@ from tests.conftest import _wipe
 from tests.factories import seed
 from tests.quality.helpers import wait_for_evaluation
 
+# Starts real processes (servers, workers, trainers): not in make test-fast.
+pytestmark = pytest.mark.real
+
 GREETINGS = ["hello", "goodbye", "thanks", "sorry", "welcome", "cheers"]
 
 

@@ -35,6 +35,9 @@ from tests.finetune.test_finetune_e2e import (  # noqa: F401 (a fixture)
 )
 from tests.live import free_port, wait_ready
 
+# Starts real processes (servers, workers, trainers): not in make test-fast.
+pytestmark = pytest.mark.real
+
 T = TypeVar("T")
 HANG_GUARD_S = 300.0  # only a hung test waits this long; a working one is done in seconds
 

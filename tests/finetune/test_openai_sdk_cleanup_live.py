@@ -16,6 +16,9 @@ from tests.finetune.test_files_and_models_api import make_tuned_model
 from tests.finetune.test_finetune_api import chat_jsonl
 from tests.hardening.live_server import API_TOKEN, live_server
 
+# Starts real processes (servers, workers, trainers): not in make test-fast.
+pytestmark = pytest.mark.real
+
 
 def test_the_sdk_lists_and_deletes_files_and_models_on_a_private_server(
     db_url: str, tmp_path: Path

@@ -37,6 +37,9 @@ from tests.finetune.test_finetune_supervised import (
     worker_pid,
 )
 
+# Starts real processes (servers, workers, trainers): not in make test-fast.
+pytestmark = pytest.mark.real
+
 GB = 1e9
 
 

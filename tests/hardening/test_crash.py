@@ -37,6 +37,9 @@ from tests.finetune.test_finetune_e2e import (
 )
 from tests.live import free_port, serve_api, wait_ready
 
+# Starts real processes (servers, workers, trainers): not in make test-fast.
+pytestmark = pytest.mark.real
+
 WORKER_TOKEN = "remote-worker-secret-9"
 TOTAL_STEPS = 40
 

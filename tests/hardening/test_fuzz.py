@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import hypothesis
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis.errors import Unsatisfiable
@@ -34,6 +35,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.hardening.live_server import LiveServer, live_server
+
+# Starts real processes (servers, workers, trainers): not in make test-fast.
+pytestmark = pytest.mark.real
 
 EXAMPLES = int(os.environ.get("SELFINSTRUCT_TEST_FUZZ_EXAMPLES", "8"))
 RANDOM = os.environ.get("SELFINSTRUCT_TEST_FUZZ_RANDOM") == "1"

@@ -34,6 +34,9 @@ from tests.generators.fakes import Reply, completion_body
 from tests.runs.conftest import STUB_MODEL, assert_run_matches_rows, wait_for_run
 from tests.runs.stub_llm import StubLLM
 
+# Starts real processes (servers, workers, trainers): not in make test-fast.
+pytestmark = pytest.mark.real
+
 BATCH = {"prompt": {"prompts_per_batch": 2}, "model": STUB_MODEL}
 HANG_TIMEOUT_S = 0.3
 

@@ -17,7 +17,7 @@ from tests.conftest import _wipe
 from tests.runs.conftest import STUB_MODEL, assert_run_matches_rows
 from tests.runs.stub_llm import StubLLM
 
-pytestmark = pytest.mark.both_databases
+pytestmark = [pytest.mark.both_databases, pytest.mark.real]
 
 CLIENTS = 50
 SECONDS = 8.0

@@ -22,6 +22,9 @@ from tests.conftest import LLAMA_ALIAS, _wipe
 from tests.judge.conftest import JUDGE_MODEL, JudgeStub, scripted_rating
 from tests.live import free_port, serve_api, wait_ready
 
+# Starts real processes (servers, workers, trainers): not in make test-fast.
+pytestmark = pytest.mark.real
+
 
 def _judgements_per_task(db_url: str, job_id: int) -> dict[int, int]:
     engine = make_engine(Settings(database_url=db_url))

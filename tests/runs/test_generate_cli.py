@@ -14,6 +14,9 @@ from tests.conftest import _wipe
 from tests.runs.conftest import STUB_MODEL
 from tests.runs.stub_llm import StubLLM
 
+# Starts real processes (servers, workers, trainers): not in make test-fast.
+pytestmark = pytest.mark.real
+
 
 def _serve_once(env: dict[str, str]) -> None:
     """Create `default` with the starter seeds, as `make run` does."""

@@ -30,6 +30,9 @@ from tests.runs.conftest import (
 )
 from tests.runs.stub_llm import StubLLM
 
+# Starts real processes (servers, workers, trainers): not in make test-fast.
+pytestmark = pytest.mark.real
+
 SMALL_RUN = {
     "target": 1,
     "sampling": {"max_tokens": 160},

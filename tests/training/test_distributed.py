@@ -19,6 +19,9 @@ from training.config import FinetuneConfig
 from training.errors import InsufficientMemory, InvalidConfig, TrainingDataError
 from training.train import TrainResult
 
+# Starts real processes (servers, workers, trainers): not in make test-fast.
+pytestmark = pytest.mark.real
+
 
 def config(base: Path, out: Path, **overrides: Any) -> FinetuneConfig:
     # 12 examples, 5 a step: steps of 5, 5 and 2 rows, so the two processes get 3+2 and 1+1 rows
