@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 # Text the database can hold (PostgreSQL refuses NUL characters), stated in the schema.
 NO_NUL = "^[^\u0000]*$"
@@ -30,13 +30,18 @@ Seconds = Annotated[float, Field(ge=0, le=1e12)]
 
 
 def _whole(value: object) -> object:
-    """3.0 is the integer 3 in JSON; text and booleans are not numbers here."""
-    if isinstance(value, float) and value.is_integer():
+    """3.0 is the integer 3 in JSON; text, booleans and fractions are not counts."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
         return int(value)
     return value
 
 
-WholeNumber = Annotated[StrictInt, BeforeValidator(_whole)]
+# A count a client may send as 3.0: the bounds sit on the type, so the schema shows them too.
+WholeCount = Annotated[int, Field(ge=0, le=MAX_COUNT), BeforeValidator(_whole)]
 
 
 # --- the job ----------------------------------------------------------------------------------
@@ -214,7 +219,7 @@ class Succeeded(BaseModel):
 
     status: Literal["succeeded"]
     # A count: JSON's 3.0 is the integer 3 (JSON Schema says so), but "3" and true are refused.
-    trained_tokens: WholeNumber | None = Field(None, ge=0, le=MAX_COUNT)
+    trained_tokens: WholeCount | None = None
     model_dir: PathText | None = Field(
         None,
         description="The tuned model's folder; must lie inside the API's data dir, which the "

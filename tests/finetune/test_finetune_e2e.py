@@ -287,11 +287,15 @@ def test_killed_worker_loses_the_lease_and_the_job_resumes_from_its_checkpoint(
             worker.wait()
         interrupted = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
         assert interrupted["status"] == "running" and interrupted["progress"]["step"] < total
-        saved = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
-        last = max(c["step_number"] for c in saved)
-        # What a worker killed inside save_checkpoint leaves: a half-written next checkpoint.
-        half = tmp_path / "artifacts" / job_id / "checkpoints" / f"step-{last + 5}.partial"
-        (half / "adapter").mkdir(parents=True)
+        # The trainer (a child of the worker) may have saved a checkpoint the API has not heard
+        # of before it died with the worker: the last complete one on disk is where a resume
+        # starts.
+        folder = tmp_path / "artifacts" / job_id / "checkpoints"
+        last = max(int(p.name.split("-")[1]) for p in folder.glob("step-*") if p.suffix == "")
+        # What a trainer killed inside save_checkpoint leaves: a half-written next checkpoint
+        # (it may have begun that one itself).
+        half = folder / f"step-{last + 5}.partial"
+        (half / "adapter").mkdir(parents=True, exist_ok=True)
         (half / "optimizer.pt").write_bytes(b"\x80\x02half")
         time.sleep(2.5)  # the dead worker's lease runs out
 
