@@ -80,6 +80,60 @@ class _Reply:
 
 
 @dataclass
+class _Rounds:
+    """What the rounds of one prompt add up to: some servers ignore `n`, so a prompt may take
+    several requests, each adding choices, tokens and attempts."""
+
+    started: float = field(default_factory=time.perf_counter)
+    choices: list[Choice] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0
+    usage_estimated: bool = False
+    model: str | None = None
+    request_id: str | None = None
+    count: int = 0
+
+    def add(
+        self,
+        prompt: NormalizedPrompt,
+        kept: list[Choice],
+        usage: object,
+        model: str | None,
+        request_id: str | None,
+        generated: list[Choice] | None = None,
+    ) -> None:
+        """One round's choices (renumbered after those before) and its usage, or an estimate
+        of it from the texts when the server reports none."""
+        for choice in kept:
+            self.choices.append(choice.model_copy(update={"index": len(self.choices)}))
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens += int(usage["completion_tokens"])
+        else:
+            self.usage_estimated = True
+            self.prompt_tokens += estimate_tokens(prompt_text(prompt))
+            counted = kept if generated is None else generated
+            self.completion_tokens += sum(estimate_tokens(c.text) for c in counted)
+        self.model = self.model or model
+        self.request_id = self.request_id or request_id
+        self.count += 1
+
+    def generation(self, model_id: str, backend_id: str) -> Generation:
+        return Generation(
+            choices=self.choices,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            latency_s=time.perf_counter() - self.started,
+            model=self.model or model_id,
+            backend=backend_id,
+            request_id=self.request_id,
+            attempts=self.attempts,
+            usage_estimated=self.usage_estimated,
+        )
+
+
+@dataclass
 class _Round:
     """What one streamed request brought: each choice's text and finish, keyed by the server's
     index in the order the choices began (their rank), and the usage if the server sent one."""
@@ -344,20 +398,14 @@ class OpenAIBackend(Backend):
     async def _generate_prompt(
         self, prompt: NormalizedPrompt, params: SamplingParams
     ) -> Generation:
-        started = time.perf_counter()
         is_chat = not isinstance(prompt, str)
         path = "/chat/completions" if is_chat else "/completions"
-        choices: list[Choice] = []
-        prompt_tokens = completion_tokens = attempts = 0
-        usage_estimated = False
-        model: str | None = None
-        request_id: str | None = None
-        round_ = 0
+        rounds = _Rounds()
         # Keep asking until there are n choices: some servers ignore `n` and return one.
-        while len(choices) < params.n:
-            wanted = params.n - len(choices)
+        while len(rounds.choices) < params.n:
+            wanted = params.n - len(rounds.choices)
             body = self._request_body(
-                prompt, params, n=wanted, seed=self._round_seed(params, round_)
+                prompt, params, n=wanted, seed=self._round_seed(params, rounds.count)
             )
             estimate = estimate_tokens(prompt_text(prompt)) + params.max_tokens * wanted
             try:
@@ -365,52 +413,31 @@ class OpenAIBackend(Backend):
                     "POST", path, body, estimated_tokens=estimate, chat=is_chat
                 )
             except GeneratorError as exc:
-                exc.attempts += attempts
+                exc.attempts += rounds.attempts
                 raise
-            attempts += reply.attempts
-            new_choices = reply.choices
-            for choice in new_choices[:wanted]:
-                choices.append(choice.model_copy(update={"index": len(choices)}))
-            usage = reply.data.get("usage")
-            if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-                prompt_tokens += int(usage.get("prompt_tokens") or 0)
-                completion_tokens += int(usage["completion_tokens"])
-            else:
-                usage_estimated = True
-                prompt_tokens += estimate_tokens(prompt_text(prompt))
-                completion_tokens += sum(estimate_tokens(c.text) for c in new_choices)
-            model = model or _as_str(reply.data.get("model"))
-            request_id = request_id or reply.request_id
-            round_ += 1
-        return Generation(
-            choices=choices,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            latency_s=time.perf_counter() - started,
-            model=model or self.model_id,
-            backend=self.backend_id,
-            request_id=request_id,
-            attempts=attempts,
-            usage_estimated=usage_estimated,
-        )
+            rounds.attempts += reply.attempts
+            rounds.add(
+                prompt,
+                reply.choices[:wanted],
+                reply.data.get("usage"),
+                _as_str(reply.data.get("model")),
+                reply.request_id,
+                generated=reply.choices,
+            )
+        return rounds.generation(self.model_id, self.backend_id)
 
     async def stream_prompt(
         self, prompt: NormalizedPrompt, params: SamplingParams
     ) -> AsyncGenerator[StreamItem, None]:
         """Each choice's text as the server streams it, then the whole `Generation`; see
         `generators.streaming.stream`."""
-        started = time.perf_counter()
         is_chat = not isinstance(prompt, str)
         path = "/chat/completions" if is_chat else "/completions"
-        choices: list[Choice] = []
-        prompt_tokens = completion_tokens = attempts = 0
-        usage_estimated = False
-        model: str | None = None
-        request_id: str | None = None
-        round_ = 0
-        while len(choices) < params.n:  # as in `_generate_prompt`: some servers ignore `n`
-            wanted = params.n - len(choices)
-            seed = self._round_seed(params, round_)
+        rounds = _Rounds()
+        while len(rounds.choices) < params.n:  # as in `_generate_prompt`: servers ignore `n`
+            done = len(rounds.choices)
+            wanted = params.n - done
+            seed = self._round_seed(params, rounds.count)
             body = {**self._request_body(prompt, params, n=wanted, seed=seed), "stream": True}
             estimate = estimate_tokens(prompt_text(prompt)) + params.max_tokens * wanted
             got = _Round()
@@ -418,57 +445,36 @@ class OpenAIBackend(Backend):
                 reply = await self._request(
                     "POST", path, body, estimated_tokens=estimate, chat=is_chat, stream=True
                 )
-                attempts += reply.attempts
+                rounds.attempts += reply.attempts
                 if reply.events is None:  # the server ignored `stream` and answered whole
                     got.take_whole(reply)
                     for choice in reply.choices[:wanted]:
                         delta = got.delta(choice.index, choice.text, choice.finish_reason)
-                        yield replace(delta, index=len(choices) + delta.index)
+                        yield replace(delta, index=done + delta.index)
                 else:
                     # Closed here, not left to the garbage collector, when our reader stops.
                     reading = self._read_events(reply, got, is_chat, wanted, estimate)
                     async with aclosing(reading) as deltas:
                         async for delta in deltas:
-                            yield replace(delta, index=len(choices) + delta.index)
+                            yield replace(delta, index=done + delta.index)
                 if not got.texts:
                     raise BadResponse(
                         f"POST {self.options.base_url}{path} streamed no choice",
                         endpoint=f"{self.options.base_url}{path}",
                     )
             except GeneratorError as exc:
-                exc.attempts += attempts
+                exc.attempts += rounds.attempts
                 raise
             for rank, index in enumerate(got.texts):  # a choice the server never finished
                 if index not in got.finishes:
                     got.finishes[index] = "stop"
-                    yield ChoiceDelta(len(choices) + rank, "", "stop")
+                    yield ChoiceDelta(done + rank, "", "stop")
             new = [
                 Choice(text="".join(texts), finish_reason=got.finishes[i])
                 for i, texts in got.texts.items()
             ]
-            for choice in new:
-                choices.append(choice.model_copy(update={"index": len(choices)}))
-            if isinstance(got.usage, dict) and isinstance(got.usage.get("completion_tokens"), int):
-                prompt_tokens += int(got.usage.get("prompt_tokens") or 0)
-                completion_tokens += int(got.usage["completion_tokens"])
-            else:
-                usage_estimated = True
-                prompt_tokens += estimate_tokens(prompt_text(prompt))
-                completion_tokens += sum(estimate_tokens(c.text) for c in new)
-            model = model or got.model
-            request_id = request_id or got.request_id
-            round_ += 1
-        yield Generation(
-            choices=choices,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            latency_s=time.perf_counter() - started,
-            model=model or self.model_id,
-            backend=self.backend_id,
-            request_id=request_id,
-            attempts=attempts,
-            usage_estimated=usage_estimated,
-        )
+            rounds.add(prompt, new, got.usage, got.model, got.request_id)
+        yield rounds.generation(self.model_id, self.backend_id)
 
     async def _read_events(
         self, reply: _Reply, got: _Round, is_chat: bool, wanted: int, estimate: int
