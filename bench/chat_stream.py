@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -46,7 +44,7 @@ class Streamed:
 @contextmanager
 def serving(data_dir: Path) -> Iterator[str]:
     """`selfinstruct serve` on a migrated SQLite file; yields the base URL."""
-    from tests.live import free_port, serve_api, wait_ready
+    from tests.live import running_api
 
     db_url = f"sqlite:///{data_dir / 'bench.db'}"
     migrate(Settings(database_url=db_url, data_dir=data_dir))
@@ -56,19 +54,8 @@ def serving(data_dir: Path) -> Iterator[str]:
         "SELFINSTRUCT_DATA_DIR": str(data_dir),
         "SELFINSTRUCT_EMBEDDED_WORKER": "false",
     }
-    port = free_port()
-    server = serve_api(env, port, data_dir / "server.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base)
+    with running_api(env, data_dir / "server.log") as base:
         yield base
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def body(

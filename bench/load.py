@@ -18,9 +18,7 @@ import asyncio
 import json
 import os
 import random
-import signal
 import statistics
-import subprocess
 import tempfile
 import time
 from collections import defaultdict
@@ -154,7 +152,7 @@ async def hammer(
 @contextmanager
 def serving(db_url: str, data_dir: Path, model_base_url: str, model: str) -> Iterator[str]:
     """A migrated database and `selfinstruct serve` on it; yields the base URL."""
-    from tests.live import free_port, serve_api, wait_ready
+    from tests.live import running_api
 
     migrate(Settings(database_url=db_url, data_dir=data_dir))
     env = {
@@ -166,19 +164,8 @@ def serving(db_url: str, data_dir: Path, model_base_url: str, model: str) -> Ite
         ),
         "SELFINSTRUCT_WORKER_POLL_SECONDS": "0.1",
     }
-    port = free_port()
-    server = serve_api(env, port, data_dir / "server.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base)
+    with running_api(env, data_dir / "server.log") as base:
         yield base
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def start_writing_run(base: str, model: str, dataset: str = "default") -> int:

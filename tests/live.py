@@ -3,10 +3,13 @@ the CLI, streaming exports."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -42,3 +45,22 @@ def wait_ready(base: str, timeout_s: float = 60.0) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"the server at {base} did not become ready in {timeout_s}s")
+
+
+@contextmanager
+def running_api(env: dict[str, str], log: Path) -> Iterator[str]:
+    """`selfinstruct serve` with `env` on a free port, ready; yields its base URL and stops it
+    with SIGTERM (SIGKILL after 30 s) when the block ends."""
+    port = free_port()
+    server = serve_api(env, port, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base)
+        yield base
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
