@@ -87,11 +87,13 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy app generators filters training
 
-# Every module of bench/ in turn (each prints its ratio against a named baseline).
+# Every module of bench/ in turn (each prints its ratio against a named baseline); the
+# fine-tune benchmark takes its CPU smoke sizes (--quick) where there is no CUDA GPU.
 bench: $(VENV)/.test-deps
-	set -e; for f in bench/[a-z]*.py; do m=$$(basename $$f .py); \
+	set -e; for f in bench/[a-z]*.py; do m=$$(basename $$f .py); args=; \
 	  [ "$$m" = scripted_server ] && continue; \
-	  echo "==> bench.$$m"; $(BIN)/python -m bench.$$m; done
+	  if [ "$$m" = finetune ] && ! $(BIN)/python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then args=--quick; fi; \
+	  echo "==> bench.$$m $$args"; $(BIN)/python -m bench.$$m $$args; done
 
 # Dashboard screenshots for the docs, taken in Debian's Chromium from a service on a throwaway
 # database (docs/img/); tests never write into the repository, this target does.
