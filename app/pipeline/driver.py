@@ -120,6 +120,7 @@ async def execute_run(
             status=RunStatus.failed,
             stop_reason="setup_failed",
             error=str(exc),
+            worker_id=worker.worker_id if worker else None,
         )
         return
     worker_id = worker.worker_id if worker else run.worker_id or ""
@@ -470,7 +471,7 @@ class Stream:
         except Exception as exc:
             log.exception("run %s failed", ctx.run_id)
             await self._cancel_tasks()
-            fail_on_error(ctx.engine, run_id=ctx.run_id, exc=exc)
+            fail_on_error(ctx.engine, run_id=ctx.run_id, exc=exc, worker_id=ctx.worker_id)
         finally:
             await self._cancel_tasks()
             if self.committing is not None:  # a commit checks its lease and status itself
@@ -496,13 +497,26 @@ class Stream:
         else:
             reason = self.capped or cap_reached(run, ctx.params.caps) or ctx.exhausted
         if reason:
-            finish(ctx.engine, run_id=ctx.run_id, status=RunStatus.succeeded, stop_reason=reason)
+            finish(
+                ctx.engine,
+                run_id=ctx.run_id,
+                status=RunStatus.succeeded,
+                stop_reason=reason,
+                worker_id=ctx.worker_id,
+            )
         elif self.useless >= self.useless_limit:
-            finish(ctx.engine, run_id=ctx.run_id, status=RunStatus.failed, **self._useless())
+            finish(
+                ctx.engine,
+                run_id=ctx.run_id,
+                status=RunStatus.failed,
+                worker_id=ctx.worker_id,
+                **self._useless(),
+            )
         else:
             finish(
                 ctx.engine,
                 run_id=ctx.run_id,
+                worker_id=ctx.worker_id,
                 status=RunStatus.failed,
                 stop_reason="stalled",
                 error=f"no candidate was accepted in {self.idle} prompts in a row; "

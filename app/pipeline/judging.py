@@ -246,7 +246,7 @@ class JudgementJob:
         except Exception as exc:
             log.exception("judgement job %s failed", self.job_id)
             await self._cancel()
-            fail_on_error(self.engine, run_id=self.job_id, exc=exc)
+            fail_on_error(self.engine, run_id=self.job_id, exc=exc, worker_id=self.worker_id)
 
     async def _flush(self) -> bool:
         done, self.buffer = self.buffer, []
@@ -267,9 +267,16 @@ class JudgementJob:
                 stop_reason="backend_failing",
                 error=f"{MAX_FAILED_IN_ROW} judge requests in a row failed after retries; "
                 f"last error: {last}",
+                worker_id=self.worker_id,
             )
             return
-        finish(self.engine, run_id=self.job_id, status=RunStatus.succeeded, stop_reason="done")
+        finish(
+            self.engine,
+            run_id=self.job_id,
+            status=RunStatus.succeeded,
+            stop_reason="done",
+            worker_id=self.worker_id,
+        )
 
     async def _renew(self) -> bool:
         assert self.worker is not None
@@ -313,6 +320,7 @@ async def execute_judgement_job(
             status=RunStatus.failed,
             stop_reason="setup_failed",
             error=str(exc),
+            worker_id=worker.worker_id if worker else None,
         )
         return
     await runner.drive()

@@ -12,6 +12,7 @@ against each other, whichever process accepted them.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,6 +42,8 @@ from app.services.decontamination import mark_accepted
 from app.services.runs import counters
 from filters.language import UNKNOWN
 from filters.novelty import Neighbour, NoveltyVerdict, check_against, merge_verdicts
+
+log = logging.getLogger("selfinstruct.pipeline")
 
 
 @dataclass
@@ -378,12 +381,30 @@ def counter_data(run: Run) -> dict[str, Any]:
 
 
 def finish(
-    engine: Engine, *, run_id: int, status: RunStatus, stop_reason: str, error: str | None = None
-) -> None:
+    engine: Engine,
+    *,
+    run_id: int,
+    status: RunStatus,
+    stop_reason: str,
+    error: str | None = None,
+    worker_id: str | None = None,
+) -> bool:
+    """End a running run once; False when it had ended already or, given `worker_id`, when
+    another worker holds it now (it took the run over after this one lost its lease: only the
+    holder's finish lands, and the refusal is logged)."""
     with Session(engine, expire_on_commit=False) as session:
         run = session.exec(select(Run).where(Run.id == run_id).with_for_update()).one()
         if run.status != RunStatus.running:
-            return
+            return False
+        if worker_id is not None and run.worker_id != worker_id:
+            log.warning(
+                "run %s: the finish (%s) of worker %s is refused: worker %s holds the run now",
+                run_id,
+                status.value,
+                worker_id,
+                run.worker_id,
+            )
+            return False
         run.status = status
         run.error = error
         run.finished_at = utcnow()
@@ -404,9 +425,12 @@ def finish(
             )
         )
         session.commit()
+    return True
 
 
-def fail_on_error(engine: Engine, *, run_id: int, exc: Exception) -> None:
+def fail_on_error(
+    engine: Engine, *, run_id: int, exc: Exception, worker_id: str | None = None
+) -> None:
     """End a run (a generation run or a judgement job) whose loop raised, naming the error."""
     finish(
         engine,
@@ -414,6 +438,7 @@ def fail_on_error(engine: Engine, *, run_id: int, exc: Exception) -> None:
         status=RunStatus.failed,
         stop_reason="error",
         error=f"{type(exc).__name__}: {exc}",
+        worker_id=worker_id,
     )
 
 

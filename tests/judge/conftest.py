@@ -60,9 +60,13 @@ def judge_stub() -> Iterator[JudgeStub]:
 
 
 def judge_settings(
-    settings_factory: Callable[..., Settings], stub: StubLLM, **overrides: Any
+    settings_factory: Callable[..., Settings],
+    stub: StubLLM,
+    judge_concurrency: int | None = None,
+    **overrides: Any,
 ) -> Settings:
-    """The stub serves both the generating model and the judge (two endpoints)."""
+    """The stub serves both the generating model and the judge (two endpoints); a test that
+    must catch a job mid-way keeps the judge to `judge_concurrency` requests at a time."""
     endpoints = [
         {"name": "stub", "base_url": stub.base_url, "models": [STUB_MODEL], "max_retries": 1},
         {
@@ -71,6 +75,7 @@ def judge_settings(
             "models": [JUDGE_MODEL],
             "max_retries": 1,
             "structured_output": "json_schema",
+            **({"max_concurrency": judge_concurrency} if judge_concurrency else {}),
         },
     ]
     values: dict[str, Any] = {

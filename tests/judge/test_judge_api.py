@@ -7,13 +7,17 @@ from __future__ import annotations
 import io
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.judge.conftest import JUDGE_MODEL, JudgeStub, scripted_rating
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import _wipe
+from tests.judge.conftest import JUDGE_MODEL, JudgeStub, judge_settings, scripted_rating
 from tests.runs.conftest import STUB_MODEL, assert_run_matches_rows, wait_for_run
 
 
@@ -192,9 +196,19 @@ def test_a_judgement_job_rates_tasks_that_then_filter_and_export_by_rating(
 
 @pytest.mark.both_databases
 def test_a_judgement_job_can_be_cancelled_and_keeps_what_it_stored(
-    judge_api: TestClient, judge_stub: JudgeStub
+    settings_factory: Callable[..., Settings], judge_stub: JudgeStub
 ) -> None:
+    # Two judge requests at a time, 0.4 s each: the 48 starter tasks take about 10 s, so the
+    # cancel lands mid-way however fast the machine is.
     judge_stub.delay_s = 0.4
+    settings = judge_settings(settings_factory, judge_stub, judge_concurrency=2)
+    _wipe(settings.db_url)
+    with TestClient(create_app(settings)) as judge_api:
+        _cancel_mid_way(judge_api)
+    _wipe(settings.db_url)
+
+
+def _cancel_mid_way(judge_api: TestClient) -> None:
     job_id = judge_api.post("/v1/datasets/default/judgements", json={"model": JUDGE_MODEL}).json()[
         "id"
     ]
