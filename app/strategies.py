@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import math
 import random
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.models import TaskOrigin, holdout_key
-from app.run_schemas import EvolveSpec, RunCreate, TemplateSpec
+from app.run_schemas import EvolveSpec, RunCreate, TemplateSpec, template_slots
 from filters.novelty import NoveltyIndex
 from generators.base import Generation
 from generators.parsing import (
@@ -252,8 +251,7 @@ def template_candidates(
     out = []
     for _ in range(n):
         template = rng.choice(spec.templates)
-        slots = [f for _, f, _, _ in string.Formatter().parse(template) if f]
-        values = {slot: rng.choice(spec.values[slot]) for slot in dict.fromkeys(slots)}
+        values = {slot: rng.choice(spec.values[slot]) for slot in template_slots(template)}
         out.append(
             Candidate(
                 instruction=template.format(**values),
@@ -272,8 +270,7 @@ def template_space(spec: TemplateSpec) -> int:
     """How many distinct instructions the templates can make, to stop when all were tried."""
     total = 0
     for template in spec.templates:
-        slots = list(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(template) if f))
-        total += math.prod(len(spec.values[s]) for s in slots)
+        total += math.prod(len(spec.values[s]) for s in template_slots(template))
     return total
 
 
