@@ -18,6 +18,7 @@ from typing import Any
 
 from app.models import TaskOrigin, holdout_key
 from app.run_schemas import EvolveSpec, RunCreate, TemplateSpec, template_slots
+from app.services.heldout import split_of
 from filters.novelty import NoveltyIndex
 from generators.base import Generation
 from generators.parsing import (
@@ -58,17 +59,21 @@ class Pool:
     # a topic's neighbour, so an evaluation on them is not biased toward the generated data.
     held_out_share: float = 0.0
 
-    def add_example(self, example: PromptExample, *, seed: bool) -> None:
-        if self.held_out_share > 0 and self.held_out(example):
+    def add_example(self, example: PromptExample, *, seed: bool, key: float | None = None) -> None:
+        """`key`: the task's stored `holdout_key` where the caller read it (computed otherwise)."""
+        if self.held_out_share > 0 and self.held_out(example, key):
             return
         (self.seeds if seed else self.machine).append(example)
         own = self.by_language.setdefault(example.language, ([], []))
         (own[0] if seed else own[1]).append(example)
 
-    def held_out(self, example: PromptExample) -> bool:
-        """The rule of app.services.heldout.split_of, from what a prompt example keeps (the
-        instruction and the first instance's input are what the key is made of)."""
-        return holdout_key(example.instruction, [{"input": example.input}]) < self.held_out_share
+    def held_out(self, example: PromptExample, key: float | None = None) -> bool:
+        """Whether the task is on the held-out side; without a stored key, the key is made from
+        what a prompt example keeps (the instruction and the first instance's input are what it
+        is made of)."""
+        if key is None:
+            key = holdout_key(example.instruction, [{"input": example.input}])
+        return split_of(key, self.held_out_share) == "held_out"
 
     def drop_machine(self, example_id: str) -> None:
         """Take a generated example out again (rare: a demotion)."""

@@ -362,13 +362,20 @@ def load_pool(
     texts: list[tuple[int, str]] = []
     with Session(engine) as session:
         rows = session.exec(
-            select(Task.id, Task.instruction, Task.instances, Task.origin, Task.language)  # type: ignore[call-overload]
+            select(  # type: ignore[call-overload]
+                Task.id,
+                Task.instruction,
+                Task.instances,
+                Task.origin,
+                Task.language,
+                Task.holdout_key,
+            )
             .where(Task.dataset_id == dataset_id, Task.status == TaskStatus.accepted.value)
             .order_by(col(Task.id))
         )
-        for task_id, instruction, instances, origin, language in rows:
+        for task_id, instruction, instances, origin, language, key in rows:
             example = example_of(task_id, instruction, list(instances), language or UNKNOWN)
-            pool.add_example(example, seed=origin == TaskOrigin.seed.value)
+            pool.add_example(example, seed=origin == TaskOrigin.seed.value, key=key)
             texts.append((task_id or 0, instruction))
     # One bulk build: adding 1M tasks one by one took three times as long.
     pool.index.add_many(texts)
