@@ -388,15 +388,14 @@ def generate(
         return
     assert run.id is not None
     runner = Worker(engine=engine, settings=settings)
-    if (
-        claim_run(
-            engine,
-            worker_id=runner.worker_id,
-            run_id=run.id,
-            lease_seconds=settings.worker_lease_seconds,
-        )
-        is None
-    ):
+    runner.lease = claim_run(
+        engine,
+        worker_id=runner.worker_id,
+        run_id=run.id,
+        lease_seconds=settings.worker_lease_seconds,
+        attempts=settings.job_attempts,
+    )
+    if runner.lease is None:
         typer.echo(f"run {run.id} was taken by another worker; follow it over HTTP", err=True)
         return
     done = threading.Event()

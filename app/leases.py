@@ -1,30 +1,86 @@
-"""Leases: a worker claims a queued row (a run or a fine-tune job), renews the claim while it
-works, and loses it on expiry, so a dead worker's row is taken up by another.
+"""One machinery for every kind of background job: runs, judgement jobs, evaluations and
+fine-tunes are claimed, renewed, released, fenced and capped here, alike.
 
-SQLite claims with a conditional UPDATE (one writer at a time makes it atomic); PostgreSQL with
-`SELECT ... FOR UPDATE SKIP LOCKED`, so many workers never block on each other. This module sits
-below the worker loop and the things it executes, so none of them imports another.
+- **Claim** takes the oldest queued row, or a running one whose lease ran out (its holder died).
+  SQLite claims with a conditional UPDATE (one writer at a time makes it atomic); PostgreSQL with
+  `SELECT ... FOR UPDATE SKIP LOCKED`, so workers never block on each other. Each claim raises
+  the row's `lease_epoch`: the (worker id, epoch) pair is the lease, a fencing token.
+- **Renew** and every write a holder makes are fenced by that pair: once another worker took the
+  row over (or it was cancelled), the stale holder's renewals, commits and finish are refused.
+- **The attempt cap.** Taking over an expired lease counts a lost holder unless it committed
+  progress since its claim (`progressed`, set in the same transaction as the progress); when the
+  count reaches the kind's cap (`job_attempts`, `finetune_attempts`) the job fails as
+  `worker_lost` instead of being claimed again. A graceful stop releases the row (`release`),
+  which costs nothing.
+- **Fair claiming**: a worker that executes several kinds takes the oldest waiting job of all of
+  them (`claim_next`), so no kind waits behind another for ever.
 
-A worker that holds nothing leaves no trace in the database, so idle fine-tune workers also keep
-a presence file under the data dir (which every database-connected fine-tune worker shares with
-the API: it reads the training files and writes the models there); the API tells a job that no
-worker can take it from these files and from the leases of running jobs.
+This module sits below the worker loop and the things it executes, so none of them imports
+another. A worker that holds nothing leaves no trace in the database, so idle fine-tune workers
+also keep a presence file under the data dir (which every database-connected fine-tune worker
+shares with the API); the API tells a job that no worker can take it from these files and from
+the leases of running jobs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import re
 import time
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
 from app.db import retry_transient
-from app.models import Evaluation, FineTuningJobRow, Run, utcnow
+from app.models import (
+    Evaluation,
+    EvaluationEvent,
+    FineTuningJobEventRow,
+    FineTuningJobRow,
+    Run,
+    RunEvent,
+    utcnow,
+)
+
+log = logging.getLogger("selfinstruct.leases")
+
+Leased = type[Run] | type[FineTuningJobRow] | type[Evaluation]
+RUNNING = "running"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's hold on one job row; `epoch` is the claim's fencing token."""
+
+    model: Leased
+    row_id: Any
+    owner: str
+    epoch: int
+
+    def holds(self, row: Any) -> bool:
+        """Whether a row read in a transaction is still this lease's (not cancelled, not ended,
+        not taken over)."""
+        return bool(
+            row.status == RUNNING and row.worker_id == self.owner and row.lease_epoch == self.epoch
+        )
+
+    def held(self) -> sa.ColumnElement[bool]:
+        """The same as a WHERE clause, for conditional UPDATEs."""
+        m = self.model
+        return sa.and_(
+            col(m.id) == self.row_id,
+            col(m.status) == RUNNING,
+            col(m.worker_id) == self.owner,
+            col(m.lease_epoch) == self.epoch,
+        )
 
 
 class LeaseHolder(Protocol):
@@ -36,14 +92,31 @@ class LeaseHolder(Protocol):
     @property
     def stopping(self) -> bool: ...
 
+    @property
+    def lease(self) -> Lease | None: ...
 
-Leased = type[Run] | type[FineTuningJobRow] | type[Evaluation]
+
+def kind_name(model: Leased) -> str:
+    return {Run: "run", Evaluation: "evaluation", FineTuningJobRow: "fine-tune job"}.get(
+        model, model.__name__
+    )
 
 
-def _claimable(model: Leased, now: object) -> sa.ColumnElement[bool]:
+def kind_slug(model: Leased) -> str:
+    """The kind's name in fault points and logs (app/faults.py)."""
+    return {Run: "run", Evaluation: "evaluation", FineTuningJobRow: "finetune"}.get(
+        model, model.__name__.lower()
+    )
+
+
+def _order(model: Leased) -> Any:
+    return col(FineTuningJobRow.created_at) if model is FineTuningJobRow else col(model.id)
+
+
+def _claimable(model: Leased, now: datetime) -> sa.ColumnElement[bool]:
     return sa.or_(
         col(model.status) == "queued",
-        sa.and_(col(model.status) == "running", col(model.lease_expires_at) < now),
+        sa.and_(col(model.status) == RUNNING, col(model.lease_expires_at) < now),
     )
 
 
@@ -53,64 +126,259 @@ def claim(
     *,
     worker_id: str,
     lease_seconds: float,
+    attempts: int,
     row_id: object | None = None,
-) -> object | None:
+) -> Lease | None:
     """Take the oldest queued row (or `row_id`), or a running one whose lease expired.
 
-    Runs and fine-tune jobs share this: both are rows with a status and a lease. A transient
-    database error is retried (app.db.retry_transient): the claim is one transaction.
+    A row whose lost holders reach `attempts` fails as `worker_lost` on the way and the next
+    one is tried. A transient database error is retried (app.db.retry_transient): each try is
+    one transaction.
     """
-    return retry_transient(
-        f"claim of a {model.__name__}",
-        lambda: _claim_once(engine, model, worker_id, lease_seconds, row_id),
-    )
+    while True:
+        lease, failed = retry_transient(
+            f"claim of a {kind_name(model)}",
+            lambda: _claim_once(engine, model, worker_id, lease_seconds, attempts, row_id),
+        )
+        if lease is not None or not failed or row_id is not None:
+            return lease
 
 
 def _claim_once(
-    engine: Engine, model: Leased, worker_id: str, lease_seconds: float, row_id: object | None
-) -> object | None:
+    engine: Engine,
+    model: Leased,
+    worker_id: str,
+    lease_seconds: float,
+    attempts: int,
+    row_id: object | None,
+) -> tuple[Lease | None, bool]:
     now = utcnow()
-    lease = now + timedelta(seconds=lease_seconds)
-    order = col(FineTuningJobRow.created_at) if model is FineTuningJobRow else col(model.id)
+    m = model
     with engine.begin() as conn:
-        pick = sa.select(col(model.id)).where(_claimable(model, now)).order_by(order).limit(1)
+        pick = (
+            sa.select(
+                col(m.id), col(m.status), col(m.lease_epoch), col(m.lost_count), col(m.progressed)
+            )
+            .where(_claimable(m, now))
+            .order_by(_order(m))
+            .limit(1)
+        )
         if row_id is not None:
-            pick = pick.where(col(model.id) == row_id)
+            pick = pick.where(col(m.id) == row_id)
         if conn.dialect.name == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
-        picked = conn.execute(pick).scalar()
+        picked = conn.execute(pick).first()
         if picked is None:
-            return None
+            return None, False
+        picked_id, status, epoch, lost, progressed = picked
+        # The row as it was read: on SQLite another worker may have claimed it meanwhile.
+        same = sa.and_(col(m.id) == picked_id, _claimable(m, now), col(m.lease_epoch) == epoch)
+        if status == RUNNING:  # its holder's lease ran out: the holder is lost
+            lost = 0 if progressed else lost + 1
+            if lost >= attempts:
+                if _fail_lost(conn, m, picked_id, same, lost, now):
+                    log.warning("%s %s failed: worker lost %s times", kind_name(m), picked_id, lost)
+                return None, True
         values: dict[str, object] = {
-            "status": "running",
+            "status": RUNNING,
             "worker_id": worker_id,
-            "lease_expires_at": lease,
-            "started_at": sa.func.coalesce(col(model.started_at), now),
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "lease_epoch": epoch + 1,
+            "lost_count": lost,
+            "progressed": False,
+            "started_at": sa.func.coalesce(col(m.started_at), now),
         }
-        if model is not FineTuningJobRow:
+        if m is not FineTuningJobRow:
             values["updated_at"] = now
-        claimed = conn.execute(
-            sa.update(model).where(col(model.id) == picked, _claimable(model, now)).values(values)
-        )
-        return picked if claimed.rowcount == 1 else None
+        claimed = conn.execute(sa.update(m).where(same).values(values))
+        if claimed.rowcount != 1:
+            return None, False
+        return Lease(model=m, row_id=picked_id, owner=worker_id, epoch=epoch + 1), False
 
 
-def renew(
-    engine: Engine, model: Leased, *, row_id: object, worker_id: str, lease_seconds: float
+EXPIRED = "its lease ran out without a renewal"
+OOM_ADVICE = (
+    " A job that runs out of memory needs a smaller batch_size or max_seq_len, LoRA, or a "
+    "machine with more memory."
+)
+
+
+def lost_message(model: Leased, count: int, how: str = EXPIRED) -> str:
+    times = {1: "once", 2: "twice"}.get(count, f"{count} times")
+    message = (
+        f"The worker executing this {kind_name(model)} died {times} (last: {how}) with no "
+        "progress committed since its claim; it is not tried again."
+    )
+    return message + (OOM_ADVICE if model is FineTuningJobRow else "")
+
+
+def _fail_lost(
+    conn: Connection,
+    model: Leased,
+    row_id: object,
+    same: sa.ColumnElement[bool],
+    lost: int,
+    now: datetime,
+    how: str = EXPIRED,
 ) -> bool:
-    """False when the row was cancelled or taken over: the worker must stop at once."""
-    now = utcnow()
+    """End a row whose holders kept dying, with the count, in the claim's transaction."""
+    message = lost_message(model, lost, how)
+    values: dict[str, Any] = {
+        "status": "failed",
+        "lost_count": lost,
+        "lease_expires_at": None,
+        "finished_at": now,
+    }
+    if model is FineTuningJobRow:
+        values["error"] = {"code": "worker_lost", "param": None, "message": message}
+    else:
+        values["error"] = f"worker_lost: {message}"
+        values["updated_at"] = now
+    if model is Run:
+        state = conn.execute(sa.select(col(Run.state)).where(col(Run.id) == row_id)).scalar()
+        values["state"] = {**(state or {}), "stop_reason": "worker_lost", "in_flight": 0}
+    if conn.execute(sa.update(model).where(same).values(values)).rowcount != 1:
+        return False
+    end = {"status": "failed", "stop_reason": "worker_lost", "error": message, "lost": lost}
+    if model is Run:
+        conn.execute(sa.insert(RunEvent).values(run_id=row_id, kind="end", data=end))
+    elif model is Evaluation:
+        conn.execute(sa.insert(EvaluationEvent).values(evaluation_id=row_id, kind="end", data=end))
+    else:
+        conn.execute(
+            sa.insert(FineTuningJobEventRow).values(
+                job_id=row_id,
+                level="error",
+                message=f"The job failed: {message}",
+                data={"code": "worker_lost", "lost": lost},
+            )
+        )
+    return True
+
+
+def claim_next(
+    engine: Engine,
+    models: Sequence[Leased],
+    *,
+    worker_id: str,
+    lease_seconds: float,
+    attempts: Callable[[Leased], int],
+) -> Lease | None:
+    """The oldest waiting job of any of `models` (by creation time), so no kind starves."""
+    for _ in range(8):  # another worker may take the pick first: look again
+        now = utcnow()
+        waiting: list[tuple[datetime, int, Leased]] = []
+        with engine.connect() as conn:
+            for rank, model in enumerate(models):
+                oldest = conn.execute(
+                    sa.select(col(model.created_at))
+                    .where(_claimable(model, now))
+                    .order_by(_order(model))
+                    .limit(1)
+                ).scalar()
+                if oldest is not None:
+                    waiting.append((oldest, rank, model))
+        if not waiting:
+            return None
+        for _, _, model in sorted(waiting, key=lambda w: (w[0], w[1])):
+            lease = claim(
+                engine,
+                model,
+                worker_id=worker_id,
+                lease_seconds=lease_seconds,
+                attempts=attempts(model),
+            )
+            if lease is not None:
+                return lease
+    return None
+
+
+def renew(engine: Engine, lease: Lease, *, lease_seconds: float) -> bool:
+    """False when the row was cancelled, ended or taken over: the holder must stop at once."""
     with engine.begin() as conn:
         renewed = conn.execute(
-            sa.update(model)
-            .where(
-                col(model.id) == row_id,
-                col(model.worker_id) == worker_id,
-                col(model.status) == "running",
-            )
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+            sa.update(lease.model)
+            .where(lease.held())
+            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
         )
         return renewed.rowcount == 1
+
+
+def release(engine: Engine, lease: Lease) -> bool:
+    """A graceful stop: the row is queued again at once, and the claim costs it nothing."""
+    values: dict[str, object] = {"status": "queued", "worker_id": None, "lease_expires_at": None}
+    with engine.begin() as conn:
+        released = conn.execute(sa.update(lease.model).where(lease.held()).values(values))
+        return released.rowcount == 1
+
+
+def lose(engine: Engine, lease: Lease, *, attempts: int, how: str) -> bool:
+    """A supervisor saw the holder die (`how`): count it now instead of when the lease runs
+    out, and queue the row again at once, or fail it at the cap. True when it failed."""
+    with engine.begin() as conn:
+        row = conn.execute(
+            sa.select(col(lease.model.lost_count), col(lease.model.progressed)).where(lease.held())
+        ).first()
+        if row is None:
+            return False
+        lost = 0 if row.progressed else row.lost_count + 1
+        if lost >= attempts:
+            return _fail_lost(conn, lease.model, lease.row_id, lease.held(), lost, utcnow(), how)
+        conn.execute(
+            sa.update(lease.model)
+            .where(lease.held())
+            .values(status="queued", worker_id=None, lease_expires_at=None, lost_count=lost)
+        )
+        log.warning(
+            "%s %s: its worker died (%s); queued again", kind_name(lease.model), lease.row_id, how
+        )
+        return False
+
+
+def progressed() -> dict[str, object]:
+    """Values to write with a committed piece of progress: the holder's death after it does
+    not count toward the attempt cap."""
+    return {"progressed": True}
+
+
+@dataclass
+class Keeper:
+    """Renews a lease on its own clock while the work runs; `lost` once a renewal is refused."""
+
+    engine: Engine
+    lease: Lease
+    lease_seconds: float
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@contextlib.asynccontextmanager
+async def kept(engine: Engine, lease: Lease, *, lease_seconds: float) -> AsyncIterator[Keeper]:
+    """Renew `lease` every third of its length in the background; a database hiccup is
+    retried at the next beat (the lease has a while to run)."""
+    keeper = Keeper(engine, lease, lease_seconds)
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(lease_seconds / 3)
+            try:
+                if not await asyncio.to_thread(renew, engine, lease, lease_seconds=lease_seconds):
+                    keeper.lost.set()
+                    return
+            except Exception:
+                log.warning(
+                    "%s %s: lease renewal failed; retrying",
+                    kind_name(lease.model),
+                    lease.row_id,
+                    exc_info=True,
+                )
+
+    task = asyncio.create_task(beat())
+    try:
+        yield keeper
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 # --- presence of idle workers ---
@@ -175,11 +443,18 @@ def held_rows(engine: Engine, model: Leased) -> list[tuple[object, str]]:
 
 
 def claim_run(
-    engine: Engine, *, worker_id: str, lease_seconds: float, run_id: int | None = None
-) -> int | None:
-    picked = claim(engine, Run, worker_id=worker_id, lease_seconds=lease_seconds, row_id=run_id)
-    return int(picked) if picked is not None else None  # type: ignore[call-overload]
-
-
-def renew_lease(engine: Engine, *, run_id: int, worker_id: str, lease_seconds: float) -> bool:
-    return renew(engine, Run, row_id=run_id, worker_id=worker_id, lease_seconds=lease_seconds)
+    engine: Engine,
+    *,
+    worker_id: str,
+    lease_seconds: float,
+    attempts: int,
+    run_id: int | None = None,
+) -> Lease | None:
+    return claim(
+        engine,
+        Run,
+        worker_id=worker_id,
+        lease_seconds=lease_seconds,
+        attempts=attempts,
+        row_id=run_id,
+    )

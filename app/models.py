@@ -241,6 +241,9 @@ class Run(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=sa.Text)
     worker_id: str | None = Field(default=None, max_length=200)
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    lease_epoch: int = Field(default=0)  # claims so far; the current one is the fencing token
+    lost_count: int = Field(default=0)  # holders lost in a row with no progress committed
+    progressed: bool = Field(default=False)  # a commit landed since the current claim
     created_at: datetime = _ts()
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -275,6 +278,9 @@ class FineTuningJobRow(SQLModel, table=True):
     data_stats: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
     worker_id: str | None = Field(default=None, max_length=200)
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    lease_epoch: int = Field(default=0)  # claims so far; the current one is the fencing token
+    lost_count: int = Field(default=0)  # holders lost in a row with no progress committed
+    progressed: bool = Field(default=False)  # a commit landed since the current claim
     created_at: datetime = _ts()
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -419,6 +425,9 @@ class Evaluation(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=sa.Text)
     worker_id: str | None = Field(default=None, max_length=200)
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    lease_epoch: int = Field(default=0)  # claims so far; the current one is the fencing token
+    lost_count: int = Field(default=0)  # holders lost in a row with no progress committed
+    progressed: bool = Field(default=False)  # a commit landed since the current claim
     created_at: datetime = _ts()
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

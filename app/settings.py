@@ -244,9 +244,24 @@ class Settings(BaseSettings):
         "process of its own (0: none, for deployments with dedicated workers).",
     )
     worker_lease_seconds: float = Field(
-        default=30.0, gt=0, description="How long a claimed run stays claimed without a renewal."
+        default=30.0, gt=0, description="How long a claimed job stays claimed without a renewal."
     )
     worker_poll_seconds: float = Field(default=1.0, gt=0, description="Idle wait between claims.")
+    job_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="How many times a run, judgement job or evaluation may lose its worker (a "
+        "kill, a crash, a lease that ran out) with no progress committed since its claim before "
+        "it fails as `worker_lost`. A graceful stop does not count.",
+    )
+    finetune_attempts: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="The same for fine-tune jobs: a training that kills its worker (out of "
+        "memory) is tried once more from its last checkpoint, then fails as `worker_lost`.",
+    )
 
     # --- lists ---
     page_size_max: int = Field(default=1000, gt=0, description="Largest `limit` a list accepts.")

@@ -1,4 +1,5 @@
-"""The worker loop: claim a queued run or fine-tune job (app/leases.py) and execute it."""
+"""The worker loop: claim a job (app/leases.py) and execute it. A generation worker executes
+runs, judgement jobs and evaluations, the oldest waiting first; a fine-tune worker fine-tunes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import time
 
 from sqlalchemy.engine import Engine
 
-from app.leases import PRESENCE_INTERVAL_S, Leased, claim, mark_gone, mark_present
+from app import faults
+from app.leases import (
+    PRESENCE_INTERVAL_S,
+    Lease,
+    Leased,
+    claim_next,
+    kind_slug,
+    mark_gone,
+    mark_present,
+)
 from app.models import Evaluation, FineTuningJobRow, Run
 from app.settings import Settings
 from app.worker_ids import new_worker_id
@@ -19,7 +29,7 @@ log = logging.getLogger("selfinstruct.worker")
 
 
 class Worker:
-    """Claims runs one at a time and executes them; `stop` ends the loop between runs."""
+    """Claims jobs one at a time and executes them; `stop` ends the loop between jobs."""
 
     def __init__(
         self,
@@ -41,6 +51,7 @@ class Worker:
         self._wake: asyncio.Event | None = None
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._marked = -PRESENCE_INTERVAL_S  # when the presence file was last refreshed
+        self.lease: Lease | None = None  # what it executes now
 
     def stop(self) -> None:
         self._stop.set()
@@ -62,12 +73,23 @@ class Worker:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def kinds(self) -> tuple[Leased, ...]:
+        if self.kind == "finetune":
+            return (FineTuningJobRow,)
+        return (Run, Evaluation)
+
+    def attempts(self, model: Leased) -> int:
+        """The attempt cap of a kind (app/leases.py)."""
+        if model is FineTuningJobRow:
+            return self.settings.finetune_attempts
+        return self.settings.job_attempts
+
     async def run_forever(self, *, once: bool = False) -> None:
-        model = FineTuningJobRow if self.kind == "finetune" else Run
         self._wake = asyncio.Event()
         self._loop_ref = asyncio.get_running_loop()
         try:
-            await self._loop(model, once=once)
+            await self._loop(once=once)
         finally:
             self._loop_ref = None
             if self.kind == "finetune":
@@ -81,13 +103,11 @@ class Worker:
                 log.warning("worker %s: cannot write its presence file", self.worker_id)
             self._marked = now
 
-    async def _loop(self, model: Leased, *, once: bool) -> None:
+    async def _loop(self, *, once: bool) -> None:
         while not self._stop.is_set():
             self._present()
             try:
-                worked = await self._claim_and_execute(model)
-                if not worked and model is Run:  # generation workers also run evaluations
-                    worked = await self._claim_and_execute(Evaluation)
+                worked = await self._claim_and_execute()
             except Exception:
                 # A database outage or a bug in one run must not end the loop for good (the
                 # embedded worker would be gone until a restart); the lease of whatever was
@@ -99,30 +119,39 @@ class Worker:
                     return
                 await self._idle()
 
-    async def _claim_and_execute(self, model: Leased) -> bool:
-        """Claim one row and drive it; False when nothing was waiting."""
+    async def _claim_and_execute(self) -> bool:
+        """Claim one job and drive it; False when nothing was waiting."""
+        lease = await asyncio.to_thread(
+            claim_next,
+            self.engine,
+            self.kinds,
+            worker_id=self.worker_id,
+            lease_seconds=self.settings.worker_lease_seconds,
+            attempts=self.attempts,
+        )
+        if lease is None:
+            return False
+        log.info("worker %s claimed %s %s", self.worker_id, lease.model.__name__, lease.row_id)
+        self.lease = lease
+        faults.point(f"{kind_slug(lease.model)}:claimed")
+        try:
+            await self.execute(lease)
+        finally:
+            self.lease = None
+        return True
+
+    async def execute(self, lease: Lease) -> None:
         from app.finetune.worker import execute_job
         from app.pipeline import execute_run
         from app.services.evaluations import execute_evaluation
 
-        row_id = claim(
-            self.engine,
-            model,
-            worker_id=self.worker_id,
-            lease_seconds=self.settings.worker_lease_seconds,
-        )
-        if row_id is None:
-            return False
-        log.info("worker %s claimed %s %s", self.worker_id, model.__name__, row_id)
-        if model is Run:
-            assert isinstance(row_id, int)
+        if lease.model is Run:
             await execute_run(
-                engine=self.engine, settings=self.settings, run_id=row_id, worker=self
+                engine=self.engine, settings=self.settings, run_id=lease.row_id, worker=self
             )
-        elif model is Evaluation:
-            assert isinstance(row_id, int)
+        elif lease.model is Evaluation:
             await execute_evaluation(
-                engine=self.engine, settings=self.settings, evaluation_id=row_id, worker=self
+                engine=self.engine, settings=self.settings, evaluation_id=lease.row_id, worker=self
             )
         else:
             # Training blocks; a thread keeps this loop (and its lease checks) responsive.
@@ -130,11 +159,10 @@ class Worker:
                 execute_job,
                 engine=self.engine,
                 settings=self.settings,
-                job_id=str(row_id),
+                job_id=str(lease.row_id),
                 worker=self,
                 device=self.device,
             )
-        return True
 
     def start_thread(self) -> threading.Thread:
         """The embedded worker: its own thread and event loop, so requests never wait on it."""

@@ -61,11 +61,12 @@ async def through_pipeline(
         )
     worker = Worker(engine=engine, settings=settings)
     assert run.id is not None
-    claim_run(
+    worker.lease = claim_run(
         engine,
         worker_id=worker.worker_id,
         run_id=run.id,
         lease_seconds=settings.worker_lease_seconds,
+        attempts=settings.job_attempts,
     )
     backend = backend_for(settings, find_model(settings, MODEL))
     recorded: list[Any] = []

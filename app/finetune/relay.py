@@ -11,7 +11,14 @@ from sqlmodel import Session
 from app.errors import Conflict, InvalidInput
 from app.finetune.protocol import Continue, JobSpec, Outcome, Succeeded, WorkerEvent
 from app.finetune.service import get_job
-from app.finetune.worker import begin_attempt, complete_job, job_spec, record_event, still_mine
+from app.finetune.worker import (
+    begin_attempt,
+    complete_job,
+    held_lease,
+    job_spec,
+    record_event,
+    still_mine,
+)
 from app.leases import claim, mark_present, renew
 from app.models import FineTuningJobRow
 from app.schemas import ErrorItem
@@ -22,16 +29,17 @@ def claim_job(*, engine: Engine, settings: Settings, worker_id: str) -> JobSpec 
     """The oldest queued job (or one whose lease expired), claimed for `worker_id`; None when
     none is waiting."""
     mark_present(settings.data_dir, "finetune", worker_id)  # a worker polls: it is there
-    job_id = claim(
+    lease = claim(
         engine,
         FineTuningJobRow,
         worker_id=worker_id,
         lease_seconds=settings.worker_lease_seconds,
+        attempts=settings.finetune_attempts,
     )
-    if job_id is None or not begin_attempt(engine, str(job_id)):
+    if lease is None or not begin_attempt(engine, str(lease.row_id)):
         return None
     with Session(engine) as session:
-        job = session.get(FineTuningJobRow, job_id)
+        job = session.get(FineTuningJobRow, lease.row_id)
         assert job is not None
         return job_spec(settings, engine, job)
 
@@ -51,12 +59,12 @@ def report_events(
         return Continue(proceed=False)
     for event in events:
         record_event(engine, job_id, worker_id, event)
-    renewed = renew(
-        engine,
-        FineTuningJobRow,
-        row_id=job_id,
-        worker_id=worker_id,
-        lease_seconds=settings.worker_lease_seconds,
+    with Session(engine) as session:
+        job = session.get(FineTuningJobRow, job_id)
+        assert job is not None
+        lease = held_lease(job)
+    renewed = lease.owner == worker_id and renew(
+        engine, lease, lease_seconds=settings.worker_lease_seconds
     )
     return Continue(proceed=renewed)
 

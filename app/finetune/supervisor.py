@@ -203,7 +203,12 @@ class FinetuneSupervisor:
             code, oom_killed=before is not None and after is not None and after > before
         )
         _kill_group(process.pid, signal.SIGKILL)  # anything it started (torchrun's workers)
-        jobs = worker_lost(self.engine, worker_prefix=worker_prefix(process.pid), how=how)
+        jobs = worker_lost(
+            self.engine,
+            worker_prefix=worker_prefix(process.pid),
+            how=how,
+            attempts=self.settings.finetune_attempts,
+        )
         lived = time.monotonic() - self._started_at
         self._young_deaths = self._young_deaths + 1 if lived < YOUNG_S else 1
         held = f" while training {', '.join(jobs)}" if jobs else ""
@@ -246,7 +251,11 @@ class FinetuneSupervisor:
         process.wait()
         with contextlib.suppress(Exception):
             worker_lost(
-                self.engine, worker_prefix=worker_prefix(process.pid), how="", counted=False
+                self.engine,
+                worker_prefix=worker_prefix(process.pid),
+                how="",
+                attempts=self.settings.finetune_attempts,
+                counted=False,
             )
 
 

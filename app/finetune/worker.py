@@ -6,9 +6,9 @@ holds the lease: a heartbeat renews it, the child's events are recorded as they 
 and the child then stops at its next step or is terminated. A child killed by a signal (the
 out-of-memory killer's SIGKILL) fails the job saying so, and the worker takes the next one. A
 job whose worker died is claimed again (at once when a supervisor saw the death, else after its
-lease expires) and resumes from its last checkpoint, at most once: a job that killed its worker
-twice would kill the next one too. A worker that is stopped on purpose hands its job back
-without using up that retry."""
+lease expires) and resumes from its last checkpoint, up to the attempt cap of app/leases.py
+(`finetune_attempts`, 2: a job that killed its worker twice would kill the next one too). A
+worker that is stopped on purpose hands its job back without using up an attempt."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app import faults
 from app.finetune.protocol import (
     CheckpointEvent,
     EvalEvent,
@@ -34,7 +35,7 @@ from app.finetune.protocol import (
 )
 from app.finetune.runner import Heartbeat, run_training
 from app.finetune.service import add_event, artifacts_dir, tuned_model_dir
-from app.leases import LeaseHolder, renew
+from app.leases import Lease, LeaseHolder, lose, release, renew
 from app.models import FineTuningJobCheckpointRow, FineTuningJobRow, JobStatus, utcnow
 from app.services.base_models import find_base_model
 from app.services.files import file_path
@@ -42,7 +43,6 @@ from app.settings import BUNDLED_MODEL_ID, Settings
 from training.launch import describe_exit as describe_exit  # how a process ended, in words
 
 log = logging.getLogger("selfinstruct.finetune")
-MAX_ATTEMPTS = 2  # claims of one job: the first and one retry, then it fails as worker_lost
 
 
 def fine_tuned_model_id(job: FineTuningJobRow) -> str:
@@ -104,75 +104,63 @@ def job_spec(settings: Settings, engine: Engine, job: FineTuningJobRow) -> JobSp
 
 
 def begin_attempt(engine: Engine, job_id: str) -> bool:
-    """Count a claim; after MAX_ATTEMPTS the job fails as worker_lost instead of running.
+    """Say that training starts (or resumes); False when the claim is no longer running.
 
     A claim also ends the job's wait, so the note that no worker was there goes."""
     with Session(engine, expire_on_commit=False) as session:
         job = session.get(FineTuningJobRow, job_id)
         assert job is not None
-        attempts = int(job.progress.get("attempts", 0)) + 1
-        progress = {k: v for k, v in job.progress.items() if k != "status_message"}
-        job.progress = {**progress, "attempts": attempts}
+        if job.status != JobStatus.running:
+            return False
+        job.progress = {k: v for k, v in job.progress.items() if k != "status_message"}
         resume = _latest_checkpoint(engine, job_id)
-        if attempts > MAX_ATTEMPTS:
-            # No supervisor saw the deaths: the leases ran out while nobody renewed them.
-            how = job.progress.get("worker_lost") or "its lease ran out without a renewal"
-            _fail_lost(session, job, MAX_ATTEMPTS, how)
-        else:
-            message = f"Resuming from {resume.name}" if resume else "Fine-tuning job started"
-            add_event(session, job_id, message, data={"attempt": attempts})
+        message = f"Resuming from {resume.name}" if resume else "Fine-tuning job started"
+        add_event(session, job_id, message, data={"attempt": job.lost_count + 1})
         session.add(job)
         session.commit()
-        return job.status == JobStatus.running
+        return True
 
 
-def _fail_lost(session: Session, job: FineTuningJobRow, deaths: int, how: str) -> None:
-    job.status, job.finished_at, job.lease_expires_at = JobStatus.failed, utcnow(), None
-    times = {1: "once", 2: "twice"}.get(deaths, f"{deaths} times")
-    message = (
-        f"The worker training this job died {times} (last: {how}); giving up. A job that runs "
-        "out of "
-        "memory needs a smaller batch_size or max_seq_len, LoRA, or a machine with more memory."
-    )
-    job.error = {"code": "worker_lost", "param": None, "message": message}
-    add_event(session, job.id, f"The job failed: {message}", level="error")
+def held_lease(job: FineTuningJobRow) -> Lease:
+    """The lease a job's row shows now: what a supervisor or a remote worker's request acts on
+    (a remote worker knows its name, not its claim's epoch)."""
+    return Lease(FineTuningJobRow, job.id, job.worker_id or "", job.lease_epoch)
 
 
-def worker_lost(engine: Engine, *, worker_prefix: str, how: str, counted: bool = True) -> list[str]:
+def worker_lost(
+    engine: Engine,
+    *,
+    worker_prefix: str,
+    how: str,
+    attempts: int,
+    counted: bool = True,
+) -> list[str]:
     """A supervisor saw the worker whose ids start with `worker_prefix` die (`how`): hand its
-    jobs back at once for their one retry, or fail those that already had it. `counted` False:
-    the supervisor stopped the worker itself, which costs the job nothing."""
-    lost = []
+    jobs back at once for a retry, or fail those at the attempt cap. `counted` False: the
+    supervisor stopped the worker itself, which costs the job nothing."""
     with Session(engine) as session:
         held = session.exec(
-            select(FineTuningJobRow)
-            .where(
+            select(FineTuningJobRow).where(
                 FineTuningJobRow.status == JobStatus.running,
                 col(FineTuningJobRow.worker_id).startswith(worker_prefix, autoescape=True),
             )
-            .with_for_update()
         ).all()
-        for job in held:
-            attempts = int(job.progress.get("attempts", 0))
-            if not counted:
-                _requeue(session, job, attempts - 1, STOPPED_MESSAGE)
-            elif attempts >= MAX_ATTEMPTS:
-                job.progress = {**job.progress, "worker_lost": how}
-                _fail_lost(session, job, attempts, how)
-            else:
-                job.progress = {**job.progress, "worker_lost": how}
-                _requeue(
-                    session,
-                    job,
-                    attempts,
-                    f"The worker training this job died ({how}); the job is queued again for "
-                    "its one retry, from its last checkpoint",
-                    level="warn",
-                    data={"code": "worker_lost", "attempt": attempts},
-                )
-            session.add(job)
-            lost.append(job.id)
-        session.commit()
+    lost = []
+    for job in held:
+        lease = held_lease(job)
+        if not counted:
+            if release(engine, lease):
+                _note(engine, job.id, STOPPED_MESSAGE)
+        elif not lose(engine, lease, attempts=attempts, how=how):
+            _note(
+                engine,
+                job.id,
+                f"The worker training this job died ({how}); the job is queued again and "
+                "resumes from its last checkpoint",
+                level="warn",
+                data={"code": "worker_lost", "attempt": job.lost_count + 1},
+            )
+        lost.append(job.id)
     return lost
 
 
@@ -181,33 +169,26 @@ STOPPED_MESSAGE = (
 )
 
 
-def _requeue(
-    session: Session,
-    job: FineTuningJobRow,
-    attempts: int,
+def _note(
+    engine: Engine,
+    job_id: str,
     message: str,
     *,
     level: str = "info",
     data: dict[str, Any] | None = None,
 ) -> None:
-    job.progress = {**job.progress, "attempts": max(0, attempts)}
-    job.status, job.worker_id, job.lease_expires_at = JobStatus.queued, None, None
-    add_event(session, job.id, message, level=level, data=data)
+    with Session(engine) as session:
+        add_event(session, job_id, message, level=level, data=data)
+        session.commit()
 
 
-def release_job(engine: Engine, job_id: str, worker_id: str) -> bool:
+def release_job(engine: Engine, lease: Lease) -> bool:
     """A worker stopping on purpose queues its job again; the claim it made does not count.
 
-    False when the job is no longer this worker's (finished, cancelled or taken over)."""
-    with Session(engine) as session:
-        job = session.exec(
-            select(FineTuningJobRow).where(FineTuningJobRow.id == job_id).with_for_update()
-        ).first()
-        if job is None or job.status != JobStatus.running or job.worker_id != worker_id:
-            return False
-        _requeue(session, job, int(job.progress.get("attempts", 0)) - 1, STOPPED_MESSAGE)
-        session.add(job)
-        session.commit()
+    False when the job is no longer this lease's (finished, cancelled or taken over)."""
+    if not release(engine, lease):
+        return False
+    _note(engine, str(lease.row_id), STOPPED_MESSAGE)
     return True
 
 
@@ -263,6 +244,9 @@ def record_event(engine: Engine, job_id: str, worker_id: str, event: WorkerEvent
                         session, job_id, _long_examples_message(long_counts), data=long_counts
                     )
         add_event(session, job_id, event.message(), data=event_data(event))
+        faults.point(
+            "finetune:committing" if isinstance(event, CheckpointEvent) else "finetune:running"
+        )
         session.commit()
     return still_mine(engine, job_id, worker_id)
 
@@ -289,6 +273,8 @@ def execute_job(
     device: str | None = None,
 ) -> None:
     """The database-connected worker's side of a job."""
+    held = worker.lease
+    assert held is not None, "a fine-tune job is executed under its claim"
     if not begin_attempt(engine, job_id):
         return
     lease = settings.worker_lease_seconds
@@ -297,9 +283,7 @@ def execute_job(
         record_event(engine, job_id, worker.worker_id, parse_event(event))
 
     def renew_once() -> bool:
-        return renew(
-            engine, FineTuningJobRow, row_id=job_id, worker_id=worker.worker_id, lease_seconds=lease
-        )
+        return renew(engine, held, lease_seconds=lease)
 
     job = _job(engine, job_id)
     spec = job_spec(settings, engine, job)
@@ -320,7 +304,7 @@ def execute_job(
     if outcome is not None:
         complete_job(engine, job_id, worker.worker_id, outcome)
     elif worker.stopping:
-        release_job(engine, job_id, worker.worker_id)
+        release_job(engine, held)
 
 
 def complete_job(engine: Engine, job_id: str, worker_id: str, outcome: Outcome) -> None:
@@ -395,4 +379,5 @@ def _finish(engine: Engine, job_id: str, worker_id: str, status: JobStatus, **fi
             session, job_id, message, level="info" if status == JobStatus.succeeded else "error"
         )
         session.add(job)
+        faults.point("finetune:finishing")
         session.commit()

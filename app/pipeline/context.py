@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app.leases import Lease
 from app.llm import ModelEntry, backend_for, find_model, price_table
 from app.models import Dataset, Passage, Run, Task, TaskOrigin, TaskStatus
 from app.run_schemas import RunCreate
@@ -183,7 +184,7 @@ class RunContext:
                 texts, threshold=self.params.filters.rouge_threshold, k=NEIGHBOURS
             )
         self._queries = 0
-        self.worker_id: str | None = None  # the lease holder; only it may store
+        self.lease: Lease | None = None  # the claim executing it; only its holder may store
         self.lineage = {
             "model": run.model,
             "strategy": self.params.strategy,

@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from app.leases import LeaseHolder, renew_lease
+from app import faults
+from app.leases import Keeper, LeaseHolder, kept, release
 from app.llm import find_model
 from app.models import Dataset, Run, RunEvent, RunStatus, TaskStatus
 from app.pipeline.context import (
@@ -81,10 +82,29 @@ RATE_WINDOW_S = 10.0  # requests/s and accepted/s over about this long
 async def execute_run(
     *, engine: Engine, settings: Settings, run_id: int, worker: LeaseHolder | None = None
 ) -> None:
-    """Drive a claimed run to a final state; returns early if it is cancelled or taken over."""
+    """Drive a claimed run to a final state; returns early if it is cancelled or taken over.
+
+    With a worker, its lease is renewed on its own clock (app.leases.kept) while the run goes;
+    without one (tests, benchmarks) nothing is fenced."""
     if await _is_judgement_job(engine, run_id):
         await execute_judgement_job(engine=engine, settings=settings, run_id=run_id, worker=worker)
         return
+    lease = worker.lease if worker is not None else None
+    if lease is None:
+        await _execute(engine, settings, run_id, worker, None)
+        return
+    async with kept(engine, lease, lease_seconds=settings.worker_lease_seconds) as keeper:
+        await _execute(engine, settings, run_id, worker, keeper)
+
+
+async def _execute(
+    engine: Engine,
+    settings: Settings,
+    run_id: int,
+    worker: LeaseHolder | None,
+    keeper: Keeper | None,
+) -> None:
+    lease = keeper.lease if keeper is not None else None
     with Session(engine, expire_on_commit=False) as session:
         run = session.exec(select(Run).where(Run.id == run_id)).one()
         dataset = session.exec(select(Dataset).where(Dataset.id == run.dataset_id)).one()
@@ -95,18 +115,15 @@ async def execute_run(
         session.commit()
     try:
         model = find_model(settings, run.model, engine)
-        # A pool of 1M tasks takes half a minute to load: the lease is renewed meanwhile.
-        loaded = await _renewing(
+        # A pool of 1M tasks takes half a minute to load; the lease is renewed meanwhile.
+        loaded = await _unless_lost(
             asyncio.to_thread(
                 load_pool,
                 engine,
                 dataset_id=dataset.id,  # type: ignore[arg-type]
                 held_out_share=dataset.held_out_share,
             ),
-            engine=engine,
-            run_id=run_id,
-            worker=worker,
-            lease_seconds=settings.worker_lease_seconds,
+            keeper,
         )
         if loaded is None:
             return  # cancelled or taken over while loading
@@ -120,12 +137,11 @@ async def execute_run(
             status=RunStatus.failed,
             stop_reason="setup_failed",
             error=str(exc),
-            worker_id=worker.worker_id if worker else None,
+            lease=lease,
         )
         return
-    worker_id = worker.worker_id if worker else run.worker_id or ""
-    ctx.worker_id = worker_id or None
-    await Stream(ctx, run, worker).drive()
+    ctx.lease = lease
+    await Stream(ctx, run, worker, keeper).drive()
 
 
 async def _is_judgement_job(engine: Engine, run_id: int) -> bool:
@@ -138,43 +154,31 @@ async def _is_judgement_job(engine: Engine, run_id: int) -> bool:
     return await asyncio.to_thread(strategy) == JUDGEMENT_STRATEGY
 
 
-async def _renewing(
-    work: Awaitable[T],
-    *,
-    engine: Engine,
-    run_id: int,
-    worker: LeaseHolder | None,
-    lease_seconds: float,
-) -> T | None:
-    """Await `work` while renewing the lease every third of it; None if the lease was lost."""
+async def _unless_lost(work: Awaitable[T], keeper: Keeper | None) -> T | None:
+    """Await `work`, or None as soon as the lease is lost (cancelled or taken over)."""
     task = asyncio.ensure_future(work)
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=lease_seconds / 3)
-        if done:
-            return task.result()
-        try:
-            kept = worker is None or await asyncio.to_thread(
-                renew_lease,
-                engine,
-                run_id=run_id,
-                worker_id=worker.worker_id,
-                lease_seconds=lease_seconds,
-            )
-        except Exception:  # a database hiccup: the lease has a while to run; try again
-            log.warning("run %s: lease renewal failed; retrying", run_id, exc_info=True)
-            kept = True
-        if not kept:
-            with contextlib.suppress(BaseException):
-                await task
-            return None
+    if keeper is None:
+        return await task
+    lost = asyncio.ensure_future(keeper.lost.wait())
+    try:
+        await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        lost.cancel()
+    if task.done():
+        return task.result()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # result unwanted
+    return None
 
 
 class Stream:
     """One execution of a run: its tasks, its room and its stopping rules."""
 
-    def __init__(self, ctx: RunContext, run: Run, worker: LeaseHolder | None) -> None:
+    def __init__(
+        self, ctx: RunContext, run: Run, worker: LeaseHolder | None, keeper: Keeper | None
+    ) -> None:
         self.ctx = ctx
         self.worker = worker
+        self.keeper = keeper
         self.target = run.target
         self.run = run
         self.accepted = run.accepted  # committed, plus decided and waiting for their commit
@@ -202,7 +206,7 @@ class Stream:
         self.awaiting: dict[int, int] = {}
         self.late: list[LateNeighbours] = []
         self.error: BaseException | None = None  # a stage's bug: the run fails with it
-        self.last_commit = self.last_renew = time.monotonic()
+        self.last_commit = time.monotonic()
 
     # --- room ---
 
@@ -291,6 +295,7 @@ class Stream:
                 if accepted:
                     self.idle = 0
                 self.buffer.append(verdict)
+                faults.point("run:running")
             except CapReached as cap:
                 self.capped = cap.reason
                 self.buffer.append(
@@ -436,9 +441,12 @@ class Stream:
 
     # --- the loop ---
 
+    @property
+    def lease_lost(self) -> bool:
+        return self.keeper is not None and self.keeper.lost.is_set()
+
     async def drive(self) -> None:
         ctx = self.ctx
-        lease = ctx.settings.worker_lease_seconds
         try:
             while True:
                 committed = self.committing is not None and self.committing.done()
@@ -449,10 +457,8 @@ class Stream:
                 if self.worker is not None and self.worker.stopping:
                     await self._stop_for_shutdown()
                     return
-                if self.worker is not None and now - self.last_renew >= lease / 3:
-                    self.last_renew = now
-                    if not await self._renew():
-                        return
+                if self.lease_lost:
+                    return  # cancelled or taken over: the next commit would be refused too
                 if self.committing is None and (
                     len(self.buffer) >= GROUP_ROWS
                     or now - self.last_commit >= (GROUP_SECONDS if self.buffer else POLL_SECONDS)
@@ -471,7 +477,7 @@ class Stream:
         except Exception as exc:
             log.exception("run %s failed", ctx.run_id)
             await self._cancel_tasks()
-            fail_on_error(ctx.engine, run_id=ctx.run_id, exc=exc, worker_id=ctx.worker_id)
+            fail_on_error(ctx.engine, run_id=ctx.run_id, exc=exc, lease=ctx.lease)
         finally:
             await self._cancel_tasks()
             if self.committing is not None:  # a commit checks its lease and status itself
@@ -502,21 +508,21 @@ class Stream:
                 run_id=ctx.run_id,
                 status=RunStatus.succeeded,
                 stop_reason=reason,
-                worker_id=ctx.worker_id,
+                lease=ctx.lease,
             )
         elif self.useless >= self.useless_limit:
             finish(
                 ctx.engine,
                 run_id=ctx.run_id,
                 status=RunStatus.failed,
-                worker_id=ctx.worker_id,
+                lease=ctx.lease,
                 **self._useless(),
             )
         else:
             finish(
                 ctx.engine,
                 run_id=ctx.run_id,
-                worker_id=ctx.worker_id,
+                lease=ctx.lease,
                 status=RunStatus.failed,
                 stop_reason="stalled",
                 error=f"no candidate was accepted in {self.idle} prompts in a row; "
@@ -530,13 +536,10 @@ class Stream:
         if neighbours is None:
             return
         deadline = time.monotonic() + NEIGHBOUR_DRAIN_S
-        lease = self.ctx.settings.worker_lease_seconds
         while neighbours.pending and neighbours.alive and time.monotonic() < deadline:
             await asyncio.to_thread(self.collect_neighbours, 0.5)
-            if self.worker is not None and time.monotonic() - self.last_renew >= lease / 3:
-                self.last_renew = time.monotonic()
-                if not await self._renew():
-                    return
+            if self.lease_lost:
+                return
         if self.buffer or self.late:
             self.start_commit()
             await self.finish_commit()
@@ -556,27 +559,16 @@ class Stream:
             f"and its mode (completion or chat); last answer: {self.ctx.last_unparseable!r}",
         }
 
-    async def _renew(self) -> bool:
-        assert self.worker is not None
-        try:
-            return await asyncio.to_thread(
-                renew_lease,
-                self.ctx.engine,
-                run_id=self.ctx.run_id,
-                worker_id=self.worker.worker_id,
-                lease_seconds=self.ctx.settings.worker_lease_seconds,
-            )
-        except Exception:  # a database hiccup must not fail the run; commits re-check
-            log.warning("run %s: lease renewal failed; retrying", self.ctx.run_id, exc_info=True)
-            return True
-
     async def _stop_for_shutdown(self) -> None:
-        """Keep what was decided, drop what is in flight; another worker resumes the run."""
+        """Keep what was decided, drop what is in flight, and hand the run back at once:
+        another worker resumes it, and the stop does not count as a lost attempt."""
         await self._cancel_tasks()
         await self.finish_commit()
         if self.buffer:
             self.start_commit()
             await self.finish_commit()
+        if self.ctx.lease is not None:
+            await asyncio.to_thread(release, self.ctx.engine, self.ctx.lease)
 
     async def _cancel_tasks(self) -> None:
         for task in list(self.tasks):

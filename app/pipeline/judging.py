@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from app.leases import LeaseHolder, renew_lease
+from app.leases import LeaseHolder, renew
 from app.llm import backend_for, find_model, price_table
 from app.models import Run, RunEvent, RunStatus, Task, TaskJudgement, utcnow
 from app.pipeline.storage import counter_data, fail_on_error, finish, new_ids
@@ -280,12 +280,13 @@ class JudgementJob:
 
     async def _renew(self) -> bool:
         assert self.worker is not None
+        if self.worker.lease is None:
+            return True
         try:
             return await asyncio.to_thread(
-                renew_lease,
+                renew,
                 self.engine,
-                run_id=self.job_id,
-                worker_id=self.worker.worker_id,
+                self.worker.lease,
                 lease_seconds=self.settings.worker_lease_seconds,
             )
         except Exception:

@@ -23,7 +23,9 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app import faults
 from app.db import retry_transient
+from app.leases import Lease
 from app.models import (
     Dataset,
     JSONType,
@@ -105,7 +107,7 @@ def _commit_once(
         run = session.exec(select(Run).where(Run.id == ctx.run_id).with_for_update()).one()
         # Cancelled meanwhile, or taken over by another worker after this one lost its lease
         # (a stalled process): storing now would write the same work twice.
-        lost = ctx.worker_id is not None and run.worker_id != ctx.worker_id
+        lost = ctx.lease is not None and not ctx.lease.holds(run)
         if run.status != RunStatus.running or lost:
             session.rollback()
             return Committed(running=False, run=run)
@@ -203,6 +205,8 @@ def _commit_once(
                 ],
             )
         _add_counters(run, verdicts, accepted, tally, live)
+        if verdicts:  # the holder's death after this is not a lost attempt (app/leases.py)
+            run.progressed = True
         session.add(run)
         trouble = tally.trouble()
         if trouble is not None:
@@ -210,6 +214,8 @@ def _commit_once(
             session.add(RunEvent(run_id=ctx.run_id, kind="llm_errors", data=trouble))
         if verdicts or trouble is not None:
             session.add(RunEvent(run_id=ctx.run_id, kind="counters", data=counter_data(run)))
+        if verdicts:
+            faults.point("run:committing")
         session.commit()
         return Committed(
             running=True,
@@ -388,21 +394,28 @@ def finish(
     stop_reason: str,
     error: str | None = None,
     worker_id: str | None = None,
+    lease: Lease | None = None,
 ) -> bool:
-    """End a running run once; False when it had ended already or, given `worker_id`, when
-    another worker holds it now (it took the run over after this one lost its lease: only the
-    holder's finish lands, and the refusal is logged)."""
+    """End a running run once; False when it had ended already or, given the `lease` (or the
+    `worker_id`) that executed it, when that lease is no longer the run's (another worker took
+    the run over after this one lost it: only the holder's finish lands, and the refusal is
+    logged)."""
     with Session(engine, expire_on_commit=False) as session:
         run = session.exec(select(Run).where(Run.id == run_id).with_for_update()).one()
         if run.status != RunStatus.running:
             return False
-        if worker_id is not None and run.worker_id != worker_id:
+        stale = (lease is not None and not lease.holds(run)) or (
+            worker_id is not None and run.worker_id != worker_id
+        )
+        if stale:
             log.warning(
-                "run %s: the finish (%s) of worker %s is refused: worker %s holds the run now",
+                "run %s: the finish (%s) of worker %s is refused: worker %s holds the run now "
+                "(claim %s)",
                 run_id,
                 status.value,
-                worker_id,
+                lease.owner if lease is not None else worker_id,
                 run.worker_id,
+                run.lease_epoch,
             )
             return False
         run.status = status
@@ -424,12 +437,18 @@ def finish(
                 },
             )
         )
+        faults.point("run:finishing")
         session.commit()
     return True
 
 
 def fail_on_error(
-    engine: Engine, *, run_id: int, exc: Exception, worker_id: str | None = None
+    engine: Engine,
+    *,
+    run_id: int,
+    exc: Exception,
+    worker_id: str | None = None,
+    lease: Lease | None = None,
 ) -> None:
     """End a run (a generation run or a judgement job) whose loop raised, naming the error."""
     finish(
@@ -439,6 +458,7 @@ def fail_on_error(
         stop_reason="error",
         error=f"{type(exc).__name__}: {exc}",
         worker_id=worker_id,
+        lease=lease,
     )
 
 

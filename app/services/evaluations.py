@@ -26,11 +26,10 @@ Results are recomputed from the samples after every chunk, so progress is readab
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from itertools import combinations
 from typing import Any
 
@@ -38,8 +37,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app import faults
 from app.errors import InvalidInput, NotFound
-from app.leases import LeaseHolder, renew
+from app.leases import Lease, LeaseHolder, kept, release
 from app.llm import ModelEntry, backend_for, find_model
 from app.models import (
     Dataset,
@@ -426,11 +426,15 @@ class _Lost(Exception):
     """Cancelled, or taken over by another worker: stop without storing."""
 
 
+class _Stopped(Exception):
+    """The worker is stopping: what is stored stays, the rest is for the next worker."""
+
+
 def _store(
     engine: Engine,
     *,
     evaluation_id: int,
-    worker_id: str,
+    lease: Lease,
     changed: Sequence[EvaluationSample],
     kind: str = "progress",
 ) -> None:
@@ -440,8 +444,10 @@ def _store(
         evaluation = session.exec(
             select(Evaluation).where(Evaluation.id == evaluation_id).with_for_update()
         ).one()
-        if evaluation.status != EvaluationStatus.running or evaluation.worker_id != worker_id:
+        if not lease.holds(evaluation):
             raise _Lost
+        if changed:  # the holder's death after this is not a lost attempt (app/leases.py)
+            evaluation.progressed = True
         table = EvaluationSample.__table__  # type: ignore[attr-defined]
         if changed:
             session.connection().execute(
@@ -469,6 +475,8 @@ def _store(
         session.add(
             EvaluationEvent(evaluation_id=evaluation_id, kind=kind, data=progress.model_dump())
         )
+        if changed:
+            faults.point("evaluation:committing")
         session.commit()
 
 
@@ -476,15 +484,25 @@ def _finish(
     engine: Engine,
     *,
     evaluation_id: int,
-    worker_id: str,
+    lease: Lease,
     status: EvaluationStatus,
     error: str | None = None,
 ) -> None:
+    """The fenced finish: only the lease's holder ends the evaluation; a stale holder's
+    finish is refused and logged."""
     with Session(engine, expire_on_commit=False) as session:
         evaluation = session.exec(
             select(Evaluation).where(Evaluation.id == evaluation_id).with_for_update()
         ).one()
-        if evaluation.status != EvaluationStatus.running or evaluation.worker_id != worker_id:
+        if not lease.holds(evaluation):
+            if evaluation.status == EvaluationStatus.running:
+                log.warning(
+                    "evaluation %s: the finish (%s) of worker %s is refused: worker %s holds it",
+                    evaluation_id,
+                    status.value,
+                    lease.owner,
+                    evaluation.worker_id,
+                )
             return
         evaluation.status = status
         evaluation.error = error
@@ -498,43 +516,8 @@ def _finish(
                 data={"status": status.value, "error": error, **evaluation.results},
             )
         )
+        faults.point("evaluation:finishing")
         session.commit()
-
-
-@contextlib.asynccontextmanager
-async def _heartbeat(
-    engine: Engine, *, evaluation_id: int, worker: LeaseHolder, lease_seconds: float
-) -> AsyncIterator[asyncio.Event]:
-    """Renew the lease every third of it while the body runs; the event is set once it is
-    lost (cancelled or taken over)."""
-    lost = asyncio.Event()
-
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(lease_seconds / 3)
-            try:
-                held = await asyncio.to_thread(
-                    renew,
-                    engine,
-                    Evaluation,
-                    row_id=evaluation_id,
-                    worker_id=worker.worker_id,
-                    lease_seconds=lease_seconds,
-                )
-            except Exception:  # a database hiccup: the lease has a while to run
-                log.warning("evaluation %s: lease renewal failed", evaluation_id, exc_info=True)
-                continue
-            if not held:
-                lost.set()
-                return
-
-    task = asyncio.create_task(beat())
-    try:
-        yield lost
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def _chat(entry: ModelEntry) -> bool:
@@ -644,7 +627,8 @@ async def execute_evaluation(
                 .order_by(col(EvaluationSample.position))
             )
         )
-    store = {"engine": engine, "evaluation_id": evaluation_id, "worker_id": worker.worker_id}
+    assert worker.lease is not None, "an evaluation is executed under its claim"
+    store = {"engine": engine, "evaluation_id": evaluation_id, "lease": worker.lease}
     try:
         entries = [find_model(settings, m, engine) for m in evaluation.models]
         judge = find_model(settings, evaluation.judge, engine) if evaluation.judge else None
@@ -652,16 +636,18 @@ async def execute_evaluation(
         _finish(**store, status=EvaluationStatus.failed, error=exc.detail)  # type: ignore[arg-type]
         return
     max_tokens = int(evaluation.params.get("max_tokens", 128))
-    lease = settings.worker_lease_seconds
     try:
-        async with _heartbeat(
-            engine, evaluation_id=evaluation_id, worker=worker, lease_seconds=lease
-        ) as lost:
+        async with kept(
+            engine, worker.lease, lease_seconds=settings.worker_lease_seconds
+        ) as keeper:
 
             async def step(chunk: list[EvaluationSample], work: Any) -> None:
-                if lost.is_set() or worker.stopping:
+                if keeper.lost.is_set():
                     raise _Lost
+                if worker.stopping:
+                    raise _Stopped
                 await work
+                faults.point("evaluation:running")
                 await asyncio.to_thread(_store, changed=chunk, **store)  # type: ignore[arg-type]
 
             # Each phase takes what is missing or failed; what needs a failed answer waits.
@@ -702,6 +688,9 @@ async def execute_evaluation(
                         )
     except _Lost:
         log.info("evaluation %s: cancelled or taken over; stopping", evaluation_id)
+        return
+    except _Stopped:  # a graceful stop hands it back at once, at no cost to its attempts
+        await asyncio.to_thread(release, engine, worker.lease)
         return
     except Exception as exc:
         log.exception("evaluation %s failed", evaluation_id)

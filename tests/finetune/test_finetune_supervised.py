@@ -22,7 +22,7 @@ from sqlmodel import Session
 from app.db import make_engine, migrate
 from app.finetune.supervisor import note_unserved_jobs
 from app.finetune.worker import begin_attempt
-from app.leases import claim, mark_present
+from app.leases import Lease, claim, mark_present
 from app.main import create_app
 from app.models import FineTuningJobRow
 from app.settings import Settings
@@ -273,7 +273,7 @@ def test_a_job_whose_worker_is_killed_twice_fails_with_the_reason(
         lambda: training_under_a_new_worker(event_number(died), {first}),
     )
     assert second in children(server.pid)
-    assert job_row(db_url, job_id).progress["attempts"] == 2  # its one retry
+    assert job_row(db_url, job_id).lost_count == 1  # its one retry
     os.kill(second, signal.SIGKILL)
 
     def failed() -> dict[str, Any] | None:
@@ -289,7 +289,7 @@ def test_a_job_whose_worker_is_killed_twice_fails_with_the_reason(
     # never a third try: the job stays failed while the service starts its next worker
     third = wait_for("the next worker", lambda: children(server.pid) - {first, second})
     assert client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "failed"
-    assert job_row(db_url, job_id).progress["attempts"] == 2
+    assert job_row(db_url, job_id).lost_count == 2
     server.kill()  # a hard kill of the API takes its worker along
     server.wait()
     wait_for("the worker to end with the API", lambda: not any(running(p) for p in third))
@@ -382,8 +382,10 @@ def test_the_no_worker_note_goes_when_a_worker_shows_up(db_url: str, tmp_path: P
         note_unserved_jobs(engine, settings, reason=reason)
         assert client.get(f"/v1/fine_tuning/jobs/{job_ids[1]}").json()["progress"]["status_message"]
         # a worker claims one job: the other waits for a busy worker, which is no reason to note
-        claimed = claim(engine, FineTuningJobRow, worker_id="host:2:busy", lease_seconds=60)
-        assert claimed is not None and begin_attempt(engine, str(claimed))
+        claimed = claim(
+            engine, FineTuningJobRow, worker_id="host:2:busy", lease_seconds=60, attempts=2
+        )
+        assert claimed is not None and begin_attempt(engine, str(claimed.row_id))
         note_unserved_jobs(engine, settings, reason=reason)
         for job_id in job_ids:
             assert (
@@ -412,22 +414,27 @@ def test_a_job_gets_one_retry_after_its_lease_runs_out_and_a_stop_costs_none(
             "/v1/fine_tuning/jobs", json={"model": "SmolLM2-135M-Instruct", "dataset": "greet"}
         ).json()["id"]
 
+        leases: dict[str, Lease] = {}
+
         def claimed_by(worker: str) -> bool:
             # a lease that has already run out: as if the worker died right after its claim
-            got = claim(engine, FineTuningJobRow, worker_id=worker, lease_seconds=-1)
-            assert got == job_id
+            got = claim(engine, FineTuningJobRow, worker_id=worker, lease_seconds=-1, attempts=2)
+            if got is None:
+                return False
+            assert got.row_id == job_id
+            leases[worker] = got
             return begin_attempt(engine, job_id)
 
         assert claimed_by("host:1:stopping")
-        assert release_job(engine, job_id, "host:1:stopping")
+        assert release_job(engine, leases["host:1:stopping"])
         stopped = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-        assert stopped["status"] == "queued" and job_row(db_url, job_id).progress["attempts"] == 0
+        assert stopped["status"] == "queued" and job_row(db_url, job_id).lost_count == 0
         assert claimed_by("host:2:dies") and claimed_by("host:3:dies")  # the first and the retry
         assert not claimed_by("host:4:never")
         job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
         assert job["status"] == "failed" and job["error"]["code"] == "worker_lost"
         assert "died twice (last: its lease ran out without a renewal)" in job["error"]["message"]
-        assert not release_job(engine, job_id, "host:4:never")  # a failed job stays failed
+        assert not release_job(engine, leases["host:3:dies"])  # a failed job stays failed
     engine.dispose()
     _wipe(db_url)
 
@@ -467,7 +474,7 @@ def test_a_worker_stopped_mid_job_hands_it_back_without_using_the_retry(
                 worker.wait()
         job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
         assert job["status"] == "queued", job
-        assert job_row(sqlite_url, job_id).progress["attempts"] == 0
+        assert job_row(sqlite_url, job_id).lost_count == 0
         assert events(client, job_id, limit=1)[0]["message"].startswith("The worker was stopped")
         client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel")
     _wipe(sqlite_url)

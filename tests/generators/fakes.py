@@ -24,6 +24,19 @@ def completion_body(text: str = "ok", *, finish_reason: str = "stop", n: int = 1
     }
 
 
+def chat_body(text: str) -> dict[str, Any]:
+    """A well-formed `/v1/chat/completions` answer."""
+    return {
+        "id": "chat-test",
+        "object": "chat.completion",
+        "model": "fake-model",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+    }
+
+
 @dataclass
 class Reply:
     """One scripted answer: a status, a body (JSON object or raw bytes), headers, and an

@@ -16,7 +16,7 @@ from app.main import create_app
 from app.settings import Settings
 from generators.prompt_text import JUDGE_WORDS, PAIRWISE_WORDS
 from tests.conftest import _wipe
-from tests.generators.fakes import Reply, completion_body
+from tests.generators.fakes import Reply, chat_body, completion_body
 from tests.runs.stub_llm import StubLLM
 
 MODEL_A = "stub-model"
@@ -90,19 +90,6 @@ class JudgingStub(StubLLM):
 def refused(message: str = "the prompt is too long for this model") -> Reply:
     """A request the server refuses (HTTP 400): fails at once, with no retry."""
     return Reply(status=400, body={"error": {"message": message, "type": "invalid_request"}})
-
-
-def chat_body(text: str) -> dict[str, Any]:
-    """A well-formed `/v1/chat/completions` answer."""
-    return {
-        "id": "chat-test",
-        "object": "chat.completion",
-        "model": "fake-model",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
-    }
 
 
 @pytest.fixture

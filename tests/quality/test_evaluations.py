@@ -18,7 +18,7 @@ from app.main import create_app
 from app.models import Evaluation, EvaluationSample, utcnow
 from app.settings import Settings
 from tests.conftest import _wipe
-from tests.generators.fakes import Reply
+from tests.generators.fakes import Reply, chat_body
 from tests.quality.conftest import (
     JUDGE,
     MODEL_A,
@@ -26,7 +26,6 @@ from tests.quality.conftest import (
     PAIRWISE_HEADER,
     RATING_HEADER,
     JudgingStub,
-    chat_body,
     quality_settings,
     refused,
     seed,

@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from generators.prompts import build_classification_prompt
-from tests.generators.fakes import Reply, ScriptedServer, completion_body
+from tests.generators.fakes import Reply, ScriptedServer, chat_body, completion_body
 
 WORDS = (
     "river budget letter garden protein holiday invoice planet recipe sonnet ladder museum "
@@ -38,6 +38,9 @@ class StubLLM(ScriptedServer):
         with self._lock:
             if self.script:
                 return self.script.popleft()
+        if body and "messages" in body:  # a chat request (an evaluation): a plain answer
+            with self.rng_lock:
+                return Reply(body=chat_body(self.sentence(False)), delay_s=self.delay_s)
         prompt = (body or {}).get("prompt", "")
         with self.rng_lock:
             return Reply(body=completion_body(self.answer(prompt)), delay_s=self.delay_s)

@@ -1,5 +1,6 @@
-"""Only the worker that holds a run can end it: a worker that lost its lease (stalled, then
-taken over) and comes back to finish is refused, and the new holder's finish lands once."""
+"""Only the lease that holds a run can end it: a worker that lost its lease (stalled, then
+taken over) and comes back to finish is refused, even when it took the run back since under the
+same name (the claim's epoch fences it), and the holder's finish lands once."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import logging
 from collections.abc import Callable
 
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
@@ -31,22 +31,32 @@ def test_a_stale_holders_finish_is_refused_and_the_holders_lands_once(
         run_id = client.post("/v1/datasets/default/runs", json={"target": 3}).json()["id"]
     engine = make_engine(settings)
     try:
-        assert claim_run(engine, worker_id="worker-a", run_id=run_id, lease_seconds=30) == run_id
-        # worker-a stalls past its lease; worker-b takes the run over (what claim writes)
-        with engine.begin() as conn:
-            conn.execute(sa.update(Run).where(Run.id == run_id).values(worker_id="worker-b"))
+        stale = claim_run(engine, worker_id="worker-a", run_id=run_id, lease_seconds=-1, attempts=3)
+        assert stale is not None and stale.row_id == run_id
+        # worker-a stalls past its lease; worker-b takes the run over, then stalls too, and
+        # worker-a (the same process, woken up) claims it once more
+        taken = claim_run(engine, worker_id="worker-b", run_id=run_id, lease_seconds=-1, attempts=3)
+        assert taken is not None and taken.epoch == stale.epoch + 1
+        holder = claim_run(
+            engine, worker_id="worker-a", run_id=run_id, lease_seconds=30, attempts=3
+        )
+        assert holder is not None and holder.epoch == stale.epoch + 2
 
         with caplog.at_level(logging.WARNING, logger="selfinstruct.pipeline"):
-            ended = finish(
-                engine,
-                run_id=run_id,
-                status=RunStatus.failed,
-                stop_reason="error",
-                error="worker-a's late failure",
-                worker_id="worker-a",
-            )
-        assert ended is False
-        assert any("worker-a is refused" in r.getMessage() for r in caplog.records)
+            ended = [
+                finish(
+                    engine,
+                    run_id=run_id,
+                    status=RunStatus.failed,
+                    stop_reason="error",
+                    error=f"{old.owner}'s late failure",
+                    lease=old,
+                )
+                for old in (stale, taken)
+            ]
+        assert ended == [False, False]
+        refusals = [r.getMessage() for r in caplog.records if "is refused" in r.getMessage()]
+        assert len(refusals) == 2 and "worker-b" in refusals[1]
         with Session(engine) as session:
             run = session.exec(select(Run).where(Run.id == run_id)).one()
             assert run.status == RunStatus.running and run.error is None
@@ -56,14 +66,14 @@ def test_a_stale_holders_finish_is_refused_and_the_holders_lands_once(
             run_id=run_id,
             status=RunStatus.succeeded,
             stop_reason="target_reached",
-            worker_id="worker-b",
+            lease=holder,
         )
         assert not finish(  # ended once: a second finish, even the holder's, changes nothing
             engine,
             run_id=run_id,
             status=RunStatus.failed,
             stop_reason="error",
-            worker_id="worker-b",
+            lease=holder,
         )
         with Session(engine) as session:
             run = session.exec(select(Run).where(Run.id == run_id)).one()
