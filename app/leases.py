@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from app.db import retry_transient
-from app.models import Evaluation, FineTuningJobRow, Run, utcnow
+from app.models import Evaluation, FineTuningJobRow, JudgementJob, Run, utcnow
 
 
 class LeaseHolder(Protocol):
@@ -37,7 +37,7 @@ class LeaseHolder(Protocol):
     def stopping(self) -> bool: ...
 
 
-Leased = type[Run] | type[FineTuningJobRow] | type[Evaluation]
+Leased = type[Run] | type[FineTuningJobRow] | type[Evaluation] | type[JudgementJob]
 
 
 def _claimable(model: Leased, now: object) -> sa.ColumnElement[bool]:

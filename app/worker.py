@@ -11,7 +11,7 @@ import time
 from sqlalchemy.engine import Engine
 
 from app.leases import PRESENCE_INTERVAL_S, Leased, claim, mark_gone, mark_present
-from app.models import Evaluation, FineTuningJobRow, Run
+from app.models import Evaluation, FineTuningJobRow, JudgementJob, Run
 from app.settings import Settings
 from app.worker_ids import new_worker_id
 
@@ -86,7 +86,9 @@ class Worker:
             self._present()
             try:
                 worked = await self._claim_and_execute(model)
-                if not worked and model is Run:  # generation workers also run evaluations
+                if not worked and model is Run:  # generation workers also judge...
+                    worked = await self._claim_and_execute(JudgementJob)
+                if not worked and model is Run:  # ...and evaluate
                     worked = await self._claim_and_execute(Evaluation)
             except Exception:
                 # A database outage or a bug in one run must not end the loop for good (the
@@ -103,6 +105,7 @@ class Worker:
         """Claim one row and drive it; False when nothing was waiting."""
         from app.finetune.worker import execute_job
         from app.pipeline import execute_run
+        from app.pipeline.judging import execute_judgement_job
         from app.services.evaluations import execute_evaluation
 
         row_id = claim(
@@ -118,6 +121,11 @@ class Worker:
             assert isinstance(row_id, int)
             await execute_run(
                 engine=self.engine, settings=self.settings, run_id=row_id, worker=self
+            )
+        elif model is JudgementJob:
+            assert isinstance(row_id, int)
+            await execute_judgement_job(
+                engine=self.engine, settings=self.settings, job_id=row_id, worker=self
             )
         elif model is Evaluation:
             assert isinstance(row_id, int)

@@ -42,7 +42,6 @@ from app.pipeline.context import (
     example_of,
     load_pool,
 )
-from app.pipeline.judging import execute_judgement_job
 from app.pipeline.stages import (
     classify,
     decide,
@@ -61,7 +60,6 @@ from app.pipeline.storage import (
     fail_on_error,
     finish,
 )
-from app.run_schemas import JUDGEMENT_STRATEGY
 from app.settings import Settings
 from app.strategies import Candidate, template_space
 
@@ -82,9 +80,6 @@ async def execute_run(
     *, engine: Engine, settings: Settings, run_id: int, worker: LeaseHolder | None = None
 ) -> None:
     """Drive a claimed run to a final state; returns early if it is cancelled or taken over."""
-    if await _is_judgement_job(engine, run_id):
-        await execute_judgement_job(engine=engine, settings=settings, run_id=run_id, worker=worker)
-        return
     with Session(engine, expire_on_commit=False) as session:
         run = session.exec(select(Run).where(Run.id == run_id)).one()
         dataset = session.exec(select(Dataset).where(Dataset.id == run.dataset_id)).one()
@@ -126,16 +121,6 @@ async def execute_run(
     worker_id = worker.worker_id if worker else run.worker_id or ""
     ctx.worker_id = worker_id or None
     await Stream(ctx, run, worker).drive()
-
-
-async def _is_judgement_job(engine: Engine, run_id: int) -> bool:
-    """Judgement jobs are runs too (claimed with the same lease); they execute elsewhere."""
-
-    def strategy() -> str:
-        with Session(engine) as session:
-            return session.exec(select(Run.strategy).where(Run.id == run_id)).one()
-
-    return await asyncio.to_thread(strategy) == JUDGEMENT_STRATEGY
 
 
 async def _renewing(

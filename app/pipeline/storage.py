@@ -431,7 +431,7 @@ def finish(
 def fail_on_error(
     engine: Engine, *, run_id: int, exc: Exception, worker_id: str | None = None
 ) -> None:
-    """End a run (a generation run or a judgement job) whose loop raised, naming the error."""
+    """End a run whose loop raised, naming the error."""
     finish(
         engine,
         run_id=run_id,
