@@ -5,7 +5,9 @@ Resuming. The job reads its tasks in id order, skipping those it already has a j
 (one query with NOT EXISTS), so a job killed at any moment and claimed again by another worker
 judges each task once; judgements in flight at the kill were never stored and are asked again.
 A judge request that fails after its retries leaves the task unjudged and counted in
-`failed_requests`; the job goes on, and fails as `backend_failing` after many in a row.
+`failed_requests`; the job goes on, and fails as `backend_failing` after many in a row. Anything
+else that goes wrong while judging a task (a bug, a task row the prompt cannot be built from)
+fails the job with the error, rather than letting it succeed with that task left out.
 
 Fencing. Commits and the finish land only while the job is running and held by this worker: a
 worker that lost its lease (stalled, and another took the job over) writes nothing more.
@@ -76,6 +78,7 @@ class JudgementExecution:
         self.buffer: list[Done] = []
         self.in_flight: set[asyncio.Task[None]] = set()
         self.failed_in_row = 0
+        self.error: BaseException | None = None  # a task's unexpected error: the job fails
         self.wake = asyncio.Event()
 
     def _next_page(self) -> list[tuple[int, str, list[dict[str, str]], str | None]]:
@@ -116,10 +119,8 @@ class JudgementExecution:
 
         def done(t: asyncio.Task[None]) -> None:
             self.in_flight.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error(
-                    "judgement job %s: a judgement failed", self.job_id, exc_info=t.exception()
-                )
+            if not t.cancelled() and t.exception() is not None and self.error is None:
+                self.error = t.exception()  # the loop fails the job with it
             self.wake.set()
 
         task.add_done_callback(done)
@@ -230,6 +231,8 @@ class JudgementExecution:
                     if not await self._renew():
                         await self._cancel()
                         return
+                if self.error is not None:
+                    raise self.error
                 if not pending and not self.exhausted and not self.giving_up:
                     page = await asyncio.to_thread(self._next_page)
                     if page:

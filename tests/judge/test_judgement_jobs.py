@@ -1,5 +1,6 @@
 """Judgement jobs are a kind of job of their own: not runs (not listed, not counted, not on the
-dataset card), with their own event stream and a fenced finish."""
+dataset card), with their own event stream, a fenced finish, and a failure that names the error
+when judging a task goes wrong."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from sqlmodel import Session, select
 from app.db import make_engine
 from app.leases import claim
 from app.main import create_app
-from app.models import JudgementEvent, JudgementJob, RunStatus
+from app.models import JudgementEvent, JudgementJob, RunStatus, Task
 from app.pipeline.judging import finish_job
 from app.settings import Settings
 from tests.conftest import _wipe
 from tests.judge.conftest import JUDGE_MODEL, JudgeStub, judge_settings
+from tests.judge.test_judge_api import wait_for_job
 from tests.runs.conftest import STUB_MODEL
 
 
@@ -115,6 +117,39 @@ def test_the_events_route_streams_a_judgement_jobs_progress_to_its_end(
     finally:
         engine.dispose()
     assert judge_api.get("/v1/judgements/987654/events").status_code == 404
+
+
+def test_a_task_the_judge_prompt_cannot_be_built_from_fails_the_job_naming_the_error(
+    judge_api: TestClient, db_url: str
+) -> None:
+    """A seed row whose instance input is a number (written around the API and the ORM, which
+    would refuse it) breaks the prompt builder. The job must fail and say so, not succeed
+    without that task."""
+    engine = make_engine(Settings(database_url=db_url))
+    try:
+        with engine.begin() as conn:
+            broken = conn.execute(
+                sa.select(sa.func.max(Task.id)).where(Task.origin == "seed")  # type: ignore[arg-type]
+            ).scalar_one()
+            conn.execute(
+                sa.update(Task)
+                .where(Task.id == broken)  # type: ignore[arg-type]
+                .values(instances=[{"input": 5, "output": "five"}])
+            )
+    finally:
+        engine.dispose()
+    created = judge_api.post(
+        "/v1/datasets/default/judgements", json={"model": JUDGE_MODEL, "origin": "seed"}
+    ).json()
+    job = wait_for_job(judge_api, created["id"])
+    assert job["status"] == "failed", job
+    assert job["stop_reason"] == "error"
+    assert job["error"].startswith("AttributeError: "), job["error"]
+    assert "strip" in job["error"]
+    assert job["progress"]["done"] < job["progress"]["total"]
+    events = _sse(judge_api.get(f"/v1/judgements/{created['id']}/events").text)
+    assert events[-1]["event"] == "end"
+    assert events[-1]["data"]["error"] == job["error"]
 
 
 @pytest.mark.both_databases
