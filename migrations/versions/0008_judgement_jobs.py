@@ -310,8 +310,11 @@ def _move_out_of_runs(conn: Connection) -> None:
                 state={k: v for k, v in state.items() if k not in MOVED_STATE},
                 worker_id=r["worker_id"],
                 lease_expires_at=r["lease_expires_at"],
-                # Without 0006's columns, the executions so far are the claims so far.
-                lease_epoch=lease.get("lease_epoch", int(state.get("executions", 0))),
+                # Claims so far: each claim executed the job once, and claims made before
+                # 0006 added the column left it at 0.
+                lease_epoch=max(
+                    int(lease.get("lease_epoch") or 0), int(state.get("executions", 0))
+                ),
                 lost_count=lease.get("lost_count", 0),
                 progressed=bool(lease.get("progressed", False)),
                 created_at=r["created_at"],
