@@ -247,7 +247,10 @@ def _serve_metrics(settings: Settings, port: int) -> None:
 
 @cli.command()
 def worker(
-    kind: Annotated[str, typer.Option(help="generate (runs) or finetune (jobs).")] = "generate",
+    kind: Annotated[
+        str,
+        typer.Option(help="generate (runs, judgement jobs, evaluations) or finetune (fine-tunes)."),
+    ] = "generate",
     device: Annotated[str | None, typer.Option(help="finetune: auto, cpu or cuda.")] = None,
     once: Annotated[bool, typer.Option(help="Exit when nothing is waiting.")] = False,
     api_url: Annotated[
@@ -265,7 +268,7 @@ def worker(
         typer.Option(hidden=True, help="`selfinstruct serve` supervises this worker: end with it."),
     ] = None,
 ) -> None:
-    """Claim and execute queued runs or fine-tune jobs (as many workers as you like)."""
+    """Claim and execute queued jobs of one kind of worker (as many workers as you like)."""
     if kind not in {"generate", "finetune"}:
         typer.echo("error: --kind must be 'generate' or 'finetune'", err=True)
         raise typer.Exit(code=2)

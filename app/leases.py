@@ -45,6 +45,8 @@ from app.models import (
     EvaluationEvent,
     FineTuningJobEventRow,
     FineTuningJobRow,
+    JudgementEvent,
+    JudgementJob,
     Run,
     RunEvent,
     utcnow,
@@ -52,7 +54,7 @@ from app.models import (
 
 log = logging.getLogger("selfinstruct.leases")
 
-Leased = type[Run] | type[FineTuningJobRow] | type[Evaluation]
+Leased = type[Run] | type[FineTuningJobRow] | type[Evaluation] | type[JudgementJob]
 RUNNING = "running"
 
 
@@ -97,16 +99,24 @@ class LeaseHolder(Protocol):
 
 
 def kind_name(model: Leased) -> str:
-    return {Run: "run", Evaluation: "evaluation", FineTuningJobRow: "fine-tune job"}.get(
-        model, model.__name__
-    )
+    names = {
+        Run: "run",
+        JudgementJob: "judgement job",
+        Evaluation: "evaluation",
+        FineTuningJobRow: "fine-tune job",
+    }
+    return names.get(model, model.__name__)
 
 
 def kind_slug(model: Leased) -> str:
     """The kind's name in fault points and logs (app/faults.py)."""
-    return {Run: "run", Evaluation: "evaluation", FineTuningJobRow: "finetune"}.get(
-        model, model.__name__.lower()
-    )
+    slugs = {
+        Run: "run",
+        JudgementJob: "judgement",
+        Evaluation: "evaluation",
+        FineTuningJobRow: "finetune",
+    }
+    return slugs.get(model, model.__name__.lower())
 
 
 def _order(model: Leased) -> Any:
@@ -237,11 +247,17 @@ def _fail_lost(
     if model is Run:
         state = conn.execute(sa.select(col(Run.state)).where(col(Run.id) == row_id)).scalar()
         values["state"] = {**(state or {}), "stop_reason": "worker_lost", "in_flight": 0}
+    elif model is JudgementJob:
+        values["stop_reason"] = "worker_lost"
     if conn.execute(sa.update(model).where(same).values(values)).rowcount != 1:
         return False
     end = {"status": "failed", "stop_reason": "worker_lost", "error": message, "lost": lost}
     if model is Run:
         conn.execute(sa.insert(RunEvent).values(run_id=row_id, kind="end", data=end))
+    elif model is JudgementJob:
+        conn.execute(
+            sa.insert(JudgementEvent).values(judgement_job_id=row_id, kind="end", data=end)
+        )
     elif model is Evaluation:
         conn.execute(sa.insert(EvaluationEvent).values(evaluation_id=row_id, kind="end", data=end))
     else:

@@ -186,8 +186,9 @@ class TaskJudgement(SQLModel, table=True):
     __tablename__ = "judgement"
     __table_args__ = (
         sa.Index("ix_judgement_task", "task_id", "id"),
-        # A judgement job resumes by skipping the tasks it already judged.
         sa.Index("ix_judgement_run_task", "run_id", "task_id"),
+        # A judgement job resumes by skipping the tasks it already judged.
+        sa.Index("ix_judgement_judgement_job_task", "judgement_job_id", "task_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -200,11 +201,17 @@ class TaskJudgement(SQLModel, table=True):
     rationale: str = Field(default="", sa_type=sa.Text)
     judge_model: str = Field(max_length=200)
     prompt_version: str = Field(max_length=64)
-    # The generation run or judgement job that asked for it.
+    # Who asked for it: a generation run with a judge stage, or a judgement job (one of the two).
     run_id: int | None = Field(
         default=None,
         sa_column=sa.Column(
             sa.Integer, sa.ForeignKey("run.id", ondelete="SET NULL"), nullable=True
+        ),
+    )
+    judgement_job_id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("judgement_job.id", ondelete="SET NULL"), nullable=True
         ),
     )
     created_at: datetime = _ts()
@@ -327,6 +334,79 @@ class RunEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(
         sa_column=sa.Column(sa.Integer, sa.ForeignKey("run.id", ondelete="CASCADE"), nullable=False)
+    )
+    kind: str = Field(max_length=32)
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    created_at: datetime = _ts()
+
+
+class JudgementJob(SQLModel, table=True):
+    """A judgement job: a judge rates a dataset's existing tasks (app/pipeline/judging.py),
+    claimed with a lease like every job kind. Its statuses are a run's (queued ... cancelled),
+    so it shares RunStatus and the public schema keeps its enum."""
+
+    __tablename__ = "judgement_job"
+    __table_args__ = (
+        sa.Index("ix_judgement_job_status", "status", "id"),
+        sa.Index("ix_judgement_job_dataset", "dataset_id", "id"),
+        sa.Index("ix_judgement_job_former_run", "former_run_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("dataset.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    # Jobs made before migration 0008 were runs; their old id answers GET /v1/runs/{id} with a
+    # pointer here (no foreign key: that run row is gone).
+    former_run_id: int | None = Field(default=None)
+    backend: str = Field(default="local", max_length=32)
+    model: str = Field(default="", max_length=200)
+    # The filters as posted, plus `max_task_id`: tasks added after creation are not the job's.
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    status: str = Field(default=RunStatus.queued, max_length=16)
+    stop_reason: str | None = Field(default=None, max_length=32)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    # Progress: `done` tasks have a judgement from this job, `judged` of them a rating A-D
+    # (counted per level in `ratings`), `unjudged` none; `total` matched at creation.
+    total: int = Field(default=0)
+    done: int = Field(default=0)
+    judged: int = Field(default=0)
+    unjudged: int = Field(default=0)
+    ratings: dict[str, int] = Field(default_factory=dict, sa_type=JSONType)
+    # Spend: every judge request, failed ones (after retries; their task stays unjudged) too.
+    requests: int = Field(default=0)
+    failed_requests: int = Field(default=0)
+    prompt_tokens: int = Field(default=0)
+    completion_tokens: int = Field(default=0)
+    cost: float = Field(default=0.0)
+    # Live and diagnostic values: in_flight, executions, last_error.
+    state: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    # The lease (app/leases.py): holder, expiry, claims so far (the fencing token), holders
+    # lost in a row with no committed progress, and whether a commit landed since this claim.
+    worker_id: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    lease_epoch: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    lost_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    progressed: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    created_at: datetime = _ts()
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = _ts()
+
+
+class JudgementEvent(SQLModel, table=True):
+    """Progress of a judgement job, in order, for its event stream."""
+
+    __tablename__ = "judgement_event"
+    __table_args__ = (sa.Index("ix_judgement_event_job", "judgement_job_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    judgement_job_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("judgement_job.id", ondelete="CASCADE"), nullable=False
+        )
     )
     kind: str = Field(max_length=32)
     data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)

@@ -341,9 +341,7 @@ class ModelsPublic(BaseModel):
     data: list[ModelPublic]
 
 
-# --- judgement jobs: a run of strategy `judgement` that rates existing tasks -------------------
-
-JUDGEMENT_STRATEGY = "judgement"
+# --- judgement jobs: a job of its own kind that rates a dataset's existing tasks -------------
 
 
 class JudgementJobCreate(_Strict):
@@ -381,7 +379,7 @@ class JudgementProgress(BaseModel):
 
 
 class JudgementJobPublic(BaseModel):
-    id: int = Field(description="The job's run id: GET /v1/runs/{id}/events streams its progress.")
+    id: int = Field(description="GET /v1/judgements/{id}/events streams its progress.")
     object: Literal["judgement_job"] = "judgement_job"
     dataset: str
     status: RunStatus
@@ -398,3 +396,14 @@ class JudgementJobPublic(BaseModel):
 class JudgementJobsPublic(BaseModel):
     data: list[JudgementJobPublic]
     count: int
+
+
+class JudgementEventPublic(BaseModel):
+    """One event of a judgement job's stream: `status`, `progress` (a JudgementProgress) or
+    `end` (status, stop_reason, error and the final progress)."""
+
+    id: int
+    judgement_job_id: int
+    kind: str
+    data: dict[str, Any]
+    created_at: datetime

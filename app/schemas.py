@@ -281,7 +281,8 @@ class JudgementPublic(BaseModel):
     rationale: str
     judge_model: str
     prompt_version: str
-    run_id: int | None = Field(description="The run or judgement job that asked for it.")
+    run_id: int | None = Field(description="The generation run (its judge stage) that asked.")
+    judgement_job_id: int | None = Field(None, description="The judgement job that asked.")
     created_at: datetime
 
 

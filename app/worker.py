@@ -21,7 +21,7 @@ from app.leases import (
     mark_gone,
     mark_present,
 )
-from app.models import Evaluation, FineTuningJobRow, Run
+from app.models import Evaluation, FineTuningJobRow, JudgementJob, Run
 from app.settings import Settings
 from app.worker_ids import new_worker_id
 
@@ -77,7 +77,7 @@ class Worker:
     def kinds(self) -> tuple[Leased, ...]:
         if self.kind == "finetune":
             return (FineTuningJobRow,)
-        return (Run, Evaluation)
+        return (Run, JudgementJob, Evaluation)
 
     def attempts(self, model: Leased) -> int:
         """The attempt cap of a kind (app/leases.py)."""
@@ -143,11 +143,16 @@ class Worker:
     async def execute(self, lease: Lease) -> None:
         from app.finetune.worker import execute_job
         from app.pipeline import execute_run
+        from app.pipeline.judging import execute_judgement_job
         from app.services.evaluations import execute_evaluation
 
         if lease.model is Run:
             await execute_run(
                 engine=self.engine, settings=self.settings, run_id=lease.row_id, worker=self
+            )
+        elif lease.model is JudgementJob:
+            await execute_judgement_job(
+                engine=self.engine, settings=self.settings, job_id=lease.row_id, worker=self
             )
         elif lease.model is Evaluation:
             await execute_evaluation(

@@ -29,11 +29,12 @@ from sqlmodel import Session
 
 from app.bootstrap import ensure_default_dataset
 from app.db import make_engine, migrate
-from app.models import Run
+from app.models import JudgementJob, Run
 from app.pipeline import execute_run
+from app.pipeline.judging import execute_judgement_job
 from app.run_schemas import JudgementJobCreate, JudgeSpec, RunCreate
 from app.services.datasets import get_dataset
-from app.services.judgements import create_job
+from app.services.judgements import cancel_job, create_job
 from app.services.runs import cancel_run, create_run
 from app.settings import EndpointConfig, Settings
 from bench.throughput import MODEL, grow_pool, scripted_servers, stats
@@ -56,16 +57,24 @@ def _setup(url: str, concurrency: int, tmp: str) -> tuple[Settings, Any]:
     return settings, engine
 
 
-def _start(engine: Any, settings: Settings, run_id: int) -> threading.Thread:
+def _start(
+    engine: Any, settings: Settings, row_id: int, *, judging: bool = False
+) -> threading.Thread:
+    """Execute a run (or, `judging`, a judgement job) in a thread, with no worker's lease."""
     with Session(engine) as session:
-        row = session.get(Run, run_id)
+        row = session.get(JudgementJob if judging else Run, row_id)
         assert row is not None
         row.status = "running"
         session.add(row)
         session.commit()
-    thread = threading.Thread(
-        target=lambda: asyncio.run(execute_run(engine=engine, settings=settings, run_id=run_id))
-    )
+
+    async def work() -> None:
+        if judging:
+            await execute_judgement_job(engine=engine, settings=settings, job_id=row_id)
+        else:
+            await execute_run(engine=engine, settings=settings, run_id=row_id)
+
+    thread = threading.Thread(target=lambda: asyncio.run(work()))
     thread.start()
     return thread
 
@@ -82,11 +91,16 @@ def _window(urls: list[str], seconds: float) -> float:
     return (stats(urls)[0] - a0) / (time.monotonic() - t0)
 
 
-def _stop(engine: Any, run_id: int, thread: threading.Thread) -> None:
+def _stop(engine: Any, row_id: int, thread: threading.Thread, *, judging: bool = False) -> None:
     with Session(engine, expire_on_commit=False) as session:
-        row = session.get(Run, run_id)
-        assert row is not None
-        cancel_run(session=session, run=row)
+        if judging:
+            job = session.get(JudgementJob, row_id)
+            assert job is not None
+            cancel_job(session=session, job=job)
+        else:
+            run = session.get(Run, row_id)
+            assert run is not None
+            cancel_run(session=session, run=run)
     thread.join(timeout=60)
 
 
@@ -95,29 +109,29 @@ def throughput(seconds: float, concurrency: int = 64, latency: float = 0.5) -> d
     for kind in ("generation run (baseline)", "judgement job"):
         with scripted_servers(1, latency) as urls, tempfile.TemporaryDirectory() as tmp:
             settings, engine = _setup(urls[0], concurrency, tmp)
+            judging = kind == "judgement job"
+            if judging:
+                grow_pool(engine, POOL)
             with Session(engine, expire_on_commit=False) as session:
                 dataset = get_dataset(session=session, name="default")
-                if kind == "judgement job":
-                    session.close()
-                    grow_pool(engine, POOL)
-                    with Session(engine, expire_on_commit=False) as s2:
-                        run = create_job(
-                            session=s2,
-                            settings=settings,
-                            dataset=get_dataset(session=s2, name="default"),
-                            body=JudgementJobCreate(model=MODEL, origin="machine"),
-                        )
+                if judging:
+                    row: Run | JudgementJob = create_job(
+                        session=session,
+                        settings=settings,
+                        dataset=dataset,
+                        body=JudgementJobCreate(model=MODEL, origin="machine"),
+                    )
                 else:
-                    run = create_run(
+                    row = create_run(
                         session=session,
                         settings=settings,
                         dataset=dataset,
                         body=RunCreate(target=100_000, model=MODEL),
                     )
-            assert run.id is not None
-            thread = _start(engine, settings, run.id)
+            assert row.id is not None
+            thread = _start(engine, settings, row.id, judging=judging)
             out[kind] = _window(urls, seconds)
-            _stop(engine, run.id, thread)
+            _stop(engine, row.id, thread, judging=judging)
             engine.dispose()
     return out
 

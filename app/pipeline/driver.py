@@ -43,7 +43,6 @@ from app.pipeline.context import (
     example_of,
     load_pool,
 )
-from app.pipeline.judging import execute_judgement_job
 from app.pipeline.stages import (
     classify,
     decide,
@@ -62,7 +61,6 @@ from app.pipeline.storage import (
     fail_on_error,
     finish,
 )
-from app.run_schemas import JUDGEMENT_STRATEGY
 from app.settings import Settings
 from app.strategies import Candidate, template_space
 
@@ -86,9 +84,6 @@ async def execute_run(
 
     With a worker, its lease is renewed on its own clock (app.leases.kept) while the run goes;
     without one (tests, benchmarks) nothing is fenced."""
-    if await _is_judgement_job(engine, run_id):
-        await execute_judgement_job(engine=engine, settings=settings, run_id=run_id, worker=worker)
-        return
     lease = worker.lease if worker is not None else None
     if lease is None:
         await _execute(engine, settings, run_id, worker, None)
@@ -142,16 +137,6 @@ async def _execute(
         return
     ctx.lease = lease
     await Stream(ctx, run, worker, keeper).drive()
-
-
-async def _is_judgement_job(engine: Engine, run_id: int) -> bool:
-    """Judgement jobs are runs too (claimed with the same lease); they execute elsewhere."""
-
-    def strategy() -> str:
-        with Session(engine) as session:
-            return session.exec(select(Run.strategy).where(Run.id == run_id)).one()
-
-    return await asyncio.to_thread(strategy) == JUDGEMENT_STRATEGY
 
 
 async def _unless_lost(work: Awaitable[T], keeper: Keeper | None) -> T | None:

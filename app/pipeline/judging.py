@@ -5,7 +5,12 @@ Resuming. The job reads its tasks in id order, skipping those it already has a j
 (one query with NOT EXISTS), so a job killed at any moment and claimed again by another worker
 judges each task once; judgements in flight at the kill were never stored and are asked again.
 A judge request that fails after its retries leaves the task unjudged and counted in
-`failed_requests`; the job goes on, and fails as `backend_failing` after many in a row.
+`failed_requests`; the job goes on, and fails as `backend_failing` after many in a row. Anything
+else that goes wrong while judging a task (a bug, a task row the prompt cannot be built from)
+fails the job with the error, rather than letting it succeed with that task left out.
+
+Fencing. Commits and the finish land only while the job is running and held by this worker: a
+worker that lost its lease (stalled, and another took the job over) writes nothing more.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from app.leases import LeaseHolder, renew
+from app import faults
+from app.leases import Keeper, Lease, LeaseHolder, kept, release
 from app.llm import backend_for, find_model, price_table
-from app.models import Run, RunEvent, RunStatus, Task, TaskJudgement, utcnow
-from app.pipeline.storage import counter_data, fail_on_error, finish, new_ids
+from app.models import JudgementEvent, JudgementJob, RunStatus, Task, TaskJudgement, utcnow
+from app.pipeline.storage import new_ids
 from app.run_schemas import JudgementJobCreate
-from app.services.judgements import job_task_query
+from app.services.judgements import job_task_query, progress
 from app.settings import Settings
 from generators.base import Backend, Generation
 from generators.errors import GeneratorError
@@ -49,11 +55,11 @@ class Done:
     generation: Generation | GeneratorError
 
 
-class JudgementJob:
-    """One execution of a judgement job."""
+class JudgementExecution:
+    """One execution of a judgement job, from its claim to its end or the loss of its lease."""
 
     def __init__(
-        self, *, engine: Engine, settings: Settings, job: Run, worker: LeaseHolder | None
+        self, *, engine: Engine, settings: Settings, job: JudgementJob, worker: LeaseHolder | None
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -64,7 +70,8 @@ class JudgementJob:
         )
         self.max_task_id = int(job.params.get("max_task_id", 0))
         self.worker = worker
-        self.worker_id = worker.worker_id if worker else None
+        self.lease: Lease | None = worker.lease if worker else None
+        self.keeper: Keeper | None = None  # renews the lease while it drives
         self.entry = find_model(settings, job.model, engine)
         self.prices = price_table(settings)
         self.backend: Backend | None = None
@@ -73,12 +80,13 @@ class JudgementJob:
         self.buffer: list[Done] = []
         self.in_flight: set[asyncio.Task[None]] = set()
         self.failed_in_row = 0
+        self.error: BaseException | None = None  # a task's unexpected error: the job fails
         self.wake = asyncio.Event()
 
     def _next_page(self) -> list[tuple[int, str, list[dict[str, str]], str | None]]:
         judged_here = (
             select(TaskJudgement.id)
-            .where(TaskJudgement.task_id == Task.id, TaskJudgement.run_id == self.job_id)
+            .where(TaskJudgement.task_id == Task.id, TaskJudgement.judgement_job_id == self.job_id)
             .exists()
         )
         with Session(self.engine) as session:
@@ -106,6 +114,7 @@ class JudgementJob:
             return
         judgement = judgement_from(result.text, model=self.entry.id, prompt_version=prompt.version)
         self.buffer.append(Done(task_id, judgement, result))
+        faults.point("judgement:running")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -113,20 +122,20 @@ class JudgementJob:
 
         def done(t: asyncio.Task[None]) -> None:
             self.in_flight.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error(
-                    "judgement job %s: a judgement failed", self.job_id, exc_info=t.exception()
-                )
+            if not t.cancelled() and t.exception() is not None and self.error is None:
+                self.error = t.exception()  # the loop fails the job with it
             self.wake.set()
 
         task.add_done_callback(done)
 
     def _commit(self, done: list[Done], live: dict[str, Any]) -> bool:
-        """One transaction: judgements, the tasks' latest rating, the job's counters. False:
-        cancelled or taken over, nothing written."""
+        """One transaction: judgements, the tasks' latest rating, the job's counters and its
+        `progressed` mark. False: cancelled or taken over, nothing written."""
         with Session(self.engine, expire_on_commit=False) as session:
-            job = session.exec(select(Run).where(Run.id == self.job_id).with_for_update()).one()
-            lost = self.worker_id is not None and job.worker_id != self.worker_id
+            job = session.exec(
+                select(JudgementJob).where(JudgementJob.id == self.job_id).with_for_update()
+            ).one()
+            lost = self.lease is not None and not self.lease.holds(job)
             if job.status != RunStatus.running or lost:
                 session.rollback()
                 return False
@@ -151,7 +160,7 @@ class JudgementJob:
                             "rationale": d.judgement.rationale,  # type: ignore[union-attr]
                             "judge_model": d.judgement.model,  # type: ignore[union-attr]
                             "prompt_version": d.judgement.prompt_version,  # type: ignore[union-attr]
-                            "run_id": self.job_id,
+                            "judgement_job_id": self.job_id,
                             "created_at": now,
                         }
                         for d, jid in zip(stored, ids, strict=True)
@@ -167,15 +176,15 @@ class JudgementJob:
                     ],
                 )
             rated = Counter(d.judgement.rating for d in stored if d.judgement.rating)  # type: ignore[union-attr]
-            job.candidates += len(stored)
-            job.accepted += sum(rated.values())
-            job.rejected += len(stored) - sum(rated.values())
+            job.done += len(stored)
+            job.judged += sum(rated.values())
+            job.unjudged += len(stored) - sum(rated.values())
+            job.ratings = dict(Counter(job.ratings) + rated)
             for d in done:
                 g = d.generation
                 job.requests += 1
                 if isinstance(g, GeneratorError):
                     job.failed_requests += 1
-                    job.error = None
                 else:
                     job.prompt_tokens += g.prompt_tokens
                     job.completion_tokens += g.completion_tokens
@@ -183,18 +192,24 @@ class JudgementJob:
                         self.entry.id, g.prompt_tokens, g.completion_tokens
                     )
             state = dict(job.state)
-            state["ratings"] = dict(Counter(state.get("ratings", {})) + rated)
-            state["judged"] = job.accepted
-            state["unjudged"] = job.rejected
             failures = [d.generation for d in done if isinstance(d.generation, GeneratorError)]
             if failures:
                 state["last_error"] = str(failures[-1])
             state.update(live)
             job.state = state
+            if done:
+                job.progressed = True  # this holder made progress: its loss is not counted
             job.updated_at = utcnow()
             session.add(job)
             if done:
-                session.add(RunEvent(run_id=self.job_id, kind="counters", data=counter_data(job)))
+                session.add(
+                    JudgementEvent(
+                        judgement_job_id=self.job_id,
+                        kind="progress",
+                        data=progress(job).model_dump(mode="json"),
+                    )
+                )
+                faults.point("judgement:committing")
             session.commit()
             return True
 
@@ -204,22 +219,22 @@ class JudgementJob:
 
     async def drive(self) -> None:
         self.backend = backend_for(self.settings, self.entry)
-        lease = self.settings.worker_lease_seconds
         pending: collections.deque[tuple[int, str, list[dict[str, str]], str | None]]
         pending = collections.deque()
-        last_commit = last_renew = time.monotonic()
+        last_commit = time.monotonic()
         try:
             while True:
-                now = time.monotonic()
                 if self.worker is not None and self.worker.stopping:
                     await self._cancel()  # judgements in flight are asked again on resume
-                    await self._flush()
+                    if await self._flush() and self.lease is not None:
+                        # handed back at once, at no cost to its attempts (app/leases.py)
+                        await asyncio.to_thread(release, self.engine, self.lease)
                     return
-                if self.worker is not None and now - last_renew >= lease / 3:
-                    last_renew = now
-                    if not await self._renew():
-                        await self._cancel()
-                        return
+                if self.keeper is not None and self.keeper.lost.is_set():
+                    await self._cancel()  # cancelled or taken over
+                    return
+                if self.error is not None:
+                    raise self.error
                 if not pending and not self.exhausted and not self.giving_up:
                     page = await asyncio.to_thread(self._next_page)
                     if page:
@@ -246,7 +261,14 @@ class JudgementJob:
         except Exception as exc:
             log.exception("judgement job %s failed", self.job_id)
             await self._cancel()
-            fail_on_error(self.engine, run_id=self.job_id, exc=exc, worker_id=self.worker_id)
+            finish_job(
+                self.engine,
+                job_id=self.job_id,
+                status=RunStatus.failed,
+                stop_reason="error",
+                error=f"{type(exc).__name__}: {exc}",
+                lease=self.lease,
+            )
 
     async def _flush(self) -> bool:
         done, self.buffer = self.buffer, []
@@ -258,40 +280,25 @@ class JudgementJob:
     def _finish(self) -> None:
         if self.failed_in_row >= MAX_FAILED_IN_ROW:
             with Session(self.engine) as session:
-                job = session.get(Run, self.job_id)
+                job = session.get(JudgementJob, self.job_id)
                 last = job.state.get("last_error") if job else None
-            finish(
+            finish_job(
                 self.engine,
-                run_id=self.job_id,
+                job_id=self.job_id,
                 status=RunStatus.failed,
                 stop_reason="backend_failing",
                 error=f"{MAX_FAILED_IN_ROW} judge requests in a row failed after retries; "
                 f"last error: {last}",
-                worker_id=self.worker_id,
+                lease=self.lease,
             )
             return
-        finish(
+        finish_job(
             self.engine,
-            run_id=self.job_id,
+            job_id=self.job_id,
             status=RunStatus.succeeded,
             stop_reason="done",
-            worker_id=self.worker_id,
+            lease=self.lease,
         )
-
-    async def _renew(self) -> bool:
-        assert self.worker is not None
-        if self.worker.lease is None:
-            return True
-        try:
-            return await asyncio.to_thread(
-                renew,
-                self.engine,
-                self.worker.lease,
-                lease_seconds=self.settings.worker_lease_seconds,
-            )
-        except Exception:
-            log.warning("judgement job %s: lease renewal failed", self.job_id, exc_info=True)
-            return True
 
     async def _cancel(self) -> None:
         for task in list(self.in_flight):
@@ -302,26 +309,85 @@ class JudgementJob:
         self.in_flight.clear()
 
 
+def finish_job(
+    engine: Engine,
+    *,
+    job_id: int,
+    status: RunStatus,
+    stop_reason: str,
+    error: str | None = None,
+    lease: Lease | None = None,
+) -> bool:
+    """End a running judgement job once; False when it had ended already (or was cancelled)
+    or, given the `lease` that executed it, when that lease is no longer the job's: another
+    worker took it over after this one lost it, so only the holder's finish lands, and the
+    refusal is logged."""
+    with Session(engine, expire_on_commit=False) as session:
+        job = session.exec(
+            select(JudgementJob).where(JudgementJob.id == job_id).with_for_update()
+        ).one()
+        if job.status != RunStatus.running:
+            return False
+        if lease is not None and not lease.holds(job):
+            log.warning(
+                "judgement job %s: the finish (%s) of worker %s is refused: worker %s holds "
+                "the job now (claim %s)",
+                job_id,
+                status.value,
+                lease.owner,
+                job.worker_id,
+                job.lease_epoch,
+            )
+            return False
+        job.status = status
+        job.stop_reason = stop_reason
+        job.error = error
+        job.finished_at = utcnow()
+        job.updated_at = job.finished_at
+        job.lease_expires_at = None
+        job.state = {**job.state, "in_flight": 0}
+        session.add(job)
+        end = {"status": status.value, "stop_reason": stop_reason, "error": error}
+        session.add(
+            JudgementEvent(
+                judgement_job_id=job_id,
+                kind="end",
+                data={**end, **progress(job).model_dump(mode="json")},
+            )
+        )
+        faults.point("judgement:finishing")
+        session.commit()
+    return True
+
+
 async def execute_judgement_job(
-    *, engine: Engine, settings: Settings, run_id: int, worker: LeaseHolder | None = None
+    *, engine: Engine, settings: Settings, job_id: int, worker: LeaseHolder | None = None
 ) -> None:
     """Drive a claimed judgement job to a final state (or until cancelled or taken over)."""
     with Session(engine, expire_on_commit=False) as session:
-        job = session.exec(select(Run).where(Run.id == run_id)).one()
-        session.add(RunEvent(run_id=run_id, kind="status", data={"status": "running"}))
+        job = session.exec(select(JudgementJob).where(JudgementJob.id == job_id)).one()
+        session.add(
+            JudgementEvent(judgement_job_id=job_id, kind="status", data={"status": "running"})
+        )
         job.state = {**job.state, "executions": int(job.state.get("executions", 0)) + 1}
         session.add(job)
         session.commit()
+    lease = worker.lease if worker is not None else None
     try:
-        runner = JudgementJob(engine=engine, settings=settings, job=job, worker=worker)
+        runner = JudgementExecution(engine=engine, settings=settings, job=job, worker=worker)
     except Exception as exc:  # the judge left the catalogue after a settings change...
-        finish(
+        finish_job(
             engine,
-            run_id=run_id,
+            job_id=job_id,
             status=RunStatus.failed,
             stop_reason="setup_failed",
             error=str(exc),
-            worker_id=worker.worker_id if worker else None,
+            lease=lease,
         )
         return
-    await runner.drive()
+    if lease is None:
+        await runner.drive()
+        return
+    async with kept(engine, lease, lease_seconds=settings.worker_lease_seconds) as keeper:
+        runner.keeper = keeper
+        await runner.drive()

@@ -393,27 +393,22 @@ def finish(
     status: RunStatus,
     stop_reason: str,
     error: str | None = None,
-    worker_id: str | None = None,
     lease: Lease | None = None,
 ) -> bool:
-    """End a running run once; False when it had ended already or, given the `lease` (or the
-    `worker_id`) that executed it, when that lease is no longer the run's (another worker took
-    the run over after this one lost it: only the holder's finish lands, and the refusal is
-    logged)."""
+    """End a running run once; False when it had ended already or, given the `lease` that
+    executed it, when that lease is no longer the run's (another worker took the run over after
+    this one lost it: only the holder's finish lands, and the refusal is logged)."""
     with Session(engine, expire_on_commit=False) as session:
         run = session.exec(select(Run).where(Run.id == run_id).with_for_update()).one()
         if run.status != RunStatus.running:
             return False
-        stale = (lease is not None and not lease.holds(run)) or (
-            worker_id is not None and run.worker_id != worker_id
-        )
-        if stale:
+        if lease is not None and not lease.holds(run):
             log.warning(
                 "run %s: the finish (%s) of worker %s is refused: worker %s holds the run now "
                 "(claim %s)",
                 run_id,
                 status.value,
-                lease.owner if lease is not None else worker_id,
+                lease.owner,
                 run.worker_id,
                 run.lease_epoch,
             )
@@ -447,17 +442,15 @@ def fail_on_error(
     *,
     run_id: int,
     exc: Exception,
-    worker_id: str | None = None,
     lease: Lease | None = None,
 ) -> None:
-    """End a run (a generation run or a judgement job) whose loop raised, naming the error."""
+    """End a run whose loop raised, naming the error."""
     finish(
         engine,
         run_id=run_id,
         status=RunStatus.failed,
         stop_reason="error",
         error=f"{type(exc).__name__}: {exc}",
-        worker_id=worker_id,
         lease=lease,
     )
 

@@ -1,13 +1,15 @@
-"""Judgements: the judge model check and judgement jobs (create, read, list, cancel); the
-rating filters the task browser, stats and exports share are in app/services/ratings.py.
+"""Judgements: the judge model check and judgement jobs (create, read, list, cancel, events);
+the rating filters the task browser, stats and exports share are in app/services/ratings.py.
 
-A judgement job is a run of strategy `judgement` (app/pipeline/judging.py executes it): the
-embedded worker and `selfinstruct worker` claim it with the runs' lease, so it survives a kill
-and resumes where its stored judgements end; its progress is the run's counters and its event
-stream the run's.
+A judgement job is a job of its own kind (`JudgementJob`, app/pipeline/judging.py executes it):
+generation workers, embedded or `selfinstruct worker`, claim it with the lease every job kind
+has, so it survives a kill and resumes where its stored judgements end. It is not a run: it
+neither shows in a dataset's runs nor counts toward their limit.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -18,19 +20,21 @@ from app.llm import ModelEntry, find_model
 from app.models import (
     MACHINE_ORIGINS,
     Dataset,
+    JudgementEvent,
+    JudgementJob,
     Run,
-    RunEvent,
     RunStatus,
     Task,
+    utcnow,
 )
 from app.run_schemas import (
-    JUDGEMENT_STRATEGY,
+    JudgementEventPublic,
     JudgementJobCreate,
     JudgementJobPublic,
     JudgementProgress,
 )
 from app.schemas import ErrorItem
-from app.services.runs import cancel_run
+from app.services.runs import FINAL
 from app.settings import Settings
 from generators.judge import RATINGS
 
@@ -70,7 +74,7 @@ def job_task_query(
 
 def create_job(
     *, session: Session, settings: Settings, dataset: Dataset, body: JudgementJobCreate
-) -> Run:
+) -> JudgementJob:
     """Queue a judgement job over the tasks that match now; tasks added later are not in it."""
     entry = check_judge_model(settings, body.model, session.get_bind(), field="model")  # type: ignore[arg-type]
     assert dataset.id is not None
@@ -90,49 +94,87 @@ def create_job(
     total = session.exec(
         select(func.count()).select_from(Task).where(*job_task_query(dataset.id, body, max_task_id))
     ).one()
-    job = Run(
+    job = JudgementJob(
         dataset_id=dataset.id,
-        strategy=JUDGEMENT_STRATEGY,
         backend=entry.backend,
         model=entry.id,
         params={**body.model_dump(mode="json"), "max_task_id": max_task_id},
-        target=total,
+        total=total,
         status=RunStatus.queued,
     )
     session.add(job)
     session.flush()
     assert job.id is not None
-    session.add(RunEvent(run_id=job.id, kind="status", data={"status": RunStatus.queued.value}))
+    session.add(
+        JudgementEvent(
+            judgement_job_id=job.id, kind="status", data={"status": RunStatus.queued.value}
+        )
+    )
     session.commit()
     session.refresh(job)
     return job
 
 
-def get_job(*, session: Session, job_id: int) -> Run:
-    job = session.get(Run, job_id)
-    if job is None or job.strategy != JUDGEMENT_STRATEGY:
+def get_job(*, session: Session, job_id: int) -> JudgementJob:
+    job = session.get(JudgementJob, job_id)
+    if job is None:
         raise NotFound(f"Judgement job {job_id} does not exist.")
     return job
 
 
-def list_jobs(*, session: Session, dataset: Dataset) -> list[Run]:
+def moved_job_id(session: Session, run_id: int) -> int | None:
+    """The judgement job that was run `run_id` before migration 0008 moved it, if one was."""
+    return session.exec(select(JudgementJob.id).where(JudgementJob.former_run_id == run_id)).first()
+
+
+def list_jobs(*, session: Session, dataset: Dataset) -> list[JudgementJob]:
     return list(
         session.exec(
-            select(Run)
-            .where(Run.dataset_id == dataset.id, Run.strategy == JUDGEMENT_STRATEGY)
-            .order_by(col(Run.id).desc())
+            select(JudgementJob)
+            .where(JudgementJob.dataset_id == dataset.id)
+            .order_by(col(JudgementJob.id).desc())
         )
     )
 
 
-def cancel_job(*, session: Session, job: Run) -> Run:
-    """Idempotent; judgements already stored stay (they are real ratings)."""
-    return cancel_run(session=session, run=job)
-
-
-def job_public(*, job: Run, dataset_name: str) -> JudgementJobPublic:
+def cancel_job(*, session: Session, job: JudgementJob) -> JudgementJob:
+    """Idempotent; judgements already stored stay (they are real ratings). The worker sees the
+    status at its next commit or lease renewal and stops."""
+    # Lock the row first: a commit of the job may be writing its counters.
+    session.refresh(job, with_for_update=True)
+    if job.status in FINAL:
+        return job
+    job.status = RunStatus.cancelled
+    job.stop_reason = "cancelled"
+    job.finished_at = utcnow()
+    job.updated_at = job.finished_at
+    session.add(job)
     assert job.id is not None
-    ratings = {r: n for r, n in job.state.get("ratings", {}).items() if r in RATINGS}
+    session.add(
+        JudgementEvent(judgement_job_id=job.id, kind="status", data={"status": "cancelled"})
+    )
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def progress(job: JudgementJob) -> JudgementProgress:
+    """The counters as the API shows them, so the stream and GET never disagree."""
+    return JudgementProgress(
+        total=job.total,
+        done=job.done,
+        judged=job.judged,
+        unjudged=job.unjudged,
+        failed_requests=job.failed_requests,
+        ratings={r: n for r, n in job.ratings.items() if r in RATINGS and n},
+        requests=job.requests,
+        prompt_tokens=job.prompt_tokens,
+        completion_tokens=job.completion_tokens,
+    )
+
+
+def job_public(*, job: JudgementJob, dataset_name: str) -> JudgementJobPublic:
+    assert job.id is not None
     filters = {k: v for k, v in job.params.items() if k not in ("model",)}
     return JudgementJobPublic(
         id=job.id,
@@ -140,20 +182,43 @@ def job_public(*, job: Run, dataset_name: str) -> JudgementJobPublic:
         status=RunStatus(job.status),
         model=job.model,
         filters=filters,
-        progress=JudgementProgress(
-            total=job.target,
-            done=job.candidates,
-            judged=job.accepted,
-            unjudged=job.rejected,
-            failed_requests=job.failed_requests,
-            ratings=ratings,
-            requests=job.requests,
-            prompt_tokens=job.prompt_tokens,
-            completion_tokens=job.completion_tokens,
-        ),
-        stop_reason=job.state.get("stop_reason"),
+        progress=progress(job),
+        stop_reason=job.stop_reason,
         error=job.error,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
     )
+
+
+# --- the event stream -----------------------------------------------------------------------------
+
+
+def events_after(
+    engine: Engine, *, job_id: int, after: int, limit: int = 500
+) -> list[JudgementEvent]:
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(JudgementEvent)
+                .where(JudgementEvent.judgement_job_id == job_id, col(JudgementEvent.id) > after)
+                .order_by(col(JudgementEvent.id))
+                .limit(limit)
+            )
+        )
+
+
+def job_status(engine: Engine, *, job_id: int) -> str | None:
+    with Session(engine) as session:
+        return session.exec(select(JudgementJob.status).where(JudgementJob.id == job_id)).first()
+
+
+def event_public(event: JudgementEvent) -> dict[str, Any]:
+    assert event.id is not None
+    return JudgementEventPublic(
+        id=event.id,
+        judgement_job_id=event.judgement_job_id,
+        kind=event.kind,
+        data=event.data,
+        created_at=event.created_at,
+    ).model_dump(mode="json")

@@ -90,6 +90,14 @@ def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: 
 def get_run(*, session: Session, run_id: int) -> Run:
     run = session.get(Run, run_id)
     if run is None:
+        from app.services.judgements import moved_job_id
+
+        moved = moved_job_id(session, run_id)
+        if moved is not None:  # a judgement job stored as a run before migration 0008
+            raise NotFound(
+                f"Run {run_id} does not exist: it was a judgement job, which now has its own "
+                f"kind; read it at /v1/judgements/{moved}."
+            )
         raise NotFound(f"Run {run_id} does not exist.")
     return run
 

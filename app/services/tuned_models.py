@@ -23,10 +23,10 @@ from app.models import (
     EvaluationStatus,
     FineTuningJobRow,
     JobStatus,
+    JudgementJob,
     Run,
     RunStatus,
 )
-from app.run_schemas import JUDGEMENT_STRATEGY
 from app.schemas import ErrorItem
 from app.settings import Settings
 
@@ -71,12 +71,14 @@ def _users(session: Session, model_id: str) -> list[tuple[str, str]]:
     users: list[tuple[str, str]] = []
     for run in session.exec(select(Run).where(col(Run.status).in_(ACTIVE_RUNS))):
         judge = (run.params or {}).get("judge") or {}
-        if run.model != model_id and judge.get("model") != model_id:
-            continue
-        if run.strategy == JUDGEMENT_STRATEGY:
-            users.append((f"judgement job {run.id}", f"POST /v1/judgements/{run.id}/cancel"))
-        else:
+        if run.model == model_id or judge.get("model") == model_id:
             users.append((f"run {run.id}", f"POST /v1/runs/{run.id}/cancel"))
+    for judging in session.exec(
+        select(JudgementJob).where(
+            col(JudgementJob.status).in_(ACTIVE_RUNS), JudgementJob.model == model_id
+        )
+    ):
+        users.append((f"judgement job {judging.id}", f"POST /v1/judgements/{judging.id}/cancel"))
     for evaluation in session.exec(
         select(Evaluation).where(col(Evaluation.status).in_(ACTIVE_EVALUATIONS))
     ):
@@ -95,7 +97,7 @@ def _users(session: Session, model_id: str) -> list[tuple[str, str]]:
 
 def delete_tuned_model(*, session: Session, settings: Settings, job: FineTuningJobRow) -> str:
     """Delete the model `job` made and return its id; 409 naming the first queued or running
-    run, evaluation or fine-tune job that uses it.
+    run, judgement job, evaluation or fine-tune job that uses it.
 
     The row changes first and the files go after the commit: a crash in between leaves files
     nobody lists, never a listed model without weights. Only folders under this server's data

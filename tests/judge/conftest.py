@@ -59,15 +59,9 @@ def judge_stub() -> Iterator[JudgeStub]:
     server.stop()
 
 
-def judge_settings(
-    settings_factory: Callable[..., Settings],
-    stub: StubLLM,
-    judge_concurrency: int | None = None,
-    **overrides: Any,
-) -> Settings:
-    """The stub serves both the generating model and the judge (two endpoints); a test that
-    must catch a job mid-way keeps the judge to `judge_concurrency` requests at a time."""
-    endpoints = [
+def judge_endpoints(stub: StubLLM, judge_concurrency: int | None = None) -> list[dict[str, Any]]:
+    """The stub serves both the generating model and the judge (two endpoints)."""
+    return [
         {"name": "stub", "base_url": stub.base_url, "models": [STUB_MODEL], "max_retries": 1},
         {
             "name": "judge",
@@ -78,8 +72,18 @@ def judge_settings(
             **({"max_concurrency": judge_concurrency} if judge_concurrency else {}),
         },
     ]
+
+
+def judge_settings(
+    settings_factory: Callable[..., Settings],
+    stub: StubLLM,
+    judge_concurrency: int | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Settings for `judge_endpoints`; a test that must catch a job mid-way keeps the judge to
+    `judge_concurrency` requests at a time."""
     values: dict[str, Any] = {
-        "endpoints": endpoints,
+        "endpoints": judge_endpoints(stub, judge_concurrency),
         "worker_poll_seconds": 0.05,
         "worker_lease_seconds": 5,
     }

@@ -64,6 +64,7 @@ def test_a_run_with_a_judge_rejects_low_rated_candidates(
         language = "zh" if row["language"] == "zh" else "en"
         assert row["judgement"]["prompt_version"] == f"judge-v1:{language}"
         assert row["judgement"]["run_id"] == run["id"]
+        assert row["judgement"]["judgement_job_id"] is None
         if expected in ("A", "B"):
             assert row["status"] == "accepted", row
         elif expected is None:
@@ -144,7 +145,8 @@ def test_a_judgement_job_rates_tasks_that_then_filter_and_export_by_rating(
         assert task["rating"] == rating
         language = "zh" if task["language"] == "zh" else "en"
         assert task["judgement"]["prompt_version"] == f"judge-v1:{language}"
-        assert task["judgement"]["run_id"] == job["id"]
+        assert task["judgement"]["judgement_job_id"] == job["id"]
+        assert task["judgement"]["run_id"] is None  # a job is not a run
     # the task browser's filters
     rated_a = _all_tasks(judge_api, rating="A")
     assert sorted(t["id"] for t in rated_a) == sorted(i for i, r in expected.items() if r == "A")

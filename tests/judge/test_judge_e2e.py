@@ -32,7 +32,8 @@ def _judgements_per_task(db_url: str, job_id: int) -> dict[int, int]:
         with engine.connect() as conn:
             rows = conn.execute(
                 sa.text(
-                    "SELECT task_id, count(*) FROM judgement WHERE run_id = :job GROUP BY task_id"
+                    "SELECT task_id, count(*) FROM judgement WHERE judgement_job_id = :job "
+                    "GROUP BY task_id"
                 ),
                 {"job": job_id},
             ).all()
@@ -168,7 +169,7 @@ def test_bundled_model_judges_through_a_real_llama_cpp_server(
             assert task["rating"] in ("A", "B", "C", "D")
             assert judgement["rating"] == task["rating"]
             assert judgement["judge_model"] == LLAMA_ALIAS
-            assert judgement["run_id"] == job_id
+            assert judgement["judgement_job_id"] == job_id
             assert judgement["rationale"].strip()
             versions.add(judgement["prompt_version"])
         assert versions == {"judge-v1:en", "judge-v1:zh"}

@@ -24,16 +24,26 @@ from sqlmodel import Session, select
 from app.db import make_engine
 from app.faults import ENV
 from app.main import create_app
-from app.models import Evaluation, EvaluationEvent, EvaluationSample, Run, RunEvent
+from app.models import (
+    Evaluation,
+    EvaluationEvent,
+    EvaluationSample,
+    JudgementEvent,
+    JudgementJob,
+    Run,
+    RunEvent,
+    TaskJudgement,
+)
 from app.settings import Settings
 from tests.conftest import _wipe
+from tests.judge.conftest import JUDGE_MODEL, JudgeStub, judge_endpoints
 from tests.runs.conftest import STUB_MODEL, assert_run_matches_rows
-from tests.runs.stub_llm import StubLLM
 
 pytestmark = pytest.mark.both_databases
 
 LEASE_S = 1.5
-KEPT = {("run", "committing"), ("evaluation", "running")}  # the cases `make test` runs
+# the cases `make test` runs (with finetune's in tests/finetune/test_finetune_faults.py)
+KEPT = {("run", "committing"), ("judgement", "finishing"), ("evaluation", "running")}
 PHASES = ("claimed", "running", "committing", "finishing")
 
 
@@ -49,18 +59,18 @@ def world(
     settings_factory: Callable[..., Settings], tmp_path: Path
 ) -> Iterator[tuple[TestClient, Callable[[str | None], int]]]:
     """The API (no worker of its own) and a way to run `selfinstruct worker --once`."""
-    stub = StubLLM()
+    stub = JudgeStub()  # generates, answers chats and judges
     stub.start()
-    endpoint = {"name": "stub", "base_url": stub.base_url, "models": [STUB_MODEL]}
+    endpoints = judge_endpoints(stub)
     settings = settings_factory(
-        endpoints=[endpoint], embedded_worker=False, finetune_workers=0, data_dir=tmp_path
+        endpoints=endpoints, embedded_worker=False, finetune_workers=0, data_dir=tmp_path
     )
     _wipe(settings.db_url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SELFINSTRUCT_")}
     env.update(
         DATABASE_URL=settings.db_url,
         SELFINSTRUCT_DATA_DIR=str(tmp_path),
-        SELFINSTRUCT_ENDPOINTS=json.dumps([endpoint]),
+        SELFINSTRUCT_ENDPOINTS=json.dumps(endpoints),
         SELFINSTRUCT_WORKER_LEASE_SECONDS=str(LEASE_S),
         SELFINSTRUCT_WORKER_POLL_SECONDS="0.1",
         SELFINSTRUCT_FINETUNE_WORKERS="0",
@@ -120,6 +130,37 @@ def test_a_run_survives_a_kill_at_each_phase(
     assert row.lost_count == (0 if phase == "finishing" else 1)
 
 
+@pytest.mark.parametrize("phase", cases("judgement"))
+def test_a_judgement_job_survives_a_kill_at_each_phase(
+    world: tuple[TestClient, Callable[[str | None], int]], db_url: str, phase: str
+) -> None:
+    client, worker = world
+    created = client.post("/v1/datasets/default/judgements", json={"model": JUDGE_MODEL})
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    died_then_finished(worker, f"judgement:{phase}")
+    done = client.get(f"/v1/judgements/{job_id}").json()
+    assert done["status"] == "succeeded", done
+    progress = done["progress"]
+    assert progress["total"] > 0 and progress["done"] == progress["total"]
+    engine = make_engine(Settings(database_url=db_url))
+    with Session(engine) as session:
+        judged = session.exec(
+            select(TaskJudgement.task_id).where(TaskJudgement.judgement_job_id == job_id)
+        ).all()
+        ends = session.exec(
+            select(JudgementEvent).where(
+                JudgementEvent.judgement_job_id == job_id, JudgementEvent.kind == "end"
+            )
+        ).all()
+        row = session.get(JudgementJob, job_id)
+    engine.dispose()
+    assert len(judged) == len(set(judged)) == progress["done"]  # each task judged once
+    assert len(ends) == 1
+    assert row is not None and row.lease_epoch == 2
+    assert row.lost_count == (0 if phase == "finishing" else 1)
+
+
 @pytest.mark.parametrize("phase", cases("evaluation"))
 def test_an_evaluation_survives_a_kill_at_each_phase(
     world: tuple[TestClient, Callable[[str | None], int]], db_url: str, phase: str
@@ -149,3 +190,23 @@ def test_an_evaluation_survives_a_kill_at_each_phase(
     assert len(ends) == 1
     assert row is not None and row.lease_epoch == 2
     assert row.lost_count == (0 if phase == "finishing" else 1)
+
+
+def test_a_run_that_kills_its_worker_three_times_fails_with_the_count(
+    world: tuple[TestClient, Callable[[str | None], int]],
+) -> None:
+    """Each worker dies before it commits anything; the fourth claim ends the run as
+    `worker_lost` (job_attempts, 3) instead of handing it to a fourth victim."""
+    client, worker = world
+    run_id = client.post(
+        "/v1/datasets/default/runs", json={"target": 6, "model": STUB_MODEL}
+    ).json()["id"]
+    for _ in range(3):
+        assert worker("run:running") == -9
+        time.sleep(LEASE_S + 0.2)
+    assert worker("run:running") == 0  # it claims nothing to execute: the run failed at claim
+    run = client.get(f"/v1/runs/{run_id}").json()
+    assert run["status"] == "failed", run
+    assert run["stop_reason"] == "worker_lost"
+    assert "died 3 times" in run["error"] and "no progress committed" in run["error"]
+    assert run["counters"]["accepted"] == 0

@@ -1,4 +1,5 @@
-"""The one lease machinery (app/leases.py) that runs, evaluations and fine-tune jobs share:
+"""The one lease machinery (app/leases.py) that runs, judgement jobs, evaluations and fine-tune
+jobs share:
 a holder that keeps dying with no progress ends its job as `worker_lost` with the count, at
 each kind's cap; a graceful stop and committed progress do not count; a stale lease can neither
 renew nor write; and a worker takes the oldest waiting job of any kind, so none starves."""
@@ -23,6 +24,8 @@ from app.models import (
     EvaluationEvent,
     FineTuningJobEventRow,
     FineTuningJobRow,
+    JudgementEvent,
+    JudgementJob,
     Run,
     RunEvent,
 )
@@ -31,7 +34,8 @@ from tests.conftest import _wipe
 
 pytestmark = pytest.mark.both_databases
 
-CAPS: dict[Leased, int] = {Run: 3, Evaluation: 3, FineTuningJobRow: 2}  # the settings' defaults
+# the settings' defaults
+CAPS: dict[Leased, int] = {Run: 3, JudgementJob: 3, Evaluation: 3, FineTuningJobRow: 2}
 
 
 @pytest.fixture
@@ -51,9 +55,11 @@ def queue(engine: Engine, model: Leased) -> object:
     with Session(engine, expire_on_commit=False) as session:
         dataset = session.exec(select(Dataset).where(Dataset.name == "default")).one()
         assert dataset.id is not None
-        row: Run | Evaluation | FineTuningJobRow
+        row: Run | JudgementJob | Evaluation | FineTuningJobRow
         if model is Run:
             row = Run(dataset_id=dataset.id, target=1, model="stub")
+        elif model is JudgementJob:
+            row = JudgementJob(dataset_id=dataset.id, model="judge", backend="openai")
         elif model is Evaluation:
             row = Evaluation(dataset_id=dataset.id, models=["stub"])
         else:
@@ -68,6 +74,12 @@ def end_events(engine: Engine, model: Leased, row_id: object) -> list[dict[str, 
         if model is Run:
             rows = session.exec(
                 select(RunEvent.data).where(RunEvent.run_id == row_id, RunEvent.kind == "end")
+            ).all()
+        elif model is JudgementJob:
+            rows = session.exec(
+                select(JudgementEvent.data).where(
+                    JudgementEvent.judgement_job_id == row_id, JudgementEvent.kind == "end"
+                )
             ).all()
         elif model is Evaluation:
             rows = session.exec(
@@ -84,7 +96,7 @@ def end_events(engine: Engine, model: Leased, row_id: object) -> list[dict[str, 
     return list(rows)
 
 
-@pytest.mark.parametrize("model", [Run, Evaluation, FineTuningJobRow], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("model", list(CAPS), ids=lambda m: m.__name__)
 def test_a_job_whose_worker_keeps_dying_fails_as_worker_lost_with_the_count(
     engine: Engine, model: Leased
 ) -> None:
@@ -106,6 +118,8 @@ def test_a_job_whose_worker_keeps_dying_fails_as_worker_lost_with_the_count(
         assert "worker_lost" in str(row.error)
         if isinstance(row, Run):
             assert row.state["stop_reason"] == "worker_lost"
+        if isinstance(row, JudgementJob):
+            assert row.stop_reason == "worker_lost"
     assert len(end_events(engine, model, row_id)) == 1  # it ended once
     # ...and nobody claims it again
     assert claim(engine, model, worker_id="later", lease_seconds=30, attempts=cap) is None

@@ -4,29 +4,32 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
+from sse_starlette.sse import EventSourceResponse
 
-from app.api.deps import MAX_ID, DatasetDep, SessionDep, SettingsDep
-from app.models import Dataset, Run
+from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep, release
+from app.api.sse import event_stream
+from app.models import Dataset, JudgementJob
 from app.run_schemas import JudgementJobCreate, JudgementJobPublic, JudgementJobsPublic
 from app.schemas import ErrorResponse
 from app.services import judgements as svc
 
 router = APIRouter(tags=["judgements"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
+FINAL = {s.value for s in svc.FINAL}
 
 
 def job_by_id(
     session: SessionDep,
     judgement_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Judgement job id.")],
-) -> Run:
+) -> JudgementJob:
     return svc.get_job(session=session, job_id=judgement_id)
 
 
-JobDep = Annotated[Run, Depends(job_by_id)]
+JobDep = Annotated[JudgementJob, Depends(job_by_id)]
 
 
-def _public(session: SessionDep, job: Run) -> JudgementJobPublic:
+def _public(session: SessionDep, job: JudgementJob) -> JudgementJobPublic:
     dataset = session.get(Dataset, job.dataset_id)
     assert dataset is not None
     return svc.job_public(job=job, dataset_name=dataset.name)
@@ -41,7 +44,8 @@ def create_judgement_job(
     session: SessionDep, settings: SettingsDep, dataset: DatasetDep, body: JudgementJobCreate
 ) -> JudgementJobPublic:
     """Queue a job that judges the dataset's tasks matching the filters (those that match now).
-    Its progress streams at GET /v1/runs/{id}/events; each task's rating shows on the task."""
+    Its progress streams at GET /v1/judgements/{id}/events; each task's rating shows on the
+    task."""
     job = svc.create_job(session=session, settings=settings, dataset=dataset, body=body)
     return svc.job_public(job=job, dataset_name=dataset.name)
 
@@ -64,3 +68,39 @@ def read_judgement_job(session: SessionDep, job: JobDep) -> JudgementJobPublic:
 def cancel_judgement_job(session: SessionDep, job: JobDep) -> JudgementJobPublic:
     """Cancel a judgement job; judgements already stored stay. Idempotent."""
     return _public(session, svc.cancel_job(session=session, job=job))
+
+
+@router.get(
+    "/judgements/{judgement_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        **ERRORS,
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "status, progress and end events.",
+        },
+    },
+)
+async def judgement_job_events(
+    request: Request,
+    session: SessionDep,
+    engine: EngineDep,
+    job: JobDep,
+    last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
+    poll_seconds: Annotated[
+        float, Query(allow_inf_nan=False, description="Clamped to 0.05-5 s.")
+    ] = 0.5,
+) -> EventSourceResponse:
+    """Stream the job's progress as server-sent events until it ends (resumes: Last-Event-ID)."""
+    assert job.id is not None
+    job_id = job.id
+    release(session)
+    return event_stream(
+        request,
+        rows_after=lambda after: svc.events_after(engine, job_id=job_id, after=after),
+        encode=lambda e: (e.id, e.kind, svc.event_public(e)),
+        status=lambda: svc.job_status(engine, job_id=job_id),
+        final=FINAL,
+        last_event_id_header=last_event_id,
+        poll_seconds=poll_seconds,
+    )
