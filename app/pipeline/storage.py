@@ -41,7 +41,7 @@ from app.pipeline.context import NEIGHBOURS, PENDING, PoolRow, RunContext, Tally
 from app.pipeline.stages import drop, neighbours
 from app.run_schemas import Caps
 from app.services.dataset_lock import changed_since, lock
-from app.services.decontamination import mark_accepted
+from app.services.decontamination import mark_accepted, refresh_dependents_of
 from app.services.runs import counters
 from filters.language import UNKNOWN
 from filters.novelty import Neighbour, NoveltyVerdict, check_against, merge_verdicts
@@ -79,7 +79,9 @@ def commit_group(
     """One transaction: the dataset sync, task rows, candidate events, counters. Runs in a
     thread; reads `ctx` only for values that do not change while it runs. A transient database
     error (a deadlock, SQLite's busy timeout) runs the whole transaction again (app.db), with
-    each verdict as it was before the failed try: a demotion is decided anew."""
+    each verdict as it was before the failed try: a demotion is decided anew. Once it has
+    committed accepted tasks, the datasets that name this one as an evaluation set get their
+    contamination marks refreshed (app/services/decontamination.py)."""
     before = [(v.status, v.reason, v.detail, v.query, v.max_rouge, v.nearest) for v in verdicts]
 
     def attempt() -> Committed:
@@ -90,7 +92,10 @@ def commit_group(
             v.max_rouge, v.nearest = max_rouge, nearest
         return _commit_once(ctx, verdicts, tally, foreign_seen, live, late)
 
-    return retry_transient(f"run {ctx.run_id}: commit", attempt)
+    done = retry_transient(f"run {ctx.run_id}: commit", attempt)
+    if done.running and any(v.status == TaskStatus.accepted for v in verdicts):
+        refresh_dependents_of(ctx.engine, ctx.dataset_id)
+    return done
 
 
 def _commit_once(

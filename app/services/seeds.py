@@ -14,6 +14,7 @@ from app.errors import InvalidInput, PayloadTooLarge
 from app.models import Dataset, Task, TaskOrigin, TaskStatus
 from app.schemas import ErrorItem, SeedImportResult, SeedTask
 from app.services.dataset_lock import lock_dataset, stamp_dataset
+from app.services.decontamination import commit_with_marks
 from filters.language import detect_language
 
 STARTER_SEEDS = "starter_seed_tasks.jsonl"
@@ -157,7 +158,7 @@ def import_seeds(*, session: Session, dataset: Dataset, seeds: list[SeedTask]) -
                 setattr(current, key, value)
             current.updated_at = stamp
             session.add(current)
-    session.commit()
+    commit_with_marks(session, dataset)
     return SeedImportResult(
         dataset=dataset.name, received=len(seeds), created=created, updated=len(seeds) - created
     )

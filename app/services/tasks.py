@@ -10,7 +10,7 @@ from app.errors import Conflict, InvalidInput, NotFound
 from app.models import Dataset, Task, TaskJudgement, TaskOrigin, TaskStatus, utcnow
 from app.schemas import ExportSplit, TaskEdit, TaskPublic, TaskReview, TasksPublic
 from app.services.dataset_lock import lock, stamp_dataset
-from app.services.decontamination import ensure_clean
+from app.services.decontamination import commit_with_marks
 from app.services.heldout import split_clause, split_of
 from app.services.ratings import judgement_public, judgements_of, rating_clause
 from filters.language import detect_language
@@ -45,7 +45,6 @@ def _decode_cursor(after: str | None) -> int:
 def list_tasks(
     *, session: Session, dataset: Dataset, filters: TaskFilters, after: str | None, limit: int
 ) -> TasksPublic:
-    ensure_clean(session, dataset)
     query = select(Task).where(Task.dataset_id == dataset.id, col(Task.id) > _decode_cursor(after))
     if filters.split is not None:
         query = query.where(split_clause(filters.split, dataset.held_out_share))
@@ -169,7 +168,7 @@ def review_task(*, session: Session, task_id: int, review: TaskReview) -> TaskPu
         task.rejection_reason, task.rejection_detail = REVIEWER_REJECTED, review.note
     task.updated_at = stamp_dataset(session, dataset, after=[task.created_at])
     session.add(task)
-    session.commit()
+    commit_with_marks(session, dataset)
     session.refresh(task)
     return _public(session, task)
 
@@ -223,6 +222,6 @@ def edit_task(*, session: Session, task_id: int, edit: TaskEdit) -> TaskPublic:
         original.rejection_detail = f"Replaced by the edited task {edited.id}."
         original.updated_at = stamp
         session.add(original)
-    session.commit()
+    commit_with_marks(session, dataset)
     session.refresh(edited)
     return _public(session, edited)
