@@ -10,13 +10,17 @@ from contextlib import contextmanager
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from sqlmodel import Session, select
 
+from app.db import make_engine
+from app.main import create_app
+from app.models import Dataset, Task
+from app.services.dataset_lock import lock
+from app.settings import Settings
 from tests.generators.fakes import Reply, completion_body
 from tests.quality.conftest import MODEL_A, JudgingStub, seed
 from tests.quality.test_decontamination import BENCH, MINE
 from tests.runs.conftest import wait_for_run
-
-pytestmark = pytest.mark.both_databases
 
 
 def read_only_engine(db_url: str) -> sa.Engine:
@@ -60,6 +64,7 @@ def exported(api: TestClient, name: str) -> set[str]:
     return {json.loads(line)["instruction"] for line in answer.text.splitlines()}
 
 
+@pytest.mark.both_databases
 def test_the_routes_that_show_marks_answer_on_a_read_only_connection(
     api: TestClient, db_url: str
 ) -> None:
@@ -84,6 +89,7 @@ def test_the_routes_that_show_marks_answer_on_a_read_only_connection(
         assert exported(api, "mine") == {MINE[2]["instruction"], MINE[3]["instruction"]}
 
 
+@pytest.mark.both_databases
 def test_a_run_in_an_evaluation_set_marks_the_datasets_that_name_it(
     api: TestClient, judging_stub: JudgingStub, db_url: str
 ) -> None:
@@ -109,3 +115,27 @@ def test_a_run_in_an_evaluation_set_marks_the_datasets_that_name_it(
         assert set(by_seed) == {"m1", "m2"}
         assert by_seed["m2"]["task_id"] == bench[0]["id"] and by_seed["m2"]["score"] > 0.7
         assert api.get("/v1/datasets/mine").json()["contaminated"] == 2
+
+
+def test_the_start_refreshes_marks_a_killed_process_left_behind(api: TestClient) -> None:
+    """A process killed after a write to an evaluation set committed, before it refreshed the
+    datasets that name the set: the next start of the service brings them up to date."""
+    assert api.post("/v1/datasets", json={"name": "bench"}).status_code == 201
+    assert api.post("/v1/datasets/bench/seeds", json=BENCH).status_code == 200
+    created = api.post("/v1/datasets", json={"name": "mine", "decontaminate_against": ["bench"]})
+    assert created.status_code == 201, created.text
+    assert api.post("/v1/datasets/mine/seeds", json=MINE).status_code == 200
+    settings: Settings = api.app.state.settings  # type: ignore[attr-defined]
+    engine = make_engine(settings)
+    with Session(engine) as session:  # what the killed process committed, and no more
+        bench = session.exec(select(Dataset).where(Dataset.name == "bench")).one()
+        assert bench.id is not None
+        lock(session, bench.id)
+        poem = "Write a short poem about a cat that loves to sleep in the sun today."
+        session.add(Task(dataset_id=bench.id, seed_id="b3", instruction=poem))
+        session.commit()
+    engine.dispose()
+    assert marked(api, "mine") == {"m1": "bench"}
+
+    with TestClient(create_app(settings)) as restarted:
+        assert marked(restarted, "mine") == {"m1": "bench", "m2": "bench"}
