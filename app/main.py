@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app.api.main import api_router, health_router, openapi_builder, workers_router
-from app.bootstrap import ensure_default_dataset
+from app.bootstrap import ensure_default_dataset, refresh_contamination_marks
 from app.db import check_migrated, make_engine
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware, LocalQueue
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings)
         check_migrated(settings, engine)
         ensure_default_dataset(engine=engine, settings=settings)
+        refresh_contamination_marks(engine=engine)
         app.state.engine = engine
         worker = Worker(engine=engine, settings=settings) if settings.embedded_worker else None
         thread = worker.start_thread() if worker else None

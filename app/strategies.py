@@ -75,6 +75,15 @@ class Pool:
             key = holdout_key(example.instruction, [{"input": example.input}])
         return split_of(key, self.held_out_share) == "held_out"
 
+    def forget(self, example_ids: set[str]) -> None:
+        """Take examples out, seeds too (tasks another writer changed or withdrew): one pass
+        over each list, however many go."""
+        if not example_ids:
+            return
+        by_language = [kind for pair in self.by_language.values() for kind in pair]
+        for examples in [self.seeds, self.machine, *by_language]:
+            examples[:] = [e for e in examples if e.id not in example_ids]
+
     def drop_machine(self, example_id: str) -> None:
         """Take a generated example out again (rare: a demotion)."""
         self.machine[:] = [e for e in self.machine if e.id != example_id]

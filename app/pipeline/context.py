@@ -6,7 +6,8 @@ import collections
 import re
 from collections import Counter
 from dataclasses import dataclass, field, fields
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -31,6 +32,17 @@ from generators.prompts import LANGUAGES, PromptExample, strategy_wording, to_ch
 
 NEIGHBOURS = 10
 PENDING = "p"  # index keys of tasks accepted but not committed yet: "p1", "p2", ...
+
+
+class PoolRow(NamedTuple):
+    """An accepted task as another writer left it, read under the dataset's lock."""
+
+    id: int
+    instruction: str
+    instances: list[dict[str, str]]
+    origin: str
+    language: str
+    holdout_key: float | None
 
 
 class CapReached(Exception):
@@ -133,14 +145,15 @@ class RunContext:
         run: Run,
         dataset: Dataset,
         model: ModelEntry,
-        loaded: tuple[Pool, list[tuple[int, str]]] | None = None,
+        loaded: tuple[Pool, list[tuple[int, str]], datetime] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.run_id: int = run.id  # type: ignore[assignment]
         self.dataset_id: int = dataset.id  # type: ignore[assignment]
         self.params = RunCreate.model_validate(run.params)
-        self.pool, texts = loaded or load_pool(engine, dataset_id=self.dataset_id)
+        # The dataset's change clock as read before the pool was (app/services/dataset_lock.py).
+        self.pool, texts, self.clock = loaded or load_pool(engine, dataset_id=self.dataset_id)
         seeds = Counter(e.language or UNKNOWN for e in self.pool.seeds)
         # What candidates may be in, and the weights prompts are drawn in (filters.language).
         self.languages = (
@@ -175,6 +188,8 @@ class RunContext:
         self.judge: ModelEntry | None = None
         if self.params.judge is not None:
             self.judge = find_model(settings, self.params.judge.model, engine, field="judge.model")
+        # The highest task id seen: a dataset's ids commit in order (the dataset's lock), so a
+        # commit reads the tasks others added since by id alone.
         self.watermark = max((task_id for task_id, _ in texts), default=0)
         # Large pools: the decision uses the exact verdict alone; the top-10 a stored task
         # carries comes from a process of its own (filters/neighbour_process.py).
@@ -252,6 +267,31 @@ class RunContext:
         self.added.append(key, text)
         if self.neighbours is not None:
             self.neighbours.add(key, text)
+
+    def learn(self, added: list[PoolRow], changed: list[PoolRow], withdrawn: list[int]) -> None:
+        """What other writers did since the last commit: tasks they accepted (`added`), tasks
+        whose text or status changed to accepted (`changed`: a seed posted again, a review), and
+        tasks no longer accepted (`withdrawn`). The pool follows; added and changed tasks join
+        `foreign`, so verdicts decided before are checked against them at the next commit."""
+        if changed or withdrawn:
+            owned = {task_id: key for key, task_id in self.stored_ids.items()}
+            gone: set[str] = set()
+            for task_id in [*withdrawn, *(row.id for row in changed)]:
+                for key in {owned.get(task_id, task_id), task_id}:
+                    if key in self.pool.index:
+                        self.pool.index.remove(key)
+                        if self.neighbours is not None:
+                            self.neighbours.remove(key)
+                    gone.add(str(key))
+                    if key != task_id and key in self.depths:  # an evolved task of this run
+                        self.depths[str(task_id)] = self.depths.pop(key)
+            self.pool.forget(gone)
+        for row in [*added, *changed]:
+            example = example_of(row.id, row.instruction, row.instances, row.language)
+            seed = row.origin == TaskOrigin.seed.value
+            self.pool.add_example(example, seed=seed, key=row.holdout_key)
+            self.pool_add(row.id, row.instruction)
+            self.foreign.append((row.id, row.instruction))
 
     def new_key(self) -> str:
         self._pending += 1
@@ -356,12 +396,14 @@ def echo_references(header: str | None, strategy: str = "self_instruct") -> list
 
 def load_pool(
     engine: Engine, *, dataset_id: int, held_out_share: float = 0.0
-) -> tuple[Pool, list[tuple[int, str]]]:
-    """The dataset's accepted tasks, and their ids and instructions in id order; held-out tasks
-    are in the novelty index only (Pool.held_out_share)."""
+) -> tuple[Pool, list[tuple[int, str]], datetime]:
+    """The dataset's accepted tasks, their ids and instructions in id order, and the dataset's
+    change clock read before them (a change the rows miss is newer, so the first commit finds
+    it); held-out tasks are in the novelty index only (Pool.held_out_share)."""
     pool = Pool(held_out_share=held_out_share)
     texts: list[tuple[int, str]] = []
     with Session(engine) as session:
+        clock = session.exec(select(Dataset.updated_at).where(Dataset.id == dataset_id)).one()
         rows = session.exec(
             select(  # type: ignore[call-overload]
                 Task.id,
@@ -380,7 +422,7 @@ def load_pool(
             texts.append((task_id or 0, instruction))
     # One bulk build: adding 1M tasks one by one took three times as long.
     pool.index.add_many(texts)
-    return pool, texts
+    return pool, texts, clock
 
 
 def evolution_depths(engine: Engine, dataset_id: int) -> dict[str, int]:

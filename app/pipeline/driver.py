@@ -40,13 +40,11 @@ from app.pipeline.context import (
     Tally,
     Totals,
     Verdict,
-    example_of,
     load_pool,
 )
 from app.pipeline.stages import (
     classify,
     decide,
-    drop,
     generate_candidates,
     judge,
     make_instances,
@@ -56,6 +54,7 @@ from app.pipeline.stages import (
 from app.pipeline.storage import (
     Committed,
     LateNeighbours,
+    absorb,
     cap_reached,
     commit_group,
     fail_on_error,
@@ -392,22 +391,14 @@ class Stream:
         assert done.run is not None
         self.run = done.run
         ctx.committed = Totals.of(done.run)
-        ctx.stored_ids.update(done.stored)
         for query, task_id in done.awaiting.items():
             if query in self.answers:  # answered while the commit ran
                 best, found = self.answers.pop(query)
                 self.late.append((task_id, best, found))
             else:
                 self.awaiting[query] = task_id
-        for v in done.demoted:
-            drop(ctx, v)
-            self.accepted -= 1
-        for task_id, instruction, instances, origin, language in done.foreign:
-            example = example_of(task_id, instruction, instances, language)
-            ctx.pool.add_example(example, seed=origin == "seed")
-            ctx.pool_add(task_id, instruction)
-            ctx.foreign.append((task_id, instruction))
-        ctx.watermark = max([ctx.watermark, *done.stored.values(), *(f[0] for f in done.foreign)])
+        absorb(ctx, done)
+        self.accepted -= len(done.demoted)
         self.settle()
         return True
 

@@ -2,12 +2,16 @@
 run's counters, in one transaction; and the end of a run.
 
 Novelty across processes. Runs of one dataset may execute in several workers, each with its own
-copy of the pool. Every commit group takes the dataset's row lock first (PostgreSQL: a row lock;
-SQLite: the database write lock), so commits of one dataset happen one at a time; inside it, the
-tasks others accepted since this run last looked are read, and each accepted verdict is checked
-against those it was not decided against. One that now scores above the threshold is stored as
-rejected (`too_similar`) instead. So no two accepted tasks of a dataset score above the threshold
-against each other, whichever process accepted them.
+copy of the pool, while users import seeds and review or edit tasks. Every commit group takes
+the dataset's row lock first (PostgreSQL: a row lock; SQLite: the database write lock), as every
+writer of the dataset's tasks does (app/services/dataset_lock.py), so they happen one at a time
+and the dataset's task ids commit in order. Inside it, the group reads what others did since
+this run last looked: tasks added (by id, above the highest id seen) and, when the dataset's
+change clock moved, tasks changed (new text, accepted again, or no longer accepted). Each
+accepted verdict is checked against the added and changed tasks it was not decided against; one
+that now scores above the threshold is stored as rejected (`too_similar`) instead. So no two
+accepted tasks of a dataset score above the threshold against each other, whichever process or
+person accepted them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -27,7 +30,6 @@ from app import faults
 from app.db import retry_transient
 from app.leases import Lease
 from app.models import (
-    Dataset,
     JSONType,
     Run,
     RunEvent,
@@ -37,10 +39,11 @@ from app.models import (
     TaskStatus,
     utcnow,
 )
-from app.pipeline.context import NEIGHBOURS, PENDING, RunContext, Tally, Verdict
-from app.pipeline.stages import neighbours
+from app.pipeline.context import NEIGHBOURS, PENDING, PoolRow, RunContext, Tally, Verdict
+from app.pipeline.stages import drop, neighbours
 from app.run_schemas import Caps
-from app.services.decontamination import mark_accepted
+from app.services.dataset_lock import changed_since, lock
+from app.services.decontamination import mark_accepted, refresh_dependents_of
 from app.services.runs import counters
 from filters.language import UNKNOWN
 from filters.novelty import Neighbour, NoveltyVerdict, check_against, merge_verdicts
@@ -56,8 +59,10 @@ class Committed:
     run: Run | None = None
     stored: dict[str, int] = field(default_factory=dict)  # pending key -> task id
     demoted: list[Verdict] = field(default_factory=list)
-    # tasks others accepted: id, instruction, instances, origin, language
-    foreign: list[tuple[int, str, list[dict[str, str]], str, str]] = field(default_factory=list)
+    foreign: list[PoolRow] = field(default_factory=list)  # tasks others added, accepted
+    changed: list[PoolRow] = field(default_factory=list)  # tasks others changed, accepted now
+    withdrawn: list[int] = field(default_factory=list)  # tasks others changed, not accepted now
+    clock: datetime | None = None  # the dataset's change clock these were read at
     awaiting: dict[int, int] = field(default_factory=dict)  # neighbour query -> task id
 
 
@@ -76,7 +81,9 @@ def commit_group(
     """One transaction: the dataset sync, task rows, candidate events, counters. Runs in a
     thread; reads `ctx` only for values that do not change while it runs. A transient database
     error (a deadlock, SQLite's busy timeout) runs the whole transaction again (app.db), with
-    each verdict as it was before the failed try: a demotion is decided anew."""
+    each verdict as it was before the failed try: a demotion is decided anew. Once it has
+    committed accepted tasks, the datasets that name this one as an evaluation set get their
+    contamination marks refreshed (app/services/decontamination.py)."""
     before = [(v.status, v.reason, v.detail, v.query, v.max_rouge, v.nearest) for v in verdicts]
 
     def attempt() -> Committed:
@@ -87,7 +94,10 @@ def commit_group(
             v.max_rouge, v.nearest = max_rouge, nearest
         return _commit_once(ctx, verdicts, tally, foreign_seen, live, late)
 
-    return retry_transient(f"run {ctx.run_id}: commit", attempt)
+    done = retry_transient(f"run {ctx.run_id}: commit", attempt)
+    if done.running and any(v.status == TaskStatus.accepted for v in verdicts):
+        refresh_dependents_of(ctx.engine, ctx.dataset_id)
+    return done
 
 
 def _commit_once(
@@ -99,11 +109,7 @@ def _commit_once(
     late: list[LateNeighbours] | None,
 ) -> Committed:
     with Session(ctx.engine, expire_on_commit=False) as session:
-        session.connection().execute(
-            update(Dataset)
-            .where(col(Dataset.id) == ctx.dataset_id)
-            .values(updated_at=Dataset.updated_at)
-        )
+        clock = lock(session, ctx.dataset_id)
         run = session.exec(select(Run).where(Run.id == ctx.run_id).with_for_update()).one()
         # Cancelled meanwhile, or taken over by another worker after this one lost its lease
         # (a stalled process): storing now would write the same work twice.
@@ -111,18 +117,8 @@ def _commit_once(
         if run.status != RunStatus.running or lost:
             session.rollback()
             return Committed(running=False, run=run)
-        foreign = list(
-            session.exec(
-                select(Task.id, Task.instruction, Task.instances, Task.origin, Task.language)  # type: ignore[call-overload]
-                .where(
-                    Task.dataset_id == ctx.dataset_id,
-                    Task.status == TaskStatus.accepted.value,
-                    col(Task.id) > ctx.watermark,
-                )
-                .order_by(col(Task.id))
-            )
-        )
-        known = [*foreign_seen, *((i or 0, text) for i, text, _, _, _ in foreign)]
+        foreign, changed, withdrawn = _others(session, ctx, clock)
+        known = [*foreign_seen, *((row.id, row.instruction) for row in [*foreign, *changed])]
         demoted = _demote_near_copies(ctx, verdicts, known)
         accepted = [v for v in verdicts if v.status == TaskStatus.accepted]
         task_ids = _new_task_ids(session, len(verdicts))
@@ -222,15 +218,71 @@ def _commit_once(
             run=run,
             stored=stored,
             demoted=demoted,
-            foreign=[
-                (i or 0, t, list(inst), str(o), lang or UNKNOWN) for i, t, inst, o, lang in foreign
-            ],
+            foreign=foreign,
+            changed=changed,
+            withdrawn=withdrawn,
+            clock=clock,
             awaiting={
                 v.query: row["id"]
                 for v, row in zip(verdicts, rows, strict=True)
                 if v.query is not None
             },
         )
+
+
+def _others(
+    session: Session, ctx: RunContext, clock: datetime
+) -> tuple[list[PoolRow], list[PoolRow], list[int]]:
+    """What other writers did since this run last looked, read under the dataset's lock: the
+    tasks they accepted (above the highest id seen), and, only when the dataset's change clock
+    moved, the tasks they changed, split into accepted now and no longer accepted."""
+    columns = (Task.id, Task.instruction, Task.instances, Task.origin, Task.language)
+    added = session.exec(
+        select(*columns, Task.holdout_key)  # type: ignore[call-overload]
+        .where(
+            Task.dataset_id == ctx.dataset_id,
+            Task.status == TaskStatus.accepted.value,
+            col(Task.id) > ctx.watermark,
+        )
+        .order_by(col(Task.id))
+    )
+    foreign = [_pool_row(row) for row in added]
+    changed: list[PoolRow] = []
+    withdrawn: list[int] = []
+    if clock <= ctx.clock:
+        return foreign, changed, withdrawn
+    rows = session.exec(
+        select(*columns, Task.holdout_key, Task.status)  # type: ignore[call-overload]
+        .where(
+            Task.dataset_id == ctx.dataset_id,
+            col(Task.id) <= ctx.watermark,
+            changed_since(ctx.clock),
+        )
+        .order_by(col(Task.id))
+    )
+    for *row, status in rows:
+        if status == TaskStatus.accepted.value:
+            changed.append(_pool_row(row))
+        else:
+            withdrawn.append(row[0])
+    return foreign, changed, withdrawn
+
+
+def _pool_row(row: Any) -> PoolRow:
+    task_id, instruction, instances, origin, language, key = row
+    return PoolRow(task_id, instruction, list(instances), str(origin), language or UNKNOWN, key)
+
+
+def absorb(ctx: RunContext, done: Committed) -> None:
+    """Bring the run's pool in line with a commit: its stored ids, its demotions taken out
+    again, and what other writers did taken in; then where the next commit reads from."""
+    ctx.stored_ids.update(done.stored)
+    for v in done.demoted:
+        drop(ctx, v)
+    ctx.learn(done.foreign, done.changed, done.withdrawn)
+    ctx.watermark = max([ctx.watermark, *done.stored.values(), *(r.id for r in done.foreign)])
+    if done.clock is not None:
+        ctx.clock = max(ctx.clock, done.clock)
 
 
 def _demote_near_copies(

@@ -9,9 +9,14 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from app.errors import Conflict, NotFound
-from app.models import Dataset, Task, TaskOrigin, TaskStatus, utcnow
+from app.models import Dataset, Task, TaskOrigin, TaskStatus
 from app.schemas import DatasetCreate, DatasetPublic, DatasetUpdate, ExportSplit
-from app.services.decontamination import check_evaluation_sets, ensure_clean
+from app.services.dataset_lock import lock_dataset, stamp_dataset
+from app.services.decontamination import (
+    check_evaluation_sets,
+    refresh_dependents,
+    refresh_locked,
+)
 from app.services.heldout import split_clause
 from filters.language import UNKNOWN
 
@@ -49,7 +54,9 @@ def create_dataset(*, session: Session, data: DatasetCreate) -> Dataset:
 
 
 def update_dataset(*, session: Session, dataset: Dataset, data: DatasetUpdate) -> Dataset:
-    """Change settings; a changed evaluation list or threshold re-marks the tasks at once."""
+    """Change settings; a changed evaluation list or threshold re-marks the tasks at once, in a
+    transaction of its own after the change commits (why: app/services/decontamination.py)."""
+    lock_dataset(session, dataset)
     if data.decontaminate_against is not None:
         dataset.decontaminate_against = check_evaluation_sets(
             session=session,
@@ -61,10 +68,9 @@ def update_dataset(*, session: Session, dataset: Dataset, data: DatasetUpdate) -
         value = getattr(data, name)
         if value is not None:
             setattr(dataset, name, value)
-    touch(dataset)
-    session.add(dataset)
+    stamp_dataset(session, dataset)
     session.commit()
-    ensure_clean(session, dataset)
+    refresh_locked(session, dataset)
     session.refresh(dataset)
     return dataset
 
@@ -74,8 +80,10 @@ def delete_dataset(*, session: Session, dataset: Dataset) -> None:
         raise Conflict(
             "The 'default' dataset cannot be deleted; create and use another dataset instead."
         )
-    session.delete(dataset)
+    name = dataset.name
+    session.delete(dataset)  # the dataset's row first, then its tasks (the cascade)
     session.commit()
+    refresh_dependents(session, name)  # their marks naming it go
 
 
 def seed_languages(session: Session, dataset_ids: list[int]) -> dict[int, dict[str, int]]:
@@ -137,8 +145,7 @@ def _counts(session: Session, datasets: list[Dataset]) -> dict[int, dict[str, An
 
 
 def _quality_counts(session: Session, dataset: Dataset) -> dict[str, int]:
-    """Accepted tasks held out and marked contaminated (marks brought up to date first)."""
-    ensure_clean(session, dataset)
+    """Accepted tasks held out and marked contaminated (the writes keep the marks current)."""
     accepted = (Task.dataset_id == dataset.id, Task.status == TaskStatus.accepted.value)
     marked = session.exec(select(sa.func.count()).where(*accepted, col(Task.contaminated))).one()
     held = 0
@@ -174,7 +181,3 @@ def _public(dataset: Dataset, counts: dict[str, Any]) -> DatasetPublic:
         decontamination_threshold=dataset.decontamination_threshold,
         **counts,
     )
-
-
-def touch(dataset: Dataset) -> None:
-    dataset.updated_at = utcnow()

@@ -16,7 +16,6 @@ from sqlmodel import col
 
 from app.models import MACHINE_ORIGINS, Dataset, Task, TaskOrigin, TaskStatus
 from app.schemas import ExportFormat, ExportSplit
-from app.services.decontamination import ensure_clean_by_id
 from app.services.heldout import split_clause
 from app.services.ratings import min_rating_clause
 from training.data import task_to_messages
@@ -165,9 +164,7 @@ def task_batches(
     *, engine: Engine, dataset_id: int, selection: Selection
 ) -> Iterator[list[ExportRow]]:
     """Exported tasks in batches; owns its connection because it outlives the request's session.
-
-    Contamination marks are brought up to date first, so a stale mark never leaks a task."""
-    ensure_clean_by_id(engine, dataset_id)
+    The writes keep contamination marks current (decontamination.py); nothing is written here."""
     with engine.connect() as conn:
         share = conn.execute(
             sa.select(col(Dataset.held_out_share)).where(col(Dataset.id) == dataset_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
@@ -13,6 +12,7 @@ from app.llm import find_model, price_table
 from app.models import Dataset, Run, RunEvent, RunStatus, utcnow
 from app.run_schemas import RunCounters, RunCreate, RunEventPublic, RunPublic
 from app.schemas import ErrorItem
+from app.services.dataset_lock import lock
 from app.services.documents import check_documents
 from app.settings import Settings
 
@@ -34,9 +34,8 @@ def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: 
         )
     # Take the dataset's row lock before counting, so concurrent creations queue here and each
     # counts the runs the previous one added (PostgreSQL: a row lock; SQLite: the write lock).
-    session.connection().execute(
-        update(Dataset).where(col(Dataset.id) == dataset.id).values(updated_at=Dataset.updated_at)
-    )
+    assert dataset.id is not None
+    lock(session, dataset.id)
     active = session.exec(
         select(func.count()).where(Run.dataset_id == dataset.id, col(Run.status).in_(ACTIVE))
     ).one()

@@ -11,9 +11,10 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from app.errors import InvalidInput, PayloadTooLarge
-from app.models import Dataset, Task, TaskOrigin, TaskStatus, utcnow
+from app.models import Dataset, Task, TaskOrigin, TaskStatus
 from app.schemas import ErrorItem, SeedImportResult, SeedTask
-from app.services.datasets import touch
+from app.services.dataset_lock import lock_dataset, stamp_dataset
+from app.services.decontamination import commit_with_marks
 from filters.language import detect_language
 
 STARTER_SEEDS = "starter_seed_tasks.jsonl"
@@ -113,8 +114,12 @@ def parse_json_array(raw: bytes, *, max_tasks: int) -> list[SeedTask]:
 
 
 def import_seeds(*, session: Session, dataset: Dataset, seeds: list[SeedTask]) -> SeedImportResult:
-    """Upsert by seed id in one transaction: re-posting an id replaces that seed."""
+    """Upsert by seed id in one transaction: re-posting an id replaces that seed.
+
+    The dataset's lock comes first and the rows are stamped with its clock
+    (app/services/dataset_lock.py), so runs in progress see the new and the changed seeds."""
     assert dataset.id is not None
+    lock_dataset(session, dataset)
     ids = [str(s.id) for s in seeds]
     existing: dict[str, Task] = {}
     for chunk_start in range(0, len(ids), 500):
@@ -124,7 +129,7 @@ def import_seeds(*, session: Session, dataset: Dataset, seeds: list[SeedTask]) -
         ):
             assert task.seed_id is not None
             existing[task.seed_id] = task
-    now = utcnow()
+    stamp = stamp_dataset(session, dataset, after=[t.created_at for t in existing.values()])
     created = 0
     for seed in seeds:
         fields: dict[str, Any] = {
@@ -143,17 +148,17 @@ def import_seeds(*, session: Session, dataset: Dataset, seeds: list[SeedTask]) -
                     seed_id=str(seed.id),
                     origin=TaskOrigin.seed,
                     status=TaskStatus.accepted,
+                    created_at=stamp,
+                    updated_at=stamp,
                     **fields,
                 )
             )
         else:
             for key, value in fields.items():
                 setattr(current, key, value)
-            current.updated_at = now
+            current.updated_at = stamp
             session.add(current)
-    touch(dataset)
-    session.add(dataset)
-    session.commit()
+    commit_with_marks(session, dataset)
     return SeedImportResult(
         dataset=dataset.name, received=len(seeds), created=created, updated=len(seeds) - created
     )

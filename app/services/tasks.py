@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import Dataset, Task, TaskJudgement, TaskOrigin, TaskStatus, utcnow
 from app.schemas import ExportSplit, TaskEdit, TaskPublic, TaskReview, TasksPublic
-from app.services.decontamination import ensure_clean
+from app.services.dataset_lock import lock, stamp_dataset
+from app.services.decontamination import commit_with_marks
 from app.services.heldout import split_clause, split_of
 from app.services.ratings import judgement_public, judgements_of, rating_clause
 from filters.language import detect_language
@@ -45,7 +45,6 @@ def _decode_cursor(after: str | None) -> int:
 def list_tasks(
     *, session: Session, dataset: Dataset, filters: TaskFilters, after: str | None, limit: int
 ) -> TasksPublic:
-    ensure_clean(session, dataset)
     query = select(Task).where(Task.dataset_id == dataset.id, col(Task.id) > _decode_cursor(after))
     if filters.split is not None:
         query = query.where(split_clause(filters.split, dataset.held_out_share))
@@ -101,17 +100,21 @@ def task_public(
     )
 
 
-def _locked(session: Session, task_id: int) -> Task:
-    """The task, read after a no-op write to its row, so two reviewers' changes apply one after
-    the other: the write takes PostgreSQL's row lock and SQLite's database write lock, which
-    `SELECT ... FOR UPDATE` alone would not (SQLite ignores it)."""
-    session.execute(
-        sa.update(Task).where(col(Task.id) == task_id).values(updated_at=Task.updated_at)
-    )
-    task = session.exec(select(Task).where(Task.id == task_id)).first()
-    if task is None:
+def _locked(session: Session, task_id: int) -> tuple[Task, Dataset]:
+    """The task and its dataset, read under the dataset's row lock: the one lock order
+    (dataset row, then task rows; app/services/dataset_lock.py), so two reviewers' changes
+    apply one after the other and a run in progress sees each of them."""
+    dataset_id = session.exec(select(Task.dataset_id).where(Task.id == task_id)).first()
+    if dataset_id is None:
         raise NotFound(f"Task {task_id} does not exist.")
-    return task
+    lock(session, dataset_id)  # a task never moves to another dataset
+    task = session.exec(
+        select(Task).where(Task.id == task_id).execution_options(populate_existing=True)
+    ).first()
+    dataset = session.get(Dataset, dataset_id, populate_existing=True)
+    if task is None or dataset is None:  # deleted before the lock was ours
+        raise NotFound(f"Task {task_id} does not exist.")
+    return task, dataset
 
 
 def _replacement(session: Session, task: Task) -> Task | None:
@@ -151,7 +154,7 @@ def latest_judgement(session: Session, task: Task) -> TaskJudgement | None:
 
 def review_task(*, session: Session, task_id: int, review: TaskReview) -> TaskPublic:
     """Accept or reject a task by hand; run counters keep the pipeline's verdicts."""
-    task = _locked(session, task_id)
+    task, dataset = _locked(session, task_id)
     if review.status is TaskStatus.accepted and (newer := _replacement(session, task)):
         raise Conflict(
             f"Task {task_id} was replaced by the edited task {newer.id}, which is accepted; "
@@ -163,9 +166,9 @@ def review_task(*, session: Session, task_id: int, review: TaskReview) -> TaskPu
         task.rejection_reason, task.rejection_detail = None, None
     else:
         task.rejection_reason, task.rejection_detail = REVIEWER_REJECTED, review.note
-    task.updated_at = utcnow()
+    task.updated_at = stamp_dataset(session, dataset, after=[task.created_at])
     session.add(task)
-    session.commit()
+    commit_with_marks(session, dataset)
     session.refresh(task)
     return _public(session, task)
 
@@ -173,7 +176,7 @@ def review_task(*, session: Session, task_id: int, review: TaskReview) -> TaskPu
 def edit_task(*, session: Session, task_id: int, edit: TaskEdit) -> TaskPublic:
     """Store the corrected task as a new accepted row with origin `edited`, pointing back at the
     original; an accepted original is rejected as `replaced_by_edit` so export holds one copy."""
-    original = _locked(session, task_id)
+    original, dataset = _locked(session, task_id)
     assert original.id is not None
     if original.origin == TaskOrigin.seed.value:
         raise Conflict(
@@ -184,6 +187,7 @@ def edit_task(*, session: Session, task_id: int, edit: TaskEdit) -> TaskPublic:
         raise Conflict(
             f"Task {task_id} was already replaced by the edited task {newer.id}; edit that one."
         )
+    stamp = stamp_dataset(session, dataset, after=[original.created_at])
     edited = Task(
         dataset_id=original.dataset_id,
         name=original.name,
@@ -206,6 +210,8 @@ def edit_task(*, session: Session, task_id: int, edit: TaskEdit) -> TaskPublic:
         lineage={key: value for key, value in original.lineage.items() if key != "reviews"}
         | {"edit_note": edit.note},
         edited_from_id=original.id,
+        created_at=stamp,
+        updated_at=stamp,
     )
     session.add(edited)
     session.flush()
@@ -214,8 +220,8 @@ def edit_task(*, session: Session, task_id: int, edit: TaskEdit) -> TaskPublic:
         original.status = TaskStatus.rejected.value
         original.rejection_reason = REPLACED_BY_EDIT
         original.rejection_detail = f"Replaced by the edited task {edited.id}."
-        original.updated_at = utcnow()
+        original.updated_at = stamp
         session.add(original)
-    session.commit()
+    commit_with_marks(session, dataset)
     session.refresh(edited)
     return _public(session, edited)
