@@ -29,11 +29,13 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from app import faults
+from app.db import retry_transient
 from app.leases import Keeper, Lease, LeaseHolder, kept, release
 from app.llm import backend_for, find_model, price_table
 from app.models import JudgementEvent, JudgementJob, RunStatus, Task, TaskJudgement, utcnow
 from app.pipeline.storage import new_ids
 from app.run_schemas import JudgementJobCreate
+from app.services.dataset_lock import lock
 from app.services.judgements import job_task_query, progress
 from app.settings import Settings
 from generators.base import Backend, Generation
@@ -130,8 +132,17 @@ class JudgementExecution:
 
     def _commit(self, done: list[Done], live: dict[str, Any]) -> bool:
         """One transaction: judgements, the tasks' latest rating, the job's counters and its
-        `progressed` mark. False: cancelled or taken over, nothing written."""
+        `progressed` mark. False: cancelled or taken over, nothing written. A transient
+        database error runs the whole transaction again (app.db.retry_transient)."""
+        return retry_transient(
+            f"judgement job {self.job_id}: commit", lambda: self._commit_once(done, live)
+        )
+
+    def _commit_once(self, done: list[Done], live: dict[str, Any]) -> bool:
         with Session(self.engine, expire_on_commit=False) as session:
+            # The lock order of every writer of a dataset's tasks: its row, then task rows
+            # (app/services/dataset_lock.py), so a judgement job never deadlocks a run.
+            lock(session, self.dataset_id)
             job = session.exec(
                 select(JudgementJob).where(JudgementJob.id == self.job_id).with_for_update()
             ).one()
@@ -139,15 +150,9 @@ class JudgementExecution:
             if job.status != RunStatus.running or lost:
                 session.rollback()
                 return False
-            stored = [d for d in done if d.judgement is not None]
+            stored = sorted((d for d in done if d.judgement is not None), key=lambda d: d.task_id)
             conn = session.connection()
             if stored:
-                # Tasks' rows first: SQLite's write lock, so judgement ids drawn stay ours.
-                conn.execute(
-                    sa.update(Task)
-                    .where(col(Task.id) == stored[0].task_id)
-                    .values(updated_at=Task.updated_at)
-                )
                 ids = new_ids(session, "judgement", len(stored))
                 now = utcnow()
                 conn.execute(
