@@ -1,7 +1,7 @@
 """Fault points: named places in the job machinery where a test can have this process killed
 with SIGKILL, to prove that a death at that moment loses nothing and repeats nothing.
 
-`SELFINSTRUCT_FAULT=run:committing` kills the process the first time a run reaches the moment
+`SELFINSTRUCT_TEST_FAULT=run:committing` kills the process the first time a run reaches the moment
 its commit is written but not yet committed; `run:committing@3` the third time. Points are
 `<kind>:<phase>`, kind one of run, judgement, evaluation, finetune, phase one of claimed (the
 claim is committed, nothing executed yet), running (work was done, nothing of it stored),
@@ -17,7 +17,7 @@ from collections import Counter
 
 KINDS = ("run", "judgement", "evaluation", "finetune")
 PHASES = ("claimed", "running", "committing", "finishing")
-ENV = "SELFINSTRUCT_FAULT"
+ENV = "SELFINSTRUCT_TEST_FAULT"
 
 _reached: Counter[str] = Counter()
 
