@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlmodel import col
+from sqlmodel import Session, SQLModel, col
 
 from app.db import retry_transient
 from app.models import (
@@ -252,24 +252,61 @@ def _fail_lost(
     if conn.execute(sa.update(model).where(same).values(values)).rowcount != 1:
         return False
     end = {"status": "failed", "stop_reason": "worker_lost", "error": message, "lost": lost}
-    if model is Run:
-        conn.execute(sa.insert(RunEvent).values(run_id=row_id, kind="end", data=end))
-    elif model is JudgementJob:
-        conn.execute(
-            sa.insert(JudgementEvent).values(judgement_job_id=row_id, kind="end", data=end)
-        )
-    elif model is Evaluation:
-        conn.execute(sa.insert(EvaluationEvent).values(evaluation_id=row_id, kind="end", data=end))
-    else:
-        conn.execute(
-            sa.insert(FineTuningJobEventRow).values(
-                job_id=row_id,
-                level="error",
-                message=f"The job failed: {message}",
-                data={"code": "worker_lost", "lost": lost},
-            )
-        )
+    kind = f"The job failed: {message}" if model is FineTuningJobRow else "end"
+    event = job_event(model, row_id, kind, end)
+    conn.execute(sa.insert(type(event)).values(**event.model_dump(exclude_none=True)))
     return True
+
+
+FINAL = frozenset({"succeeded", "failed", "cancelled"})  # every kind's final statuses
+
+
+def job_event(model: Leased, row_id: Any, kind: str, data: dict[str, Any]) -> SQLModel:
+    """An event of a job, in its kind's own table (what its event stream reads). Fine-tune
+    events are OpenAI-shaped: a message, with `kind` as the message."""
+    if model is Run:
+        return RunEvent(run_id=row_id, kind=kind, data=data)
+    if model is JudgementJob:
+        return JudgementEvent(judgement_job_id=row_id, kind=kind, data=data)
+    if model is Evaluation:
+        return EvaluationEvent(evaluation_id=row_id, kind=kind, data=data)
+    level = "error" if data.get("status") == "failed" else "info"
+    return FineTuningJobEventRow(job_id=row_id, level=level, message=kind, data=data)
+
+
+# The event each kind's stream has always ended a cancel with.
+CANCEL_EVENT: dict[Leased, str] = {
+    Run: "status",
+    JudgementJob: "status",
+    Evaluation: "end",
+    FineTuningJobRow: "Job cancelled",
+}
+
+
+def cancel(session: Session, row: Any) -> Any:
+    """Cancel a queued or running job of any kind; idempotent (a final state never changes).
+    The row is locked first: its holder may be committing. The holder sees the status at its
+    next commit or renewal (its lease no longer holds) and stops, storing nothing more."""
+    model = type(row)
+    session.refresh(row, with_for_update=True)
+    if row.status in FINAL:
+        return row
+    now = utcnow()
+    row.status = "cancelled"
+    row.finished_at = now
+    row.lease_expires_at = None
+    if model is not FineTuningJobRow:
+        row.updated_at = now
+    if model is Run:
+        row.state = {**row.state, "stop_reason": "cancelled"}
+    elif model is JudgementJob:
+        row.stop_reason = "cancelled"
+    session.add(row)
+    data = {"status": "cancelled"} if model is not FineTuningJobRow else {}
+    session.add(job_event(model, row.id, CANCEL_EVENT[model], data))
+    session.commit()
+    session.refresh(row)
+    return row
 
 
 def claim_next(

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from app import leases
 from app.errors import InvalidInput, NotFound
 from app.finetune.schemas import (
     FineTuningJob,
@@ -37,8 +38,6 @@ from app.services.files import file_path, get_file, store_file
 from app.settings import BUNDLED_MODEL_ID, Settings
 from training.data import read_chat_jsonl
 from training.errors import TrainingDataError
-
-FINAL = frozenset({JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.cancelled.value})
 
 
 def artifacts_dir(settings: Settings, job_id: str) -> Path:
@@ -293,15 +292,8 @@ def list_jobs(
 
 def cancel_job(*, session: Session, job: FineTuningJobRow) -> FineTuningJobRow:
     """Idempotent; final states never change. The worker stops within one optimizer step."""
-    if job.status in FINAL:
-        return job
-    job.status = JobStatus.cancelled
-    job.finished_at = utcnow()
-    add_event(session, job.id, "Job cancelled")
-    session.add(job)
-    session.commit()
-    session.refresh(job)
-    return job
+    result: FineTuningJobRow = leases.cancel(session, job)
+    return result
 
 
 def list_events(

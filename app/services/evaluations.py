@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from app import faults
+from app import faults, leases
 from app.errors import InvalidInput, NotFound
 from app.leases import Lease, LeaseHolder, kept, release
 from app.llm import ModelEntry, backend_for, find_model
@@ -74,7 +74,6 @@ from training.data import task_to_messages
 
 log = logging.getLogger("selfinstruct.evaluations")
 
-FINAL = frozenset({EvaluationStatus.succeeded, EvaluationStatus.failed, EvaluationStatus.cancelled})
 CHUNK = 8  # samples per stored step: the most a kill can lose, and the progress granularity
 Z95 = 1.959963984540054
 ERROR_CHARS = 300  # a failed request's error, as stored with the sample
@@ -250,20 +249,8 @@ def list_samples(
 
 def cancel_evaluation(*, session: Session, evaluation: Evaluation) -> Evaluation:
     """Idempotent; a worker stops at its next chunk, storing nothing more."""
-    session.refresh(evaluation, with_for_update=True)
-    if evaluation.status in FINAL:
-        return evaluation
-    evaluation.status = EvaluationStatus.cancelled
-    evaluation.finished_at = evaluation.updated_at = utcnow()
-    evaluation.lease_expires_at = None
-    session.add(evaluation)
-    assert evaluation.id is not None
-    session.add(
-        EvaluationEvent(evaluation_id=evaluation.id, kind="end", data={"status": "cancelled"})
-    )
-    session.commit()
-    session.refresh(evaluation)
-    return evaluation
+    result: Evaluation = leases.cancel(session, evaluation)
+    return result
 
 
 def events_after(engine: Engine, *, evaluation_id: int, after: int) -> list[EvaluationEvent]:

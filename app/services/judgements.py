@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
+from app import leases
 from app.errors import NotFound
 from app.llm import ModelEntry, find_model
 from app.models import (
@@ -25,7 +26,6 @@ from app.models import (
     Run,
     RunStatus,
     Task,
-    utcnow,
 )
 from app.run_schemas import (
     JudgementEventPublic,
@@ -34,7 +34,6 @@ from app.run_schemas import (
     JudgementProgress,
 )
 from app.schemas import ErrorItem
-from app.services.runs import FINAL
 from app.settings import Settings
 from generators.judge import RATINGS
 
@@ -140,22 +139,8 @@ def list_jobs(*, session: Session, dataset: Dataset) -> list[JudgementJob]:
 def cancel_job(*, session: Session, job: JudgementJob) -> JudgementJob:
     """Idempotent; judgements already stored stay (they are real ratings). The worker sees the
     status at its next commit or lease renewal and stops."""
-    # Lock the row first: a commit of the job may be writing its counters.
-    session.refresh(job, with_for_update=True)
-    if job.status in FINAL:
-        return job
-    job.status = RunStatus.cancelled
-    job.stop_reason = "cancelled"
-    job.finished_at = utcnow()
-    job.updated_at = job.finished_at
-    session.add(job)
-    assert job.id is not None
-    session.add(
-        JudgementEvent(judgement_job_id=job.id, kind="status", data={"status": "cancelled"})
-    )
-    session.commit()
-    session.refresh(job)
-    return job
+    result: JudgementJob = leases.cancel(session, job)
+    return result
 
 
 def progress(job: JudgementJob) -> JudgementProgress:

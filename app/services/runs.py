@@ -7,16 +7,16 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
+from app import leases
 from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from app.llm import find_model, price_table
-from app.models import Dataset, Run, RunEvent, RunStatus, utcnow
+from app.models import Dataset, Run, RunEvent, RunStatus
 from app.run_schemas import RunCounters, RunCreate, RunEventPublic, RunPublic
 from app.schemas import ErrorItem
 from app.services.dataset_lock import lock
 from app.services.documents import check_documents
 from app.settings import Settings
 
-FINAL = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.cancelled})
 ACTIVE = (RunStatus.queued.value, RunStatus.running.value)
 
 
@@ -109,20 +109,8 @@ def list_runs(*, session: Session, dataset: Dataset) -> list[Run]:
 
 def cancel_run(*, session: Session, run: Run) -> Run:
     """Idempotent: a finished run is returned as it is; the worker stops within a second."""
-    # Lock the row first: a commit group of the run may be writing its counters and state.
-    session.refresh(run, with_for_update=True)
-    if run.status in FINAL:
-        return run
-    run.status = RunStatus.cancelled
-    run.finished_at = utcnow()
-    run.updated_at = run.finished_at
-    run.state = {**run.state, "stop_reason": "cancelled"}
-    session.add(run)
-    assert run.id is not None
-    session.add(RunEvent(run_id=run.id, kind="status", data={"status": "cancelled"}))
-    session.commit()
-    session.refresh(run)
-    return run
+    result: Run = leases.cancel(session, run)
+    return result
 
 
 def events_after(engine: Engine, *, run_id: int, after: int, limit: int = 500) -> list[RunEvent]:

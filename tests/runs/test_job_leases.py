@@ -16,7 +16,16 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from app.db import make_engine
-from app.leases import Leased, claim, claim_next, progressed, release, renew
+from app.leases import (
+    Leased,
+    cancel,
+    claim,
+    claim_next,
+    job_event,
+    progressed,
+    release,
+    renew,
+)
 from app.main import create_app
 from app.models import (
     Dataset,
@@ -181,3 +190,29 @@ def test_the_oldest_waiting_job_of_any_kind_is_claimed_first(engine: Engine, fir
         claim_next(engine, [Run, Evaluation], worker_id="c", lease_seconds=30, attempts=lambda m: 3)
         is None
     )
+
+
+@pytest.mark.parametrize("model", list(CAPS), ids=lambda m: m.__name__)
+def test_a_cancel_ends_any_kind_once_and_its_holder_loses_the_lease(
+    engine: Engine, model: Leased
+) -> None:
+    row_id = queue(engine, model)
+    lease = claim(engine, model, worker_id="a", lease_seconds=30, attempts=3)
+    assert lease is not None
+    with Session(engine, expire_on_commit=False) as session:
+        row = session.get(model, row_id)
+        for _ in range(2):  # idempotent
+            row = cancel(session, row)
+            assert row.status == "cancelled" and row.finished_at is not None
+    assert not renew(engine, lease, lease_seconds=30)  # the holder stops at its next renewal
+    assert not release(engine, lease)
+    with Session(engine) as session:
+        if model is FineTuningJobRow:
+            events = session.exec(
+                select(FineTuningJobEventRow.message).where(FineTuningJobEventRow.job_id == row_id)
+            ).all()
+            assert events.count("Job cancelled") == 1
+        else:
+            table = job_event(model, row_id, "x", {}).__class__
+            events = session.exec(select(table.data)).all()  # type: ignore[attr-defined]
+            assert sum(e.get("status") == "cancelled" for e in events) == 1

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from sse_starlette.sse import EventSourceResponse
 
+from app import leases
 from app.api.deps import MAX_ID, EngineDep, SessionDep, SettingsDep, release
 from app.api.sse import event_stream
 from app.errors import InvalidInput
@@ -22,7 +23,6 @@ from app.services import evaluations as svc
 
 router = APIRouter(tags=["evaluations"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
-FINAL = {s.value for s in svc.FINAL}
 
 
 def evaluation_by_id(
@@ -125,7 +125,7 @@ async def evaluation_events(
         rows_after=lambda after: svc.events_after(engine, evaluation_id=evaluation_id, after=after),
         encode=lambda e: (e.id, e.kind, svc.event_public(e)),
         status=lambda: svc.evaluation_status(engine, evaluation_id=evaluation_id),
-        final=FINAL,
+        final=leases.FINAL,
         last_event_id_header=last_event_id,
         poll_seconds=poll_seconds,
     )

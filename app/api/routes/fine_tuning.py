@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, File, Form, Header, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 
+from app import leases
 from app.api.deps import EngineDep, SessionDep, SettingsDep, release
 from app.api.sse import event_stream
 from app.finetune import service as svc
@@ -202,7 +203,7 @@ async def list_events(
             rows_after=lambda after: svc.events_after(engine, job_id=job_id, after=after),
             encode=lambda e: (e.id, "event", svc.event_public(e)),
             status=lambda: svc.job_status(engine, job_id=job_id),
-            final=svc.FINAL,
+            final=leases.FINAL,
             last_event_id_header=last_event_id,
         )
     events, more = svc.list_events(session=session, job=job, after=after, limit=limit)

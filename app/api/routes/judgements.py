@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from sse_starlette.sse import EventSourceResponse
 
+from app import leases
 from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep, release
 from app.api.sse import event_stream
 from app.models import Dataset, JudgementJob
@@ -16,7 +17,6 @@ from app.services import judgements as svc
 
 router = APIRouter(tags=["judgements"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
-FINAL = {s.value for s in svc.FINAL}
 
 
 def job_by_id(
@@ -100,7 +100,7 @@ async def judgement_job_events(
         rows_after=lambda after: svc.events_after(engine, job_id=job_id, after=after),
         encode=lambda e: (e.id, e.kind, svc.event_public(e)),
         status=lambda: svc.job_status(engine, job_id=job_id),
-        final=FINAL,
+        final=leases.FINAL,
         last_event_id_header=last_event_id,
         poll_seconds=poll_seconds,
     )

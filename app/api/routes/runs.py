@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from sse_starlette.sse import EventSourceResponse
 
+from app import leases
 from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep, release
 from app.api.sse import event_stream
 from app.models import Dataset, Run
@@ -16,7 +17,6 @@ from app.services import runs as svc
 
 router = APIRouter(tags=["runs"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
-FINAL = {s.value for s in svc.FINAL}
 
 
 def run_by_id(
@@ -97,7 +97,7 @@ async def run_events(
         rows_after=lambda after: svc.events_after(engine, run_id=run_id, after=after),
         encode=lambda e: (e.id, e.kind, svc.event_public(e)),
         status=lambda: svc.run_status(engine, run_id=run_id),
-        final=FINAL,
+        final=leases.FINAL,
         last_event_id_header=last_event_id,
         poll_seconds=poll_seconds,
     )
