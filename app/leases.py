@@ -45,6 +45,7 @@ from app.models import (
     EvaluationEvent,
     FineTuningJobEventRow,
     FineTuningJobRow,
+    JobPart,
     JudgementEvent,
     JudgementJob,
     Run,
@@ -54,7 +55,7 @@ from app.models import (
 
 log = logging.getLogger("selfinstruct.leases")
 
-Leased = type[Run] | type[FineTuningJobRow] | type[Evaluation] | type[JudgementJob]
+Leased = type[Run] | type[FineTuningJobRow] | type[Evaluation] | type[JudgementJob] | type[JobPart]
 RUNNING = "running"
 
 
@@ -104,6 +105,7 @@ def kind_name(model: Leased) -> str:
         JudgementJob: "judgement job",
         Evaluation: "evaluation",
         FineTuningJobRow: "fine-tune job",
+        JobPart: "part of a job",
     }
     return names.get(model, model.__name__)
 
@@ -115,6 +117,7 @@ def kind_slug(model: Leased) -> str:
         JudgementJob: "judgement",
         Evaluation: "evaluation",
         FineTuningJobRow: "finetune",
+        JobPart: "part",
     }
     return slugs.get(model, model.__name__.lower())
 
@@ -138,8 +141,10 @@ def claim(
     lease_seconds: float,
     attempts: int,
     row_id: object | None = None,
+    where: Sequence[sa.ColumnElement[bool]] = (),
 ) -> Lease | None:
-    """Take the oldest queued row (or `row_id`), or a running one whose lease expired.
+    """Take the oldest queued row (or `row_id`, or the oldest matching `where`: the parts of
+    one job), or a running one whose lease expired.
 
     A row whose lost holders reach `attempts` fails as `worker_lost` on the way and the next
     one is tried. A transient database error is retried (app.db.retry_transient): each try is
@@ -148,10 +153,10 @@ def claim(
     while True:
         lease, failed = retry_transient(
             f"claim of a {kind_name(model)}",
-            lambda: _claim_once(engine, model, worker_id, lease_seconds, attempts, row_id),
+            lambda: _claim_once(engine, model, worker_id, lease_seconds, attempts, row_id, where),
         )
         if lease is not None or not failed or row_id is not None:
-            return lease
+            return lease  # else a row failed at the cap on the way: look at the next
 
 
 def _claim_once(
@@ -161,6 +166,7 @@ def _claim_once(
     lease_seconds: float,
     attempts: int,
     row_id: object | None,
+    where: Sequence[sa.ColumnElement[bool]] = (),
 ) -> tuple[Lease | None, bool]:
     now = utcnow()
     m = model
@@ -175,6 +181,8 @@ def _claim_once(
         )
         if row_id is not None:
             pick = pick.where(col(m.id) == row_id)
+        if where:
+            pick = pick.where(*where)
         if conn.dialect.name == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
         picked = conn.execute(pick).first()
@@ -251,6 +259,8 @@ def _fail_lost(
         values["stop_reason"] = "worker_lost"
     if conn.execute(sa.update(model).where(same).values(values)).rowcount != 1:
         return False
+    if model is JobPart:  # the job's owner decides what a lost part means for the job
+        return True
     end = {"status": "failed", "stop_reason": "worker_lost", "error": message, "lost": lost}
     kind = f"The job failed: {message}" if model is FineTuningJobRow else "end"
     event = job_event(model, row_id, kind, end)
@@ -302,11 +312,34 @@ def cancel(session: Session, row: Any) -> Any:
     elif model is JudgementJob:
         row.stop_reason = "cancelled"
     session.add(row)
+    if model is not JobPart:  # its parts end with it: their holders stop at their next renewal
+        session.connection().execute(
+            sa.update(JobPart)
+            .where(
+                col(JobPart.kind) == kind_slug(model),
+                col(JobPart.job_id) == str(row.id),
+                col(JobPart.status).not_in(FINAL),
+            )
+            .values(status="cancelled", finished_at=now, updated_at=now, lease_expires_at=None)
+        )
     data = {"status": "cancelled"} if model is not FineTuningJobRow else {}
-    session.add(job_event(model, row.id, CANCEL_EVENT[model], data))
+    if model in CANCEL_EVENT:  # a part has no events of its own
+        session.add(job_event(model, row.id, CANCEL_EVENT[model], data))
     session.commit()
     session.refresh(row)
     return row
+
+
+def add_parts(session: Session, model: Leased, job_id: object, count: int) -> None:
+    """Queue `count` parts of a job (0 to count-1), each to be claimed on its own lease with
+    `claim(engine, JobPart, ..., where=part_of(model, job_id))`."""
+    kind = kind_slug(model)
+    session.add_all(JobPart(kind=kind, job_id=str(job_id), part=i) for i in range(count))
+
+
+def part_of(model: Leased, job_id: object) -> list[sa.ColumnElement[bool]]:
+    """The `where` that claims only the parts of one job."""
+    return [col(JobPart.kind) == kind_slug(model), col(JobPart.job_id) == str(job_id)]
 
 
 def claim_next(

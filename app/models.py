@@ -476,6 +476,35 @@ class StoredFile(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+class JobPart(SQLModel, table=True):
+    """A part of a job held on a lease of its own (a shard of a run across workers, a node of a
+    fine-tune across machines): claimed, renewed, fenced and capped like a whole job
+    (app/leases.py), so one job runs on several workers at once and a dead worker's part alone
+    is taken over. The job's row keeps its status; what a lost part means is its owner's call."""
+
+    __tablename__ = "job_part"
+    __table_args__ = (
+        sa.UniqueConstraint("kind", "job_id", "part", name="uq_job_part"),
+        sa.Index("ix_job_part_status", "status", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16)  # app.leases.kind_slug of the job's kind
+    job_id: str = Field(max_length=64)
+    part: int
+    status: str = Field(default="queued", max_length=16)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    worker_id: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    lease_epoch: int = Field(default=0)
+    lost_count: int = Field(default=0)
+    progressed: bool = Field(default=False)
+    created_at: datetime = _ts()
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = _ts()
+
+
 class EvaluationStatus(StrEnum):
     queued = "queued"
     running = "running"

@@ -24,7 +24,15 @@ ORIGINAL_SEEDS = SHARED / "data" / "selfinstruct_seed_tasks.jsonl"
 # The model name the shared llama.cpp server answers to: not the bundled model's own id, which
 # the service serves in-process, so a test's endpoint never shadows it.
 LLAMA_ALIAS = "smollm2-llamacpp"
-TABLES = ["finetune_checkpoint", "finetune_event", "finetune_job", "task", "run", "dataset"]
+TABLES = [
+    "job_part",
+    "finetune_checkpoint",
+    "finetune_event",
+    "finetune_job",
+    "task",
+    "run",
+    "dataset",
+]
 
 
 @pytest.fixture(scope="session")

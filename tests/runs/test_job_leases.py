@@ -18,10 +18,12 @@ from sqlmodel import Session, select
 from app.db import make_engine
 from app.leases import (
     Leased,
+    add_parts,
     cancel,
     claim,
     claim_next,
     job_event,
+    part_of,
     progressed,
     release,
     renew,
@@ -33,6 +35,7 @@ from app.models import (
     EvaluationEvent,
     FineTuningJobEventRow,
     FineTuningJobRow,
+    JobPart,
     JudgementEvent,
     JudgementJob,
     Run,
@@ -216,3 +219,33 @@ def test_a_cancel_ends_any_kind_once_and_its_holder_loses_the_lease(
             table = job_event(model, row_id, "x", {}).__class__
             events = session.exec(select(table.data)).all()  # type: ignore[attr-defined]
             assert sum(e.get("status") == "cancelled" for e in events) == 1
+
+
+def test_a_job_held_in_parts_gives_each_part_its_own_lease(engine: Engine) -> None:
+    """Two workers hold two parts of one run at once; one part's takeover fences only that
+    part's old holder and counts only against that part; a cancel of the run ends both."""
+    run_id = queue(engine, Run)
+    with Session(engine) as session:
+        add_parts(session, Run, run_id, 2)
+        session.commit()
+    mine = part_of(Run, run_id)
+    first = claim(engine, JobPart, worker_id="a", lease_seconds=30, attempts=3, where=mine)
+    second = claim(engine, JobPart, worker_id="b", lease_seconds=-1, attempts=3, where=mine)
+    assert first is not None and second is not None and first.row_id != second.row_id
+    assert (
+        claim(engine, JobPart, worker_id="c", lease_seconds=30, attempts=3, where=part_of(Run, 0))
+        is None
+    )
+    # b dies; c takes its part over (the only claimable one), a keeps the other
+    taken = claim(engine, JobPart, worker_id="c", lease_seconds=30, attempts=3, where=mine)
+    assert taken is not None and taken.row_id == second.row_id and taken.epoch == second.epoch + 1
+    assert renew(engine, first, lease_seconds=30) and renew(engine, taken, lease_seconds=30)
+    assert not renew(engine, second, lease_seconds=30)
+    with Session(engine, expire_on_commit=False) as session:
+        parts = {p.id: p for p in session.exec(select(JobPart)).all()}
+        assert (parts[first.row_id].lost_count, parts[taken.row_id].lost_count) == (0, 1)
+        cancel(session, session.get(Run, run_id))
+    assert not renew(engine, first, lease_seconds=30)
+    assert not renew(engine, taken, lease_seconds=30)
+    with Session(engine) as session:
+        assert {p.status for p in session.exec(select(JobPart)).all()} == {"cancelled"}
