@@ -257,6 +257,7 @@ class Stream:
             self.spawn(self.candidate(cand))
 
     async def candidate(self, cand: Candidate) -> None:
+        faults.point("run:running")  # an answer came; nothing of it is stored yet
         ctx = self.ctx
         item = screen(ctx, cand, self.in_progress)
         if isinstance(item, Verdict):
@@ -279,7 +280,6 @@ class Stream:
                 if accepted:
                     self.idle = 0
                 self.buffer.append(verdict)
-                faults.point("run:running")
             except CapReached as cap:
                 self.capped = cap.reason
                 self.buffer.append(

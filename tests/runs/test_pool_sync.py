@@ -75,7 +75,10 @@ class HandRun:
         created = api.post(f"/v1/datasets/{dataset}/runs", json=body)
         assert created.status_code == 201, created.text
         self.run_id: int = created.json()["id"]
-        assert claim_run(self.engine, worker_id="hand", run_id=self.run_id, lease_seconds=60)
+        lease = claim_run(
+            self.engine, worker_id="hand", run_id=self.run_id, lease_seconds=60, attempts=3
+        )
+        assert lease is not None
         with Session(self.engine, expire_on_commit=False) as session:
             run = session.exec(select(Run).where(Run.id == self.run_id)).one()
             found = session.exec(select(Dataset).where(Dataset.id == run.dataset_id)).one()
@@ -87,7 +90,7 @@ class HandRun:
             )
 
         self.ctx = asyncio.run(build())
-        self.ctx.worker_id = "hand"
+        self.ctx.lease = lease
 
     def decide(self, text: str) -> Verdict:
         """A candidate through screening and the decision, as the stream takes it."""
