@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from sqlmodel import Session
@@ -24,6 +25,11 @@ from app.services.export import Selection, export_chunks
 from app.services.seeds import import_seeds, parse_json_array, parse_jsonl
 from app.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from app.finetune.supervisor import FinetuneSupervisor
+
 cli = typer.Typer(help="Grow instruction-tuning data with Self-Instruct.", no_args_is_help=True)
 seeds_cli = typer.Typer(help="Manage seed tasks.", no_args_is_help=True)
 cli.add_typer(seeds_cli, name="seeds")
@@ -37,10 +43,22 @@ def _fail(exc: ServiceError) -> None:
     raise typer.Exit(code=2)
 
 
+MAX_API_PROCESSES = 64  # `serve --workers`: more is a mistake, not a bigger machine
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind.")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_API_PROCESSES,
+            help="API processes sharing the port. Whatever the number, the service runs one "
+            "generation worker and one supervised fine-tune worker.",
+        ),
+    ] = 1,
 ) -> None:
     """Start the HTTP API (the docs are at /docs) and a fine-tune worker it supervises.
 
@@ -64,6 +82,14 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     supervisor = FinetuneSupervisor(engine=engine, settings=settings)
+    serving = {
+        "host": bind_host,
+        "port": port or settings.port,
+        "timeout_keep_alive": 75,  # above common proxy idle timeouts, so proxies close first
+    }
+    if workers > 1:
+        _serve_processes(engine, settings, supervisor, workers, serving)
+        return
     # uvicorn shuts down gracefully on SIGINT or SIGTERM, then raises the signal again with the
     # handler it found; this one lets the worker be stopped before the process ends on it.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -71,12 +97,7 @@ def serve(
     stopped_by: int | None = None
     supervisor.start()
     try:
-        uvicorn.run(
-            create_app(settings),
-            host=bind_host,
-            port=port or settings.port,
-            timeout_keep_alive=75,  # above common proxy idle timeouts, so proxies close first
-        )
+        uvicorn.run(create_app(settings), **serving)  # type: ignore[arg-type]
     except _Stopped as exc:
         stopped_by = exc.signum
     finally:
@@ -85,6 +106,38 @@ def serve(
     if stopped_by is not None:  # end as the signal would have ended it
         signal.signal(stopped_by, signal.SIG_DFL)
         signal.raise_signal(stopped_by)
+
+
+def _serve_processes(
+    engine: Engine,
+    settings: Settings,
+    supervisor: FinetuneSupervisor,
+    processes: int,
+    serving: dict[str, object],
+) -> None:
+    """`serve --workers N`: uvicorn starts N API processes on the one port (and restarts one
+    that dies); this process, their parent, runs the one generation worker and supervises the
+    one fine-tune worker, so N never multiplies background work and an API process that dies
+    takes no run with it. The API processes read the same settings from the environment, with
+    their own worker turned off."""
+    import uvicorn
+
+    from app.worker import Worker
+
+    os.environ["SELFINSTRUCT_EMBEDDED_WORKER"] = "false"  # for the API processes only
+    worker = Worker(engine=engine, settings=settings) if settings.embedded_worker else None
+    thread = worker.start_thread() if worker else None
+    supervisor.start()
+    try:
+        # uvicorn's parent handles SIGINT and SIGTERM itself: it stops the API processes and
+        # returns, and the workers here stop after them.
+        uvicorn.run("app.main:create_app", factory=True, workers=processes, **serving)  # type: ignore[arg-type]
+    finally:
+        if worker is not None and thread is not None:
+            worker.stop()
+            thread.join(timeout=30)
+        supervisor.stop()
+        engine.dispose()
 
 
 class _Stopped(Exception):
