@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from app.models import RunStatus
 from app.settings import BUNDLED_MODEL_ID
-from app.strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyName, get_strategy
+from app.strategies import DEFAULT_STRATEGY, STRATEGIES, Strategy, StrategyName, get_strategy
 from filters.heuristics import HeuristicConfig
 from generators.prompts import LANGUAGES, check_prompt_language
 
@@ -148,11 +149,11 @@ class RunCommon(_Strict):
         return self
 
 
-def _run_create() -> type[RunCommon]:
-    """RunCommon plus every registered strategy's own fields; its description states their
-    rules between fields, as the refusals word them."""
+def run_create_model(strategies: Mapping[str, type[Strategy]]) -> type[RunCommon]:
+    """RunCommon plus each strategy's own fields; its description states their rules between
+    fields, as the refusals word them."""
     fields: dict[str, Any] = {}
-    for strategy in STRATEGIES.values():
+    for strategy in strategies.values():
         own = strategy.fields.model_fields if strategy.fields is not None else {}
         for name, info in own.items():
             if name in RunCommon.model_fields or name in fields:
@@ -160,8 +161,13 @@ def _run_create() -> type[RunCommon]:
                     f"strategy {strategy.name!r} declares the run field {name!r}, which another "
                     "strategy or every run already has; name it after the strategy"
                 )
+            if info.is_required():
+                raise TypeError(
+                    f"strategy {strategy.name!r}: run field {name!r} needs a default, since "
+                    "runs of other strategies do not send it"
+                )
             fields[name] = (info.annotation, info)
-    rules = [s.rule for s in STRATEGIES.values() if s.rule]
+    rules = [s.rule for s in strategies.values() if s.rule]
     doc = "A generation run; every field has a default but `target`."
     if rules:
         doc += f" Rule{'s' if len(rules) > 1 else ''} between fields:\n" + "; ".join(rules) + "."
@@ -173,7 +179,7 @@ def _run_create() -> type[RunCommon]:
 if TYPE_CHECKING:
     RunCreate = RunCommon
 else:
-    RunCreate = _run_create()
+    RunCreate = run_create_model(STRATEGIES)
 
 
 class StrategyPublic(BaseModel):

@@ -6,13 +6,24 @@ from __future__ import annotations
 
 import ast
 import importlib
+import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
-from app.strategies import BUILT_IN, STRATEGIES, Strategy, strategy_names
+from app.run_schemas import RunCreate, run_create_model
+from app.strategies import (
+    BUILT_IN,
+    STRATEGIES,
+    Candidate,
+    Strategy,
+    StrictSpec,
+    _load,
+    strategy_names,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON_TREES = ("app", "generators", "filters", "training")
@@ -144,3 +155,45 @@ def test_the_run_schema_and_the_strategies_route_come_from_the_registry(client: 
     by_name = {s["name"]: s for s in listed["data"]}
     assert by_name[own["backtranslate"]]["needs"] == ["documents"]
     assert not by_name[own["template"]]["uses_topic"]
+
+
+class _NoDefault(StrictSpec):
+    loose_needed: int
+
+
+class _TakesTopic(StrictSpec):
+    topic: str = "x"
+
+
+class _Loose(Strategy):
+    """A strategy whose own field has no default: every run would have to send it."""
+
+    name = "loose"
+    summary = "a test"
+    fields = _NoDefault
+
+    async def generate(self, rng: random.Random) -> list[Candidate] | None:
+        return []
+
+
+class _Shadowing(_Loose):
+    name = "shadowing"
+    fields = _TakesTopic
+
+
+class _LongName(_Loose):
+    name = "a_name_longer_than_a_run_can_store"
+
+
+def test_the_registry_refuses_what_would_break_other_runs() -> None:
+    """A name a run cannot store, or a run field without a default or taken by another, stops
+    the service at start with the strategy named, instead of breaking every run later."""
+    with pytest.raises(ValueError, match="at most 32 characters"):
+        _load("tests.test_strategy_layout:_LongName", "a test")
+    assert _load("tests.test_strategy_layout:_Loose", "a test") is _Loose
+    with pytest.raises(TypeError, match="'loose_needed' needs a default"):
+        run_create_model({"loose": _Loose})
+    with pytest.raises(TypeError, match="'topic', which another strategy or every run"):
+        run_create_model({**STRATEGIES, "shadowing": _Shadowing})
+    extended = run_create_model(STRATEGIES)
+    assert set(extended.model_fields) == set(RunCreate.model_fields)

@@ -10,6 +10,7 @@ the dashboard's form, the stream) reads this registry.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from types import MappingProxyType
@@ -28,6 +29,7 @@ BUILT_IN = (
 )
 ENTRY_POINT_GROUP = "selfinstruct.strategies"
 DEFAULT_STRATEGY = "self_instruct"  # the paper's bootstrap
+NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 def _load(reference: str, source: str) -> type[Strategy]:
@@ -39,6 +41,14 @@ def _load(reference: str, source: str) -> type[Strategy]:
         raise ImportError(f"strategy {reference!r} ({source}) cannot be loaded: {exc}") from exc
     if not (isinstance(found, type) and issubclass(found, Strategy)):
         raise TypeError(f"{reference!r} ({source}) is not a subclass of app.strategies.Strategy")
+    name = getattr(found, "name", None)
+    if not isinstance(name, str) or NAME.fullmatch(name) is None:
+        raise ValueError(
+            f"{reference!r} ({source}) needs a `name` of lowercase letters, digits and _, "
+            f"at most 32 characters (a run stores it), got {name!r}"
+        )
+    if not isinstance(getattr(found, "summary", None), str):
+        raise ValueError(f"{reference!r} ({source}) needs a `summary`, a few words")
     return found
 
 
