@@ -24,6 +24,7 @@ from app.services.datasets import get_dataset
 from app.services.export import Selection, export_chunks
 from app.services.seeds import import_seeds, parse_json_array, parse_jsonl
 from app.settings import Settings, get_settings
+from app.strategies import DEFAULT_STRATEGY, StrategyName
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -389,12 +390,12 @@ def generate(
     dataset: Annotated[str, typer.Option(help="Dataset to grow.")] = "default",
     model: Annotated[str | None, typer.Option(help="A model id from GET /v1/models.")] = None,
     strategy: Annotated[
-        str,
+        StrategyName,
         typer.Option(
-            help="self_instruct, alpaca, template, evolve, backtranslate (needs documents: "
-            "--document) or magpie."
+            help="How prompts construct candidates (GET /v1/strategies describes each); one "
+            "that needs documents takes them from --document or the dataset.",
         ),
-    ] = "self_instruct",
+    ] = DEFAULT_STRATEGY,
     params: Annotated[
         str | None, typer.Option(help="More run parameters as JSON, as POST /v1/.../runs takes.")
     ] = None,
@@ -402,7 +403,7 @@ def generate(
         list[Path] | None,
         typer.Option(
             help="A text, Markdown or JSONL file to add to the dataset's documents first "
-            "(repeat for several); backtranslate runs write instructions for them."
+            "(repeat for several), for a strategy that writes instructions for documents."
         ),
     ] = None,
 ) -> None:

@@ -4,16 +4,17 @@
 from __future__ import annotations
 
 import re
-import string
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from app.models import RunStatus
 from app.settings import BUNDLED_MODEL_ID
+from app.strategies import DEFAULT_STRATEGY, STRATEGIES, Strategy, StrategyName, get_strategy
 from filters.heuristics import HeuristicConfig
-from generators.prompts import EVOLVE_OPERATIONS, LANGUAGES, check_prompt_language
+from generators.prompts import LANGUAGES, check_prompt_language
 
 
 class _Strict(BaseModel):
@@ -90,95 +91,6 @@ class Caps(_Strict):
     max_cost: float | None = Field(None, gt=0, description="In the price table's currency.")
 
 
-# A template: text with `{slot}` placeholders, a slot's name free of `. [ ] ! :` and not only
-# digits (str.format would read those as attributes, indexes, conversions, formats or positions);
-# `{{` and `}}` are literal braces. The schema states it; the validator says what is wrong.
-TEMPLATE_PATTERN = r"^(?:[^{}]|\{\{|\}\}|\{[^{}.\[\]!:]*[^{}.\[\]!:0-9][^{}.\[\]!:]*\})*$"
-SLOTS_NEED_VALUES = "every `{slot}` in `templates` needs a non-empty list in `values`"
-
-
-class TemplateSpec(_Strict):
-    """Instruction templates with `{slot}` placeholders filled from value lists. Rule between
-    fields: every `{slot}` in `templates` needs a non-empty list in `values`."""
-
-    templates: list[Annotated[str, Field(json_schema_extra={"pattern": TEMPLATE_PATTERN})]] = Field(
-        min_length=1,
-        max_length=1000,
-        description="E.g. 'Write a {tone} poem about {topic}.'; `{{` and `}}` for braces.",
-    )
-    values: dict[str, list[str]] = Field(
-        default_factory=dict, description="Each slot's values, e.g. {'tone': ['sad', 'funny']}."
-    )
-
-    @field_validator("templates")
-    @classmethod
-    def _well_formed(cls, templates: list[str]) -> list[str]:
-        for i, template in enumerate(templates):
-            if re.fullmatch(TEMPLATE_PATTERN, template) is None:
-                raise ValueError(
-                    f"templates[{i}] {template!r}: write each slot as `{{name}}` (a name without "
-                    ". [ ] ! : and not only digits), and literal braces as `{{` and `}}`"
-                )
-        return templates
-
-    @model_validator(mode="after")
-    def _slots_have_values(self) -> TemplateSpec:
-        missing = sorted(
-            {slot for t in self.templates for slot in template_slots(t)}
-            - {name for name, values in self.values.items() if values}
-        )
-        if missing:
-            raise ValueError(f"{SLOTS_NEED_VALUES} (missing: {', '.join(map(repr, missing))})")
-        return self
-
-
-def template_slots(template: str) -> list[str]:
-    """The slot names of a well-formed template, in order of first use."""
-    return list(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(template) if f))
-
-
-EvolveOperation = Literal[
-    "add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth"
-]
-assert set(EvolveOperation.__args__) == set(EVOLVE_OPERATIONS)  # type: ignore[attr-defined]
-
-
-class EvolveSpec(_Strict):
-    """Evol-Instruct: each prompt rewrites one pool task by one operation."""
-
-    operations: dict[EvolveOperation, Annotated[float, Field(gt=0)]] = Field(
-        default_factory=lambda: dict.fromkeys(EVOLVE_OPERATIONS, 1.0),  # type: ignore[arg-type]
-        min_length=1,
-        description="Operations and their weights (each prompt draws one in proportion; leave "
-        "one out to never use it): add_constraints, deepen, concretize, increase_reasoning, "
-        "complicate_input (in depth) and breadth (a new task in the same domain).",
-    )
-    max_depth: int = Field(
-        3, ge=1, le=20, description="A task evolved this many times is not evolved again."
-    )
-
-
-class BacktranslateSpec(_Strict):
-    """Instruction back-translation: each prompt asks what a passage of a document answers."""
-
-    documents: list[int] | None = Field(
-        None, max_length=1000, description="Document ids to use; default all of the dataset's."
-    )
-    uses_per_passage: int = Field(
-        1, ge=1, le=20, description="Prompts per passage in this run (sampled answers differ)."
-    )
-
-
-class MagpieSpec(_Strict):
-    """Magpie: the model writes the user's message itself from its chat template's prefix."""
-
-    system_prompt: str | None = Field(
-        None, max_length=4000, description="Put in the template's system turn; None: its default."
-    )
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="For the instruction.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="For the instruction.")
-
-
 class JudgeSpec(_Strict):
     """Judge every candidate that passed the filters on the paper's four levels (A best)."""
 
@@ -193,19 +105,16 @@ class JudgeSpec(_Strict):
     )
 
 
-class RunCreate(_Strict):
-    """A generation run; every field has a default but `target`. Rule between fields:
-    strategy 'template' needs a `template` with templates and values."""
+def _strategies_described() -> str:
+    return ", ".join(f"{s.name} ({s.summary})" for s in STRATEGIES.values()) + "."
+
+
+class RunCommon(_Strict):
+    """The fields every run takes, whatever its strategy. RunCreate, what clients send, adds
+    each strategy's own fields (app/strategies/) to these."""
 
     target: int = Field(ge=1, description="Accepted instructions to reach.")
-    strategy: Literal[
-        "self_instruct", "alpaca", "template", "evolve", "backtranslate", "magpie"
-    ] = Field(
-        "self_instruct",
-        description="self_instruct (the paper's bootstrap), alpaca (whole tasks per prompt), "
-        "template (no model), evolve (rewrite pool tasks), backtranslate (instructions for "
-        "your documents' passages), magpie (the model's own chat template writes the query).",
-    )
+    strategy: StrategyName = Field(DEFAULT_STRATEGY, description=_strategies_described())
     model: str = Field(BUNDLED_MODEL_ID, description="Any id from GET /v1/models.")
     sampling: SamplingOptions = Field(default_factory=SamplingOptions)
     prompt: PromptMix = Field(default_factory=PromptMix)
@@ -224,11 +133,6 @@ class RunCreate(_Strict):
         max_length=2000,
         description="Pick each prompt's examples among the pool tasks nearest to this text.",
     )
-    alpaca_tasks: int = Field(20, ge=4, le=100, description="Tasks asked for per alpaca prompt.")
-    template: TemplateSpec | None = None
-    evolve: EvolveSpec = Field(default_factory=EvolveSpec)
-    backtranslate: BacktranslateSpec = Field(default_factory=BacktranslateSpec)
-    magpie: MagpieSpec = Field(default_factory=MagpieSpec)
     judge: JudgeSpec | None = Field(
         None, description="Rate candidates with a judge model and reject those rated too low."
     )
@@ -240,10 +144,67 @@ class RunCreate(_Strict):
         return check_prompt_language(value)
 
     @model_validator(mode="after")
-    def _strategy_needs(self) -> RunCreate:
-        if self.strategy == "template" and self.template is None:
-            raise ValueError("strategy 'template' needs a `template` with templates and values")
+    def _strategy_needs(self) -> RunCommon:
+        get_strategy(self.strategy).check_params(self)
         return self
+
+
+def run_create_model(strategies: Mapping[str, type[Strategy]]) -> type[RunCommon]:
+    """RunCommon plus each strategy's own fields; its description states their rules between
+    fields, as the refusals word them."""
+    fields: dict[str, Any] = {}
+    for strategy in strategies.values():
+        own = strategy.fields.model_fields if strategy.fields is not None else {}
+        for name, info in own.items():
+            if name in RunCommon.model_fields or name in fields:
+                raise TypeError(
+                    f"strategy {strategy.name!r} declares the run field {name!r}, which another "
+                    "strategy or every run already has; name it after the strategy"
+                )
+            if info.is_required():
+                raise TypeError(
+                    f"strategy {strategy.name!r}: run field {name!r} needs a default, since "
+                    "runs of other strategies do not send it"
+                )
+            fields[name] = (info.annotation, info)
+    rules = [s.rule for s in strategies.values() if s.rule]
+    doc = "A generation run; every field has a default but `target`."
+    if rules:
+        doc += f" Rule{'s' if len(rules) > 1 else ''} between fields:\n" + "; ".join(rules) + "."
+    return create_model("RunCreate", __base__=RunCommon, __doc__=doc, __module__=__name__, **fields)
+
+
+# What clients send to start a run. Type checkers see RunCommon: strategies read their own
+# fields through app.strategies.base.setting_of.
+if TYPE_CHECKING:
+    RunCreate = RunCommon
+else:
+    RunCreate = run_create_model(STRATEGIES)
+
+
+class StrategyPublic(BaseModel):
+    """A way of constructing candidates, as a run's `strategy` names it."""
+
+    name: str
+    description: str
+    default: bool = Field(description="The strategy of a run that names none.")
+    uses_topic: bool = Field(
+        description="Whether `topic` steers it; a run of one that does not is refused a topic."
+    )
+    needs: list[str] = Field(
+        description="What it needs besides a model: `documents` (the dataset's documents), "
+        "`chat_template` (the model's raw chat template: a completion endpoint or the bundled "
+        "model)."
+    )
+    settings: dict[str, dict[str, Any]] = Field(
+        description="Its own fields of a run's body, each with its JSON Schema (no `$ref`); "
+        "a run takes them beside the fields every strategy shares."
+    )
+
+
+class StrategiesPublic(BaseModel):
+    data: list[StrategyPublic]
+    count: int
 
 
 class RunCounters(BaseModel):

@@ -66,8 +66,9 @@ class EndpointConfig(BaseModel):
     max_retries: int = Field(default=5, ge=0, le=100)
     chat_template: str | None = Field(
         default=None,
-        description="The models' Jinja chat template, for strategy magpie on a completion "
-        "endpoint that does not report it (llama.cpp's server does, at /props).",
+        description="The models' Jinja chat template, for strategies that need it (GET "
+        "/v1/strategies) on a completion endpoint that does not report it (llama.cpp's server "
+        "does, at /props).",
     )
     structured_output: Literal["none", "json_schema", "grammar"] = Field(
         default="none",

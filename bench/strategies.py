@@ -30,6 +30,7 @@ from app.services.datasets import get_dataset
 from app.services.documents import add_documents, parse_document
 from app.services.runs import create_run
 from app.settings import BUNDLED_MODEL_ID, EndpointConfig, Settings
+from app.strategies import get_strategy
 from bench.scripted_server import VOCAB
 from bench.throughput import MODEL, scripted_servers
 
@@ -56,7 +57,7 @@ def run_strategy(
         ensure_default_dataset(engine=engine, settings=settings)
         with Session(engine, expire_on_commit=False) as session:
             dataset = get_dataset(session=session, name="default")
-            if strategy == "backtranslate":
+            if "documents" in get_strategy(strategy).needs:
                 doc = parse_document(
                     "bench.txt", _document(400), declared=None, max_bytes=10**8, max_chars=200
                 )

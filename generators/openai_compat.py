@@ -234,8 +234,8 @@ class OpenAIBackend(Backend):
         headers: dict[str, str] = Field(default_factory=dict)
         chat_template: str | None = Field(
             default=None,
-            description="The served model's Jinja chat template, for raw-template prompts "
-            "(strategy magpie); None asks the server (llama.cpp's GET /props).",
+            description="The served model's Jinja chat template, for raw-template prompts; None "
+            "asks the server (llama.cpp's GET /props).",
         )
         structured_output: Literal["none", "json_schema", "grammar"] = Field(
             default="none",

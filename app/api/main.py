@@ -20,6 +20,7 @@ from app.api.routes import (
     judgements,
     models,
     runs,
+    strategies,
     tasks,
     workers,
 )
@@ -35,6 +36,7 @@ api_router.include_router(datasets.router)
 api_router.include_router(documents.router)
 api_router.include_router(tasks.router)
 api_router.include_router(runs.router)
+api_router.include_router(strategies.router)
 api_router.include_router(models.router)
 api_router.include_router(fine_tuning.router)
 api_router.include_router(chat.router)

@@ -1,8 +1,10 @@
 """The generation pipeline as a stream: candidates flow from prompts through the filters and the
 model steps to the database while the model server is kept as busy as its pool allows.
 
-- `context`: what one execution of a run holds (pool, backend, spend) and the LLM call;
-- `stages`: one candidate's steps (screen, classify, instances, decide);
+- `context`: what one execution of a run holds (pool, backend, spend, strategy) and the LLM call;
+- `loading`: the pool read from the database;
+- `stages`: one candidate's steps (screen, classify, instances, decide); the prompts are the
+  strategy's (app/strategies/);
 - `storage`: commit groups, the dataset-wide novelty sync, and ending a run;
 - `driver`: the loop that keeps requests in flight and decides when the run stops.
 """

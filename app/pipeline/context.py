@@ -2,33 +2,33 @@
 
 from __future__ import annotations
 
-import collections
+import random
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
 
 from app.leases import Lease
 from app.llm import ModelEntry, backend_for, find_model, price_table
-from app.models import Dataset, Passage, Run, Task, TaskOrigin, TaskStatus
+from app.models import Dataset, Run, TaskOrigin, TaskStatus
+from app.pipeline.loading import example_of, load_pool
 from app.run_schemas import RunCreate
 from app.services.datasets import pool_languages
 from app.settings import Settings
-from app.strategies import Candidate, PassageRef, Pool
+from app.strategies import Candidate, Pool, Strategy, get_strategy
 from filters.heuristics import HeuristicConfig
 from filters.language import UNKNOWN, detect_language
 from filters.neighbour_process import NeighbourProcess
 from filters.novelty import NoveltyVerdict, RecentItems
 from generators.base import Backend, Generation, SamplingParams
-from generators.chat_template import ChatTemplate
-from generators.errors import GeneratorError, UnsupportedRequest
+from generators.errors import GeneratorError
 from generators.judge import Judgement, JudgePrompt
 from generators.prompt_text import BOOTSTRAP_HEADERS
-from generators.prompts import LANGUAGES, PromptExample, strategy_wording, to_chat_messages
+from generators.prompts import LANGUAGES, to_chat_messages
 
 NEIGHBOURS = 10
 PENDING = "p"  # index keys of tasks accepted but not committed yet: "p1", "p2", ...
@@ -135,7 +135,7 @@ class Item:
 
 
 class RunContext:
-    """The pool, the backend and the spend of one execution of a run."""
+    """The pool, the backend, the spend and the strategy of one execution of a run."""
 
     def __init__(
         self,
@@ -164,22 +164,6 @@ class RunContext:
         self._heuristics: dict[str, HeuristicConfig] = {}
         self.language_credit: dict[str, float] = {}  # the prompt languages' round-robin
         self.topic_language = detect_language(self.params.topic) if self.params.topic else None
-        self.echo_references = echo_references(self.params.prompt.header, self.params.strategy)
-        # Strategy inputs: parents' evolution depths, and the passages still to write for.
-        self.depths: dict[str, int] = {}
-        self.passages: collections.deque[PassageRef] = collections.deque()
-        if self.params.strategy == "evolve":
-            self.depths = evolution_depths(engine, self.dataset_id)
-        if self.params.strategy == "backtranslate":
-            self.passages = passage_queue(engine, self.run_id, self.dataset_id, self.params)
-            # A passage in another language writes tasks in it: the pool takes them.
-            if self.languages and not self.params.language:
-                for passage in self.passages:
-                    self.languages.setdefault(passage.language, 0)
-                self.languages.pop(UNKNOWN, None)
-        self._chat_template: ChatTemplate | None = None
-        self.nothing_to_evolve = False  # every pool task of a prompt's language is at max_depth
-        self.passage_failures: Counter[int] = Counter()  # failed requests per passage
         self.backend = backend_for(settings, model)
         self.chat = model.mode == "chat"
         self.prices = price_table(settings)
@@ -221,6 +205,15 @@ class RunContext:
         self._pending = 0
         self.last_error: str | None = None  # the latest failed request, for the run's error
         self.last_unparseable: str | None = None
+        # The strategy of this execution; it loads what it needs (parents' depths, passages).
+        self.strategy: Strategy = get_strategy(self.params.strategy)(self)
+        extra = self.strategy.task_languages()
+        if extra is not None and self.languages and not self.params.language:
+            for code in extra:  # e.g. a passage's: the pool takes tasks in it
+                self.languages.setdefault(code, 0)
+            self.languages.pop(UNKNOWN, None)
+        header = self.params.prompt.header
+        self.echo_references = echo_references(header, self.strategy.echo_wording())
 
     def heuristics(self, language: str) -> HeuristicConfig:
         """The run's heuristics, judged in `language` (its lengths and blacklist)."""
@@ -234,25 +227,29 @@ class RunContext:
         """The wording used for a task in `language`: its own where prompts exist, else English."""
         return language if language in LANGUAGES else "en"
 
-    @property
-    def exhausted(self) -> str | None:
-        """Why the strategy has nothing left to prompt with (None: it has). Passages count as
-        used up only when none waits; one whose request failed goes back in the queue."""
-        if self.params.strategy == "backtranslate" and not self.passages:
-            return "passages_used"
-        return "pool_fully_evolved" if self.nothing_to_evolve else None
+    def pick_language(self, rng: random.Random) -> str:
+        """The language of one prompt: the run's, or one of the pool's in proportion to its
+        seeds.
 
-    async def chat_template(self) -> ChatTemplate:
-        """The model's chat template (strategy magpie), asked of the backend once."""
-        if self._chat_template is None:
-            found = await self.backend.chat_template()
-            if found is None:
-                raise UnsupportedRequest(
-                    f"model '{self.model_id}' reports no chat template; strategy magpie needs "
-                    "one (set `chat_template` on its endpoint in SELFINSTRUCT_ENDPOINTS)"
-                )
-            self._chat_template = found
-        return self._chat_template
+        Smooth weighted round-robin (as nginx balances upstreams) rather than a random draw:
+        every window of prompts holds each language in proportion, so a pool of 73% English and
+        27% Chinese asks in Chinese about every fourth prompt, from the first ones on.
+        """
+        if self.params.language:
+            return self.params.language
+        if not self.languages:
+            return "en"
+        if self.topic_language in self.languages:  # a topic steers toward its own language too
+            return self.topic_language
+        credit = self.language_credit
+        total = sum(self.languages.values())
+        if not credit:  # where in the cycle a run starts comes from its seed
+            credit.update({code: rng.random() * total for code in self.languages})
+        for code, weight in self.languages.items():
+            credit[code] += weight
+        chosen = max(sorted(credit), key=lambda code: credit[code])
+        credit[chosen] -= total
+        return chosen
 
     def ask_neighbours(self, text: str) -> int:
         """Ask the neighbour process for the top-10 of `text` against the pool as it is now."""
@@ -283,8 +280,8 @@ class RunContext:
                         if self.neighbours is not None:
                             self.neighbours.remove(key)
                     gone.add(str(key))
-                    if key != task_id and key in self.depths:  # an evolved task of this run
-                        self.depths[str(task_id)] = self.depths.pop(key)
+                    if key != task_id:  # a task of this run, pooled under its pending key
+                        self.strategy.renamed(key, str(task_id))
             self.pool.forget(gone)
         for row in [*added, *changed]:
             example = example_of(row.id, row.instruction, row.instances, row.language)
@@ -373,94 +370,8 @@ class RunContext:
         }
 
 
-def example_of(
-    task_id: object, instruction: str, instances: list[dict[str, str]], language: str
-) -> PromptExample:
-    first = instances[0] if instances else {}
-    return PromptExample(
-        id=str(task_id),
-        instruction=instruction,
-        input=first.get("input", ""),
-        output=first.get("output", ""),
-        language=language,
-    )
-
-
-def echo_references(header: str | None, strategy: str = "self_instruct") -> list[str]:
-    """The sentences of the prompts' own wording a candidate must not repeat."""
-    rewrites = strategy in ("evolve", "backtranslate")
-    own = [w for code in LANGUAGES for w in strategy_wording(code)] if rewrites else []
+def echo_references(header: str | None, own: Iterable[str] = ()) -> list[str]:
+    """The sentences of the prompts' own wording a candidate must not repeat: the bootstrap
+    headers, the run's header and what the strategy's prompts say (`own`)."""
     texts = [*BOOTSTRAP_HEADERS.values(), *own, *([header] if header else [])]
     return [s.strip() for t in texts for s in re.split(r"(?<=[.!?。！？])\s*", t) if s.strip()]
-
-
-def load_pool(
-    engine: Engine, *, dataset_id: int, held_out_share: float = 0.0
-) -> tuple[Pool, list[tuple[int, str]], datetime]:
-    """The dataset's accepted tasks, their ids and instructions in id order, and the dataset's
-    change clock read before them (a change the rows miss is newer, so the first commit finds
-    it); held-out tasks are in the novelty index only (Pool.held_out_share)."""
-    pool = Pool(held_out_share=held_out_share)
-    texts: list[tuple[int, str]] = []
-    with Session(engine) as session:
-        clock = session.exec(select(Dataset.updated_at).where(Dataset.id == dataset_id)).one()
-        rows = session.exec(
-            select(  # type: ignore[call-overload]
-                Task.id,
-                Task.instruction,
-                Task.instances,
-                Task.origin,
-                Task.language,
-                Task.holdout_key,
-            )
-            .where(Task.dataset_id == dataset_id, Task.status == TaskStatus.accepted.value)
-            .order_by(col(Task.id))
-        )
-        for task_id, instruction, instances, origin, language, key in rows:
-            example = example_of(task_id, instruction, list(instances), language or UNKNOWN)
-            pool.add_example(example, seed=origin == TaskOrigin.seed.value, key=key)
-            texts.append((task_id or 0, instruction))
-    # One bulk build: adding 1M tasks one by one took three times as long.
-    pool.index.add_many(texts)
-    return pool, texts, clock
-
-
-def evolution_depths(engine: Engine, dataset_id: int) -> dict[str, int]:
-    """How many times each accepted evolved task was evolved (others are depth 0)."""
-    with Session(engine) as session:
-        rows = session.exec(
-            select(Task.id, Task.lineage).where(  # type: ignore[call-overload]
-                Task.dataset_id == dataset_id,
-                Task.status == TaskStatus.accepted.value,
-                Task.origin == TaskOrigin.evolved.value,
-            )
-        )
-        return {str(task_id): int(lineage.get("evolution_depth", 1)) for task_id, lineage in rows}
-
-
-def passage_queue(
-    engine: Engine, run_id: int, dataset_id: int, params: RunCreate
-) -> collections.deque[PassageRef]:
-    """The passages this run still owes prompts: each `uses_per_passage` times, round by round
-    (every passage once before any twice), less those its tasks already came from (a resume)."""
-    spec = params.backtranslate
-    with Session(engine) as session:
-        query = select(Passage).where(Passage.dataset_id == dataset_id)
-        if spec.documents is not None:
-            query = query.where(col(Passage.document_id).in_(spec.documents))
-        passages = [
-            PassageRef(id=p.id, document_id=p.document_id, text=p.text, language=p.language)  # type: ignore[arg-type]
-            for p in session.exec(query.order_by(col(Passage.id)))
-        ]
-        used = Counter(
-            lineage.get("passage_id")
-            for lineage in session.exec(
-                select(Task.lineage).where(
-                    Task.run_id == run_id, Task.origin == TaskOrigin.backtranslated.value
-                )
-            )
-        )
-    queue: collections.deque[PassageRef] = collections.deque()
-    for round_ in range(spec.uses_per_passage):
-        queue.extend(p for p in passages if used.get(p.id, 0) <= round_)
-    return queue

@@ -34,18 +34,11 @@ from app import faults
 from app.leases import Keeper, LeaseHolder, kept, release
 from app.llm import find_model
 from app.models import Dataset, Run, RunEvent, RunStatus, TaskStatus
-from app.pipeline.context import (
-    CapReached,
-    RunContext,
-    Tally,
-    Totals,
-    Verdict,
-    load_pool,
-)
+from app.pipeline.context import CapReached, RunContext, Tally, Totals, Verdict
+from app.pipeline.loading import load_pool
 from app.pipeline.stages import (
     classify,
     decide,
-    generate_candidates,
     judge,
     make_instances,
     rejected,
@@ -61,7 +54,7 @@ from app.pipeline.storage import (
     finish,
 )
 from app.settings import Settings
-from app.strategies import Candidate, template_space
+from app.strategies import Candidate
 
 log = logging.getLogger("selfinstruct.pipeline")
 T = TypeVar("T")
@@ -240,15 +233,13 @@ class Stream:
         self.launching -= 1
         ctx = self.ctx
         try:
-            found = await generate_candidates(ctx, self.rng)
+            found = await ctx.strategy.generate(self.rng)
         except CapReached as cap:
             self.capped = cap.reason
             return
-        if ctx.params.strategy == "template":
-            self.idle += ctx.params.prompt.prompts_per_batch
-        else:
-            self.idle += 1
-        if found is None or (not found and ctx.params.strategy != "template"):
+        uses_model = ctx.strategy.uses_model
+        self.idle += 1 if uses_model else ctx.params.prompt.prompts_per_batch
+        if found is None or (not found and uses_model):
             self.useless += 1
             self.last_useless_failed = found is None
         else:
@@ -298,10 +289,11 @@ class Stream:
             return False
         if self.useless >= self.useless_limit or self.idle >= self.idle_limit:
             return False
-        if self._templates_exhausted() or ctx.exhausted:
+        strategy = ctx.strategy
+        if strategy.exhausted():
             return False
-        if ctx.params.strategy == "backtranslate" and len(ctx.passages) <= self.launching:
-            return False  # each prompt launched and not started yet takes a passage
+        if not strategy.can_prompt(launching=self.launching, candidates=self.run.candidates):
+            return False
         if ctx.neighbours is not None and ctx.neighbours.pending >= NEIGHBOUR_BACKLOG:
             return False
         if ctx.in_flight + self.launching >= ctx.backend.capacity():
@@ -313,15 +305,11 @@ class Stream:
             return False
         return True
 
-    def _templates_exhausted(self) -> bool:
-        spec = self.ctx.params.template
-        return spec is not None and self.run.candidates >= 20 * template_space(spec)
-
     def launch(self) -> None:
         while self.may_prompt():
             self.launching += 1
             self.spawn(self.prompt())
-            if self.ctx.params.strategy == "template":
+            if not self.ctx.strategy.uses_model:
                 break  # no model: one draw per turn of the loop lets candidates be decided
 
     # --- commits ---
@@ -477,7 +465,7 @@ class Stream:
         if run.accepted >= run.target:
             reason: str | None = "target_reached"
         else:
-            reason = self.capped or cap_reached(run, ctx.params.caps) or ctx.exhausted
+            reason = self.capped or cap_reached(run, ctx.params.caps) or ctx.strategy.exhausted()
         if reason:
             finish(
                 ctx.engine,

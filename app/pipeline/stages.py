@@ -1,28 +1,17 @@
-"""One candidate's steps: screen, classify, generate instances, decide; and the prompts that
-produce candidates. Each LLM step is one request, so the driver can send it the moment there is a
-free slot; none of them waits on another candidate.
+"""One candidate's steps: screen, classify, generate instances, judge, decide. Each LLM step is
+one request, so the driver can send it the moment there is a free slot; none of them waits on
+another candidate. The prompts that produce candidates are the strategy's (app/strategies/).
 """
 
 from __future__ import annotations
 
-import random
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from app.models import TaskOrigin, TaskStatus
-from app.pipeline.context import NEIGHBOURS, Item, RunContext, Verdict, example_of
-from app.strategies import (
-    Candidate,
-    backtranslate_prompt,
-    backtranslated_candidate,
-    candidates_from,
-    evolve_job,
-    evolved_candidate,
-    magpie_candidate,
-    prompt_jobs,
-    template_candidates,
-)
+from app.models import TaskStatus
+from app.pipeline.context import NEIGHBOURS, Item, RunContext, Verdict
+from app.pipeline.loading import example_of
+from app.strategies import Candidate
 from filters.heuristics import check_echo, check_evolution, check_instruction
 from filters.instances import filter_instances
 from filters.language import UNKNOWN, asks_for_translation, detect_language, foreign_output
@@ -30,161 +19,18 @@ from filters.novelty import Neighbour, NoveltyVerdict, merge_verdicts
 from generators.judge import JudgeTask, build_judge_prompt, judgement_from, meets
 from generators.parsing import parse_classification_answer, parse_instances
 from generators.prompts import (
-    BACKTRANSLATE_SAMPLING,
     CLASSIFICATION_INSTANCE_SAMPLING,
     CLASSIFICATION_SAMPLING,
-    EVOLVE_SAMPLING,
     INSTANCE_SAMPLING,
     build_classification_prompt,
     build_instance_prompt,
 )
-
-MAGPIE_QUERY_TOKENS = 512  # a user's message; a longer one is cut off and dropped
-MAGPIE_ANSWER_SAMPLING = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 1024}
 
 
 def neighbours(nearest: Sequence[Neighbour]) -> list[dict[str, Any]]:
     """Neighbours as stored; a task accepted but not committed yet has a pending key, which
     storage replaces with its task id."""
     return [{"task_id": key, "score": float(score)} for key, score in nearest]
-
-
-async def generate_candidates(ctx: RunContext, rng: random.Random) -> list[Candidate] | None:
-    """One prompt's candidates (a template draw needs no model); None when the request failed."""
-    if ctx.params.strategy == "template":
-        assert ctx.params.template is not None
-        return template_candidates(
-            ctx.params.template,
-            n=ctx.params.prompt.prompts_per_batch * 4,
-            rng=rng,
-            lineage=ctx.lineage,
-        )
-    if ctx.params.strategy == "backtranslate":
-        return await _backtranslate(ctx, rng)
-    if ctx.params.strategy == "magpie":
-        return await _magpie(ctx, rng)
-    language = pick_language(ctx, rng)
-    wording = ctx.prompt_language(language)
-    if ctx.params.strategy == "evolve":
-        return await _evolve(ctx, rng, language, wording)
-    (job,) = prompt_jobs(
-        pool=ctx.pool,
-        params=ctx.params,
-        language=wording,
-        rng=rng,
-        n=1,
-        examples_language=language,
-    )
-    gen = await ctx.complete(job.text, ctx.sampling(), job.stop, language=wording)
-    if gen is None:
-        return None
-    return _found(ctx, candidates_from(job, gen, ctx.lineage), gen.text)
-
-
-def _found(
-    ctx: RunContext, found: list[Candidate] | Candidate | None, text: str
-) -> list[Candidate]:
-    """The candidates of one answer, counted as a completion; none counted as unparseable."""
-    ctx.tally.completions += 1
-    if isinstance(found, Candidate):
-        found = [found]
-    if not found:
-        ctx.tally.unparseable += 1
-        ctx.tally.last_unparseable = ctx.last_unparseable = text[:200]
-        return []
-    return found
-
-
-async def _evolve(
-    ctx: RunContext, rng: random.Random, language: str, wording: str
-) -> list[Candidate] | None:
-    evolution = evolve_job(
-        pool=ctx.pool,
-        spec=ctx.params.evolve,
-        topic=ctx.params.topic,
-        language=language,
-        wording=wording,
-        depths=ctx.depths,
-        rng=rng,
-    )
-    if evolution is None:
-        ctx.nothing_to_evolve = True
-        return []
-    sampling = {**EVOLVE_SAMPLING.as_dict(), "seed": _request_seed(rng)}
-    prompt = evolution.prompt
-    gen = await ctx.complete(prompt.text, sampling, prompt.stop_sequences, language=wording)
-    if gen is None:
-        return None
-    return _found(ctx, evolved_candidate(evolution, gen, ctx.lineage), gen.text)
-
-
-def _request_seed(rng: random.Random) -> int:
-    """A sampling seed per request, drawn from the run's: the same prompt sent twice (magpie's
-    always is; a passage used twice) must not get the same answer twice."""
-    return rng.randrange(2**31)
-
-
-PASSAGE_ATTEMPTS = 3  # failed requests after which a passage is given up for this run
-
-
-async def _backtranslate(ctx: RunContext, rng: random.Random) -> list[Candidate] | None:
-    if not ctx.passages:  # the driver sends no prompt then; a requeued passage may come back
-        return []
-    passage = ctx.passages.popleft()
-    wording = ctx.prompt_language(passage.language)
-    prompt = backtranslate_prompt(passage, wording)
-    sampling = {**BACKTRANSLATE_SAMPLING.as_dict(), "seed": _request_seed(rng)}
-    gen = await ctx.complete(prompt.text, sampling, prompt.stop_sequences, language=wording)
-    if gen is None:
-        ctx.passage_failures[passage.id] += 1
-        if ctx.passage_failures[passage.id] < PASSAGE_ATTEMPTS:
-            ctx.passages.append(passage)  # still owed: tried again after the others
-        else:
-            ctx.last_error = (
-                f"passage {passage.id} given up after {PASSAGE_ATTEMPTS} failed requests"
-            )
-        return None
-    return _found(ctx, backtranslated_candidate(passage, prompt, gen, ctx.lineage), gen.text)
-
-
-async def _magpie(ctx: RunContext, rng: random.Random) -> list[Candidate] | None:
-    template = await ctx.chat_template()
-    spec = ctx.params.magpie
-    sampling = {
-        "temperature": spec.temperature,
-        "top_p": spec.top_p,
-        "max_tokens": MAGPIE_QUERY_TOKENS,
-        "seed": _request_seed(rng),
-    }
-    prefix = template.user_prefix(spec.system_prompt)
-    gen = await ctx.complete(prefix, sampling, template.stop_sequences(), raw=True)
-    if gen is None:
-        return None
-    return _found(ctx, magpie_candidate(gen, ctx.lineage), gen.text)
-
-
-def pick_language(ctx: RunContext, rng: random.Random) -> str:
-    """The language of one prompt: the run's, or one of the pool's in proportion to its seeds.
-
-    Smooth weighted round-robin (as nginx balances upstreams) rather than a random draw: every
-    window of prompts holds each language in proportion, so a pool of 73% English and 27%
-    Chinese asks in Chinese about every fourth prompt, from the first ones on.
-    """
-    if ctx.params.language:
-        return ctx.params.language
-    if not ctx.languages:
-        return "en"
-    if ctx.topic_language in ctx.languages:  # a topic steers toward its own language too
-        return ctx.topic_language
-    credit = ctx.language_credit
-    total = sum(ctx.languages.values())
-    if not credit:  # where in the cycle a run starts comes from its seed
-        credit.update({code: rng.random() * total for code in ctx.languages})
-    for code, weight in ctx.languages.items():
-        credit[code] += weight
-    chosen = max(sorted(credit), key=lambda code: credit[code])
-    credit[chosen] -= total
-    return chosen
 
 
 def screen(ctx: RunContext, cand: Candidate, in_flight: set[str]) -> Item | Verdict:
@@ -268,8 +114,7 @@ async def make_instances(ctx: RunContext, item: Item) -> None:
     item.raw_instances = cand.instances
     if not ctx.params.generate_instances or cand.instances is not None:
         return
-    if ctx.params.strategy == "magpie":
-        await _magpie_answer(ctx, item)
+    if await ctx.strategy.write_instances(item):  # it wrote them its own way
         return
     output_first = bool(item.label)
     language = ctx.prompt_language(cand.language)
@@ -287,21 +132,6 @@ async def make_instances(ctx: RunContext, item: Item) -> None:
         item.raw_instances = parse_instances(
             gen.text, output_first=output_first, finish_reason=gen.finish_reason
         )
-
-
-async def _magpie_answer(ctx: RunContext, item: Item) -> None:
-    """The model answers its own query through the same chat template: one instance."""
-    template = await ctx.chat_template()
-    prompt = template.answer_prompt(item.candidate.instruction, ctx.params.magpie.system_prompt)
-    # a seed of its own per query, reproducible from the run's seed and the query
-    seed = (ctx.params.seed * 1_000_003 + zlib.crc32(prompt.encode())) % 2**31
-    sampling = {**MAGPIE_ANSWER_SAMPLING, "seed": seed}
-    gen = await ctx.complete(prompt, sampling, template.stop_sequences(), raw=True)
-    if gen is None:
-        return
-    answer = gen.text.strip()
-    usable = answer and gen.finish_reason != "length"
-    item.raw_instances = [{"input": "", "output": answer}] if usable else []
 
 
 def kept_instances(ctx: RunContext, item: Item) -> tuple[list[dict[str, str]], int]:
@@ -388,8 +218,7 @@ def decide(ctx: RunContext, item: Item) -> Verdict:
         v.key = ctx.new_key()
         ctx.pool_add(v.key, cand.instruction)
         ctx.pool.add_example(_example(v), seed=False)
-        if cand.origin == TaskOrigin.evolved:
-            ctx.depths[v.key] = int(cand.lineage["evolution_depth"])
+        ctx.strategy.accepted(v.key, cand)
     return v
 
 

@@ -288,30 +288,3 @@ def document_public(doc: Document, dataset_name: str) -> DocumentPublic:
         passages=doc.passages,
         created_at=doc.created_at,
     )
-
-
-def check_documents(*, session: Session, dataset: Dataset, document_ids: list[int] | None) -> None:
-    """A backtranslate run needs passages, from documents of its own dataset."""
-    query = select(Passage.id).where(Passage.dataset_id == dataset.id)
-    if document_ids is not None:
-        found = set(
-            session.exec(
-                select(Document.id).where(
-                    Document.dataset_id == dataset.id, col(Document.id).in_(document_ids)
-                )
-            ).all()
-        )
-        missing = sorted(set(document_ids) - found)
-        if missing:
-            raise InvalidInput(
-                f"backtranslate.documents: dataset '{dataset.name}' has no document {missing[0]}"
-                "; GET /v1/datasets/{name}/documents lists them.",
-                errors=[ErrorItem(field="backtranslate.documents", reason="unknown document")],
-            )
-        query = query.where(col(Passage.document_id).in_(document_ids))
-    if session.exec(query.limit(1)).first() is None:
-        raise InvalidInput(
-            f"strategy 'backtranslate' needs documents: post some to "
-            f"/v1/datasets/{dataset.name}/documents first.",
-            errors=[ErrorItem(field="strategy", reason="the dataset has no documents")],
-        )

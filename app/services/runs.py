@@ -14,8 +14,8 @@ from app.models import Dataset, Run, RunEvent, RunStatus
 from app.run_schemas import RunCounters, RunCreate, RunEventPublic, RunPublic
 from app.schemas import ErrorItem
 from app.services.dataset_lock import lock
-from app.services.documents import check_documents
 from app.settings import Settings
+from app.strategies import get_strategy
 
 ACTIVE = (RunStatus.queued.value, RunStatus.running.value)
 
@@ -45,18 +45,13 @@ def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: 
             f"(SELFINSTRUCT_MAX_ACTIVE_RUNS_PER_DATASET); wait for one or cancel it.",
             errors=[ErrorItem(field="name", reason="too many active runs on this dataset")],
         )
-    if body.strategy in ("template", "backtranslate", "magpie") and body.topic:
+    strategy = get_strategy(body.strategy)
+    if body.topic and not strategy.uses_topic:
         raise InvalidInput(
             f"topic: {body.strategy} runs show no pool tasks to choose by topic; drop `topic`.",
             errors=[ErrorItem(field="topic", reason=f"not used by strategy {body.strategy}")],
         )
-    if body.strategy == "magpie" and entry.backend == "openai" and entry.mode == "chat":
-        raise InvalidInput(
-            f"strategy 'magpie' needs the model's raw chat template, but '{entry.id}' is served "
-            "chat-only (its endpoint's mode is `chat`), which cannot continue a template. Use a "
-            "completion endpoint or the bundled model.",
-            errors=[ErrorItem(field="strategy", reason="magpie needs a completion endpoint")],
-        )
+    strategy.check_model(entry)
     capped_by_cost = body.caps.max_cost is not None and entry.backend == "openai"
     if capped_by_cost and not price_table(settings).known(entry.id):
         raise InvalidInput(
@@ -65,8 +60,7 @@ def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: 
             "max_tokens.",
             errors=[ErrorItem(field="caps.max_cost", reason="the model has no known price")],
         )
-    if body.strategy == "backtranslate":
-        check_documents(session=session, dataset=dataset, document_ids=body.backtranslate.documents)
+    strategy.check_dataset(session=session, dataset=dataset, params=body)
     assert dataset.id is not None
     run = Run(
         dataset_id=dataset.id,

@@ -361,8 +361,8 @@ def test_evolve_draws_a_parent_below_the_depth_limit_however_few_are_left() -> N
     the parents, and only a pool with none left below the limit is out of work."""
     import random
 
-    from app.run_schemas import EvolveSpec
-    from app.strategies import Pool, evolve_job
+    from app.strategies import Pool
+    from app.strategies.evolve import EvolveSpec, evolve_job
     from generators.prompts import PromptExample
 
     pool = Pool()

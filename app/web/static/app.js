@@ -334,10 +334,11 @@ async function datasetsView() {
 }
 
 async function datasetView(name) {
-  const [dataset, runs, models] = await Promise.all([
+  const [dataset, runs, models, strategies] = await Promise.all([
     api("GET", `/v1/datasets/${enc(name)}`),
     api("GET", `/v1/datasets/${enc(name)}/runs`),
     modelIds(),
+    api("GET", "/v1/strategies"),
   ]);
   const runRows = runs.data.map((r) =>
     h("tr", {},
@@ -349,7 +350,8 @@ async function datasetView(name) {
       h("td", {}, num(r.counters.rejected)),
       h("td", {}, when(r.created_at)),
     ));
-  const { strategySelect, strategyFields } = strategyInputs();
+  const { strategySelect, strategyFields } = strategyInputs(strategies.data);
+  const withDocuments = strategies.data.filter((st) => st.needs.includes("documents")).map((st) => st.name);
   const runForm = apiForm(
     { class: "stack", id: "run-form" },
     [
@@ -400,32 +402,22 @@ async function datasetView(name) {
     h("div", { class: "grid" },
       h("div", { class: "card" }, h("h2", {}, "Start a run"), runForm),
       h("div", { class: "card" }, h("h2", {}, "Fine-tune on this dataset"), jobForm)),
-    h("div", { class: "card" }, h("h2", {}, "Documents (for backtranslate runs)"), await documentsPanel(name)),
+    h("div", { class: "card" },
+      h("h2", {}, withDocuments.length ? `Documents (for ${withDocuments.join(", ")} runs)` : "Documents"),
+      await documentsPanel(name)),
   ];
 }
 
-const EVOLVE_OPERATIONS = ["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth"];
-
-/** The strategy <select> and each strategy's own fields; the fields of the strategies not
- * chosen are hidden and disabled, so the form sends only what the chosen one takes. */
-function strategyInputs() {
-  const own = {
-    evolve: [
-      field("Evolve: deepest rewrite of a rewrite", numberInput("evolve.max_depth", { placeholder: "3" })),
-      h("fieldset", {}, h("legend", {}, "Evolve operations and weights (empty: all equal)"),
-        EVOLVE_OPERATIONS.map((op) => field(op, h("input", { type: "number", name: `evolve.operations.${op}`, "data-type": "float", min: 0, step: "any" })))),
-    ],
-    backtranslate: [
-      field("Prompts per passage", numberInput("backtranslate.uses_per_passage", { placeholder: "1" })),
-    ],
-    magpie: [
-      field("System prompt (empty: the template's own)", h("input", { name: "magpie.system_prompt" })),
-    ],
-  };
-  const strategyFields = Object.entries(own).map(([strategy, fields]) =>
-    h("div", { class: "stack", "data-strategy": strategy, hidden: true }, fields));
+/** The strategy <select> and each strategy's own fields, both from GET /v1/strategies (the
+ * registry): the fields of the strategies not chosen are hidden and disabled, so the form sends
+ * only what the chosen one takes. */
+function strategyInputs(strategies) {
+  const strategyFields = strategies.map((strategy) =>
+    h("div", { class: "stack", "data-strategy": strategy.name, hidden: true },
+      h("p", { class: "muted" }, strategy.description),
+      Object.entries(strategy.settings).map(([key, schema]) => settingInputs(key, schema))));
   const strategySelect = h("select", { name: "strategy" },
-    ["self_instruct", "alpaca", "template", "evolve", "backtranslate", "magpie"].map((v) => h("option", { value: v }, v)));
+    strategies.map((st) => h("option", { value: st.name, selected: st.default }, st.name)));
   const show = () => {
     for (const box of strategyFields) {
       const on = box.dataset.strategy === strategySelect.value;
@@ -436,6 +428,41 @@ function strategyInputs() {
   strategySelect.addEventListener("change", show);
   show();
   return { strategySelect, strategyFields };
+}
+
+/** The inputs of one setting, from its JSON Schema: a fieldset per object (one input per key
+ * where the keys are a fixed list), a number, text or choice per value, and JSON for lists and
+ * open maps. Empty inputs are not sent, so the API's defaults apply. */
+function settingInputs(name, schema) {
+  const present = (schema.anyOf || []).filter((branch) => branch.type !== "null");
+  const own = present.length === 1 ? { ...present[0], ...schema, anyOf: undefined } : schema;
+  const label = own.description || own.title || name;
+  const values = own.additionalProperties;
+  if (own.type === "object" && own.properties) {
+    return h("fieldset", {}, h("legend", {}, label),
+      Object.entries(own.properties).map(([key, sub]) => settingInputs(`${name}.${key}`, sub)));
+  }
+  if (own.type === "object" && own.propertyNames?.enum && ["integer", "number"].includes(values?.type)) {
+    return h("fieldset", {}, h("legend", {}, label),
+      own.propertyNames.enum.map((key) => field(key, valueInput(`${name}.${key}`, values))));
+  }
+  return field(label, valueInput(name, own));
+}
+
+function valueInput(name, schema) {
+  const placeholder = schema.default === undefined || schema.default === null ? undefined : String(schema.default);
+  if (schema.type === "integer") return numberInput(name, { placeholder });
+  if (schema.type === "number") {
+    return h("input", { type: "number", name, "data-type": "float", step: "any", placeholder });
+  }
+  if (schema.type === "string" && schema.enum) {
+    return h("select", { name }, h("option", { value: "" }, placeholder || "default"),
+      schema.enum.map((v) => h("option", { value: v }, v)));
+  }
+  if (schema.type === "string") return h("input", { name, placeholder });
+  const shape = schema.type === "array" ? "a JSON list: [...]" : "JSON: {...}";
+  return h("textarea", { name, "data-type": "json", rows: 2,
+    placeholder: placeholder === undefined ? shape : JSON.stringify(schema.default) });
 }
 
 /** The dataset's documents, an upload (the files as they are, multipart) and a delete each. */
