@@ -23,9 +23,7 @@ ACTIVE = (RunStatus.queued.value, RunStatus.running.value)
 def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: RunCreate) -> Run:
     entry = find_model(settings, body.model, session.get_bind())  # type: ignore[arg-type]
     if body.judge is not None:
-        from app.services.judgements import check_judge_model
-
-        check_judge_model(settings, body.judge.model, session.get_bind(), field="judge.model")  # type: ignore[arg-type]
+        find_model(settings, body.judge.model, session.get_bind(), field="judge.model")  # type: ignore[arg-type]
     if body.target > settings.max_run_target:
         raise PayloadTooLarge(
             f"target {body.target} is above the limit of {settings.max_run_target} "
