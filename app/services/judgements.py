@@ -113,11 +113,6 @@ def get_job(*, session: Session, job_id: int) -> JudgementJob:
     return job
 
 
-def moved_job_id(session: Session, run_id: int) -> int | None:
-    """The judgement job that was run `run_id` before migration 0008 moved it, if one was."""
-    return session.exec(select(JudgementJob.id).where(JudgementJob.former_run_id == run_id)).first()
-
-
 def list_jobs(*, session: Session, dataset: Dataset) -> list[JudgementJob]:
     return list(
         session.exec(

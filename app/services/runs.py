@@ -10,7 +10,7 @@ from sqlmodel import Session, col, func, select
 
 from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from app.llm import find_model, price_table
-from app.models import Dataset, Run, RunEvent, RunStatus, utcnow
+from app.models import Dataset, JudgementJob, Run, RunEvent, RunStatus, utcnow
 from app.run_schemas import RunCounters, RunCreate, RunEventPublic, RunPublic
 from app.schemas import ErrorItem
 from app.services.documents import check_documents
@@ -88,8 +88,6 @@ def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: 
 def get_run(*, session: Session, run_id: int) -> Run:
     run = session.get(Run, run_id)
     if run is None:
-        from app.services.judgements import moved_job_id
-
         moved = moved_job_id(session, run_id)
         if moved is not None:  # a judgement job stored as a run before migration 0008
             raise NotFound(
@@ -98,6 +96,11 @@ def get_run(*, session: Session, run_id: int) -> Run:
             )
         raise NotFound(f"Run {run_id} does not exist.")
     return run
+
+
+def moved_job_id(session: Session, run_id: int) -> int | None:
+    """The judgement job that was run `run_id` before migration 0008 moved it, if one was."""
+    return session.exec(select(JudgementJob.id).where(JudgementJob.former_run_id == run_id)).first()
 
 
 def list_runs(*, session: Session, dataset: Dataset) -> list[Run]:
