@@ -83,9 +83,12 @@ test-all: $(VENV)/.test-deps
 	bash scripts/ensure-test-services.sh
 	$(PYTEST) $(PYTEST_ARGS)
 
+# Import circles and imports against the layering (docs/ARCHITECTURE.md), counting imports
+# inside functions; tests/test_layers.py runs the same check in make test.
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy app generators filters training
+	$(BIN)/python scripts/check_layers.py
 
 # Every module of bench/ in turn (each prints its ratio against a named baseline); the
 # fine-tune benchmark takes its CPU smoke sizes (--quick) where there is no CUDA GPU.

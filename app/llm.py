@@ -91,7 +91,9 @@ def find_model(
     settings: Settings, model_id: str, engine: Engine | None = None, *, field: str = "model"
 ) -> ModelEntry:
     """The catalogue entry of `model_id`; anything else (a URL included) is refused before any
-    network call, naming the request `field` it came from."""
+    network call, naming the request `field` it came from. A 404, not a 422, for a model or a
+    judge alike: the request is well formed (the schema cannot list models that come and go with
+    fine-tunes), the model it names does not exist."""
     entries = catalogue(settings, engine)
     for entry in entries:
         if entry.id == model_id:

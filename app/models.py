@@ -217,14 +217,6 @@ class TaskJudgement(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
-def _default_strategy() -> str:
-    """The registry's default; imported when called, since the strategies build on these
-    models."""
-    from app.strategies import DEFAULT_STRATEGY
-
-    return DEFAULT_STRATEGY
-
-
 class Run(SQLModel, table=True):
     """A generation run: parameters in, counters out, claimed by one worker at a time."""
 
@@ -236,7 +228,7 @@ class Run(SQLModel, table=True):
             sa.Integer, sa.ForeignKey("dataset.id", ondelete="CASCADE"), nullable=False
         )
     )
-    strategy: str = Field(default_factory=_default_strategy, max_length=32)
+    strategy: str = Field(max_length=32)  # a name in app.strategies' registry
     backend: str = Field(default="local", max_length=32)
     model: str = Field(default="", max_length=200)
     params: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)

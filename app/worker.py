@@ -144,7 +144,7 @@ class Worker:
         from app.finetune.worker import execute_job
         from app.pipeline import execute_run
         from app.pipeline.judging import execute_judgement_job
-        from app.services.evaluations import execute_evaluation
+        from app.services.evaluation_runner import execute_evaluation
 
         if lease.model is Run:
             await execute_run(

@@ -44,7 +44,7 @@ class Streamed:
 @contextmanager
 def serving(data_dir: Path) -> Iterator[str]:
     """`selfinstruct serve` on a migrated SQLite file; yields the base URL."""
-    from tests.live import running_api
+    from testbed.live import running_api
 
     db_url = f"sqlite:///{data_dir / 'bench.db'}"
     migrate(Settings(database_url=db_url, data_dir=data_dir))

@@ -116,7 +116,7 @@ def peak_rss_mb(pid: int) -> float:
 
 def through_http(path: Path, out: Path, fmt: str = "alpaca") -> tuple[int, float, float]:
     """Rows, rows/s and the server's peak RSS for one export through a fresh server."""
-    from tests.live import free_port, serve_api, wait_ready
+    from testbed.live import free_port, serve_api, wait_ready
 
     port = free_port()
     env = {

@@ -9,7 +9,7 @@ tokens, clipped to 50-600), the first 30-70% of each being prompt (no loss).
 Baseline (what most users write): batches of `--baseline-batch` examples padded to the longest,
 `model(input_ids, attention_mask=..., labels=...)`, `.loss.backward()`, torch AdamW; float32, eager.
 
-Ours (`training.train.train_step`, the step `train()` runs, with the defaults a job gets on the
+Ours (`training.step.train_step`, the step `train()` runs, with the defaults a job gets on the
 device): first-fit packed rows of `--seq-len` tokens with restarting position_ids (no attention
 across examples), flex attention on CUDA, the loss on target tokens only through Liger's fused
 linear cross-entropy (when liger-kernel is installed) or our chunked one, bf16 autocast,
@@ -66,13 +66,8 @@ from training.loss import liger_available
 from training.memory import available_memory
 from training.model import count_params, flops_per_token, peak_flops
 from training.packing import collate, micro_batches, pack_rows
-from training.train import (
-    autocast_dtype,
-    configure_optimizer,
-    resolve_attention,
-    resolve_loss_kernel,
-    train_step,
-)
+from training.runtime import autocast_dtype, resolve_attention, resolve_loss_kernel
+from training.step import configure_optimizer, train_step
 
 GOAL_TOKENS_PER_S = 350_000
 GOAL_RATIO = 20.0

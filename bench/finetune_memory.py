@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+from generators.llama_server import free_port
 
 GOAL_BYTES = 6_000_000_000
 GB = 1e9
@@ -52,12 +53,6 @@ class Figures:
     idle_worker: int
     idle_others: int  # anything still running under the service after the job (should be 0)
     seconds: float
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def roles(server: psutil.Process) -> dict[str, list[psutil.Process]]:

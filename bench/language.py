@@ -17,9 +17,9 @@ import json
 import time
 from pathlib import Path
 
-from bench._corpus import real_sentences
 from filters.language import UNKNOWN, detect_language
 from filters.novelty import NoveltyIndex
+from testbed.corpus import real_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTER = ROOT / "app" / "seeds" / "starter_seed_tasks.jsonl"

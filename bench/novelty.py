@@ -5,7 +5,7 @@ item and ``max(...) > 0.7`` — the original method, without its process pool. A
 an exact full scan with rapidfuzz over the same tokens (no pruning), to show what pruning adds.
 
 Pool: distinct English sentences from the documentation installed packages ship (see
-`bench._corpus`). Candidates: half unseen sentences, half pool sentences with one or two words
+`testbed.corpus`). Candidates: half unseen sentences, half pool sentences with one or two words
 replaced or dropped, so both verdicts occur. The 1M pool needs more sentences than are installed;
 it is completed with spliced sentences (the head of one real sentence joined to the tail of
 another) and the output says how many.
@@ -34,9 +34,9 @@ from rapidfuzz import process
 from rapidfuzz.distance import LCSseq
 from rouge_score import rouge_scorer
 
-from bench._corpus import real_sentences
 from filters.novelty import DEFAULT_THRESHOLD, NoveltyIndex
 from filters.tokenize import tokenize
+from testbed.corpus import real_sentences
 
 THRESHOLD = DEFAULT_THRESHOLD
 T = TypeVar("T")

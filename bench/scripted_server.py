@@ -24,21 +24,10 @@ import time
 import zlib
 from typing import Any
 
-from generators.prompts import build_classification_prompt
+from testbed.scripted_llm import CHATML, CLASSIFY_MARK, VERBS
 
 SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in ("a", "e", "i", "o", "u", "ai", "ou")]
 VOCAB = ["".join(p) for p in itertools.product(SYLLABLES, repeat=2)]  # 9,604 made-up words
-CLASSIFY_MARK = build_classification_prompt("x").text.split("\n", 1)[0][:40]
-VERBS = "Explain Describe Compare Summarise Suggest Outline Rank Critique Plan Define".split()
-# SmolLM2's chat template, as its GGUF file stores it: ChatML with a default system turn.
-# Served at /props as llama.cpp's server does, for magpie runs.
-CHATML = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
-    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
-    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
-    "{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 class Script:

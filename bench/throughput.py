@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,14 +38,9 @@ from app.run_schemas import RunCreate
 from app.services.datasets import get_dataset
 from app.services.runs import cancel_run, create_run
 from app.settings import EndpointConfig, ReplicaConfig, Settings
+from generators.llama_server import free_port
 
 MODEL = "scripted"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

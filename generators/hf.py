@@ -14,8 +14,8 @@ from typing import Any
 
 from generators.base import ChatMessage, FinishReason, SamplingParams
 from generators.chat_template import ChatTemplate
+from generators.engine import Sample
 from generators.errors import BackendNotInstalled, UnsupportedRequest
-from generators.local import Sample
 
 TRAIN_EXTRA_HINT = "install them with: pip install -e '.[train]'"
 

@@ -25,9 +25,8 @@ import random
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,7 +34,6 @@ from generators.base import (
     Backend,
     ChatMessage,
     Choice,
-    FinishReason,
     Generation,
     NormalizedPrompt,
     SamplingParams,
@@ -44,6 +42,7 @@ from generators.base import (
 )
 from generators.bundled import BUNDLED_MODEL_ID, bundled_model_path
 from generators.chat_template import ChatTemplate
+from generators.engine import LoadedModel, Sample
 from generators.errors import (
     BackendNotInstalled,
     GeneratorError,
@@ -71,37 +70,6 @@ def default_threads() -> int:
     leaving a core free costs little when the machine is idle and avoids that collapse.
     """
     return max(1, usable_cores() - 1)
-
-
-@dataclass
-class Sample:
-    """One choice as an engine produced it."""
-
-    text: str
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    usage_estimated: bool = False  # counted by tokenizing, where the engine reported none
-
-
-class LoadedModel(Protocol):
-    """What the backend needs from an engine; calls must hold `lock`."""
-
-    lock: threading.Lock
-
-    def complete(
-        self, prompt: str, params: SamplingParams, seed: int, extra: Mapping[str, Any]
-    ) -> Sample: ...
-
-    def chat(
-        self,
-        messages: list[ChatMessage],
-        params: SamplingParams,
-        seed: int,
-        extra: Mapping[str, Any],
-    ) -> Sample: ...
-
-    def chat_template(self) -> ChatTemplate | None: ...
 
 
 class LocalBackend(Backend):

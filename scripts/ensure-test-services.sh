@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite uses from Debian's packages: PostgreSQL (the tests start a
-# throwaway cluster on loopback and stop it, see tests/pg.py), docker-compose (v1), which
+# throwaway cluster on loopback and stop it, see testbed/postgres.py), docker-compose (v1), which
 # validates docker-compose.yml offline, and Chromium with a CJK font for the dashboard tests
 # (Playwright drives this browser; it never downloads one).
 set -euo pipefail

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
-from tests.live import free_port, serve_api, wait_ready
+from testbed.live import free_port, serve_api, wait_ready
 
 CHROMIUM = "/usr/bin/chromium"
 # The flags keep a headless browser from reaching out (background requests, component updates,

@@ -17,7 +17,7 @@ from app.db import make_engine, migrate
 from app.main import create_app
 from app.settings import Settings
 from generators.llama_server import serve_llama_cpp
-from tests.pg import postgres_server
+from testbed.postgres import postgres_server
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ORIGINAL_SEEDS = SHARED / "data" / "selfinstruct_seed_tasks.jsonl"

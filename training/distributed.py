@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from training.data import IGNORE_INDEX
+from training.loss import loss_sum
 from training.packing import Batch, Row, micro_batches
 
 
@@ -119,8 +120,6 @@ class BatchLoss(torch.nn.Module):
     def forward(
         self, input_ids: torch.Tensor, targets: torch.Tensor, position_ids: torch.Tensor
     ) -> torch.Tensor:
-        from training.train import loss_sum  # train imports this module
-
         batch = Batch(input_ids, targets, position_ids, n_tokens=0, n_targets=0)
         return loss_sum(
             self.model,
@@ -155,6 +154,11 @@ class Parallel:
                 yield
             finally:
                 self.module.set_requires_gradient_sync(True)
+
+
+def sharded(parallel: Parallel | None) -> bool:
+    """Whether parameters live in FSDP shards (checkpoints then gather them first)."""
+    return parallel is not None and parallel.strategy == "fsdp"
 
 
 def wrap(

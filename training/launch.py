@@ -39,15 +39,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from training.config import FinetuneConfig
 from training.data import DatasetStats
 from training.errors import InsufficientMemory, InvalidConfig, TrainingDataError, TrainingError
-
-Event = dict[str, Any]
+from training.result import Event, TrainResult
 
 POLL_S = 0.2  # how often the caller reads new events
 STOP_POLL_S = 1.0  # how often it asks should_stop (a database read, for a worker)
@@ -65,25 +64,6 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # a full fine-tune of SmolLM2-135M on 4 x 2,048 tokens (CPU, step 1) peaked at 2.84 GB instead of
 # 5.59 GB, in the same time (327 s against 325 s on 2 cores).
 MALLOC_MMAP_THRESHOLD = 1 << 20
-
-
-@dataclass
-class TrainResult:
-    """What a finished (or cancelled) job produced; here, not in training/train.py, so a worker
-    that only launches jobs reads it back without importing torch."""
-
-    steps: int  # optimizer steps completed, counting those before a resume
-    total_steps: int
-    trained_tokens: int  # real (non-padding) tokens through the model in training
-    final_train_loss: float | None
-    final_eval_loss: float | None
-    cancelled: bool
-    final_dir: Path | None  # None when cancelled
-    adapter_dir: Path | None  # LoRA only
-    train_stats: DatasetStats
-    valid_stats: DatasetStats | None  # only for a separate validation file
-    checkpoints: list[Path] = field(default_factory=list)  # written by this run
-    elapsed_s: float = 0.0
 
 
 def device_count(device: str) -> int:
@@ -459,7 +439,8 @@ def main(run_dir: Path) -> None:
     import torch.distributed as dist
 
     from training.distributed import init_process_group, ranks_from_env
-    from training.train import resolve_device, train
+    from training.runtime import resolve_device
+    from training.train import train
 
     ranks = ranks_from_env()
     try:

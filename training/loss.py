@@ -8,6 +8,9 @@ through the head, the log-sum-exp and its own gradient before the next chunk sta
 gradients with respect to the hidden states and the head's weight are computed in the forward
 pass (the softmax is at hand there) and kept, N x H and V x H: no logits survive a chunk, and
 backward only scales them. The sum is the same number the plain path gives, to float tolerance.
+
+`loss_sum` is a batch's loss as the loop (training/step.py) and torchrun's wrapped module
+(training/distributed.py) both take it: this path, Liger's fused kernel, or the plain one.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ import importlib.util
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+
+from training.config import LOSS_CHUNK_TOKENS
+from training.data import IGNORE_INDEX
+from training.packing import Batch
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -136,3 +144,64 @@ def fused_linear_cross_entropy(
     with torch.autocast(device_type, enabled=False):
         loss = LigerFusedLinearCrossEntropyLoss(reduction="sum")(weight, hidden, targets, bias)
     return loss.float()
+
+
+# Architectures whose logits are exactly `lm_head(decoder(...).last_hidden_state)`: no logit
+# soft-capping or scaling between the two, so the chunked loss can call the head itself.
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3"})
+
+
+def split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
+    """The decoder and LM head of a causal LM (LoRA-wrapped or not), or None where the logits
+    are more than a plain Linear of the last hidden state; those models take the plain loss."""
+    get_base = getattr(model, "get_base_model", None)  # peft: the model its layers were put in
+    base: Any = get_base() if callable(get_base) else model
+    if getattr(base.config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    head = base.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:  # e.g. a LoRA layer on the head
+        return None
+    return base.get_decoder(), head
+
+
+def loss_sum(
+    model: torch.nn.Module,
+    batch: Batch,
+    *,
+    loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
+    loss_kernel: str = "chunked",
+) -> torch.Tensor:
+    """Summed cross-entropy over the batch's target tokens (a scalar; float32).
+
+    With loss_chunk_tokens > 0 the head runs on target positions only, in chunks
+    (training/loss.py) or through Liger's fused kernel (loss_kernel='liger'); 0, or a model
+    split_head cannot split, takes the plain full-logits path.
+    use_cache=False keeps the packed-sequence mask (no cache means training) on both paths.
+    """
+    parts = split_head(model) if loss_chunk_tokens > 0 else None
+    if parts is None:
+        logits = model(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
+        ).logits  # (B, T, V)
+        return F.cross_entropy(
+            logits.float().flatten(0, 1),  # (B*T, V)
+            batch.targets.flatten(),  # (B*T,)
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+    decoder, head = parts
+    hidden = decoder(
+        input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
+    ).last_hidden_state  # (B, T, H)
+    where = (batch.targets != IGNORE_INDEX).nonzero(as_tuple=True)  # CPU-GPU sync: the count
+    if loss_kernel == "liger":
+        return fused_linear_cross_entropy(
+            hidden[where], head.weight, batch.targets[where], bias=head.bias
+        )
+    return chunked_linear_cross_entropy(
+        hidden[where],  # (N, H): target positions only
+        head.weight,
+        batch.targets[where],  # (N,)
+        bias=head.bias,
+        chunk_tokens=loss_chunk_tokens,
+    )

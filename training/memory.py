@@ -15,11 +15,22 @@ checkpointing, full logits (the old trainer) 21.7 GB / 21.3 GB.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from training import distributed
+from training.config import FinetuneConfig
+from training.data import IGNORE_INDEX, TokenizedExample
+from training.distributed import Ranks
+from training.errors import InsufficientMemory
+from training.model import count_params
+from training.packing import StepPlan
+from training.runtime import resolve_attention, use_gradient_checkpointing
 
 GIB = 1 << 30
 CPU_RUNTIME_BYTES = 512 << 20  # torch, transformers and the interpreter, before any tensor
@@ -149,3 +160,78 @@ def _cgroup_room() -> int | None:
     except (OSError, ValueError):
         return None
     return int(limit) - used if limit.isdigit() else None
+
+
+def batch_extent(
+    plan: Sequence[StepPlan],
+    examples: Sequence[TokenizedExample],
+    *,
+    batch_size: int,
+    pad_to_len: int | None,
+    world_size: int = 1,
+) -> tuple[int, int, int]:
+    """The largest micro-batch of the plan on any process: (padded token slots, longest row,
+    target tokens); the same figures on every process, so they all refuse a job or none."""
+    lengths = [len(e) for e in examples]
+    targets = [sum(t != IGNORE_INDEX for t in e.labels[1:]) for e in examples]
+    slots = longest = n_targets = 0
+    for step in plan:
+        for rank in range(world_size):
+            ranks = Ranks(rank=rank, world_size=world_size)
+            for rows in distributed.rank_micro_batches(step.rows, ranks, batch_size):
+                if not rows:
+                    continue
+                row_len = pad_to_len or max(sum(lengths[i] for i in row) for row in rows)
+                n_rows = batch_size if pad_to_len else len(rows)
+                slots = max(slots, n_rows * row_len)
+                longest = max(longest, row_len)
+                n_targets = max(n_targets, sum(targets[i] for row in rows for i in row))
+    return slots, longest, n_targets
+
+
+def check_memory(
+    config: FinetuneConfig,
+    model: Any,
+    extent: tuple[int, int, int],
+    *,
+    device: torch.device,
+    amp: torch.dtype | None,
+    available: int | None,
+    ranks: Ranks | None = None,
+) -> tuple[MemoryEstimate, int | None]:
+    """Estimate one process's peak; raise InsufficientMemory when it exceeds `available` (None:
+    measure it now). Returns the estimate and the figure it was checked against.
+
+    Under torchrun with FSDP each process keeps 1/N of the weights' state; on the CPU the
+    processes of one machine share its memory, so each may count on its share of it."""
+    ranks = ranks or Ranks()
+    n_params, n_trainable = count_params(model)
+    slots, longest, n_targets = extent
+    base = model.get_base_model() if config.method == "lora" else model
+    estimate = estimate_memory(
+        base.config,
+        n_params=n_params,
+        n_trainable=n_trainable,
+        tokens_in_flight=slots,
+        longest_row=longest,
+        target_tokens_in_flight=n_targets,
+        gradient_checkpointing=use_gradient_checkpointing(config, device),
+        loss_chunk_tokens=config.loss_chunk_tokens,
+        attn_implementation=resolve_attention(config.attn_implementation, device),
+        device=device,
+        amp=amp is not None,
+    )
+    if ranks.parallel and config.parallelism == "fsdp":
+        estimate = dataclasses.replace(estimate, weights=estimate.weights // ranks.world_size)
+    if available is None:
+        available = available_memory(device)
+        if available is not None and device.type == "cpu":
+            available //= ranks.local_world_size
+    if available is not None and estimate.total > available:
+        raise InsufficientMemory(
+            needed=estimate.total,
+            available=available,
+            detail=estimate.describe(),
+            device=str(device),
+        )
+    return estimate, available

@@ -18,30 +18,30 @@ update is the one a single process makes from the same rows. Rank 0 alone emits 
 
 Outputs under config.output_dir: checkpoints/step-N/, final/ and, for LoRA, adapter/ (see
 training/checkpoint.py).
+
+This module holds the job: its preparation and the loop. What the loop calls lives by idea:
+training/runtime.py (device, dtype, kernels, compile), training/step.py (the schedule, AdamW,
+one step, the validation loss), training/loss.py (the loss of a batch), training/memory.py (the
+peak-memory check) and training/result.py (events and the TrainResult).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from training import distributed, memory
+from training import distributed
 from training.checkpoint import check_resumable, restore_rng, save_checkpoint, save_final
-from training.config import LOSS_CHUNK_TOKENS, FinetuneConfig
+from training.config import FinetuneConfig
 from training.data import IGNORE_INDEX, DatasetStats, TokenizedExample, load_chat_jsonl
 from training.data import split_validation as split_off_validation
-from training.distributed import Parallel, Ranks
-from training.errors import InsufficientMemory, InvalidConfig
-from training.launch import TrainResult
-from training.loss import chunked_linear_cross_entropy, fused_linear_cross_entropy, liger_available
+from training.distributed import Parallel, sharded
+from training.errors import InvalidConfig
+from training.memory import batch_extent, check_memory
 from training.model import (
     add_lora,
     count_params,
@@ -51,262 +51,16 @@ from training.model import (
     load_tokenizer,
     peak_flops,
 )
-from training.packing import Batch, StepPlan, collate, pack_rows, plan_steps
-
-Event = dict[str, Any]
-
-
-# --- small pieces ------------------------------------------------------------------------------
-
-
-def resolve_device(
-    config: FinetuneConfig, ranks: Ranks | None = None
-) -> tuple[torch.device, torch.dtype | None]:
-    """The device (this process's GPU under torchrun), and the autocast dtype (None: float32)."""
-    want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    if want_cuda and not torch.cuda.is_available():
-        raise InvalidConfig("device='cuda' but no CUDA GPU is visible; use device='auto' or 'cpu'.")
-    if want_cuda and ranks is not None and ranks.parallel:
-        device = torch.device("cuda", ranks.local_rank)
-    else:
-        device = torch.device("cuda" if want_cuda else "cpu")
-    return device, autocast_dtype(device, config.dtype)
-
-
-def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | None:
-    """bf16 autocast on CUDA unless fp32 is asked for; float32 on the CPU (bf16 refused there)."""
-    if device.type == "cpu" and dtype == "bf16":
-        raise InvalidConfig("dtype='bf16' needs a CUDA GPU; use dtype='fp32' or 'auto' on the CPU.")
-    return torch.bfloat16 if device.type == "cuda" and dtype in ("auto", "bf16") else None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def get_lr(
-    step: int, *, peak_lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float
-) -> float:
-    """Linear warm-up to peak_lr, then cosine decay to peak_lr * min_lr_ratio; step is 1-based."""
-    if step <= warmup_steps:
-        return peak_lr * step / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    min_lr = peak_lr * min_lr_ratio
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak_lr - min_lr)
-
-
-def configure_optimizer(
-    model: torch.nn.Module,
-    *,
-    lr: float,
-    weight_decay: float,
-    betas: tuple[float, float],
-    device: torch.device,
-) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not norms or biases); fused kernels on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device.type == "cuda")
-
-
-# Architectures whose logits are exactly `lm_head(decoder(...).last_hidden_state)`: no logit
-# soft-capping or scaling between the two, so the chunked loss can call the head itself.
-PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3"})
-
-
-def split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
-    """The decoder and LM head of a causal LM (LoRA-wrapped or not), or None where the logits
-    are more than a plain Linear of the last hidden state; those models take the plain loss."""
-    get_base = getattr(model, "get_base_model", None)  # peft: the model its layers were put in
-    base: Any = get_base() if callable(get_base) else model
-    if getattr(base.config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
-        return None
-    head = base.get_output_embeddings()
-    if type(head) is not torch.nn.Linear:  # e.g. a LoRA layer on the head
-        return None
-    return base.get_decoder(), head
-
-
-def loss_sum(
-    model: torch.nn.Module,
-    batch: Batch,
-    *,
-    loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
-    loss_kernel: str = "chunked",
-) -> torch.Tensor:
-    """Summed cross-entropy over the batch's target tokens (a scalar; float32).
-
-    With loss_chunk_tokens > 0 the head runs on target positions only, in chunks
-    (training/loss.py) or through Liger's fused kernel (loss_kernel='liger'); 0, or a model
-    split_head cannot split, takes the plain full-logits path.
-    use_cache=False keeps the packed-sequence mask (no cache means training) on both paths.
-    """
-    parts = split_head(model) if loss_chunk_tokens > 0 else None
-    if parts is None:
-        logits = model(
-            input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
-        ).logits  # (B, T, V)
-        return F.cross_entropy(
-            logits.float().flatten(0, 1),  # (B*T, V)
-            batch.targets.flatten(),  # (B*T,)
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-    decoder, head = parts
-    hidden = decoder(
-        input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
-    ).last_hidden_state  # (B, T, H)
-    where = (batch.targets != IGNORE_INDEX).nonzero(as_tuple=True)  # CPU-GPU sync: the count
-    if loss_kernel == "liger":
-        return fused_linear_cross_entropy(
-            hidden[where], head.weight, batch.targets[where], bias=head.bias
-        )
-    return chunked_linear_cross_entropy(
-        hidden[where],  # (N, H): target positions only
-        head.weight,
-        batch.targets[where],  # (N,)
-        bias=head.bias,
-        chunk_tokens=loss_chunk_tokens,
-    )
-
-
-def resolve_attention(choice: str, device: torch.device) -> str:
-    """attn_implementation 'auto': flex attention on CUDA, where it is the fastest kernel that
-    keeps packed examples apart; sdpa on the CPU (flex there runs unfused and slower)."""
-    if choice != "auto":
-        return choice
-    return "flex_attention" if device.type == "cuda" else "sdpa"
-
-
-def resolve_loss_kernel(choice: str, device: torch.device, *, liger: bool | None = None) -> str:
-    """loss_kernel 'auto': Liger's fused kernel on CUDA when liger-kernel is installed, else ours
-    (chunked). `liger` overrides the import check (tests). Liger where it cannot run is refused."""
-    liger = liger_available() if liger is None else liger
-    if choice == "liger":
-        if device.type != "cuda" or not liger:
-            raise InvalidConfig(
-                "loss_kernel='liger' needs a CUDA GPU and the liger-kernel package "
-                "(pip install liger-kernel); use loss_kernel='auto' or 'chunked'."
-            )
-        return "liger"
-    if choice == "auto" and device.type == "cuda" and liger:
-        return "liger"
-    return "chunked"
-
-
-def use_gradient_checkpointing(config: FinetuneConfig, device: torch.device) -> bool:
-    """'auto' recomputes activations on the CPU, where memory (not compute) bounds a job."""
-    if config.gradient_checkpointing == "auto":
-        return device.type == "cpu"
-    return config.gradient_checkpointing == "on"
-
-
-def compile_model(raw_model: torch.nn.Module, config: FinetuneConfig) -> torch.nn.Module:
-    """Compile what loss_sum calls: the decoder in place when the chunked loss splits off the
-    head (parameter names, and so checkpoints, stay the same), else the whole model."""
-    parts = split_head(raw_model) if config.loss_chunk_tokens > 0 else None
-    if parts is None:
-        return torch.compile(raw_model)  # type: ignore[return-value]
-    parts[0].compile()
-    return raw_model
-
-
-def train_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Sequence[Batch],
-    *,
-    device: torch.device,
-    amp: torch.dtype | None,
-    grad_clip: float,
-    loss_chunk_tokens: int = LOSS_CHUNK_TOKENS,
-    parallel: Parallel | None = None,
-    step_targets: int | None = None,
-    loss_kernel: str = "chunked",
-) -> torch.Tensor:
-    """One optimizer step over micro-batches whose gradients add up; returns the loss per target
-    token as a device tensor (reading it is the caller's CPU-GPU sync).
-
-    With `parallel` these are this process's share of the step, `step_targets` the whole step's
-    target tokens: DDP and FSDP average gradients over the processes, so each loss is scaled by
-    their number to make the average the sum one process would have computed."""
-    n_targets = step_targets if step_targets is not None else sum(b.n_targets for b in batches)
-    n_targets = max(1, n_targets)  # the whole step's, so every token weighs the same
-    scale = parallel.ranks.world_size if parallel is not None else 1
-    step_loss = torch.zeros((), device=device)
-    for index, batch in enumerate(batches):
-        batch = batch.to(device)
-        if parallel is None:
-            with autocast(device, amp):
-                loss = loss_sum(
-                    model, batch, loss_chunk_tokens=loss_chunk_tokens, loss_kernel=loss_kernel
-                )
-            (loss / n_targets).backward()
-        else:
-            with parallel.accumulating(last=index == len(batches) - 1):
-                with autocast(device, amp):
-                    loss = parallel.loss(batch)
-                (loss * (scale / n_targets)).backward()
-        step_loss += loss.detach()
-    if parallel is not None:
-        step_loss = distributed.sum_across(step_loss, parallel.ranks)
-    if grad_clip > 0:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return step_loss / n_targets
-
-
-@torch.no_grad()
-def estimate_loss(
-    model: torch.nn.Module,
-    examples: Sequence[TokenizedExample],
-    *,
-    config: FinetuneConfig,
-    pad_id: int,
-    device: torch.device,
-    amp: torch.dtype | None,
-    parallel: Parallel | None = None,
-    loss_kernel: str = "chunked",
-) -> float:
-    """Mean loss per target token over every validation example (shared out among the
-    processes under torchrun, and summed over them)."""
-    model.eval()
-    lengths = [len(e) for e in examples]
-    order = range(len(examples))
-    rows = pack_rows(lengths, order, config.max_seq_len) if config.packing else [[i] for i in order]
-    ranks = parallel.ranks if parallel is not None else Ranks()
-    total = torch.zeros((), device=device)
-    n_targets = torch.zeros((), device=device, dtype=torch.long)
-    for rows_chunk in distributed.rank_micro_batches(rows, ranks, config.batch_size):
-        if rows_chunk:
-            batch = collate(rows_chunk, examples, pad_id=pad_id)
-        else:
-            batch = distributed.empty_batch(pad_id)
-        batch = batch.to(device)
-        with autocast(device, amp):
-            if parallel is None:
-                total += loss_sum(
-                    model,
-                    batch,
-                    loss_chunk_tokens=config.loss_chunk_tokens,
-                    loss_kernel=loss_kernel,
-                )
-            else:
-                total += parallel.loss(batch)
-        n_targets += batch.n_targets
-    model.train()
-    if parallel is not None:
-        total = distributed.sum_across(total, ranks)
-        n_targets = distributed.sum_across(n_targets, ranks)
-    # .item(): CPU-GPU sync, once per evaluation
-    return total.item() / max(1, int(n_targets.item()))
+from training.packing import collate, plan_steps
+from training.result import Event, TrainResult
+from training.runtime import (
+    compile_model,
+    resolve_attention,
+    resolve_device,
+    resolve_loss_kernel,
+    use_gradient_checkpointing,
+)
+from training.step import configure_optimizer, estimate_loss, get_lr, train_step
 
 
 def prepare_data(
@@ -372,86 +126,6 @@ def prepare_optimizer(
             optimizer.load_state_dict(saved)
         restore_rng(resume)
     return optimizer
-
-
-def sharded(parallel: Parallel | None) -> bool:
-    """Whether parameters live in FSDP shards (checkpoints then gather them first)."""
-    return parallel is not None and parallel.strategy == "fsdp"
-
-
-def batch_extent(
-    plan: Sequence[StepPlan],
-    examples: Sequence[TokenizedExample],
-    *,
-    batch_size: int,
-    pad_to_len: int | None,
-    world_size: int = 1,
-) -> tuple[int, int, int]:
-    """The largest micro-batch of the plan on any process: (padded token slots, longest row,
-    target tokens); the same figures on every process, so they all refuse a job or none."""
-    lengths = [len(e) for e in examples]
-    targets = [sum(t != IGNORE_INDEX for t in e.labels[1:]) for e in examples]
-    slots = longest = n_targets = 0
-    for step in plan:
-        for rank in range(world_size):
-            ranks = Ranks(rank=rank, world_size=world_size)
-            for rows in distributed.rank_micro_batches(step.rows, ranks, batch_size):
-                if not rows:
-                    continue
-                row_len = pad_to_len or max(sum(lengths[i] for i in row) for row in rows)
-                n_rows = batch_size if pad_to_len else len(rows)
-                slots = max(slots, n_rows * row_len)
-                longest = max(longest, row_len)
-                n_targets = max(n_targets, sum(targets[i] for row in rows for i in row))
-    return slots, longest, n_targets
-
-
-def check_memory(
-    config: FinetuneConfig,
-    model: Any,
-    extent: tuple[int, int, int],
-    *,
-    device: torch.device,
-    amp: torch.dtype | None,
-    available: int | None,
-    ranks: Ranks | None = None,
-) -> tuple[memory.MemoryEstimate, int | None]:
-    """Estimate one process's peak; raise InsufficientMemory when it exceeds `available` (None:
-    measure it now). Returns the estimate and the figure it was checked against.
-
-    Under torchrun with FSDP each process keeps 1/N of the weights' state; on the CPU the
-    processes of one machine share its memory, so each may count on its share of it."""
-    ranks = ranks or Ranks()
-    n_params, n_trainable = count_params(model)
-    slots, longest, n_targets = extent
-    base = model.get_base_model() if config.method == "lora" else model
-    estimate = memory.estimate_memory(
-        base.config,
-        n_params=n_params,
-        n_trainable=n_trainable,
-        tokens_in_flight=slots,
-        longest_row=longest,
-        target_tokens_in_flight=n_targets,
-        gradient_checkpointing=use_gradient_checkpointing(config, device),
-        loss_chunk_tokens=config.loss_chunk_tokens,
-        attn_implementation=resolve_attention(config.attn_implementation, device),
-        device=device,
-        amp=amp is not None,
-    )
-    if ranks.parallel and config.parallelism == "fsdp":
-        estimate = dataclasses.replace(estimate, weights=estimate.weights // ranks.world_size)
-    if available is None:
-        available = memory.available_memory(device)
-        if available is not None and device.type == "cpu":
-            available //= ranks.local_world_size
-    if available is not None and estimate.total > available:
-        raise InsufficientMemory(
-            needed=estimate.total,
-            available=available,
-            detail=estimate.describe(),
-            device=str(device),
-        )
-    return estimate, available
 
 
 # --- the job -----------------------------------------------------------------------------------

@@ -358,6 +358,14 @@ class RunContext:
         t.cost += self.prices.cost(model_id, result.prompt_tokens, result.completion_tokens)
         return result
 
+    def count_answer(self, text: str, *, found: bool) -> None:
+        """An answer to a generation prompt; one that held no candidate is unparseable (too
+        many in a row stop the run)."""
+        self.tally.completions += 1
+        if not found:
+            self.tally.unparseable += 1
+            self.tally.last_unparseable = self.last_unparseable = text[:200]
+
     def sampling(self) -> dict[str, Any]:
         s = self.params.sampling
         return {

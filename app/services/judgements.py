@@ -1,5 +1,6 @@
-"""Judgements: the judge model check and judgement jobs (create, read, list, cancel, events);
-the rating filters the task browser, stats and exports share are in app/services/ratings.py.
+"""Judgements: judgement jobs (create, read, list, cancel, events); a judge is looked up in
+the model catalogue like any model (`app.llm.find_model`). The rating filters the task browser,
+stats and exports share are in app/services/ratings.py.
 
 A judgement job is a job of its own kind (`JudgementJob`, app/pipeline/judging.py executes it):
 generation workers, embedded or `selfinstruct worker`, claim it with the lease every job kind
@@ -17,7 +18,7 @@ from sqlmodel import Session, col, func, select
 
 from app import leases
 from app.errors import NotFound
-from app.llm import ModelEntry, find_model
+from app.llm import find_model
 from app.models import (
     MACHINE_ORIGINS,
     Dataset,
@@ -36,16 +37,6 @@ from app.run_schemas import (
 from app.schemas import ErrorItem
 from app.settings import Settings
 from generators.judge import RATINGS
-
-
-def check_judge_model(
-    settings: Settings, model_id: str, engine: Engine | None, *, field: str
-) -> ModelEntry:
-    """The catalogue entry of a judge. An unknown id is a 404 naming `field`, as an unknown
-    run model is: the request is well formed (the schema cannot list models that come and go
-    with fine-tunes), the model it names does not exist."""
-    return find_model(settings, model_id, engine, field=field)
-
 
 # --- jobs -----------------------------------------------------------------------------------------
 
@@ -75,7 +66,7 @@ def create_job(
     *, session: Session, settings: Settings, dataset: Dataset, body: JudgementJobCreate
 ) -> JudgementJob:
     """Queue a judgement job over the tasks that match now; tasks added later are not in it."""
-    entry = check_judge_model(settings, body.model, session.get_bind(), field="model")  # type: ignore[arg-type]
+    entry = find_model(settings, body.model, session.get_bind(), field="model")  # type: ignore[arg-type]
     assert dataset.id is not None
     if body.run_id is not None:
         run = session.get(Run, body.run_id)
@@ -119,11 +110,6 @@ def get_job(*, session: Session, job_id: int) -> JudgementJob:
     if job is None:
         raise NotFound(f"Judgement job {job_id} does not exist.")
     return job
-
-
-def moved_job_id(session: Session, run_id: int) -> int | None:
-    """The judgement job that was run `run_id` before migration 0008 moved it, if one was."""
-    return session.exec(select(JudgementJob.id).where(JudgementJob.former_run_id == run_id)).first()
 
 
 def list_jobs(*, session: Session, dataset: Dataset) -> list[JudgementJob]:

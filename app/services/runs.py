@@ -10,7 +10,7 @@ from sqlmodel import Session, col, func, select
 from app import leases
 from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from app.llm import find_model, price_table
-from app.models import Dataset, Run, RunEvent, RunStatus
+from app.models import Dataset, JudgementJob, Run, RunEvent, RunStatus
 from app.run_schemas import RunCounters, RunCreate, RunEventPublic, RunPublic
 from app.schemas import ErrorItem
 from app.services.dataset_lock import lock
@@ -23,9 +23,7 @@ ACTIVE = (RunStatus.queued.value, RunStatus.running.value)
 def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: RunCreate) -> Run:
     entry = find_model(settings, body.model, session.get_bind())  # type: ignore[arg-type]
     if body.judge is not None:
-        from app.services.judgements import check_judge_model
-
-        check_judge_model(settings, body.judge.model, session.get_bind(), field="judge.model")  # type: ignore[arg-type]
+        find_model(settings, body.judge.model, session.get_bind(), field="judge.model")  # type: ignore[arg-type]
     if body.target > settings.max_run_target:
         raise PayloadTooLarge(
             f"target {body.target} is above the limit of {settings.max_run_target} "
@@ -83,8 +81,6 @@ def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: 
 def get_run(*, session: Session, run_id: int) -> Run:
     run = session.get(Run, run_id)
     if run is None:
-        from app.services.judgements import moved_job_id
-
         moved = moved_job_id(session, run_id)
         if moved is not None:  # a judgement job stored as a run before migration 0008
             raise NotFound(
@@ -93,6 +89,11 @@ def get_run(*, session: Session, run_id: int) -> Run:
             )
         raise NotFound(f"Run {run_id} does not exist.")
     return run
+
+
+def moved_job_id(session: Session, run_id: int) -> int | None:
+    """The judgement job that was run `run_id` before migration 0008 moved it, if one was."""
+    return session.exec(select(JudgementJob.id).where(JudgementJob.former_run_id == run_id)).first()
 
 
 def list_runs(*, session: Session, dataset: Dataset) -> list[Run]:

@@ -17,7 +17,15 @@ from sqlmodel import Session, col, select
 from app.errors import InvalidInput
 from app.models import Dataset, Document, Passage, Task, TaskOrigin
 from app.schemas import ErrorItem
-from app.strategies.base import Candidate, Strategy, StrictSpec, request_seed, setting_of
+from app.strategies.base import (
+    Candidate,
+    RunCreate,
+    RunView,
+    Strategy,
+    StrictSpec,
+    request_seed,
+    setting_of,
+)
 from generators.base import Generation
 from generators.parsing import parse_backtranslation
 from generators.prompts import (
@@ -31,8 +39,6 @@ from generators.prompts import (
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from app.pipeline.context import RunContext
-    from app.run_schemas import RunCreate
 
 PASSAGE_ATTEMPTS = 3  # failed requests after which a passage is given up for this run
 
@@ -74,7 +80,7 @@ class Backtranslate(Strategy):
         spec: BacktranslateSpec = setting_of(params, "backtranslate")
         check_documents(session=session, dataset=dataset, document_ids=spec.documents)
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunView) -> None:
         super().__init__(ctx)
         spec: BacktranslateSpec = self.setting("backtranslate")
         self.passages = passage_queue(ctx.engine, ctx.run_id, ctx.dataset_id, spec)

@@ -14,19 +14,72 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from app.models import TaskOrigin
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
     from sqlmodel import Session
 
     from app.llm import ModelEntry
     from app.models import Dataset
-    from app.pipeline.context import Item, RunContext
-    from app.run_schemas import RunCreate
+    from app.strategies.pool import Pool
+    from generators.base import Backend, Generation
+
+# A run's parameters: app.run_schemas builds RunCreate from the registered strategies' fields,
+# so a strategy sees it untyped (its own fields through `setting_of`), not as an import above it.
+RunCreate = Any
+
+
+class RunView(Protocol):
+    """What a strategy reads and calls of the run it serves. app.pipeline.context.RunContext is
+    the implementation; a protocol here keeps the strategies below the pipeline, with no import
+    circle between them."""
+
+    last_error: str | None  # a strategy may say why it could not prompt
+
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def run_id(self) -> int: ...
+    @property
+    def dataset_id(self) -> int: ...
+    @property
+    def params(self) -> RunCreate: ...
+    @property
+    def pool(self) -> Pool: ...
+    @property
+    def lineage(self) -> dict[str, Any]: ...
+    @property
+    def backend(self) -> Backend: ...
+    @property
+    def model_id(self) -> str: ...
+
+    def prompt_language(self, language: str) -> str: ...
+    def pick_language(self, rng: random.Random) -> str: ...
+    def sampling(self) -> dict[str, Any]: ...
+
+    async def complete(
+        self,
+        text: str,
+        sampling: dict[str, Any],
+        stop: tuple[str, ...],
+        *,
+        language: str = "en",
+        raw: bool = False,
+    ) -> Generation | None: ...
+
+    def count_answer(self, text: str, *, found: bool) -> None: ...
+
+
+class ItemView(Protocol):
+    """A candidate in the stream, as a strategy that writes its own instances sees it."""
+
+    candidate: Candidate
+    raw_instances: list[dict[str, str]] | None
 
 
 class StrictSpec(BaseModel):
@@ -117,7 +170,7 @@ class Strategy(ABC):
 
     # --- one execution of a run ----------------------------------------------------------------
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunView) -> None:
         """Load what this execution needs from the database; a resumed run starts here too."""
         self.ctx = ctx
 
@@ -136,7 +189,7 @@ class Strategy(ABC):
         Requests go through `self.ctx.complete` (counted and capped), and what an answer held
         through `self.answered`."""
 
-    async def write_instances(self, item: Item) -> bool:
+    async def write_instances(self, item: ItemView) -> bool:
         """Write the candidate's instances itself (True), or leave them to the instance prompt
         (False). Only called when the run generates instances and the candidate has none."""
         return False
@@ -168,15 +221,10 @@ class Strategy(ABC):
     def answered(self, found: list[Candidate] | Candidate | None, text: str) -> list[Candidate]:
         """The candidates of one answer, counted as a completion; an answer that held none
         counts as unparseable (too many in a row stop the run)."""
-        tally = self.ctx.tally
-        tally.completions += 1
         if isinstance(found, Candidate):
             found = [found]
-        if not found:
-            tally.unparseable += 1
-            tally.last_unparseable = self.ctx.last_unparseable = text[:200]
-            return []
-        return found
+        self.ctx.count_answer(text, found=bool(found))
+        return found or []
 
 
 def _inline(schema: Any, defs: Mapping[str, Any]) -> Any:

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from app.models import Task, TaskOrigin, TaskStatus
-from app.strategies.base import Candidate, Strategy, StrictSpec, request_seed
+from app.strategies.base import Candidate, RunView, Strategy, StrictSpec, request_seed
 from app.strategies.pool import Pool, examples
 from generators.base import Generation
 from generators.parsing import parse_evolved_task
@@ -30,7 +30,6 @@ from generators.prompts import (
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from app.pipeline.context import RunContext
 
 PARENT_DRAWS = 20  # tries to find a parent below the depth limit before giving up on a prompt
 
@@ -74,7 +73,7 @@ class Evolve(Strategy):
     summary = "rewrite pool tasks"
     fields = EvolveFields
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunView) -> None:
         super().__init__(ctx)
         self.spec: EvolveSpec = self.setting("evolve")
         # Parents' evolution depths: read from the evolved tasks' lineage, kept for new ones.

@@ -12,14 +12,13 @@ from pydantic import Field
 
 from app.errors import InvalidInput
 from app.schemas import ErrorItem
-from app.strategies.base import Candidate, Strategy, StrictSpec, request_seed
+from app.strategies.base import Candidate, ItemView, RunView, Strategy, StrictSpec, request_seed
 from generators.base import Generation
 from generators.chat_template import ChatTemplate
 from generators.errors import UnsupportedRequest
 
 if TYPE_CHECKING:
     from app.llm import ModelEntry
-    from app.pipeline.context import Item, RunContext
 
 TEMPLATE_VERSION = "magpie-v1"
 QUERY_TOKENS = 512  # a user's message; a longer one is cut off and dropped
@@ -57,7 +56,7 @@ class Magpie(Strategy):
                 errors=[ErrorItem(field="strategy", reason="magpie needs a completion endpoint")],
             )
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunView) -> None:
         super().__init__(ctx)
         self.spec: MagpieSpec = self.setting("magpie")
         self._template: ChatTemplate | None = None
@@ -88,7 +87,7 @@ class Magpie(Strategy):
             return None
         return self.answered(magpie_candidate(gen, self.ctx.lineage), gen.text)
 
-    async def write_instances(self, item: Item) -> bool:
+    async def write_instances(self, item: ItemView) -> bool:
         """The model answers its own query through the same chat template: one instance."""
         template = await self.chat_template()
         prompt = template.answer_prompt(item.candidate.instruction, self.spec.system_prompt)

@@ -7,15 +7,11 @@ import math
 import random
 import re
 import string
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from app.strategies.base import Candidate, Strategy, StrictSpec, setting_of
-
-if TYPE_CHECKING:
-    from app.pipeline.context import RunContext
-    from app.run_schemas import RunCreate
+from app.strategies.base import Candidate, RunCreate, RunView, Strategy, StrictSpec, setting_of
 
 # A template: text with `{slot}` placeholders, a slot's name free of `. [ ] ! :` and not only
 # digits (str.format would read those as attributes, indexes, conversions, formats or positions);
@@ -114,7 +110,7 @@ class Template(Strategy):
         if setting_of(params, "template") is None:
             raise ValueError(cls.rule)
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunView) -> None:
         super().__init__(ctx)
         self.spec: TemplateSpec = self.setting("template")
         self.space = template_space(self.spec)

@@ -18,7 +18,7 @@ import pytest
 
 from app.db import migrate
 from app.settings import BUNDLED_MODEL_ID, Settings
-from tests.live import free_port, serve_api, wait_ready
+from testbed.live import free_port, serve_api, wait_ready
 
 pytestmark = pytest.mark.real
 

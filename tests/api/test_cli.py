@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testbed.live import free_port, serve_api, wait_ready
 from tests.factories import jsonl, seed
-from tests.live import free_port, serve_api, wait_ready
 
 # Starts real processes (servers, workers, trainers): not in make test-fast.
 pytestmark = pytest.mark.real

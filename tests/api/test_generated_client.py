@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from testbed.scripted_llm import StubLLM
 from tests.conftest import _wipe
 from tests.runs.conftest import STUB_MODEL, stub_settings
-from tests.runs.stub_llm import StubLLM
 
 # Starts real processes (servers, workers, trainers): not in make test-fast.
 pytestmark = pytest.mark.real

@@ -17,9 +17,10 @@ import pytest
 
 from app.db import migrate
 from app.settings import Settings
-from tests.live import free_port, wait_ready
+from generators.llama_server import free_port
+from testbed.live import wait_ready
+from testbed.scripted_llm import StubLLM
 from tests.runs.conftest import STUB_MODEL
-from tests.runs.stub_llm import StubLLM
 
 pytestmark = pytest.mark.real
 

@@ -13,8 +13,8 @@ import pytest
 
 from app.db import migrate
 from app.settings import Settings
+from testbed.live import free_port, serve_api, wait_ready
 from tests.finetune.test_finetune_e2e import tiny_base_dir  # noqa: F401 (a fixture)
-from tests.live import free_port, serve_api, wait_ready
 
 TOKEN = "dashboard-test-token"
 # Screenshots of failures and of the pages, outside the repository unless asked for.

@@ -252,7 +252,7 @@ def test_the_run_form_offers_every_strategy_and_documents_are_managed(
 @pytest.fixture(scope="module")
 def private_base(live_env: dict[str, str]) -> Iterator[str]:
     """A second server on the same database with private reads."""
-    from tests.live import free_port, serve_api, wait_ready
+    from testbed.live import free_port, serve_api, wait_ready
 
     port = free_port()
     env = {**live_env, "SELFINSTRUCT_PRIVATE_READS": "true", "SELFINSTRUCT_EMBEDDED_WORKER": "0"}

@@ -25,10 +25,10 @@ from sqlmodel import Session, select
 from app.db import make_engine, migrate
 from app.models import Task
 from app.settings import Settings
+from testbed.live import running_api
+from testbed.scripted_llm import StubLLM
 from tests.dashboard.conftest import ARTIFACTS, TOKEN
-from tests.live import running_api
 from tests.runs.conftest import STUB_MODEL
-from tests.runs.stub_llm import StubLLM
 from tests.runs.test_generate_cli import _serve_once
 
 pytestmark = pytest.mark.real

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rouge_score import rouge_scorer
 
-from bench._corpus import real_sentences
+from testbed.corpus import real_sentences
 
 
 @pytest.fixture(scope="session")

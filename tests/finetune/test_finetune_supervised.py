@@ -26,6 +26,7 @@ from app.leases import Lease, claim, mark_present
 from app.main import create_app
 from app.models import FineTuningJobRow
 from app.settings import Settings
+from testbed.live import free_port, wait_ready
 from tests.conftest import _wipe
 from tests.finetune.test_finetune_e2e import (  # noqa: F401 (a fixture)
     GREETINGS,
@@ -33,7 +34,6 @@ from tests.finetune.test_finetune_e2e import (  # noqa: F401 (a fixture)
     _register_base,
     tiny_base_dir,
 )
-from tests.live import free_port, wait_ready
 
 # Starts real processes (servers, workers, trainers): not in make test-fast.
 pytestmark = pytest.mark.real
@@ -91,7 +91,7 @@ def live(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes]
 
     def start(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], httpx.Client]:
         port = free_port()
-        server = subprocess.Popen(  # not tests.live.serve_api, which turns the worker off
+        server = subprocess.Popen(  # not testbed.live.serve_api, which turns the worker off
             [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
             env=env,
             stdout=(tmp_path / "server.log").open("ab"),

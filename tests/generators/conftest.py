@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from generators.ratelimit import reset_shared_rate_limiters
-from tests.generators.fakes import ScriptedServer
+from testbed.scripted_llm import ScriptedServer
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from generators import GeneratorError, LocalBackend, SamplingParams
 from generators.base import ChatMessage, Generation
 from generators.chat_template import ChatTemplate
-from generators.local import Sample
+from generators.engine import Sample
 from generators.streaming import ChoiceDelta, stream
 
 pytestmark = pytest.mark.anyio

@@ -20,7 +20,7 @@ from generators import (
     SamplingParams,
 )
 from generators.llama_server import free_port
-from tests.generators.fakes import Reply, ScriptedServer, completion_body
+from testbed.scripted_llm import Reply, ScriptedServer, completion_body
 
 pytestmark = pytest.mark.anyio
 

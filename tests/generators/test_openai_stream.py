@@ -23,8 +23,8 @@ from app.main import create_app
 from app.settings import Settings
 from generators import BadResponse, Generation, OpenAIBackend, SamplingParams
 from generators.streaming import ChoiceDelta, StreamItem, stream
+from testbed.scripted_llm import Reply, ScriptedServer
 from tests.conftest import LLAMA_ALIAS, _wipe
-from tests.generators.fakes import Reply, ScriptedServer
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from generators import OpenAIBackend, RateLimiter, SamplingParams, shared_rate_limiter
-from tests.generators.fakes import ScriptedServer
+from testbed.scripted_llm import ScriptedServer
 
 PARAMS = SamplingParams(max_tokens=4)
 

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed.live import free_port, serve_api, wait_ready
 from tests.conftest import _wipe
-from tests.live import free_port, serve_api, wait_ready
 
 API_TOKEN = "hardening-api-token-3f9a1c"
 WORKER_TOKEN = "hardening-worker-token-7b2e4d"

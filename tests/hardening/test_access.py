@@ -21,8 +21,8 @@ from sqlmodel import Session, func, select
 from app.main import create_app
 from app.models import FineTuningJobRow, Run, StoredFile
 from app.settings import Settings
+from testbed.scripted_llm import Reply, ScriptedServer
 from tests.conftest import _wipe
-from tests.generators.fakes import Reply, ScriptedServer
 from tests.hardening.live_server import API_TOKEN, WORKER_TOKEN
 
 API = {"authorization": f"Bearer {API_TOKEN}"}

@@ -27,6 +27,7 @@ from app.db import migrate
 from app.finetune.remote import RemoteFinetuneWorker
 from app.main import create_app
 from app.settings import Settings
+from testbed.live import free_port, serve_api, wait_ready
 from tests.conftest import _wipe
 from tests.finetune.test_finetune_e2e import (
     LONG_SUPERVISED,
@@ -35,7 +36,6 @@ from tests.finetune.test_finetune_e2e import (
     _tiny_lora_job,
     tiny_base_dir,  # noqa: F401  (a fixture)
 )
-from tests.live import free_port, serve_api, wait_ready
 
 # Starts real processes (servers, workers, trainers): not in make test-fast.
 pytestmark = pytest.mark.real

@@ -29,10 +29,9 @@ from app.main import create_app
 from app.models import RunEvent
 from app.settings import Settings
 from app.worker import Worker
+from testbed.scripted_llm import Reply, StubLLM, completion_body
 from tests.conftest import _wipe
-from tests.generators.fakes import Reply, completion_body
 from tests.runs.conftest import STUB_MODEL, assert_run_matches_rows, wait_for_run
-from tests.runs.stub_llm import StubLLM
 
 # Starts real processes (servers, workers, trainers): not in make test-fast.
 pytestmark = pytest.mark.real

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.load import KINDS, hammer, serving, start_writing_run
+from testbed.load import KINDS, hammer, serving, start_writing_run
+from testbed.scripted_llm import StubLLM
 from tests.conftest import _wipe
 from tests.runs.conftest import STUB_MODEL, assert_run_matches_rows
-from tests.runs.stub_llm import StubLLM
 
 pytestmark = [pytest.mark.both_databases, pytest.mark.real]
 

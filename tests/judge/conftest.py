@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from generators.prompt_text import JUDGE_WORDS
+from testbed.scripted_llm import StubLLM
 from tests.conftest import _wipe
 from tests.runs.conftest import STUB_MODEL
-from tests.runs.stub_llm import StubLLM
 
 JUDGE_MODEL = "judge-model"
 UNPARSEABLE = "I think this task is quite fine overall."

@@ -19,7 +19,7 @@ from generators.judge import (
     parse_preference,
 )
 from generators.openai_compat import OpenAIBackend
-from tests.generators.fakes import Reply, ScriptedServer, completion_body
+from testbed.scripted_llm import Reply, ScriptedServer, completion_body
 
 pytestmark = pytest.mark.anyio
 

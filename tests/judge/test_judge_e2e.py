@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 from app.db import make_engine, migrate
 from app.main import create_app
 from app.settings import EndpointConfig, Settings
+from testbed.live import free_port, serve_api, wait_ready
 from tests.conftest import LLAMA_ALIAS, _wipe
 from tests.judge.conftest import JUDGE_MODEL, JudgeStub, scripted_rating
-from tests.live import free_port, serve_api, wait_ready
 
 # Starts real processes (servers, workers, trainers): not in make test-fast.
 pytestmark = pytest.mark.real

@@ -15,9 +15,8 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from generators.prompt_text import JUDGE_WORDS, PAIRWISE_WORDS
+from testbed.scripted_llm import Reply, StubLLM, chat_body, completion_body
 from tests.conftest import _wipe
-from tests.generators.fakes import Reply, chat_body, completion_body
-from tests.runs.stub_llm import StubLLM
 
 MODEL_A = "stub-model"
 MODEL_B = "stub-model-b"

@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 from app.db import make_engine
 from app.models import Task
 from app.settings import Settings
-from tests.generators.fakes import Reply, completion_body
+from testbed.scripted_llm import Reply, completion_body
 from tests.quality.conftest import MODEL_A, JudgingStub, seed
 from tests.runs.conftest import wait_for_run
 

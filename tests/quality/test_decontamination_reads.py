@@ -17,7 +17,7 @@ from app.main import create_app
 from app.models import Dataset, Task
 from app.services.dataset_lock import lock
 from app.settings import Settings
-from tests.generators.fakes import Reply, completion_body
+from testbed.scripted_llm import Reply, completion_body
 from tests.quality.conftest import MODEL_A, JudgingStub, seed
 from tests.quality.test_decontamination import BENCH, MINE
 from tests.runs.conftest import wait_for_run

@@ -17,8 +17,8 @@ from app.db import make_engine
 from app.main import create_app
 from app.models import Evaluation, EvaluationSample, utcnow
 from app.settings import Settings
+from testbed.scripted_llm import Reply, chat_body
 from tests.conftest import _wipe
-from tests.generators.fakes import Reply, chat_body
 from tests.quality.conftest import (
     JUDGE,
     MODEL_A,

@@ -15,8 +15,8 @@ from app.db import make_engine
 from app.main import create_app
 from app.models import Run, RunEvent, Task
 from app.settings import Settings
+from testbed.scripted_llm import StubLLM
 from tests.conftest import _wipe
-from tests.runs.stub_llm import StubLLM
 
 STUB_MODEL = "stub-model"
 

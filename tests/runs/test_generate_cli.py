@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from testbed.scripted_llm import StubLLM
 from tests.conftest import _wipe
 from tests.runs.conftest import STUB_MODEL
-from tests.runs.stub_llm import StubLLM
 
 # Starts real processes (servers, workers, trainers): not in make test-fast.
 pytestmark = pytest.mark.real

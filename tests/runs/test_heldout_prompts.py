@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from testbed.scripted_llm import WORDS, StubLLM
 from tests.runs.conftest import STUB_MODEL, wait_for_run
-from tests.runs.stub_llm import WORDS, StubLLM
 
 SHARE = 0.3
 

@@ -42,6 +42,7 @@ from app.models import (
     RunEvent,
 )
 from app.settings import Settings
+from app.strategies import DEFAULT_STRATEGY
 from tests.conftest import _wipe
 
 pytestmark = pytest.mark.both_databases
@@ -69,7 +70,7 @@ def queue(engine: Engine, model: Leased) -> object:
         assert dataset.id is not None
         row: Run | JudgementJob | Evaluation | FineTuningJobRow
         if model is Run:
-            row = Run(dataset_id=dataset.id, target=1, model="stub")
+            row = Run(dataset_id=dataset.id, strategy=DEFAULT_STRATEGY, target=1, model="stub")
         elif model is JudgementJob:
             row = JudgementJob(dataset_id=dataset.id, model="judge", backend="openai")
         elif model is Evaluation:

@@ -33,10 +33,10 @@ from app.services.tasks import edit_task
 from app.settings import Settings
 from app.strategies import Candidate
 from filters.rouge import rouge_l
+from testbed.scripted_llm import StubLLM
 from tests.conftest import _wipe
 from tests.quality.conftest import seed
 from tests.runs.conftest import STUB_MODEL, stub_settings
-from tests.runs.stub_llm import StubLLM
 
 pytestmark = pytest.mark.both_databases
 

@@ -11,10 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from filters.novelty import NoveltyIndex
+from testbed.scripted_llm import Reply, StubLLM, completion_body
 from tests.factories import seed
-from tests.generators.fakes import Reply, completion_body
 from tests.runs.conftest import STUB_MODEL, wait_for_run
-from tests.runs.stub_llm import StubLLM
 
 
 def _tasks(client: TestClient, dataset: str = "default", **params: object) -> list[dict]:  # type: ignore[type-arg]
@@ -161,7 +160,7 @@ def test_failing_backend_is_counted_and_fails_the_run_clearly(
 
 
 def test_garbage_text_never_crashes_the_run(api: TestClient, stub: StubLLM) -> None:
-    from tests.generators.fakes import completion_body
+    from testbed.scripted_llm import completion_body
 
     stub.enqueue(
         *[Reply(body=completion_body("%%%% ### \x00 ~~")) for _ in range(5)],

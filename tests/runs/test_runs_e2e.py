@@ -20,15 +20,15 @@ from app.db import make_engine, migrate
 from app.main import create_app
 from app.models import Task
 from app.settings import EndpointConfig, Settings
+from testbed.live import free_port, serve_api, wait_ready
+from testbed.scripted_llm import StubLLM
 from tests.conftest import _wipe
-from tests.live import free_port, serve_api, wait_ready
 from tests.runs.conftest import (
     STUB_MODEL,
     assert_run_matches_rows,
     stub_settings,
     wait_for_run,
 )
-from tests.runs.stub_llm import StubLLM
 
 # Starts real processes (servers, workers, trainers): not in make test-fast.
 pytestmark = pytest.mark.real

@@ -13,13 +13,11 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from bench.scripted_server import CHATML
 from filters.rouge import rouge_l
+from testbed.scripted_llm import CHATML, Reply, StubLLM
 from tests.conftest import _wipe
 from tests.factories import seed
-from tests.generators.fakes import Reply
 from tests.runs.conftest import STUB_MODEL, assert_run_matches_rows, stub_settings, wait_for_run
-from tests.runs.stub_llm import StubLLM
 
 SMOLLM_USER_PREFIX = (
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"

@@ -24,10 +24,9 @@ from app.settings import EndpointConfig, Settings
 from filters.rouge import rouge_l
 from generators.prompt_text import BOOTSTRAP_HEADERS
 from generators.prompts import build_instance_prompt
+from testbed.scripted_llm import Reply, StubLLM
 from tests.conftest import _wipe
-from tests.generators.fakes import Reply
 from tests.runs.conftest import STUB_MODEL, assert_run_matches_rows, wait_for_run
-from tests.runs.stub_llm import StubLLM
 
 INSTANCE_MARK = build_instance_prompt("x", is_classification=False).text.split("\n", 1)[0][:40]
 
@@ -440,7 +439,7 @@ def test_stored_neighbours_are_exact_whether_computed_inline_or_in_their_own_pro
 def test_a_pool_with_no_live_replica_fails_the_run_saying_so(
     settings_factory: Callable[..., Settings],
 ) -> None:
-    from tests.live import free_port
+    from testbed.live import free_port
 
     dead = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]  # nobody listens there
     settings = _settings(

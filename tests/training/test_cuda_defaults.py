@@ -14,8 +14,8 @@ from tests.training.helpers import build_tiny_llama
 from tests.training.test_loss import VOCAB, _batch
 from training.config import FinetuneConfig
 from training.errors import InvalidConfig
-from training.loss import liger_available
-from training.train import autocast, loss_sum, resolve_attention, resolve_loss_kernel
+from training.loss import liger_available, loss_sum
+from training.runtime import autocast, resolve_attention, resolve_loss_kernel
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

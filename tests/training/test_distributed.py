@@ -17,7 +17,7 @@ from tests.training.helpers import CHATS, chat_record, write_jsonl
 from training import launch
 from training.config import FinetuneConfig
 from training.errors import InsufficientMemory, InvalidConfig, TrainingDataError
-from training.train import TrainResult
+from training.result import TrainResult
 
 # Starts real processes (servers, workers, trainers): not in make test-fast.
 pytestmark = pytest.mark.real

@@ -10,9 +10,8 @@ import torch.nn.functional as F
 
 from tests.training.helpers import build_tiny_llama
 from training.data import IGNORE_INDEX, TokenizedExample
-from training.loss import chunked_linear_cross_entropy
+from training.loss import chunked_linear_cross_entropy, loss_sum, split_head
 from training.packing import Batch, collate, pack_rows
-from training.train import loss_sum, split_head
 
 VOCAB = 96
 

@@ -89,7 +89,7 @@ def test_the_plan_is_a_pure_function_of_the_seed() -> None:
 
 
 def test_packed_loss_equals_the_sum_of_losses_alone() -> None:
-    from training.train import loss_sum
+    from training.loss import loss_sum
 
     model = build_tiny_llama(vocab_size=128, seed=2).eval()
     generator = torch.Generator().manual_seed(1)

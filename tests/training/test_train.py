@@ -16,7 +16,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tests.training.helpers import CHATS, chat_record, write_jsonl
 from training.config import FinetuneConfig
 from training.model import peak_flops
-from training.train import TrainResult, get_lr, train
+from training.result import TrainResult
+from training.step import get_lr
+from training.train import train
 
 
 @dataclass

@@ -4,7 +4,6 @@ the CLI, streaming exports."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,11 +13,7 @@ from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from generators.llama_server import free_port
 
 
 def serve_api(env: dict[str, str], port: int, log: Path | None = None) -> subprocess.Popen[bytes]:

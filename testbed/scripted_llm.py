@@ -1,16 +1,41 @@
-"""A scripted OpenAI-shaped HTTP server for fault injection: the failures a real server will
-not produce on demand (429s, 500s, hangs, truncated bodies, empty choice lists)."""
+"""The one scripted OpenAI-compatible model server that tests and benchmarks share.
+
+`ScriptedServer` (an HTTP server on 127.0.0.1, in a thread) answers from a script: the failures a
+real server will not produce on demand (429s, 500s, hangs, truncated bodies, empty choice lists).
+`StubLLM` is the same server answering each prompt kind of the pipeline plausibly when nothing is
+scripted: deterministic, fast, and able to fail on demand, for pipeline logic tests and the load
+benchmark. End-to-end tests use the bundled model and a real llama.cpp server instead.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import random
+import re
 import socket
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from generators.prompts import build_classification_prompt
+
+# Shared with bench/scripted_server.py, the throughput benchmark's own server (a process of its
+# own on raw ASGI, so its CPU cost does not limit the figures): how the pipeline's prompts are told
+# apart, and what an answer's first word is.
+CLASSIFY_MARK = build_classification_prompt("x").text.split("\n", 1)[0][:40]
+VERBS = "Explain Describe Compare Summarise Suggest Outline Rank Critique Plan Define".split()
+# SmolLM2's chat template, as its GGUF file stores it: ChatML with a default system turn.
+# What a scripted server reports at /props, as llama.cpp's server does, for magpie runs.
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def completion_body(text: str = "ok", *, finish_reason: str = "stop", n: int = 1) -> dict[str, Any]:
@@ -190,3 +215,64 @@ class ScriptedServer:
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+
+
+WORDS = (
+    "river budget letter garden protein holiday invoice planet recipe sonnet ladder museum "
+    "tariff glacier violin harbor meadow courier pixel lantern orchard canyon ferry quilt "
+    "saddle tundra walnut yacht zephyr anchor beacon cobalt dune ember fjord granite hazel "
+    "ivory jasmine kettle lagoon marble nectar onyx pepper quartz raven summit thistle umber "
+    "velvet willow xenon yarrow zinc acorn bramble cedar dahlia egret falcon gazelle heron "
+    "iris juniper kestrel lotus magpie nutmeg oriole pelican quince robin sparrow tulip"
+).split()
+ZH = "春夏秋冬山水花鸟风云月星江河湖海松竹梅兰书画琴棋茶酒诗词天地日光雨雪林石田园"
+
+
+class StubLLM(ScriptedServer):
+    """Answers each prompt kind plausibly; scripted replies (faults) take precedence."""
+
+    def __init__(self, *, seed: int = 0, items_per_completion: int = 4, port: int = 0) -> None:
+        super().__init__(port=port)
+        self.delay_s = 0.0  # per computed answer, to keep a run in flight for crash tests
+        self.rng = random.Random(seed)
+        self.items = items_per_completion
+        self.rng_lock = threading.Lock()
+
+    def _next_reply(self, body: dict[str, Any] | None) -> Reply:
+        with self._lock:
+            if self.script:
+                return self.script.popleft()
+        if body and "messages" in body:  # a chat request (an evaluation): a plain answer
+            with self.rng_lock:
+                return Reply(body=chat_body(self.sentence(False)), delay_s=self.delay_s)
+        prompt = (body or {}).get("prompt", "")
+        with self.rng_lock:
+            return Reply(body=completion_body(self.answer(prompt)), delay_s=self.delay_s)
+
+    def sentence(self, chinese: bool) -> str:
+        if chinese:
+            return "请解释" + "".join(self.rng.sample(ZH, 8)) + "的含义。"
+        return f"{self.rng.choice(VERBS)} the " + " ".join(self.rng.sample(WORDS, 7)) + "."
+
+    def answer(self, prompt: str) -> str:
+        chinese = bool(re.search(r"[\u4e00-\u9fff]{6}", prompt[:200]))
+        tail = prompt.rstrip()
+        if tail.endswith(("New task:", "新任务：")):  # evolve: a rewritten task
+            return self.sentence(chinese)
+        if tail.endswith(("Instruction:", "指令：")):  # backtranslate: what the passage answers
+            return " " + self.sentence(chinese) + "\nInput: <noinput>"
+        if prompt.endswith("<|im_start|>user\n"):  # magpie: the user's message
+            return self.sentence(chinese)
+        if prompt.endswith("<|im_start|>assistant\n"):  # magpie: the answer
+            return "Sure. " + self.sentence(chinese)
+        if prompt.startswith(CLASSIFY_MARK) or "标签是否固定有限" in prompt[-80:]:
+            return " No"
+        if prompt.rstrip().endswith(("Example 1", "示例 1")):
+            if chinese:
+                return "\n输入：" + self.sentence(True) + "\n输出：好的。" + self.sentence(True)
+            return "\nInput: " + self.sentence(False) + "\nOutput: Sure. " + self.sentence(False)
+        match = re.search(r"(\d+)\.\s*$", prompt)
+        start = int(match.group(1)) if match else 9
+        lines = [" " + self.sentence(chinese)]
+        lines += [f"{n}. {self.sentence(chinese)}" for n in range(start + 1, start + self.items)]
+        return "\n".join(lines)
