@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.run_schemas import RunCreate, run_create_model
+from app.schemas.runs import RunCreate, run_create_model
 from app.strategies import (
     BUILT_IN,
     STRATEGIES,
