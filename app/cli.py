@@ -17,7 +17,7 @@ from sqlmodel import Session
 from app.db import NotMigratedError, check_migrated, make_engine, migrate
 from app.errors import ServiceError
 from app.models import Dataset
-from app.schemas import HUB_LICENSE_PATTERN, BundleFileFormat, ExportFormat, ExportSplit
+from app.schemas.datasets import HUB_LICENSE_PATTERN, BundleFileFormat, ExportFormat, ExportSplit
 from app.services.bundle import BundleOptions, write_bundle
 from app.services.bundle import push_to_hub as hub_upload
 from app.services.datasets import get_dataset
@@ -416,7 +416,7 @@ def generate(
 
     from app.leases import claim_run
     from app.pipeline import execute_run
-    from app.run_schemas import RunCreate
+    from app.schemas.runs import RunCreate
     from app.services.runs import create_run
     from app.worker import Worker
 

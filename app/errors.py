@@ -13,7 +13,7 @@ from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from app.schemas import ErrorItem, ErrorResponse
+from app.schemas.common import ErrorItem, ErrorResponse
 
 log = logging.getLogger("selfinstruct")
 

@@ -18,7 +18,7 @@ import generators.local  # noqa: F401  (registers the "local" backend)
 from app.errors import NotFound
 from app.finetune.service import tuned_model_dir
 from app.models import FineTuningJobRow, JobStatus
-from app.schemas import ErrorItem
+from app.schemas.common import ErrorItem
 from app.services.base_models import list_base_models
 from app.settings import BUNDLED_MODEL_ID, EndpointConfig, Settings
 from generators.base import Backend, create_backend

@@ -180,8 +180,8 @@ def _rekey_changed_task(_mapper: Any, _conn: Any, task: Task) -> None:
 
 
 class TaskJudgement(SQLModel, table=True):
-    """One judge's rating of a task (generators.judge). A task may be judged again; the latest
-    row is the one its `rating` and `judgement_id` show."""
+    """One judge's rating of a task (generators.judge_prompts). A task may be judged again;
+    the latest row is the one its `rating` and `judgement_id` show."""
 
     __tablename__ = "judgement"
     __table_args__ = (
@@ -341,7 +341,7 @@ class RunEvent(SQLModel, table=True):
 
 
 class JudgementJob(SQLModel, table=True):
-    """A judgement job: a judge rates a dataset's existing tasks (app/pipeline/judging.py),
+    """A judgement job: a judge rates a dataset's existing tasks (app/pipeline/judgement_job.py),
     claimed with a lease like every job kind. Its statuses are a run's (queued ... cancelled),
     so it shares RunStatus and the public schema keeps its enum."""
 

@@ -143,7 +143,7 @@ class Worker:
     async def execute(self, lease: Lease) -> None:
         from app.finetune.worker import execute_job
         from app.pipeline import execute_run
-        from app.pipeline.judging import execute_judgement_job
+        from app.pipeline.judgement_job import execute_judgement_job
         from app.services.evaluation_runner import execute_evaluation
 
         if lease.model is Run:

@@ -31,10 +31,11 @@ from app.bootstrap import ensure_default_dataset
 from app.db import make_engine, migrate
 from app.models import JudgementJob, Run
 from app.pipeline import execute_run
-from app.pipeline.judging import execute_judgement_job
-from app.run_schemas import JudgementJobCreate, JudgeSpec, RunCreate
+from app.pipeline.judgement_job import execute_judgement_job
+from app.schemas.judging import JudgementJobCreate
+from app.schemas.runs import JudgeSpec, RunCreate
 from app.services.datasets import get_dataset
-from app.services.judgements import cancel_job, create_job
+from app.services.judgement_jobs import cancel_job, create_job
 from app.services.runs import cancel_run, create_run
 from app.settings import EndpointConfig, Settings
 from bench.throughput import MODEL, grow_pool, scripted_servers, stats

@@ -25,7 +25,7 @@ from app.leases import claim_run
 from app.llm import backend_for, find_model
 from app.models import Run
 from app.pipeline import execute_run
-from app.run_schemas import RunCreate
+from app.schemas.runs import RunCreate
 from app.services.datasets import get_dataset
 from app.services.runs import create_run
 from app.settings import EndpointConfig, Settings

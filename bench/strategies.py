@@ -25,7 +25,7 @@ from app.bootstrap import ensure_default_dataset
 from app.db import make_engine, migrate
 from app.models import Run
 from app.pipeline import execute_run
-from app.run_schemas import RunCreate
+from app.schemas.runs import RunCreate
 from app.services.datasets import get_dataset
 from app.services.documents import add_documents, parse_document
 from app.services.runs import create_run

@@ -34,7 +34,7 @@ from app.bootstrap import ensure_default_dataset
 from app.db import make_engine, migrate
 from app.models import Run, Task, utcnow
 from app.pipeline import execute_run
-from app.run_schemas import RunCreate
+from app.schemas.runs import RunCreate
 from app.services.datasets import get_dataset
 from app.services.runs import cancel_run, create_run
 from app.settings import EndpointConfig, ReplicaConfig, Settings

@@ -315,9 +315,9 @@ BACKTRANSLATE_WORDS: dict[str, dict[str, str]] = {
     },
 }
 
-# --- The judge (generators.judge): a task rated on the Self-Instruct paper's four levels --------
+# --- The judge (generators.judge_prompts): a task rated on the paper's four levels -------------
 # Changing anything here changes what judges see: bump JUDGE_PROMPT_VERSION or
-# PAIRWISE_PROMPT_VERSION in generators/judge.py.
+# PAIRWISE_PROMPT_VERSION in generators/judge_prompts.py.
 
 JUDGE_WORDS: dict[str, dict[str, str]] = {
     "en": {

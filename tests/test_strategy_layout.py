@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.run_schemas import RunCreate, run_create_model
+from app.schemas.runs import RunCreate, run_create_model
 from app.strategies import (
     BUILT_IN,
     STRATEGIES,
@@ -31,7 +31,7 @@ DASHBOARD = ROOT / "app" / "web" / "static"
 STRATEGY_PACKAGE = ROOT / "app" / "strategies"
 # Export formats share two names with strategies (the paper's file and Alpaca's): a format of a
 # JSONL file, not a way of generating, and renaming them would break clients.
-NOT_STRATEGIES = {("app/schemas.py", "ExportFormat")}
+NOT_STRATEGIES = {("app/schemas/datasets.py", "ExportFormat")}
 
 
 def _docstrings(tree: ast.AST) -> set[int]:

@@ -14,7 +14,7 @@ from sqlmodel import Session
 from app.errors import Unauthorized
 from app.limits import LocalQueue
 from app.models import Dataset
-from app.schemas import MAX_ID
+from app.schemas.common import MAX_ID
 from app.services.datasets import get_dataset
 from app.settings import Settings
 

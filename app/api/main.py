@@ -24,7 +24,7 @@ from app.api.routes import (
     tasks,
     workers,
 )
-from app.schemas import DocumentsCreate, SeedTask
+from app.schemas.datasets import DocumentsCreate, SeedTask
 from app.settings import Settings
 
 api_router = APIRouter(

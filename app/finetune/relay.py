@@ -21,7 +21,7 @@ from app.finetune.worker import (
 )
 from app.leases import claim, mark_present, renew
 from app.models import FineTuningJobRow
-from app.schemas import ErrorItem
+from app.schemas.common import ErrorItem
 from app.settings import Settings
 
 

@@ -30,7 +30,8 @@ from app.models import (
     StoredFile,
     utcnow,
 )
-from app.schemas import ErrorItem, ExportFormat, ExportSplit
+from app.schemas.common import ErrorItem
+from app.schemas.datasets import ExportFormat, ExportSplit
 from app.services import base_models
 from app.services.datasets import get_dataset
 from app.services.export import Selection, export_chunks

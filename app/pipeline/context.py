@@ -16,7 +16,7 @@ from app.leases import Lease
 from app.llm import ModelEntry, backend_for, find_model, price_table
 from app.models import Dataset, Run, TaskOrigin, TaskStatus
 from app.pipeline.loading import example_of, load_pool
-from app.run_schemas import RunCreate
+from app.schemas.runs import RunCreate
 from app.services.datasets import pool_languages
 from app.settings import Settings
 from app.strategies import Candidate, Pool, Strategy, get_strategy
@@ -26,7 +26,7 @@ from filters.neighbour_process import NeighbourProcess
 from filters.novelty import NoveltyVerdict, RecentItems
 from generators.base import Backend, Generation, SamplingParams
 from generators.errors import GeneratorError
-from generators.judge import Judgement, JudgePrompt
+from generators.judge_prompts import Judgement, JudgePrompt
 from generators.prompt_text import BOOTSTRAP_HEADERS
 from generators.prompts import LANGUAGES, to_chat_messages
 

@@ -16,7 +16,7 @@ from filters.heuristics import check_echo, check_evolution, check_instruction
 from filters.instances import filter_instances
 from filters.language import UNKNOWN, asks_for_translation, detect_language, foreign_output
 from filters.novelty import Neighbour, NoveltyVerdict, merge_verdicts
-from generators.judge import JudgeTask, build_judge_prompt, judgement_from, meets
+from generators.judge_prompts import JudgeTask, build_judge_prompt, judgement_from, meets
 from generators.parsing import parse_classification_answer, parse_instances
 from generators.prompts import (
     CLASSIFICATION_INSTANCE_SAMPLING,

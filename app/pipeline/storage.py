@@ -41,7 +41,7 @@ from app.models import (
 )
 from app.pipeline.context import NEIGHBOURS, PENDING, PoolRow, RunContext, Tally, Verdict
 from app.pipeline.stages import drop, neighbours
-from app.run_schemas import Caps
+from app.schemas.runs import Caps
 from app.services.dataset_lock import changed_since, lock
 from app.services.decontamination import mark_accepted, refresh_dependents_of
 from app.services.runs import counters

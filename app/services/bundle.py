@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from app.models import Dataset, holdout_key
-from app.schemas import BundleFileFormat
+from app.schemas.datasets import BundleFileFormat
 from app.services.dataset_card import SplitFacts, card_facts, card_text, service_version
 from app.services.export import (
     FLAT_SCHEMA,

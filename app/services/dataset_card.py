@@ -27,7 +27,7 @@ from app.models import (
 from app.services.datasets import pool_languages, seed_languages
 from app.services.export import FLAT_SCHEMA
 from filters.language import base_language
-from generators.judge import RATINGS
+from generators.judge_prompts import RATINGS
 
 
 @dataclass

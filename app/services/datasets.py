@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 
 from app.errors import Conflict, NotFound
 from app.models import Dataset, Task, TaskOrigin, TaskStatus
-from app.schemas import DatasetCreate, DatasetPublic, DatasetUpdate, ExportSplit
+from app.schemas.datasets import DatasetCreate, DatasetPublic, DatasetUpdate, ExportSplit
 from app.services.dataset_lock import lock_dataset, stamp_dataset
 from app.services.decontamination import (
     check_evaluation_sets,

@@ -43,7 +43,7 @@ from sqlmodel import Session, col, select
 from app.db import retry_transient
 from app.errors import InvalidInput, NotFound
 from app.models import Dataset, Task, TaskStatus, holdout_text
-from app.schemas import ErrorItem
+from app.schemas.common import ErrorItem
 from app.services.dataset_lock import changed_since, lock_dataset
 from filters.novelty import NoveltyIndex
 

@@ -23,13 +23,8 @@ from sqlmodel import Session, col, delete, select
 
 from app.errors import InvalidInput, NotFound, PayloadTooLarge
 from app.models import Dataset, Document, Passage
-from app.schemas import (
-    JSON_WHITESPACE,
-    DocumentDetail,
-    DocumentPublic,
-    ErrorItem,
-    PassagePublic,
-)
+from app.schemas.common import ErrorItem
+from app.schemas.datasets import JSON_WHITESPACE, DocumentDetail, DocumentPublic, PassagePublic
 from filters.language import detect_language
 
 DEFAULT_PASSAGE_CHARS = 1500

@@ -14,8 +14,8 @@ from itertools import combinations
 from typing import Any
 
 from app.models import Evaluation, EvaluationSample
-from app.schemas import EvaluationProgress
-from generators.judge import RATINGS
+from app.schemas.evaluations import EvaluationProgress
+from generators.judge_prompts import RATINGS
 
 Z95 = 1.959963984540054
 

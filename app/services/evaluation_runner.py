@@ -46,7 +46,7 @@ from app.settings import Settings
 from filters.language import detect_language
 from filters.rouge import rouge_l
 from generators.base import Generation, SamplingParams
-from generators.judge import JudgeTask, compare, judge_task
+from generators.judge_prompts import JudgeTask, compare, judge_task
 from training.data import task_to_messages
 
 log = logging.getLogger("selfinstruct.evaluations")

@@ -26,13 +26,13 @@ from app.models import (
     Task,
     TaskStatus,
 )
-from app.schemas import (
-    ErrorItem,
+from app.schemas.common import ErrorItem
+from app.schemas.datasets import ExportSplit
+from app.schemas.evaluations import (
     EvaluationCreate,
     EvaluationEventPublic,
     EvaluationProgress,
     EvaluationPublic,
-    ExportSplit,
     ModelScore,
     PairwiseScore,
     Sample,

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
 from app.models import MACHINE_ORIGINS, Dataset, Task, TaskOrigin, TaskStatus
-from app.schemas import ExportFormat, ExportSplit
+from app.schemas.datasets import ExportFormat, ExportSplit
 from app.services.heldout import split_clause
 from app.services.ratings import min_rating_clause
 from training.data import task_to_messages

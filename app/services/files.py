@@ -15,7 +15,7 @@ from sqlmodel import Session, col, or_, select
 
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import FineTuningJobRow, JobStatus, StoredFile
-from app.schemas import ErrorItem
+from app.schemas.common import ErrorItem
 from app.settings import Settings
 
 FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")

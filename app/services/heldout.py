@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlmodel import col
 
 from app.models import Dataset, Task
-from app.schemas import ExportSplit
+from app.schemas.datasets import ExportSplit
 
 TaskSplit = Literal["train", "held_out"]
 

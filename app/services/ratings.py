@@ -1,5 +1,5 @@
 """Ratings as filters and fields: the SQL the task browser, stats and exports share, and the
-latest judgement of tasks as clients see it. (Judgement jobs: app/services/judgements.py.)"""
+latest judgement of tasks as clients see it. (Judgement jobs: app/services/judgement_jobs.py.)"""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from app.models import Task, TaskJudgement
-from app.schemas import JudgementPublic
-from generators.judge import ratings_at_least
+from app.schemas.judging import JudgementPublic
+from generators.judge_prompts import ratings_at_least
 
 
 def rating_clause(

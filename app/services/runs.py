@@ -11,8 +11,8 @@ from app import leases
 from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from app.llm import find_model, price_table
 from app.models import Dataset, JudgementJob, Run, RunEvent, RunStatus
-from app.run_schemas import RunCounters, RunCreate, RunEventPublic, RunPublic
-from app.schemas import ErrorItem
+from app.schemas.common import ErrorItem
+from app.schemas.runs import RunCounters, RunCreate, RunEventPublic, RunPublic
 from app.services.dataset_lock import lock
 from app.settings import Settings
 from app.strategies import get_strategy

@@ -12,7 +12,8 @@ from sqlmodel import Session, col, select
 
 from app.errors import InvalidInput, PayloadTooLarge
 from app.models import Dataset, Task, TaskOrigin, TaskStatus
-from app.schemas import ErrorItem, SeedImportResult, SeedTask
+from app.schemas.common import ErrorItem
+from app.schemas.datasets import SeedImportResult, SeedTask
 from app.services.dataset_lock import lock_dataset, stamp_dataset
 from app.services.decontamination import commit_with_marks
 from filters.language import detect_language

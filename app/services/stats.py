@@ -11,7 +11,7 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from app.models import Dataset, Run, Task, TaskOrigin, TaskStatus
-from app.schemas import DatasetStats, HistogramBin, LanguageStats, RatingStats
+from app.schemas.stats import DatasetStats, HistogramBin, LanguageStats, RatingStats
 from app.services.decontamination import contaminated_count
 from filters.heuristics import count_words
 from filters.language import UNKNOWN

@@ -8,7 +8,7 @@ from sqlmodel import Session, col, select
 
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import Dataset, Task, TaskJudgement, TaskOrigin, TaskStatus, utcnow
-from app.schemas import ExportSplit, TaskEdit, TaskPublic, TaskReview, TasksPublic
+from app.schemas.datasets import ExportSplit, TaskEdit, TaskPublic, TaskReview, TasksPublic
 from app.services.dataset_lock import lock, stamp_dataset
 from app.services.decontamination import commit_with_marks
 from app.services.heldout import split_clause, split_of

@@ -27,7 +27,7 @@ from app.models import (
     Run,
     RunStatus,
 )
-from app.schemas import ErrorItem
+from app.schemas.common import ErrorItem
 from app.settings import Settings
 
 ACTIVE_RUNS = (RunStatus.queued.value, RunStatus.running.value)

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 
 from app.errors import InvalidInput
 from app.models import Dataset, Document, Passage, Task, TaskOrigin
-from app.schemas import ErrorItem
+from app.schemas.common import ErrorItem
 from app.strategies.base import (
     Candidate,
     RunCreate,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from app.strategies.pool import Pool
     from generators.base import Backend, Generation
 
-# A run's parameters: app.run_schemas builds RunCreate from the registered strategies' fields,
+# A run's parameters: app.schemas.runs builds RunCreate from the registered strategies' fields,
 # so a strategy sees it untyped (its own fields through `setting_of`), not as an import above it.
 RunCreate = Any
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from app.errors import InvalidInput
-from app.schemas import ErrorItem
+from app.schemas.common import ErrorItem
 from app.strategies.base import Candidate, ItemView, RunView, Strategy, StrictSpec, request_seed
 from generators.base import Generation
 from generators.chat_template import ChatTemplate

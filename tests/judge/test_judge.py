@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from generators.errors import GeneratorError
-from generators.judge import (
+from generators.judge_prompts import (
     JudgeTask,
     build_judge_prompt,
     compare,
@@ -118,7 +118,7 @@ async def test_swapped_comparisons_name_the_same_answer(server: ScriptedServer) 
 
 
 def _pairwise_text(good: str, bad: str, swap: bool) -> str:
-    from generators.judge import build_pairwise_prompt
+    from generators.judge_prompts import build_pairwise_prompt
 
     shown = (bad, good) if swap else (good, bad)
     return build_pairwise_prompt("Capital of France?", "", *shown).text

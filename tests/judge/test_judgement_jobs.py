@@ -20,7 +20,7 @@ from app.db import make_engine
 from app.leases import claim
 from app.main import create_app
 from app.models import JudgementEvent, JudgementJob, RunStatus, Task
-from app.pipeline.judging import finish_job
+from app.pipeline.judgement_job import finish_job
 from app.settings import Settings
 from tests.conftest import _wipe
 from tests.judge.conftest import JUDGE_MODEL, JudgeStub, judge_settings

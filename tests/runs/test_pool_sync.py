@@ -27,7 +27,7 @@ from app.models import Dataset, Run, Task
 from app.pipeline.context import Item, RunContext, Tally, Verdict
 from app.pipeline.stages import decide, screen
 from app.pipeline.storage import Committed, absorb, commit_group
-from app.schemas import SeedTask, TaskEdit
+from app.schemas.datasets import SeedTask, TaskEdit
 from app.services.seeds import import_seeds
 from app.services.tasks import edit_task
 from app.settings import Settings

@@ -17,7 +17,8 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import EngineDep, LocalQueueDep, SettingsDep
 from app.errors import InvalidInput, UpstreamError
 from app.llm import backend_for, find_model
-from app.schemas import ChatChoice, ChatCompletion, ChatCompletionRequest, ErrorItem, ErrorResponse
+from app.schemas.chat import ChatChoice, ChatCompletion, ChatCompletionRequest
+from app.schemas.common import ErrorItem, ErrorResponse
 from app.settings import Settings
 from generators.base import Backend, Generation, SamplingParams
 from generators.errors import GeneratorError

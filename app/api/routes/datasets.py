@@ -8,16 +8,15 @@ from fastapi import APIRouter, Request, Response, status
 
 from app.api.deps import DatasetDep, SessionDep, SettingsDep
 from app.errors import InvalidInput, PayloadTooLarge
-from app.schemas import (
+from app.schemas.common import ErrorItem, ErrorResponse
+from app.schemas.datasets import (
     DatasetCreate,
     DatasetPublic,
     DatasetsPublic,
-    DatasetStats,
     DatasetUpdate,
-    ErrorItem,
-    ErrorResponse,
     SeedImportResult,
 )
+from app.schemas.stats import DatasetStats
 from app.services import datasets as svc
 from app.services import seeds as seed_svc
 from app.services import stats as stats_svc

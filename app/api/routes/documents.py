@@ -12,15 +12,13 @@ from pydantic import ValidationError
 
 from app.api.deps import DatasetDep, SessionDep, SettingsDep
 from app.errors import InvalidInput
-from app.schemas import (
-    MAX_ID,
+from app.schemas.common import MAX_ID, ErrorItem, ErrorResponse
+from app.schemas.datasets import (
     SOME_TEXT,
     DocumentDetail,
     DocumentPublic,
     DocumentsCreate,
     DocumentsPublic,
-    ErrorItem,
-    ErrorResponse,
 )
 from app.services import documents as svc
 

@@ -12,8 +12,8 @@ from app.api.deps import MAX_ID, EngineDep, SessionDep, SettingsDep, release
 from app.api.sse import event_stream
 from app.errors import InvalidInput
 from app.models import Evaluation
-from app.schemas import (
-    ErrorResponse,
+from app.schemas.common import ErrorResponse
+from app.schemas.evaluations import (
     EvaluationCreate,
     EvaluationPublic,
     EvaluationsPublic,

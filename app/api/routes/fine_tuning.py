@@ -21,7 +21,7 @@ from app.finetune.schemas import (
     Page,
 )
 from app.models import FineTuningJobRow, StoredFile
-from app.schemas import ErrorResponse
+from app.schemas.common import ErrorResponse
 from app.services import files as file_svc
 
 router = APIRouter(tags=["fine-tuning"])

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Response
 from app.api.deps import EngineDep, SettingsDep, require_token
 from app.db import current_revision, head_revision
 from app.metrics import render_metrics
-from app.schemas import ErrorResponse, Health, Readiness
+from app.schemas.common import ErrorResponse, Health, Readiness
 
 router = APIRouter(tags=["health"])
 

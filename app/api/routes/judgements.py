@@ -11,9 +11,9 @@ from app import leases
 from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep, release
 from app.api.sse import event_stream
 from app.models import Dataset, JudgementJob
-from app.run_schemas import JudgementJobCreate, JudgementJobPublic, JudgementJobsPublic
-from app.schemas import ErrorResponse
-from app.services import judgements as svc
+from app.schemas.common import ErrorResponse
+from app.schemas.judging import JudgementJobCreate, JudgementJobPublic, JudgementJobsPublic
+from app.services import judgement_jobs as svc
 
 router = APIRouter(tags=["judgements"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}

@@ -12,8 +12,8 @@ from app.api.deps import EngineDep, SessionDep, SettingsDep
 from app.finetune.schemas import ModelDeleted
 from app.llm import ModelEntry, catalogue, probe, replica_health
 from app.models import FineTuningJobRow
-from app.run_schemas import ModelPublic, ModelsPublic, ReplicaPublic
-from app.schemas import ErrorResponse
+from app.schemas.catalogue import ModelPublic, ModelsPublic, ReplicaPublic
+from app.schemas.common import ErrorResponse
 from app.services import tuned_models as tuned_svc
 from app.settings import Settings
 

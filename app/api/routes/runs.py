@@ -11,8 +11,8 @@ from app import leases
 from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep, release
 from app.api.sse import event_stream
 from app.models import Dataset, Run
-from app.run_schemas import RunCreate, RunPublic, RunsPublic
-from app.schemas import ErrorResponse
+from app.schemas.common import ErrorResponse
+from app.schemas.runs import RunCreate, RunPublic, RunsPublic
 from app.services import runs as svc
 
 router = APIRouter(tags=["runs"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.run_schemas import StrategiesPublic, StrategyPublic
+from app.schemas.runs import StrategiesPublic, StrategyPublic
 from app.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 router = APIRouter(tags=["runs"])

@@ -11,10 +11,10 @@ from fastapi.responses import StreamingResponse
 from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep, TaskId, release
 from app.errors import InvalidInput
 from app.models import TaskOrigin, TaskStatus
-from app.schemas import (
+from app.schemas.common import ErrorResponse
+from app.schemas.datasets import (
     HUB_LICENSE_PATTERN,
     BundleFileFormat,
-    ErrorResponse,
     ExportFormat,
     ExportSplit,
     TaskEdit,
@@ -31,7 +31,7 @@ from app.services.export import (
     export_chunks,
     export_file,
 )
-from generators.judge import Rating
+from generators.judge_prompts import Rating
 
 router = APIRouter(tags=["tasks"])
 

@@ -19,7 +19,7 @@ from app.finetune import relay
 from app.finetune.protocol import ClaimRequest, CompleteRequest, Continue, EventsRequest, JobSpec
 from app.finetune.schemas import FineTuningJob
 from app.finetune.service import job_public
-from app.schemas import ErrorResponse
+from app.schemas.common import ErrorResponse
 
 
 def require_worker_token(request: Request, settings: SettingsDep) -> None:

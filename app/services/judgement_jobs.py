@@ -1,11 +1,11 @@
-"""Judgements: judgement jobs (create, read, list, cancel, events); a judge is looked up in
+"""Judgement jobs (create, read, list, cancel, events); a judge is looked up in
 the model catalogue like any model (`app.llm.find_model`). The rating filters the task browser,
 stats and exports share are in app/services/ratings.py.
 
-A judgement job is a job of its own kind (`JudgementJob`, app/pipeline/judging.py executes it):
-generation workers, embedded or `selfinstruct worker`, claim it with the lease every job kind
-has, so it survives a kill and resumes where its stored judgements end. It is not a run: it
-neither shows in a dataset's runs nor counts toward their limit.
+A judgement job is a job of its own kind (`JudgementJob`; app/pipeline/judgement_job.py
+executes it): generation workers, embedded or `selfinstruct worker`, claim it with the lease
+every job kind has, so it survives a kill and resumes where its stored judgements end. It is
+not a run: it neither shows in a dataset's runs nor counts toward their limit.
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from app.models import (
     RunStatus,
     Task,
 )
-from app.run_schemas import (
+from app.schemas.common import ErrorItem
+from app.schemas.judging import (
     JudgementEventPublic,
     JudgementJobCreate,
     JudgementJobPublic,
     JudgementProgress,
 )
-from app.schemas import ErrorItem
 from app.settings import Settings
-from generators.judge import RATINGS
+from generators.judge_prompts import RATINGS
 
 # --- jobs -----------------------------------------------------------------------------------------
 

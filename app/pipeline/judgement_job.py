@@ -34,13 +34,13 @@ from app.leases import Keeper, Lease, LeaseHolder, kept, release
 from app.llm import backend_for, find_model, price_table
 from app.models import JudgementEvent, JudgementJob, RunStatus, Task, TaskJudgement, utcnow
 from app.pipeline.storage import new_ids
-from app.run_schemas import JudgementJobCreate
+from app.schemas.judging import JudgementJobCreate
 from app.services.dataset_lock import lock
-from app.services.judgements import job_task_query, progress
+from app.services.judgement_jobs import job_task_query, progress
 from app.settings import Settings
 from generators.base import Backend, Generation
 from generators.errors import GeneratorError
-from generators.judge import Judgement, JudgeTask, build_judge_prompt, judgement_from
+from generators.judge_prompts import Judgement, JudgeTask, build_judge_prompt, judgement_from
 
 log = logging.getLogger("selfinstruct.judging")
 

@@ -8,20 +8,17 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
 from app.models import RunStatus
+from app.schemas.common import Strict
 from app.settings import BUNDLED_MODEL_ID
 from app.strategies import DEFAULT_STRATEGY, STRATEGIES, Strategy, StrategyName, get_strategy
 from filters.heuristics import HeuristicConfig
 from generators.prompts import LANGUAGES, check_prompt_language
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SamplingOptions(_Strict):
+class SamplingOptions(Strict):
     """Bootstrap sampling; the paper's values are the defaults."""
 
     temperature: float = Field(0.7, ge=0.0, le=2.0)
@@ -31,7 +28,7 @@ class SamplingOptions(_Strict):
     max_tokens: int = Field(1024, ge=16, le=32768, description="Per bootstrap completion.")
 
 
-class PromptMix(_Strict):
+class PromptMix(Strict):
     """How each bootstrap prompt is assembled. Rules between fields (beyond what JSON Schema
     states): machine_examples must not exceed examples_per_prompt;
     stop_at must be greater than examples_per_prompt + 1."""
@@ -67,7 +64,7 @@ class PromptMix(_Strict):
         return self
 
 
-class FilterOptions(_Strict):
+class FilterOptions(Strict):
     rouge_threshold: float = Field(
         0.7, ge=0.0, le=1.0, description="Reject when ROUGE-L to the pool is greater than this."
     )
@@ -83,7 +80,7 @@ class FilterOptions(_Strict):
     )
 
 
-class Caps(_Strict):
+class Caps(Strict):
     """Budget caps; the run stops with status `succeeded` and says which cap it hit."""
 
     max_requests: int | None = Field(None, ge=1)
@@ -91,7 +88,7 @@ class Caps(_Strict):
     max_cost: float | None = Field(None, gt=0, description="In the price table's currency.")
 
 
-class JudgeSpec(_Strict):
+class JudgeSpec(Strict):
     """Judge every candidate that passed the filters on the paper's four levels (A best)."""
 
     model: str = Field(
@@ -109,7 +106,7 @@ def _strategies_described() -> str:
     return ", ".join(f"{s.name} ({s.summary})" for s in STRATEGIES.values()) + "."
 
 
-class RunCommon(_Strict):
+class RunCommon(Strict):
     """The fields every run takes, whatever its strategy. RunCreate, what clients send, adds
     each strategy's own fields (app/strategies/) to these."""
 
@@ -262,109 +259,6 @@ class RunsPublic(BaseModel):
 class RunEventPublic(BaseModel):
     id: int
     run_id: int
-    kind: str
-    data: dict[str, Any]
-    created_at: datetime
-
-
-class ReplicaPublic(BaseModel):
-    """One server of a model's pool, as this process sees it."""
-
-    base_url: str
-    health: Literal["healthy", "failing", "cooling_down", "rate_limited"] = Field(
-        description="cooling_down: failed and gets no work for a while; rate_limited: asked "
-        "to wait (429 with Retry-After); failing: back from a cooldown, not yet answering."
-    )
-    in_flight: int
-    concurrency_limit: int = Field(description="Current limit, lowered on 429s (AIMD).")
-    max_concurrency: int
-    served: int = Field(description="Attempts answered since the service started.")
-    failed: int = Field(description="Attempts failed since the service started.")
-    last_error: str | None
-
-
-class ModelPublic(BaseModel):
-    """OpenAI's model object, plus where it runs and whether it answers now."""
-
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-    backend: str
-    reachable: bool
-    replicas: list[ReplicaPublic] = Field(
-        default_factory=list, description="The servers of a remote model's pool."
-    )
-
-
-class ModelsPublic(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelPublic]
-
-
-# --- judgement jobs: a job of its own kind that rates a dataset's existing tasks -------------
-
-
-class JudgementJobCreate(_Strict):
-    """Judge a dataset's existing tasks; the filters combine (all must hold)."""
-
-    model: str = Field(max_length=200, description="Any id from GET /v1/models.")
-    select: Literal["all", "unjudged"] = Field(
-        "all",
-        description="all: every matching task (judged ones get a new judgement, which then "
-        "counts); unjudged: only tasks with no rating yet (never judged, or unparseable).",
-    )
-    origin: (
-        Literal["seed", "generated", "edited", "evolved", "backtranslated", "machine"] | None
-    ) = Field(None, description="Only tasks of this origin; `machine`: every origin but seed.")
-    run_id: int | None = Field(
-        None, ge=1, le=2**31 - 1, description="Only tasks this run produced."
-    )
-    status: Literal["accepted", "rejected", "any"] = Field(
-        "accepted", description="Accepted tasks (the dataset) by default."
-    )
-
-
-class JudgementProgress(BaseModel):
-    total: int = Field(description="Tasks that matched the filters when the job was created.")
-    done: int = Field(description="Tasks with a stored judgement from this job.")
-    judged: int = Field(description="Of those, rated A-D.")
-    unjudged: int = Field(description="Of those, the judge's answer held no rating.")
-    failed_requests: int = Field(
-        description="Judge requests that failed after retries; their tasks stay unjudged."
-    )
-    ratings: dict[str, int]
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class JudgementJobPublic(BaseModel):
-    id: int = Field(description="GET /v1/judgements/{id}/events streams its progress.")
-    object: Literal["judgement_job"] = "judgement_job"
-    dataset: str
-    status: RunStatus
-    model: str
-    filters: dict[str, Any]
-    progress: JudgementProgress
-    stop_reason: str | None
-    error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-class JudgementJobsPublic(BaseModel):
-    data: list[JudgementJobPublic]
-    count: int
-
-
-class JudgementEventPublic(BaseModel):
-    """One event of a judgement job's stream: `status`, `progress` (a JudgementProgress) or
-    `end` (status, stop_reason, error and the final progress)."""
-
-    id: int
-    judgement_job_id: int
     kind: str
     data: dict[str, Any]
     created_at: datetime
