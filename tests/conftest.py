@@ -73,8 +73,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     both = metafunc.definition.get_closest_marker("both_databases") is not None
     if metafunc.config.getoption("--sqlite-only"):
         both = False
+    postgres: object = "postgres"
+    if metafunc.definition.get_closest_marker("postgres_slow") is not None:
+        postgres = pytest.param("postgres", marks=pytest.mark.slow)
     metafunc.parametrize(
-        "db_url", ["sqlite", "postgres"] if both else ["sqlite"], indirect=True, scope="session"
+        "db_url", ["sqlite", postgres] if both else ["sqlite"], indirect=True, scope="session"
     )
 
 

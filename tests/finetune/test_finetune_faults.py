@@ -30,7 +30,7 @@ from tests.finetune.test_finetune_e2e import (  # noqa: F401 (a fixture)
 )
 from tests.finetune.test_finetune_supervised import job_row
 
-pytestmark = [pytest.mark.real, pytest.mark.both_databases]
+pytestmark = [pytest.mark.real, pytest.mark.both_databases, pytest.mark.postgres_slow]
 
 LEASE_S = 2.0
 TOTAL = 8

@@ -39,7 +39,8 @@ from tests.conftest import _wipe
 from tests.judge.conftest import JUDGE_MODEL, JudgeStub, judge_endpoints
 from tests.runs.conftest import STUB_MODEL, assert_run_matches_rows
 
-pytestmark = pytest.mark.both_databases
+# Every case on both databases in `make test-all`; `make test` keeps one phase per kind, on SQLite.
+pytestmark = [pytest.mark.both_databases, pytest.mark.postgres_slow]
 
 LEASE_S = 1.5
 # the cases `make test` runs (with finetune's in tests/finetune/test_finetune_faults.py)
