@@ -220,6 +220,10 @@ class Succeeded(BaseModel):
     status: Literal["succeeded"]
     # A count: JSON's 3.0 is the integer 3 (JSON Schema says so), but "3" and true are refused.
     trained_tokens: WholeCount | None = None
+    steps: WholeCount | None = Field(
+        None, description="Optimizer steps done in all, those before a resume included."
+    )
+    total_steps: WholeCount | None = None
     model_dir: PathText | None = Field(
         None,
         description="The tuned model's folder; must lie inside the API's data dir, which the "

@@ -72,6 +72,8 @@ def run_training(
     return Succeeded(
         status="succeeded",
         trained_tokens=result.trained_tokens,
+        steps=result.steps,
+        total_steps=result.total_steps,
         model_dir=str(result.final_dir) if result.final_dir else None,
     )
 

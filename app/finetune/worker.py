@@ -313,10 +313,10 @@ def complete_job(engine: Engine, job_id: str, worker_id: str, outcome: Outcome) 
         progress = dict(job.progress or {})
         if outcome.model_dir:  # a remote worker's output, on storage the API shares
             progress["model_dir"] = outcome.model_dir
-        if progress.get("total_steps"):
-            # It trained to its end: a resume from a checkpoint at the last step (its trainer
-            # got there before the worker that recorded the steps died) reports no step.
-            progress.update(step=progress["total_steps"], eta_s=0.0)
+        if outcome.total_steps is not None:
+            # What the trainer did in all: a resume from a checkpoint at the last step (its
+            # trainer got there before the worker that recorded the steps died) reports no step.
+            progress.update(step=outcome.steps, total_steps=outcome.total_steps, eta_s=0.0)
         _finish(
             engine,
             job_id,
