@@ -33,7 +33,7 @@ from app.finetune.protocol import (
     event_data,
     parse_event,
 )
-from app.finetune.runner import Heartbeat, run_training
+from app.finetune.runner import Heartbeat, complete_checkpoints, run_training
 from app.finetune.service import add_event, artifacts_dir, tuned_model_dir
 from app.leases import Lease, LeaseHolder, lose, release, renew
 from app.models import FineTuningJobCheckpointRow, FineTuningJobRow, JobStatus, utcnow
@@ -103,9 +103,12 @@ def job_spec(settings: Settings, engine: Engine, job: FineTuningJobRow) -> JobSp
     )
 
 
-def begin_attempt(engine: Engine, job_id: str) -> bool:
+def begin_attempt(engine: Engine, job_id: str, output_dir: Path | None = None) -> bool:
     """Say that training starts (or resumes); False when the claim is no longer running.
 
+    The checkpoint named is the one the trainer resumes from: the newest complete one in
+    `output_dir` when this worker sees it (a trainer may have saved one its killed worker never
+    recorded), else the newest recorded (a remote worker's disk is its own).
     A claim also ends the job's wait, so the note that no worker was there goes."""
     with Session(engine, expire_on_commit=False) as session:
         job = session.get(FineTuningJobRow, job_id)
@@ -113,7 +116,11 @@ def begin_attempt(engine: Engine, job_id: str) -> bool:
         if job.status != JobStatus.running:
             return False
         job.progress = {k: v for k, v in job.progress.items() if k != "status_message"}
-        resume = _latest_checkpoint(engine, job_id)
+        if output_dir is not None:
+            on_disk = complete_checkpoints(output_dir)
+            resume = on_disk[-1] if on_disk else None
+        else:
+            resume = _latest_checkpoint(engine, job_id)
         message = f"Resuming from {resume.name}" if resume else "Fine-tuning job started"
         add_event(session, job_id, message, data={"attempt": job.lost_count + 1})
         session.add(job)
@@ -275,7 +282,7 @@ def execute_job(
     """The database-connected worker's side of a job."""
     held = worker.lease
     assert held is not None, "a fine-tune job is executed under its claim"
-    if not begin_attempt(engine, job_id):
+    if not begin_attempt(engine, job_id, artifacts_dir(settings, job_id)):
         return
     lease = settings.worker_lease_seconds
 
