@@ -1,6 +1,6 @@
 """Read latency under load, with a run writing: the real server against an idle baseline.
 
-    python -m bench.load [--clients 50] [--seconds 15] [--db sqlite,postgres]
+    python -m bench.load [--clients 50] [--seconds 15] [--db sqlite,postgres] [--api-processes N]
 
 For each database, starts `selfinstruct serve` in a subprocess (embedded worker on) with a
 scripted model endpoint on loopback, and lets `--clients` concurrent HTTP clients list tasks
@@ -8,7 +8,9 @@ scripted model endpoint on loopback, and lets `--clients` concurrent HTTP client
 parsed) for `--seconds`. First with nothing else going on (the baseline), then while a run
 writes batches into the same dataset. Prints p50/p99 per request kind, their ratio against the
 idle baseline, requests/s and every error (a 5xx, a connection error, an export that does not
-parse). PostgreSQL comes from Debian's packages, as in the tests.
+parse). PostgreSQL comes from Debian's packages, as in the tests. With `--api-processes N`
+the same is measured again on a fresh database with `selfinstruct serve --workers N`, and the
+requests/s of N processes are printed as a ratio against one (the baseline).
 """
 
 from __future__ import annotations
@@ -28,14 +30,16 @@ import httpx
 from testbed.load import KINDS, LoadResult, hammer, serving, start_writing_run
 
 
-def measure(db_url: str, data_dir: Path, clients: int, seconds: float) -> dict[str, object]:
+def measure(
+    db_url: str, data_dir: Path, clients: int, seconds: float, processes: int = 1
+) -> dict[str, object]:
     from testbed.scripted_llm import StubLLM
 
     stub = StubLLM(seed=5)
     stub.delay_s = 0.01
     stub.start()
     try:
-        with serving(db_url, data_dir, stub.base_url, "stub-model") as base:
+        with serving(db_url, data_dir, stub.base_url, "stub-model", processes) as base:
             # The baseline reads a finished run, so every kind has an idle figure.
             done = httpx.post(
                 f"{base}/v1/datasets/default/runs", json={"target": 2, "model": "stub-model"}
@@ -105,15 +109,28 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--db", default="sqlite,postgres")
+    parser.add_argument("--api-processes", type=int, default=1)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for kind in args.db.split(","):
-        with (
-            tempfile.TemporaryDirectory(prefix="selfinstruct-load-") as tmp,
-            database(kind, Path(tmp)) as url,
-        ):
-            figures = measure(url, Path(tmp), args.clients, args.seconds)
-            report(kind, figures, args.clients, args.seconds)
+        rates: dict[int, tuple[float, float]] = {}
+        for processes in sorted({1, args.api_processes}):
+            with (
+                tempfile.TemporaryDirectory(prefix="selfinstruct-load-") as tmp,
+                database(kind, Path(tmp)) as url,
+            ):
+                figures = measure(url, Path(tmp), args.clients, args.seconds, processes)
+                report(f"{kind}, {processes} API process(es)", figures, args.clients, args.seconds)
+                idle, busy = figures["idle"], figures["busy"]
+                assert isinstance(idle, LoadResult) and isinstance(busy, LoadResult)
+                rates[processes] = (idle.requests / idle.seconds, busy.requests / busy.seconds)
+        if args.api_processes > 1:
+            (i1, b1), (i_n, b_n) = rates[1], rates[args.api_processes]
+            print(
+                f"\n{kind}: requests/s with {args.api_processes} API processes against one "
+                f"(the baseline): idle {i_n:,.0f} vs {i1:,.0f} ({i_n / i1:.2f}x), "
+                f"while a run writes {b_n:,.0f} vs {b1:,.0f} ({b_n / b1:.2f}x)"
+            )
 
 
 if __name__ == "__main__":

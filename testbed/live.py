@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,14 +16,16 @@ import httpx
 from generators.llama_server import free_port
 
 
-def serve_api(env: dict[str, str], port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
+def serve_api(
+    env: dict[str, str], port: int, log: Path | None = None, args: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
     """`selfinstruct serve` with `env`; call `wait_ready` before using it.
 
     It starts no fine-tune worker of its own unless `env` sets SELFINSTRUCT_FINETUNE_WORKERS:
     tests that create jobs run the workers they mean to."""
     out = log.open("ab") if log else subprocess.DEVNULL
     return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), *args],
         env={"SELFINSTRUCT_FINETUNE_WORKERS": "0", **env},
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -43,11 +45,11 @@ def wait_ready(base: str, timeout_s: float = 60.0) -> None:
 
 
 @contextmanager
-def running_api(env: dict[str, str], log: Path) -> Iterator[str]:
+def running_api(env: dict[str, str], log: Path, args: Sequence[str] = ()) -> Iterator[str]:
     """`selfinstruct serve` with `env` on a free port, ready; yields its base URL and stops it
     with SIGTERM (SIGKILL after 30 s) when the block ends."""
     port = free_port()
-    server = serve_api(env, port, log)
+    server = serve_api(env, port, log, args)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base)

@@ -142,8 +142,11 @@ async def hammer(
 
 
 @contextmanager
-def serving(db_url: str, data_dir: Path, model_base_url: str, model: str) -> Iterator[str]:
-    """A migrated database and `selfinstruct serve` on it; yields the base URL."""
+def serving(
+    db_url: str, data_dir: Path, model_base_url: str, model: str, processes: int = 1
+) -> Iterator[str]:
+    """A migrated database and `selfinstruct serve` on it (`--workers processes`); yields the
+    base URL."""
     migrate(Settings(database_url=db_url, data_dir=data_dir))
     env = {
         **os.environ,
@@ -154,7 +157,8 @@ def serving(db_url: str, data_dir: Path, model_base_url: str, model: str) -> Ite
         ),
         "SELFINSTRUCT_WORKER_POLL_SECONDS": "0.1",
     }
-    with running_api(env, data_dir / "server.log") as base:
+    args = ["--workers", str(processes)] if processes > 1 else []
+    with running_api(env, data_dir / "server.log", args) as base:
         yield base
 
 
