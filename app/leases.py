@@ -75,6 +75,22 @@ class Lease:
             row.status == RUNNING and row.worker_id == self.owner and row.lease_epoch == self.epoch
         )
 
+    def refuses(self, row: Any, action: str) -> bool:
+        """Whether a write this lease's holder is about to make to a running `row` (read under
+        its lock) must be refused: the row is another lease's now. The refusal is logged."""
+        if row.status != RUNNING or self.holds(row):
+            return False
+        log.warning(
+            "%s %s: the %s of worker %s is refused: worker %s holds it now (claim %s)",
+            kind_name(self.model),
+            self.row_id,
+            action,
+            self.owner,
+            row.worker_id,
+            row.lease_epoch,
+        )
+        return True
+
     def held(self) -> sa.ColumnElement[bool]:
         """The same as a WHERE clause, for conditional UPDATEs."""
         m = self.model

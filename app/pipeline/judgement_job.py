@@ -333,16 +333,7 @@ def finish_job(
         ).one()
         if job.status != RunStatus.running:
             return False
-        if lease is not None and not lease.holds(job):
-            log.warning(
-                "judgement job %s: the finish (%s) of worker %s is refused: worker %s holds "
-                "the job now (claim %s)",
-                job_id,
-                status.value,
-                lease.owner,
-                job.worker_id,
-                job.lease_epoch,
-            )
+        if lease is not None and lease.refuses(job, f"finish ({status.value})"):
             return False
         job.status = status
         job.stop_reason = stop_reason

@@ -454,16 +454,7 @@ def finish(
         run = session.exec(select(Run).where(Run.id == run_id).with_for_update()).one()
         if run.status != RunStatus.running:
             return False
-        if lease is not None and not lease.holds(run):
-            log.warning(
-                "run %s: the finish (%s) of worker %s is refused: worker %s holds the run now "
-                "(claim %s)",
-                run_id,
-                status.value,
-                lease.owner,
-                run.worker_id,
-                run.lease_epoch,
-            )
+        if lease is not None and lease.refuses(run, f"finish ({status.value})"):
             return False
         run.status = status
         run.error = error

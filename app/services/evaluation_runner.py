@@ -128,15 +128,9 @@ def _finish(
         evaluation = session.exec(
             select(Evaluation).where(Evaluation.id == evaluation_id).with_for_update()
         ).one()
-        if not lease.holds(evaluation):
-            if evaluation.status == EvaluationStatus.running:
-                log.warning(
-                    "evaluation %s: the finish (%s) of worker %s is refused: worker %s holds it",
-                    evaluation_id,
-                    status.value,
-                    lease.owner,
-                    evaluation.worker_id,
-                )
+        if evaluation.status != EvaluationStatus.running or lease.refuses(
+            evaluation, f"finish ({status.value})"
+        ):
             return
         evaluation.status = status
         evaluation.error = error
