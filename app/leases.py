@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -115,27 +115,29 @@ class LeaseHolder(Protocol):
     def lease(self) -> Lease | None: ...
 
 
+class Kind(NamedTuple):
+    """How a kind of job is named in messages (`name`) and in fault points and logs (`slug`)."""
+
+    name: str
+    slug: str
+
+
+KINDS: dict[Leased, Kind] = {
+    Run: Kind("run", "run"),
+    JudgementJob: Kind("judgement job", "judgement"),
+    Evaluation: Kind("evaluation", "evaluation"),
+    FineTuningJobRow: Kind("fine-tune job", "finetune"),
+    JobPart: Kind("part of a job", "part"),
+}
+
+
 def kind_name(model: Leased) -> str:
-    names = {
-        Run: "run",
-        JudgementJob: "judgement job",
-        Evaluation: "evaluation",
-        FineTuningJobRow: "fine-tune job",
-        JobPart: "part of a job",
-    }
-    return names.get(model, model.__name__)
+    return KINDS[model].name
 
 
 def kind_slug(model: Leased) -> str:
     """The kind's name in fault points and logs (app/faults.py)."""
-    slugs = {
-        Run: "run",
-        JudgementJob: "judgement",
-        Evaluation: "evaluation",
-        FineTuningJobRow: "finetune",
-        JobPart: "part",
-    }
-    return slugs.get(model, model.__name__.lower())
+    return KINDS[model].slug
 
 
 def _order(model: Leased) -> Any:
