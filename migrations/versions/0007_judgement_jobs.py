@@ -157,14 +157,12 @@ def _shared_columns() -> list[sa.Column[Any]]:
     ]
 
 
-def _tables(conn: Connection) -> tuple[sa.Table, sa.Table, sa.Table, sa.Table, sa.Table, sa.Table]:
-    """run, run_event, judgement_job, judgement_event, judgement, task. The run's lease columns
-    join in when an earlier revision (0006) added them."""
+def _tables() -> tuple[sa.Table, sa.Table, sa.Table, sa.Table, sa.Table, sa.Table]:
+    """run (with the lease columns 0006 added), run_event, judgement_job, judgement_event,
+    judgement, task."""
     meta = sa.MetaData()
     run_lease = [
-        sa.Column(c, sa.Boolean if c == "progressed" else sa.Integer)
-        for c in LEASE_COLUMNS
-        if c in {col["name"] for col in sa.inspect(conn).get_columns("run")}
+        sa.Column(c, sa.Boolean if c == "progressed" else sa.Integer) for c in LEASE_COLUMNS
     ]
     run = sa.Table(
         "run",
@@ -278,7 +276,7 @@ def _event_as_run(kind: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]
 
 
 def _move_out_of_runs(conn: Connection) -> None:
-    run, run_event, job, job_event, judgement, task = _tables(conn)
+    run, run_event, job, job_event, judgement, task = _tables()
     rows = conn.execute(
         sa.select(run).where(run.c.strategy == JUDGEMENT).order_by(run.c.id)
     ).mappings()
@@ -365,7 +363,7 @@ def _move_out_of_runs(conn: Connection) -> None:
 def _move_back_to_runs(conn: Connection) -> None:
     """The downgrade: each judgement job becomes a run of strategy `judgement` again, under its
     former run id while no run has taken that id, under a new one otherwise."""
-    run, run_event, job, job_event, judgement, _task = _tables(conn)
+    run, run_event, job, job_event, judgement, _task = _tables()
     rows = conn.execute(sa.select(job).order_by(job.c.id)).mappings()
     for r in rows.all():
         state = {
