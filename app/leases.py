@@ -29,7 +29,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -277,7 +277,12 @@ def _fail_lost(
         values["stop_reason"] = "worker_lost"
     if conn.execute(sa.update(model).where(same).values(values)).rowcount != 1:
         return False
-    if model is JobPart:  # the job's owner decides what a lost part means for the job
+    if model is JobPart:  # a run ends once its last shard has; other kinds decide themselves
+        kind, job_id = conn.execute(
+            sa.select(col(JobPart.kind), col(JobPart.job_id)).where(col(JobPart.id) == row_id)
+        ).one()
+        if kind == kind_slug(Run):
+            _end_run_of_parts(conn, int(job_id), now)
         return True
     end = {"status": "failed", "stop_reason": "worker_lost", "error": message, "lost": lost}
     kind = f"The job failed: {message}" if model is FineTuningJobRow else "end"
@@ -287,6 +292,62 @@ def _fail_lost(
 
 
 FINAL = frozenset({"succeeded", "failed", "cancelled"})  # every kind's final statuses
+
+
+class Outcome(NamedTuple):
+    """How a job held in parts ended, once every part has."""
+
+    status: str
+    stop_reason: str | None
+    error: str | None
+
+
+def parts_outcome(conn: Connection, model: Leased, job_id: object) -> Outcome | None:
+    """None while a part of the job is not final. Else: failed with the first failed part's
+    error, or cancelled, or succeeded with the parts' stop reason (the first that is not
+    `target_reached`, when they differ)."""
+    rows = conn.execute(
+        sa.select(col(JobPart.part), col(JobPart.status), col(JobPart.error), col(JobPart.state))
+        .where(*part_of(model, job_id))
+        .order_by(col(JobPart.part))
+    ).all()
+    if not rows or any(status not in FINAL for _, status, _, _ in rows):
+        return None
+    for part, status, error, state in rows:
+        if status == "failed":
+            reason = (state or {}).get("stop_reason") or str(error or "").split(":")[0] or None
+            return Outcome("failed", reason, f"shard {part}: {error}")
+    if any(status == "cancelled" for _, status, _, _ in rows):
+        return Outcome("cancelled", "cancelled", None)
+    reasons = [(state or {}).get("stop_reason") for _, _, _, state in rows]
+    other = [r for r in reasons if r and r != "target_reached"]
+    return Outcome("succeeded", other[0] if other else "target_reached", None)
+
+
+def _end_run_of_parts(conn: Connection, run_id: int, now: datetime) -> None:
+    """A run of several shards whose last shard failed on a claim (its workers kept dying)
+    ends here, as a whole run does then: with the reason, and an end event."""
+    outcome = parts_outcome(conn, Run, run_id)
+    if outcome is None:
+        return
+    state = conn.execute(
+        sa.select(col(Run.state)).where(col(Run.id) == run_id, col(Run.status) == RUNNING)
+    ).scalar()
+    if state is None:
+        return
+    conn.execute(
+        sa.update(Run)
+        .where(col(Run.id) == run_id)
+        .values(
+            status=outcome.status,
+            error=outcome.error,
+            finished_at=now,
+            updated_at=now,
+            state={**state, "stop_reason": outcome.stop_reason, "in_flight": 0},
+        )
+    )
+    end = {"status": outcome.status, "stop_reason": outcome.stop_reason, "error": outcome.error}
+    conn.execute(sa.insert(RunEvent).values(run_id=run_id, kind="end", data=end, created_at=now))
 
 
 def job_event(model: Leased, row_id: Any, kind: str, data: dict[str, Any]) -> SQLModel:
@@ -348,16 +409,29 @@ def cancel(session: Session, row: Any) -> Any:
     return row
 
 
-def add_parts(session: Session, model: Leased, job_id: object, count: int) -> None:
+def add_parts(
+    session: Session,
+    model: Leased,
+    job_id: object,
+    count: int,
+    *,
+    states: Sequence[dict[str, Any]] | None = None,
+) -> None:
     """Queue `count` parts of a job (0 to count-1), each to be claimed on its own lease with
-    `claim(engine, JobPart, ..., where=part_of(model, job_id))`."""
+    `claim(engine, JobPart, ..., where=part_of(model, job_id))`; `states`: each part's own."""
     kind = kind_slug(model)
-    session.add_all(JobPart(kind=kind, job_id=str(job_id), part=i) for i in range(count))
+    session.add_all(
+        JobPart(kind=kind, job_id=str(job_id), part=i, state=dict(states[i]) if states else {})
+        for i in range(count)
+    )
 
 
-def part_of(model: Leased, job_id: object) -> list[sa.ColumnElement[bool]]:
-    """The `where` that claims only the parts of one job."""
-    return [col(JobPart.kind) == kind_slug(model), col(JobPart.job_id) == str(job_id)]
+def part_of(model: Leased, job_id: object | None = None) -> list[sa.ColumnElement[bool]]:
+    """The `where` that claims only the parts of one job (or of every job of a kind)."""
+    where = [col(JobPart.kind) == kind_slug(model)]
+    if job_id is not None:
+        where.append(col(JobPart.job_id) == str(job_id))
+    return where
 
 
 def claim_next(
@@ -367,8 +441,11 @@ def claim_next(
     worker_id: str,
     lease_seconds: float,
     attempts: Callable[[Leased], int],
+    where: Mapping[Leased, Sequence[sa.ColumnElement[bool]]] | None = None,
 ) -> Lease | None:
-    """The oldest waiting job of any of `models` (by creation time), so no kind starves."""
+    """The oldest waiting job of any of `models` (by creation time), so no kind starves;
+    `where` narrows a kind (runs of one shard, parts of runs)."""
+    narrow = where or {}
     for _ in range(8):  # another worker may take the pick first: look again
         now = utcnow()
         waiting: list[tuple[datetime, int, Leased]] = []
@@ -376,7 +453,7 @@ def claim_next(
             for rank, model in enumerate(models):
                 oldest = conn.execute(
                     sa.select(col(model.created_at))
-                    .where(_claimable(model, now))
+                    .where(_claimable(model, now), *narrow.get(model, ()))
                     .order_by(_order(model))
                     .limit(1)
                 ).scalar()
@@ -391,6 +468,7 @@ def claim_next(
                 worker_id=worker_id,
                 lease_seconds=lease_seconds,
                 attempts=attempts(model),
+                where=narrow.get(model, ()),
             )
             if lease is not None:
                 return lease

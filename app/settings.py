@@ -201,6 +201,12 @@ class Settings(BaseSettings):
         default=4, ge=1, description="Queued or running runs one dataset may have at once."
     )
     max_run_target: int = Field(default=100_000, ge=1, description="Largest `target` a run takes.")
+    max_run_shards: int = Field(
+        default=16,
+        ge=1,
+        description="Most shards a run may ask for: workers that execute it together, each "
+        "with its share of the target, caps and concurrency (PostgreSQL only).",
+    )
     neighbours_process_min_pool: int = Field(
         default=100_000,
         ge=0,

@@ -9,7 +9,9 @@ import logging
 import threading
 import time
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from app import faults
 from app.leases import (
@@ -20,8 +22,9 @@ from app.leases import (
     kind_slug,
     mark_gone,
     mark_present,
+    part_of,
 )
-from app.models import Evaluation, FineTuningJobRow, JudgementJob, Run
+from app.models import Evaluation, FineTuningJobRow, JobPart, JudgementJob, Run
 from app.settings import Settings
 from app.worker_ids import new_worker_id
 
@@ -77,7 +80,14 @@ class Worker:
     def kinds(self) -> tuple[Leased, ...]:
         if self.kind == "finetune":
             return (FineTuningJobRow,)
-        return (Run, JudgementJob, Evaluation)
+        return (Run, JobPart, JudgementJob, Evaluation)
+
+    @property
+    def narrowed(self) -> dict[Leased, list[sa.ColumnElement[bool]]]:
+        """A run of several shards is claimed shard by shard (its parts), never whole."""
+        if self.kind == "finetune":
+            return {}
+        return {Run: [col(Run.shards) == 1], JobPart: part_of(Run)}
 
     def attempts(self, model: Leased) -> int:
         """The attempt cap of a kind (app/leases.py)."""
@@ -128,6 +138,7 @@ class Worker:
             worker_id=self.worker_id,
             lease_seconds=self.settings.worker_lease_seconds,
             attempts=self.attempts,
+            where=self.narrowed,
         )
         if lease is None:
             return False
@@ -142,7 +153,7 @@ class Worker:
 
     async def execute(self, lease: Lease) -> None:
         from app.finetune.worker import execute_job
-        from app.pipeline import execute_run
+        from app.pipeline import execute_run, execute_shard
         from app.pipeline.judgement_job import execute_judgement_job
         from app.services.evaluation_runner import execute_evaluation
 
@@ -150,6 +161,8 @@ class Worker:
             await execute_run(
                 engine=self.engine, settings=self.settings, run_id=lease.row_id, worker=self
             )
+        elif lease.model is JobPart:
+            await execute_shard(engine=self.engine, settings=self.settings, worker=self)
         elif lease.model is JudgementJob:
             await execute_judgement_job(
                 engine=self.engine, settings=self.settings, job_id=lease.row_id, worker=self

@@ -9,6 +9,6 @@ model steps to the database while the model server is kept as busy as its pool a
 - `driver`: the loop that keeps requests in flight and decides when the run stops.
 """
 
-from app.pipeline.driver import execute_run
+from app.pipeline.driver import execute_run, execute_shard
 
-__all__ = ["execute_run"]
+__all__ = ["execute_run", "execute_shard"]

@@ -14,9 +14,9 @@ from sqlalchemy.engine import Engine
 
 from app.leases import Lease
 from app.llm import ModelEntry, backend_for, find_model, price_table
-from app.models import Dataset, Run, TaskOrigin, TaskStatus
+from app.models import Dataset, JobPart, Run, TaskOrigin, TaskStatus
 from app.pipeline.loading import example_of, load_pool
-from app.schemas.runs import RunCreate
+from app.schemas.runs import Caps, RunCreate
 from app.services.datasets import pool_languages
 from app.settings import Settings
 from app.strategies import Candidate, Pool, Strategy, get_strategy
@@ -92,15 +92,48 @@ class Tally:
 
 @dataclass
 class Totals:
-    """The run's committed spend, so caps see it without reading the database per request."""
+    """What the run (or its shard) has committed, so caps and the target see it without
+    reading the database per request."""
 
     requests: int = 0
     tokens: int = 0
     cost: float = 0.0
+    accepted: int = 0
+    candidates: int = 0
 
     @classmethod
-    def of(cls, run: Run) -> Totals:
-        return cls(run.requests, run.prompt_tokens + run.completion_tokens, run.cost)
+    def of(cls, run: Run, part: JobPart | None = None) -> Totals:
+        """The run's figures, or its shard's (kept in the part's state) when it has one."""
+        if part is None:
+            tokens = run.prompt_tokens + run.completion_tokens
+            return cls(run.requests, tokens, run.cost, run.accepted, run.candidates)
+        s = part.state
+        return cls(
+            int(s.get("requests", 0)),
+            int(s.get("prompt_tokens", 0)) + int(s.get("completion_tokens", 0)),
+            float(s.get("cost", 0.0)),
+            int(s.get("accepted", 0)),
+            int(s.get("candidates", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one execution answers for: the whole run, or one shard of it (app/services/
+    shards.py): its share of the target, of the caps and of the model's concurrency."""
+
+    target: int
+    caps: Caps
+    shard: int | None = None  # None: the whole run
+    shards: int = 1
+    part_id: int | None = None
+
+    @classmethod
+    def of(cls, run: Run, caps: Caps, part: JobPart | None = None) -> Share:
+        if part is None:
+            return cls(run.target, caps)
+        state = part.state
+        return cls(int(state["target"]), Caps(**state["caps"]), part.part, run.shards, part.id)
 
 
 @dataclass
@@ -193,6 +226,7 @@ class RunContext:
         self.tally = Tally()
         self.committing = Tally()  # taken for the commit in progress, not in `committed` yet
         self.committed = Totals.of(run)
+        self.share = Share.of(run, self.params.caps)  # a shard's, set by the driver
         self.in_flight = 0  # requests sent and not answered
         # Every addition to the index in order, so a decision checks only what joined the pool
         # after its candidate was screened; keys dropped later (demoted) are skipped.
@@ -296,9 +330,15 @@ class RunContext:
 
     # --- caps ---
 
+    def capacity(self) -> int:
+        """Requests this execution may have in flight: the model's concurrency, or a shard's
+        share of it (each shard's worker has a client of its own for the same servers)."""
+        capacity = self.backend.capacity()
+        return capacity if self.share.shards == 1 else max(1, capacity // self.share.shards)
+
     def check_budget(self) -> None:
-        """Raise CapReached when a cap forbids sending one more request now."""
-        caps = self.params.caps
+        """Raise CapReached when a cap (a shard's share of it) forbids one more request now."""
+        caps = self.share.caps
         t, c = self.tally, self.committing
         if caps.max_requests is not None and (
             self.committed.requests + t.requests + c.requests + self.in_flight >= caps.max_requests

@@ -31,10 +31,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from app import faults
-from app.leases import Keeper, LeaseHolder, kept, release
+from app.leases import Keeper, Lease, LeaseHolder, kept, release
 from app.llm import find_model
-from app.models import Dataset, Run, RunEvent, RunStatus, TaskStatus
-from app.pipeline.context import CapReached, RunContext, Tally, Totals, Verdict
+from app.models import Dataset, JobPart, Run, RunEvent, RunStatus, TaskStatus, utcnow
+from app.pipeline.context import CapReached, RunContext, Share, Tally, Totals, Verdict
 from app.pipeline.loading import load_pool
 from app.pipeline.stages import (
     classify,
@@ -84,6 +84,61 @@ async def execute_run(
         await _execute(engine, settings, run_id, worker, keeper)
 
 
+async def execute_shard(*, engine: Engine, settings: Settings, worker: LeaseHolder) -> None:
+    """Drive the claimed shard of a run (the worker's lease is on its part) to a final state;
+    the run ends with its last shard (app/pipeline/storage.py)."""
+    lease = worker.lease
+    assert lease is not None and lease.model is JobPart
+    with Session(engine) as session:
+        part = session.get(JobPart, lease.row_id)
+        run_id = int(part.job_id) if part is not None else None
+    if run_id is None:
+        return
+    async with kept(engine, lease, lease_seconds=settings.worker_lease_seconds) as keeper:
+        await _execute(engine, settings, run_id, worker, keeper)
+
+
+def _start(engine: Engine, run_id: int, lease: Lease | None) -> tuple[Run, JobPart | None] | None:
+    """Say the run (or its shard) runs, count the execution; None when a shard's run is over or
+    gone (its part is ended with it)."""
+    shard = lease is not None and lease.model is JobPart
+    with Session(engine, expire_on_commit=False) as session:
+        run = session.exec(select(Run).where(Run.id == run_id).with_for_update()).first()
+        if not shard:
+            assert run is not None
+            session.add(RunEvent(run_id=run_id, kind="status", data={"status": "running"}))
+            run.state = {**run.state, "executions": int(run.state.get("executions", 0)) + 1}
+            session.add(run)
+            session.commit()
+            return run, None
+        assert lease is not None
+        part = session.exec(
+            select(JobPart).where(JobPart.id == lease.row_id).with_for_update()
+        ).one()
+        if not lease.holds(part):
+            return None
+        now = utcnow()
+        if run is None or run.status not in (RunStatus.queued, RunStatus.running):
+            part.status = "cancelled" if run is not None else "failed"
+            part.error = None if run is not None else f"run {run_id} no longer exists"
+            part.finished_at = part.updated_at = now
+            part.lease_expires_at = None
+            session.add(part)
+            session.commit()
+            return None
+        if run.status == RunStatus.queued:
+            run.status = RunStatus.running
+            run.started_at = now
+            run.updated_at = now
+            session.add(run)
+        data = {"status": "running", "shard": part.part, "worker_id": lease.owner}
+        session.add(RunEvent(run_id=run_id, kind="status", data=data))
+        part.state = {**part.state, "executions": int(part.state.get("executions", 0)) + 1}
+        session.add(part)
+        session.commit()
+        return run, part
+
+
 async def _execute(
     engine: Engine,
     settings: Settings,
@@ -92,14 +147,12 @@ async def _execute(
     keeper: Keeper | None,
 ) -> None:
     lease = keeper.lease if keeper is not None else None
+    started = await asyncio.to_thread(_start, engine, run_id, lease)
+    if started is None:
+        return
+    run, part = started
     with Session(engine, expire_on_commit=False) as session:
-        run = session.exec(select(Run).where(Run.id == run_id)).one()
         dataset = session.exec(select(Dataset).where(Dataset.id == run.dataset_id)).one()
-        # the stream says so at once; the first commit can be a while away on a CPU
-        session.add(RunEvent(run_id=run_id, kind="status", data={"status": "running"}))
-        run.state = {**run.state, "executions": int(run.state.get("executions", 0)) + 1}
-        session.add(run)
-        session.commit()
     try:
         model = find_model(settings, run.model, engine)
         # A pool of 1M tasks takes half a minute to load; the lease is renewed meanwhile.
@@ -128,7 +181,10 @@ async def _execute(
         )
         return
     ctx.lease = lease
-    await Stream(ctx, run, worker, keeper).drive()
+    ctx.share = Share.of(run, ctx.params.caps, part)
+    ctx.committed = Totals.of(run, part)
+    executions = (part.state if part is not None else run.state).get("executions", 0)
+    await Stream(ctx, run, worker, keeper, int(executions)).drive()
 
 
 async def _unless_lost(work: Awaitable[T], keeper: Keeper | None) -> T | None:
@@ -151,14 +207,20 @@ class Stream:
     """One execution of a run: its tasks, its room and its stopping rules."""
 
     def __init__(
-        self, ctx: RunContext, run: Run, worker: LeaseHolder | None, keeper: Keeper | None
+        self,
+        ctx: RunContext,
+        run: Run,
+        worker: LeaseHolder | None,
+        keeper: Keeper | None,
+        executions: int = 0,
     ) -> None:
         self.ctx = ctx
         self.worker = worker
         self.keeper = keeper
-        self.target = run.target
+        self.target = ctx.share.target  # the run's, or its shard's share
         self.run = run
-        self.accepted = run.accepted  # committed, plus decided and waiting for their commit
+        # The run's (its shard's) committed, plus decided and waiting for their commit.
+        self.accepted = ctx.committed.accepted
         self.reserved = 0
         self.waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -173,8 +235,8 @@ class Stream:
         self.idle = 0  # prompts since the last acceptance
         self.capped: str | None = None
         self.launching = 0  # prompt tasks created and not sent yet
-        resumes = int(run.state.get("executions", 0))
-        self.rng = random.Random(f"{ctx.params.seed}:{ctx.run_id}:{resumes}")
+        shard = "" if ctx.share.shard is None else f"{ctx.share.shard}/"
+        self.rng = random.Random(f"{ctx.params.seed}:{ctx.run_id}:{shard}{executions}")
         self.rates: collections.deque[tuple[float, int, int]] = collections.deque()
         self.committing: asyncio.Task[Committed] | None = None
         # Neighbours from the neighbour process: answers not matched to a row yet, rows
@@ -296,7 +358,7 @@ class Stream:
             return False
         if ctx.neighbours is not None and ctx.neighbours.pending >= NEIGHBOUR_BACKLOG:
             return False
-        if ctx.in_flight + self.launching >= ctx.backend.capacity():
+        if ctx.in_flight + self.launching >= ctx.capacity():
             return False
         try:
             ctx.check_budget()
@@ -378,7 +440,7 @@ class Stream:
             return False
         assert done.run is not None
         self.run = done.run
-        ctx.committed = Totals.of(done.run)
+        ctx.committed = Totals.of(done.run, done.part)
         for query, task_id in done.awaiting.items():
             if query in self.answers:  # answered while the commit ran
                 best, found = self.answers.pop(query)
@@ -461,11 +523,12 @@ class Stream:
             return True
         if self.may_prompt():
             return False
-        ctx, run = self.ctx, self.run
-        if run.accepted >= run.target:
+        ctx = self.ctx
+        done = ctx.committed
+        if done.accepted >= self.target:
             reason: str | None = "target_reached"
         else:
-            reason = self.capped or cap_reached(run, ctx.params.caps) or ctx.strategy.exhausted()
+            reason = self.capped or cap_reached(done, ctx.share.caps) or ctx.strategy.exhausted()
         if reason:
             finish(
                 ctx.engine,

@@ -28,8 +28,9 @@ from sqlmodel import Session, col, select
 
 from app import faults
 from app.db import retry_transient
-from app.leases import Lease
+from app.leases import FINAL, Lease, part_of, parts_outcome
 from app.models import (
+    JobPart,
     JSONType,
     Run,
     RunEvent,
@@ -39,7 +40,15 @@ from app.models import (
     TaskStatus,
     utcnow,
 )
-from app.pipeline.context import NEIGHBOURS, PENDING, PoolRow, RunContext, Tally, Verdict
+from app.pipeline.context import (
+    NEIGHBOURS,
+    PENDING,
+    PoolRow,
+    RunContext,
+    Tally,
+    Totals,
+    Verdict,
+)
 from app.pipeline.stages import drop, neighbours
 from app.schemas.runs import Caps
 from app.services.dataset_lock import changed_since, lock
@@ -57,6 +66,7 @@ class Committed:
 
     running: bool  # False: cancelled or taken over; nothing was written
     run: Run | None = None
+    part: JobPart | None = None  # the shard executed, when the run has several
     stored: dict[str, int] = field(default_factory=dict)  # pending key -> task id
     demoted: list[Verdict] = field(default_factory=list)
     foreign: list[PoolRow] = field(default_factory=list)  # tasks others added, accepted
@@ -111,9 +121,10 @@ def _commit_once(
     with Session(ctx.engine, expire_on_commit=False) as session:
         clock = lock(session, ctx.dataset_id)
         run = session.exec(select(Run).where(Run.id == ctx.run_id).with_for_update()).one()
+        part = _part(session, ctx)
         # Cancelled meanwhile, or taken over by another worker after this one lost its lease
         # (a stalled process): storing now would write the same work twice.
-        lost = ctx.lease is not None and not ctx.lease.holds(run)
+        lost = ctx.lease is not None and not ctx.lease.holds(part or run)
         if run.status != RunStatus.running or lost:
             session.rollback()
             return Committed(running=False, run=run)
@@ -200,9 +211,12 @@ def _commit_once(
                     for task_id, best, near in late
                 ],
             )
+        if part is not None:
+            _add_shard_counters(session, run, part, verdicts, accepted, tally, live)
+            live = _live_of_shards(session, run, part)
         _add_counters(run, verdicts, accepted, tally, live)
         if verdicts:  # the holder's death after this is not a lost attempt (app/leases.py)
-            run.progressed = True
+            (part or run).progressed = True
         session.add(run)
         trouble = tally.trouble()
         if trouble is not None:
@@ -216,6 +230,7 @@ def _commit_once(
         return Committed(
             running=True,
             run=run,
+            part=part,
             stored=stored,
             demoted=demoted,
             foreign=foreign,
@@ -228,6 +243,58 @@ def _commit_once(
                 if v.query is not None
             },
         )
+
+
+def _part(session: Session, ctx: RunContext) -> JobPart | None:
+    """The shard this execution holds, locked after its run (the order every writer keeps)."""
+    if ctx.share.part_id is None:
+        return None
+    return session.exec(
+        select(JobPart).where(JobPart.id == ctx.share.part_id).with_for_update()
+    ).one()
+
+
+def _add_shard_counters(
+    session: Session,
+    run: Run,
+    part: JobPart,
+    verdicts: list[Verdict],
+    accepted: list[Verdict],
+    tally: Tally,
+    live: dict[str, Any],
+) -> None:
+    """A shard's own figures (its part's state), beside the run's sums."""
+    s = dict(part.state)
+    add = {
+        "requests": tally.requests,
+        "prompt_tokens": tally.prompt_tokens,
+        "completion_tokens": tally.completion_tokens,
+        "cost": tally.cost,
+        "candidates": len(verdicts),
+        "accepted": len(accepted),
+        "rejected": len(verdicts) - len(accepted),
+        "instances": sum(len(v.instances) for v in accepted),
+    }
+    for name, value in add.items():
+        s[name] = s.get(name, 0) + value
+    s.update(live)
+    part.state = s
+    part.updated_at = utcnow()
+    session.add(part)
+
+
+def _live_of_shards(session: Session, run: Run, part: JobPart) -> dict[str, Any]:
+    """The run's live figures: the sums of its running shards' latest ones."""
+    states = session.exec(
+        select(JobPart.state).where(
+            *part_of(Run, run.id), JobPart.status == "running", JobPart.id != part.id
+        )
+    ).all()
+    live = {"in_flight": 0, "requests_per_s": 0.0, "accepted_per_s": 0.0}
+    for state in [*states, part.state]:
+        for name in live:
+            live[name] += state.get(name, 0)
+    return {name: round(value, 3) for name, value in live.items()}
 
 
 def _others(
@@ -449,12 +516,25 @@ def finish(
 ) -> bool:
     """End a running run once; False when it had ended already or, given the `lease` that
     executed it, when that lease is no longer the run's (another worker took the run over after
-    this one lost it: only the holder's finish lands, and the refusal is logged)."""
+    this one lost it: only the holder's finish lands, and the refusal is logged). A shard's
+    lease ends its shard, and the run with its last one."""
     with Session(engine, expire_on_commit=False) as session:
         run = session.exec(select(Run).where(Run.id == run_id).with_for_update()).one()
         if run.status != RunStatus.running:
             return False
-        if lease is not None and lease.refuses(run, f"finish ({status.value})"):
+        if lease is not None and lease.model is JobPart:
+            if not _end_shard(session, run, lease, status, stop_reason, error):
+                return False
+            outcome = parts_outcome(session.connection(), Run, run_id)
+            if outcome is None:  # the run goes on in its other shards
+                faults.point("run:finishing")
+                session.commit()
+                return True
+            status, error = RunStatus(outcome.status), outcome.error
+            stop_reason = outcome.stop_reason or outcome.status
+            if run.accepted >= run.target:
+                stop_reason = "target_reached"
+        elif lease is not None and lease.refuses(run, f"finish ({status.value})"):
             return False
         run.status = status
         run.error = error
@@ -480,6 +560,32 @@ def finish(
     return True
 
 
+def _end_shard(
+    session: Session,
+    run: Run,
+    lease: Lease,
+    status: RunStatus,
+    stop_reason: str,
+    error: str | None,
+) -> bool:
+    """End the shard `lease` holds (in the run's transaction, its row locked after the run's);
+    False when it is not the lease's any more."""
+    part = session.exec(select(JobPart).where(JobPart.id == lease.row_id).with_for_update()).one()
+    if part.status in FINAL or lease.refuses(part, f"finish ({status.value})"):
+        return False
+    now = utcnow()
+    part.status = status.value
+    part.error = error
+    part.finished_at = part.updated_at = now
+    part.lease_expires_at = None
+    part.state = {**part.state, "stop_reason": stop_reason, "in_flight": 0}
+    session.add(part)
+    data = {"shard": part.part, "status": status.value, "stop_reason": stop_reason, "error": error}
+    session.add(RunEvent(run_id=int(part.job_id), kind="shard", data=data))
+    session.flush()
+    return True
+
+
 def fail_on_error(
     engine: Engine,
     *,
@@ -498,11 +604,12 @@ def fail_on_error(
     )
 
 
-def cap_reached(run: Run, caps: Caps) -> str | None:
-    if caps.max_requests is not None and run.requests >= caps.max_requests:
+def cap_reached(done: Totals, caps: Caps) -> str | None:
+    """The cap the committed figures (a run's, or a shard's against its share) reached."""
+    if caps.max_requests is not None and done.requests >= caps.max_requests:
         return "max_requests"
-    if caps.max_tokens is not None and run.prompt_tokens + run.completion_tokens >= caps.max_tokens:
+    if caps.max_tokens is not None and done.tokens >= caps.max_tokens:
         return "max_tokens"
-    if caps.max_cost is not None and run.cost >= caps.max_cost:
+    if caps.max_cost is not None and done.cost >= caps.max_cost:
         return "max_cost"
     return None

@@ -134,6 +134,15 @@ class RunCommon(Strict):
         None, description="Rate candidates with a judge model and reject those rated too low."
     )
     seed: int = Field(0, description="Random seed for example sampling.")
+    shards: int = Field(
+        1,
+        ge=1,
+        description="Workers that execute the run together (`selfinstruct worker` processes, on "
+        "one machine or several sharing PostgreSQL). Each shard holds its own lease and its "
+        "share of the target, the caps and the model's concurrency; novelty stays exact across "
+        "the dataset, and a shard whose worker dies is taken over by another. PostgreSQL only; "
+        "at most SELFINSTRUCT_MAX_RUN_SHARDS and at most `target`.",
+    )
 
     @field_validator("language")
     @classmethod
@@ -234,6 +243,27 @@ class RunCounters(BaseModel):
     )
 
 
+class ShardPublic(BaseModel):
+    """One shard of a run held by several workers: who holds it and what it did."""
+
+    shard: int = Field(description="0 to shards-1.")
+    status: str = Field(description="queued, running, succeeded, failed or cancelled.")
+    worker_id: str | None = Field(description="The worker executing it now, or last.")
+    target: int = Field(description="Its share of the run's target.")
+    accepted: int
+    rejected: int
+    candidates: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    in_flight: int = Field(description="Model requests in flight at its last commit.")
+    accepted_per_s: float = Field(description="Tasks it accepted per second, recently.")
+    claims: int = Field(description="Times a worker took it: more than 1 after a takeover.")
+    stop_reason: str | None
+    error: str | None
+
+
 class RunPublic(BaseModel):
     id: int
     dataset: str
@@ -246,6 +276,11 @@ class RunPublic(BaseModel):
     stop_reason: str | None = Field(description="Why a finished run stopped (target, a cap...).")
     error: str | None
     worker_id: str | None
+    shards: list[ShardPublic] = Field(
+        default_factory=list,
+        description="A run of several shards: each one's worker and figures (the counters "
+        "above are their sums); empty for a run of one.",
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

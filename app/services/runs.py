@@ -14,6 +14,7 @@ from app.models import Dataset, JudgementJob, Run, RunEvent, RunStatus
 from app.schemas.common import ErrorItem
 from app.schemas.runs import RunCounters, RunCreate, RunEventPublic, RunPublic
 from app.services.dataset_lock import lock
+from app.services.shards import add_shards, check_shards, parts_of, shard_public
 from app.settings import Settings
 from app.strategies import get_strategy
 
@@ -30,6 +31,7 @@ def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: 
             "(SELFINSTRUCT_MAX_RUN_TARGET).",
             errors=[ErrorItem(field="target", reason=f"above {settings.max_run_target}")],
         )
+    check_shards(session=session, settings=settings, body=body)
     # Take the dataset's row lock before counting, so concurrent creations queue here and each
     # counts the runs the previous one added (PostgreSQL: a row lock; SQLite: the write lock).
     assert dataset.id is not None
@@ -67,11 +69,14 @@ def create_run(*, session: Session, settings: Settings, dataset: Dataset, body: 
         model=entry.id,
         params=body.model_dump(mode="json"),
         target=body.target,
+        shards=body.shards,
         status=RunStatus.queued,
     )
     session.add(run)
     session.flush()
     assert run.id is not None
+    if body.shards > 1:
+        add_shards(session, run, body)
     session.add(RunEvent(run_id=run.id, kind="status", data={"status": RunStatus.queued.value}))
     session.commit()
     session.refresh(run)
@@ -149,24 +154,36 @@ def counters(run: Run) -> RunCounters:
     )
 
 
-def run_public(*, run: Run, dataset_name: str) -> RunPublic:
-    assert run.id is not None
-    return RunPublic(
-        id=run.id,
-        dataset=dataset_name,
-        status=RunStatus(run.status),
-        strategy=run.strategy,
-        model=run.model,
-        target=run.target,
-        params=run.params,
-        counters=counters(run),
-        stop_reason=run.state.get("stop_reason"),
-        error=run.error,
-        worker_id=run.worker_id,
-        created_at=run.created_at,
-        started_at=run.started_at,
-        finished_at=run.finished_at,
-    )
+def run_public(*, session: Session, run: Run, dataset_name: str) -> RunPublic:
+    return runs_public(session=session, runs=[run], dataset_name=dataset_name)[0]
+
+
+def runs_public(*, session: Session, runs: list[Run], dataset_name: str) -> list[RunPublic]:
+    """Runs as the API shows them; a sharded run with each shard's worker and figures."""
+    parts = parts_of(session, [r.id for r in runs if r.shards > 1 and r.id is not None])
+    out = []
+    for run in runs:
+        assert run.id is not None
+        out.append(
+            RunPublic(
+                id=run.id,
+                dataset=dataset_name,
+                status=RunStatus(run.status),
+                strategy=run.strategy,
+                model=run.model,
+                target=run.target,
+                params=run.params,
+                counters=counters(run),
+                stop_reason=run.state.get("stop_reason"),
+                error=run.error,
+                worker_id=run.worker_id,
+                shards=[shard_public(p) for p in parts.get(run.id, [])],
+                created_at=run.created_at,
+                started_at=run.started_at,
+                finished_at=run.finished_at,
+            )
+        )
+    return out
 
 
 def event_public(event: RunEvent) -> dict[str, Any]:

@@ -74,6 +74,7 @@ class Backtranslate(Strategy):
     fields = BacktranslateFields
     uses_topic = False  # it shows passages, not pool tasks
     needs = ("documents",)
+    shardable = False  # each passage is used once, from one queue
 
     @classmethod
     def check_dataset(cls, *, session: Session, dataset: Dataset, params: RunCreate) -> None:

@@ -140,6 +140,9 @@ class Strategy(ABC):
     # What it needs besides a model and a pool, for clients (GET /v1/strategies): `documents`
     # (the dataset's documents), `chat_template` (the model's raw chat template).
     needs: ClassVar[tuple[str, ...]] = ()
+    # Whether shards of one run may each draw from it independently (a random draw may; a
+    # finite queue of sources, each to be used once, may not).
+    shardable: ClassVar[bool] = True
 
     # --- asked before a run is created ---------------------------------------------------------
 

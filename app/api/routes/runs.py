@@ -31,7 +31,7 @@ RunDep = Annotated[Run, Depends(run_by_id)]
 def _public(session: SessionDep, run: Run) -> RunPublic:
     dataset = session.get(Dataset, run.dataset_id)
     assert dataset is not None
-    return svc.run_public(run=run, dataset_name=dataset.name)
+    return svc.run_public(session=session, run=run, dataset_name=dataset.name)
 
 
 @router.post(
@@ -44,14 +44,14 @@ def create_run(
 ) -> RunPublic:
     """Queue a generation run; a worker picks it up at once."""
     run = svc.create_run(session=session, settings=settings, dataset=dataset, body=body)
-    return svc.run_public(run=run, dataset_name=dataset.name)
+    return svc.run_public(session=session, run=run, dataset_name=dataset.name)
 
 
 @router.get("/datasets/{name}/runs", responses=ERRORS)
 def list_runs(session: SessionDep, dataset: DatasetDep) -> RunsPublic:
     """List a dataset's runs, newest first."""
     runs = svc.list_runs(session=session, dataset=dataset)
-    data = [svc.run_public(run=r, dataset_name=dataset.name) for r in runs]
+    data = svc.runs_public(session=session, runs=runs, dataset_name=dataset.name)
     return RunsPublic(data=data, count=len(data))
 
 
