@@ -85,7 +85,6 @@ def sharded(postgres_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, dic
         DATABASE_URL=postgres_url,
         SELFINSTRUCT_DATA_DIR=str(tmp_path),
         SELFINSTRUCT_ENDPOINTS=json.dumps(endpoints),
-        SELFINSTRUCT_WORKER_LEASE_SECONDS=str(LEASE_S),
         SELFINSTRUCT_WORKER_POLL_SECONDS="0.1",
         SELFINSTRUCT_FINETUNE_WORKERS="0",
     )
@@ -137,6 +136,9 @@ def test_two_workers_share_one_run_exactly(
     sharded: tuple[TestClient, dict[str, str]], postgres_url: str, tmp_path: Path, kill: bool
 ) -> None:
     client, env = sharded
+    # A lease as short as a test can wait for when one dies; else long enough never to run out
+    # on a loaded machine (a takeover of a live worker's shard is the lease doing its job).
+    env = {**env, "SELFINSTRUCT_WORKER_LEASE_SECONDS": str(LEASE_S if kill else 60)}
     # kill -9 of one worker as its second group of verdicts commits (app/faults.py)
     doomed = {**env, ENV: "run:committing@2"} if kill else env
     logs = [tmp_path / "worker-0.log", tmp_path / "worker-1.log"]
@@ -175,7 +177,7 @@ def test_two_workers_share_one_run_exactly(
     assert accepted_pairs_above(postgres_url) == []
     if kill:  # the survivor took the dead worker's shard over and finished it
         taken = run["shards"][lost["shard"]]
-        assert taken["claims"] == 2, run["shards"]
+        assert taken["claims"] >= 2, run["shards"]
         assert f":{victim.pid}:" not in taken["worker_id"]
     else:  # each worker held one shard throughout and accepted its share
         assert [s["claims"] for s in run["shards"]] == [1, 1]
