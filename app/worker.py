@@ -21,7 +21,7 @@ from app.leases import (
     mark_gone,
     mark_present,
 )
-from app.models import Evaluation, FineTuningJobRow, JudgementJob, Run
+from app.models import Evaluation, FineTuningJobRow, JobPart, JudgementJob, Run
 from app.settings import Settings
 from app.worker_ids import new_worker_id
 
@@ -120,15 +120,22 @@ class Worker:
                 await self._idle()
 
     async def _claim_and_execute(self) -> bool:
-        """Claim one job and drive it; False when nothing was waiting."""
-        lease = await asyncio.to_thread(
-            claim_next,
-            self.engine,
-            self.kinds,
-            worker_id=self.worker_id,
-            lease_seconds=self.settings.worker_lease_seconds,
-            attempts=self.attempts,
-        )
+        """Claim one job and drive it; False when nothing was waiting. A fine-tune worker first
+        looks for a node of a job on several machines: its host is already waiting for it."""
+        lease = None
+        if self.kind == "finetune":
+            from app.finetune.nodes import claim_node
+
+            lease = await asyncio.to_thread(claim_node, self.engine, self.settings, self.worker_id)
+        if lease is None:
+            lease = await asyncio.to_thread(
+                claim_next,
+                self.engine,
+                self.kinds,
+                worker_id=self.worker_id,
+                lease_seconds=self.settings.worker_lease_seconds,
+                attempts=self.attempts,
+            )
         if lease is None:
             return False
         log.info("worker %s claimed %s %s", self.worker_id, lease.model.__name__, lease.row_id)
@@ -141,6 +148,7 @@ class Worker:
         return True
 
     async def execute(self, lease: Lease) -> None:
+        from app.finetune.nodes import execute_node
         from app.finetune.worker import execute_job
         from app.pipeline import execute_run
         from app.pipeline.judgement_job import execute_judgement_job
@@ -157,6 +165,14 @@ class Worker:
         elif lease.model is Evaluation:
             await execute_evaluation(
                 engine=self.engine, settings=self.settings, evaluation_id=lease.row_id, worker=self
+            )
+        elif lease.model is JobPart:  # a node of a job on several machines
+            await asyncio.to_thread(
+                execute_node,
+                engine=self.engine,
+                settings=self.settings,
+                worker=self,
+                device=self.device,
             )
         else:
             # Training blocks; a thread keeps this loop (and its lease checks) responsive.
