@@ -1,7 +1,8 @@
 """A fine-tune job on two nodes, on loopback with gloo on the CPU: two fine-tune workers (the
 one that claims the job hosts the rendezvous, the other joins it as the job's second node) make
 the losses and the model that one process makes from the same batches; a node that never joins
-fails the job after the rendezvous timeout, saying which node and what to do."""
+fails the job after the rendezvous timeout, saying which node and what to do; a node killed mid-job
+costs one attempt and the job resumes on two nodes (slow)."""
 
 from __future__ import annotations
 
@@ -213,3 +214,69 @@ def test_a_node_that_never_joins_fails_the_job_after_the_timeout(
     assert [p.status for p in parts(settings, job["id"])] == ["failed"]
     assert claim_node(make_engine(settings), settings, "a-late-worker") is None
     assert not (settings.data_dir / "artifacts" / job["id"] / "final").exists()
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_job_costs_an_attempt_and_the_job_resumes_on_two_nodes(
+    service: tuple[Settings, TestClient, str, str],
+) -> None:
+    """kill -9 of the joining node's worker: the host sees its peer gone, hands the job back
+    (one attempt), claims it again and resumes from the checkpoint once another worker joins."""
+    import os
+    import subprocess
+    import sys
+
+    settings, client, base, training_file = service
+    total = 40
+    job = create(
+        client,
+        base,
+        training_file,
+        nodes=2,
+        max_steps=total,
+        checkpoint_interval=5,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50}}},
+    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.db_url,
+        "SELFINSTRUCT_DATA_DIR": str(settings.data_dir),
+        "SELFINSTRUCT_WORKER_LEASE_SECONDS": "5",
+        "SELFINSTRUCT_WORKER_POLL_SECONDS": "0.2",
+        "SELFINSTRUCT_NODE_ADDRESS": "127.0.0.1",
+    }
+    command = [sys.executable, "-m", "app.cli", "worker", "--kind", "finetune", "--device", "cpu"]
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        workers.append(
+            subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        )
+        return workers[-1]
+
+    def status() -> dict[str, Any]:
+        return dict(client.get(f"/v1/fine_tuning/jobs/{job['id']}").json())
+
+    try:
+        start()
+        wait_for("the rendezvous", lambda: parts(settings, job["id"]))
+        joining = start()
+        wait_for(
+            "a checkpoint",
+            lambda: client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"],
+        )
+        joining.kill()
+        joining.wait()
+        start()  # the node for the next attempt
+        done = wait_for("the job's end", lambda: (s := status())["finished_at"] and s)
+    finally:
+        for process in workers:
+            process.kill()
+            process.wait()
+    assert done["status"] == "succeeded", done
+    assert done["progress"]["step"] == total
+    events = client.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 500})
+    messages = [e["message"] for e in reversed(events.json()["data"])]
+    assert len([m for m in messages if m.startswith("A node of this job was lost")]) == 1
+    assert any(m.startswith("Resuming from step-") for m in messages)
+    assert len([m for m in messages if m.startswith("Waiting for 1 more node")]) == 2
