@@ -228,6 +228,38 @@ class Settings(BaseSettings):
         description="Most devices (`devices`) one fine-tune job may ask for; a worker also "
         "refuses more than it has.",
     )
+    finetune_max_nodes: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Most machines (`nodes`) one fine-tune job may ask for; each node is a "
+        "fine-tune worker (`selfinstruct worker --kind finetune`) sharing the database and the "
+        "data folder.",
+    )
+    rendezvous_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description="How long the nodes of a job on several machines wait for each other "
+        "(torchrun's join_timeout); a job whose nodes did not all join by then fails, saying "
+        "which.",
+    )
+    node_address: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="The address other machines reach this fine-tune worker at, for the "
+        "rendezvous of a job on several nodes (a host name or IPv4 address); unset: this "
+        "machine's host name.",
+    )
+    rendezvous_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="The port a fine-tune worker serves a multi-node job's rendezvous on "
+        "(0: a free one), for networks that open only chosen ports.",
+    )
     base_models_dir: Path | None = Field(
         default=None,
         description="A folder of Hugging Face model folders (config.json, weights, tokenizer) "

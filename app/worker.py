@@ -130,16 +130,23 @@ class Worker:
                 await self._idle()
 
     async def _claim_and_execute(self) -> bool:
-        """Claim one job and drive it; False when nothing was waiting."""
-        lease = await asyncio.to_thread(
-            claim_next,
-            self.engine,
-            self.kinds,
-            worker_id=self.worker_id,
-            lease_seconds=self.settings.worker_lease_seconds,
-            attempts=self.attempts,
-            where=self.narrowed,
-        )
+        """Claim one job and drive it; False when nothing was waiting. A fine-tune worker first
+        looks for a node of a job on several machines: its host is already waiting for it."""
+        lease = None
+        if self.kind == "finetune":
+            from app.finetune.nodes import claim_node
+
+            lease = await asyncio.to_thread(claim_node, self.engine, self.settings, self.worker_id)
+        if lease is None:
+            lease = await asyncio.to_thread(
+                claim_next,
+                self.engine,
+                self.kinds,
+                worker_id=self.worker_id,
+                lease_seconds=self.settings.worker_lease_seconds,
+                attempts=self.attempts,
+                where=self.narrowed,
+            )
         if lease is None:
             return False
         log.info("worker %s claimed %s %s", self.worker_id, lease.model.__name__, lease.row_id)
@@ -152,6 +159,7 @@ class Worker:
         return True
 
     async def execute(self, lease: Lease) -> None:
+        from app.finetune.nodes import execute_node
         from app.finetune.worker import execute_job
         from app.pipeline import execute_run, execute_shard
         from app.pipeline.judgement_job import execute_judgement_job
@@ -161,7 +169,7 @@ class Worker:
             await execute_run(
                 engine=self.engine, settings=self.settings, run_id=lease.row_id, worker=self
             )
-        elif lease.model is JobPart:
+        elif lease.model is JobPart and self.kind != "finetune":  # a shard of a run
             await execute_shard(engine=self.engine, settings=self.settings, worker=self)
         elif lease.model is JudgementJob:
             await execute_judgement_job(
@@ -170,6 +178,14 @@ class Worker:
         elif lease.model is Evaluation:
             await execute_evaluation(
                 engine=self.engine, settings=self.settings, evaluation_id=lease.row_id, worker=self
+            )
+        elif lease.model is JobPart:  # a node of a job on several machines
+            await asyncio.to_thread(
+                execute_node,
+                engine=self.engine,
+                settings=self.settings,
+                worker=self,
+                device=self.device,
             )
         else:
             # Training blocks; a thread keeps this loop (and its lease checks) responsive.

@@ -215,6 +215,14 @@ class FinetuneConfig:
             "so batch_size and the losses mean what they mean on one device."
         ),
     )
+    nodes: int = field(
+        default=1,
+        metadata=_help(
+            "Machines that train the job together, each running `devices` processes; they meet "
+            "at a torchrun rendezvous (training.launch.Rendezvous), and rows are shared out "
+            "among all nodes' processes as among one node's."
+        ),
+    )
     parallelism: Literal["ddp", "fsdp"] = field(
         default="ddp",
         metadata=_help(
@@ -279,6 +287,7 @@ class FinetuneConfig:
                     f"e.g. {LORA_TARGETS_LLAMA}."
                 )
         _at_least("devices", self.devices, 1)
+        _at_least("nodes", self.nodes, 1)
         _choice("parallelism", self.parallelism, ("ddp", "fsdp"))
         if self.parallelism == "fsdp" and self.method == "lora":
             raise InvalidConfig(

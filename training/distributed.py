@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from training.data import IGNORE_INDEX
+from training.errors import TrainingError
 from training.loss import loss_sum
 from training.packing import Batch, Row, micro_batches
 
@@ -64,14 +65,62 @@ def ranks_from_env() -> Ranks:
     )
 
 
-def init_process_group(device_type: str) -> Ranks:
-    """Join torchrun's processes (gloo on the CPU, NCCL on CUDA); a no-op when run alone."""
+def init_process_group(device_type: str, *, host: bool | None = None) -> Ranks:
+    """Join torchrun's processes (gloo on the CPU, NCCL on CUDA); a no-op when run alone.
+
+    `host` (a job on several machines): whether this process runs on the node that hosts the
+    rendezvous; the ranks are first renumbered so that node's processes come first
+    (`host_first`)."""
     ranks = ranks_from_env()
     if ranks.parallel and not dist.is_initialized():
+        if host is not None:
+            ranks = host_first(ranks, host=host)
         if device_type == "cuda":
             torch.cuda.set_device(ranks.local_rank)
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if device_type == "cuda" else "gloo",
+            rank=ranks.rank,
+            world_size=ranks.world_size,
+        )
     return ranks
+
+
+HOST_KEY = "selfinstruct/host-node"  # in torchrun's store: the host node's GROUP_RANK
+
+
+def host_first(ranks: Ranks, *, host: bool) -> Ranks:
+    """The ranks with the rendezvous host's node numbered 0 (its node and node 0 trade places).
+
+    torchrun's c10d rendezvous numbers nodes in the order of their addresses and process ids,
+    so any node may come first; but rank 0 reports events and writes checkpoints and the model
+    into its own node's run folder, which only the host's caller reads. The host's first
+    process tells the others its node number through torchrun's store; RANK and GROUP_RANK in
+    the environment are updated to match."""
+    from datetime import timedelta
+
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        raise TrainingError(
+            "a job on several nodes runs under torchrun's c10d rendezvous, which shares its "
+            "store with the processes (TORCHELASTIC_USE_AGENT_STORE); this torchrun did not"
+        )
+    store = dist.TCPStore(
+        env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timedelta(minutes=5)
+    )
+    key = f"{HOST_KEY}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    group = int(env["GROUP_RANK"])
+    if host and ranks.local_rank == 0:
+        store.set(key, str(group))
+    host_group = int(store.get(key))
+    node = 0 if group == host_group else host_group if group == 0 else group
+    rank = node * ranks.local_world_size + ranks.local_rank
+    env["RANK"], env["GROUP_RANK"] = str(rank), str(node)
+    return Ranks(
+        rank=rank,
+        world_size=ranks.world_size,
+        local_rank=ranks.local_rank,
+        local_world_size=ranks.local_world_size,
+    )
 
 
 def current_ranks() -> Ranks:
@@ -200,11 +249,12 @@ def sum_across(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
 
 
 def agree(flag: bool, ranks: Ranks, device: torch.device) -> bool:
-    """Rank 0's answer on every process, so all of them stop at the same step."""
+    """True on every process when any process says yes, so all of them stop at the same step
+    (a stop may come from another node's worker)."""
     if not ranks.parallel:
         return flag
     value = torch.tensor([1 if flag else 0], device=device)
-    dist.broadcast(value, src=0)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
 

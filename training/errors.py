@@ -36,3 +36,13 @@ class InsufficientMemory(TrainingError):
             f"{device}; lower batch_size or max_seq_len, turn gradient_checkpointing on, or use "
             "LoRA"
         )
+
+
+class RendezvousTimeout(TrainingError):
+    """Not every node of a job on several machines reached the rendezvous in time; nothing
+    trained."""
+
+
+class NodeLost(TrainingError):
+    """A job on several machines ended because the processes of another node went away (killed,
+    out of memory, its machine or the network gone), as seen from this node."""

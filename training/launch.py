@@ -19,6 +19,15 @@ way they talk to the caller through files in RUN_DIR, a fresh folder under the j
     error-R.json      an exception of rank R, rebuilt here as the same kind of error
     torchrun.log      the processes' own output, quoted when they fail without an error file
 
+A job on several machines (config.nodes > 1) runs torchrun on each with a c10d rendezvous
+(`Rendezvous`): the host's torchrun serves it at `endpoint` and the others join it there, as
+Slurm and Kubernetes clusters run torchrun. The host's processes take the first ranks
+(training/distributed.py `host_first`), so its caller alone gets the events and the result, as
+on one machine; another node's caller only learns whether its part ended well (`run` returns
+None). A rendezvous that does not gather every node within its timeout is a RendezvousTimeout;
+any other end of the training that is not one of the library's own errors is a NodeLost: from
+one node, a peer that went away and a crash look alike.
+
 If the processes do not stop within STOP_GRACE_S of a stop, they are terminated (SIGTERM, then
 SIGKILL). A process killed by a signal (the kernel's out-of-memory killer sends SIGKILL) becomes
 a TrainingError naming the signal and the memory the processes held. The processes also end
@@ -39,13 +48,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from training.config import FinetuneConfig
 from training.data import DatasetStats
-from training.errors import InsufficientMemory, InvalidConfig, TrainingDataError, TrainingError
+from training.errors import (
+    InsufficientMemory,
+    InvalidConfig,
+    NodeLost,
+    RendezvousTimeout,
+    TrainingDataError,
+    TrainingError,
+)
 from training.result import Event, TrainResult
 
 POLL_S = 0.2  # how often the caller reads new events
@@ -64,6 +80,30 @@ PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # a full fine-tune of SmolLM2-135M on 4 x 2,048 tokens (CPU, step 1) peaked at 2.84 GB instead of
 # 5.59 GB, in the same time (327 s against 325 s on 2 cores).
 MALLOC_MMAP_THRESHOLD = 1 << 20
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where and how the nodes of a job on several machines meet (torchrun's c10d rendezvous)."""
+
+    endpoint: str  # HOST:PORT that the host's torchrun serves and every node joins
+    run_id: str  # the same on every node of one attempt, and new for the next attempt
+    nodes: int  # how many nodes must join before training starts
+    host: bool  # this node serves the rendezvous; its processes report the job
+    local_addr: str  # the address the other nodes reach this one at
+    timeout_s: float  # the rendezvous fails when not every node joined within this
+
+    def torchrun_args(self) -> list[str]:
+        return [
+            f"--nnodes={self.nodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={self.endpoint}",
+            f"--rdzv-id={self.run_id}",
+            # is_host stated, not guessed: on one machine every node's address is "local"
+            f"--rdzv-conf=join_timeout={self.timeout_s:g},is_host={str(self.host).lower()}",
+            f"--local-addr={self.local_addr}",
+            "--max-restarts=0",  # a lost node ends the attempt; the caller decides what next
+        ]
 
 
 def device_count(device: str) -> int:
@@ -102,15 +142,22 @@ def run(
     should_stop: Callable[[], bool] | None = None,
     resume_from: Path | None = None,
     isolated: bool = False,
+    rendezvous: Rendezvous | None = None,
 ) -> TrainResult | None:
     """Train the job and return its TrainResult: in this process, or in child processes when
-    `isolated` or config.devices > 1. None: the processes were stopped and terminated before
-    they could report (a stop that came in the middle of a long step).
+    `isolated`, config.devices > 1 or a `rendezvous` is given (config.nodes > 1). None: the
+    processes were stopped and terminated before they could report (a stop that came in the
+    middle of a long step), or this node is not the rendezvous host (its part ended well).
 
     Errors come back as the training library's own (TrainingDataError, InsufficientMemory,
-    InvalidConfig, TrainingError); a process that dies without one is a TrainingError quoting
-    its output, or naming the signal that killed it."""
-    if config.devices == 1 and not isolated:
+    InvalidConfig, TrainingError, and RendezvousTimeout or NodeLost for several nodes); a
+    process that dies without one is a TrainingError quoting its output, or naming the signal
+    that killed it."""
+    if (rendezvous is None) != (config.nodes == 1):
+        raise InvalidConfig(
+            f"nodes={config.nodes} needs a rendezvous where the nodes meet, and only then"
+        )
+    if config.devices == 1 and not isolated and rendezvous is None:
         from training.train import train
 
         return train(
@@ -125,9 +172,14 @@ def run(
         check_devices(config)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in output_dir.glob("launch-*"):  # left by a killed worker (whose processes stop)
-        shutil.rmtree(stale, ignore_errors=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="launch-", dir=output_dir))
+    if rendezvous is None or rendezvous.host:
+        for stale in output_dir.glob("launch-*"):  # left by a killed worker (its processes stop)
+            shutil.rmtree(stale, ignore_errors=True)
+        run_dir = Path(tempfile.mkdtemp(prefix="launch-", dir=output_dir))
+    else:
+        # another node's folder is its own, on its own disk: output_dir may be shared with the
+        # host, whose folder is not to be touched
+        run_dir = Path(tempfile.mkdtemp(prefix="selfinstruct-node-"))
     try:
         return _launch(
             config,
@@ -137,21 +189,29 @@ def run(
             resume_from=resume_from,
             on_event=on_event or (lambda event: None),
             should_stop=should_stop or (lambda: False),
+            rendezvous=rendezvous,
         )
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def launch_command(config: FinetuneConfig, run_dir: Path) -> list[str]:
+def launch_command(
+    config: FinetuneConfig, run_dir: Path, rendezvous: Rendezvous | None = None
+) -> list[str]:
     """One process for one device (torchrun's agent would only add a process of its own, with
-    torch imported); torchrun for several."""
-    if config.devices == 1:
+    torch imported); torchrun for several, or for a node of a job on several machines."""
+    if config.devices == 1 and rendezvous is None:
         return [sys.executable, "-m", "training.launch", str(run_dir)]
+    meeting = (
+        rendezvous.torchrun_args()
+        if rendezvous is not None
+        else ["--standalone"]  # a rendezvous on this machine only, on a free port
+    )
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",  # a rendezvous on this machine only, on a free port
+        *meeting,
         f"--nproc_per_node={config.devices}",
         "-m",
         "training.launch",
@@ -168,6 +228,7 @@ def _launch(
     resume_from: Path | None,
     on_event: Callable[[Event], None],
     should_stop: Callable[[], bool],
+    rendezvous: Rendezvous | None,
 ) -> TrainResult | None:
     job = {
         "config": config.to_dict(),
@@ -175,6 +236,7 @@ def _launch(
         "valid_path": str(valid_path) if valid_path is not None else None,
         "resume_from": str(resume_from) if resume_from is not None else None,
         "caller_pid": os.getpid(),
+        "host": rendezvous.host if rendezvous is not None else None,
     }
     (run_dir / "job.json").write_text(json.dumps(job))
     env = dict(os.environ)
@@ -187,11 +249,14 @@ def _launch(
         # a session of its own: a Ctrl-C meant for the worker does not reach it, and killpg
         # reaches everything torchrun started
         process = subprocess.Popen(
-            launch_command(config, run_dir),
+            launch_command(config, run_dir, rendezvous),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            # torchrun's agent too ends with its caller (its processes end with it): a node
+            # whose worker is gone must leave the job, not train on unheard
+            preexec_fn=_die_with_parent,
         )
         try:
             peak = _follow(process, run_dir, on_event, should_stop)
@@ -199,7 +264,9 @@ def _launch(
             _end(process)
     oom_after = oom_kills()
     oom = oom_before is not None and oom_after is not None and oom_after > oom_before
-    return _outcome(process.returncode, run_dir, peak_rss=peak, oom_killed=oom)
+    if rendezvous is None:
+        return _outcome(process.returncode, run_dir, peak_rss=peak, oom_killed=oom)
+    return _node_outcome(process.returncode, run_dir, rendezvous)
 
 
 def _follow(
@@ -287,6 +354,29 @@ def _outcome(
         f"the training processes ended with exit status {returncode} and no error report; "
         f"their last output:\n{log}"
     )
+
+
+def _node_outcome(
+    returncode: int | None, run_dir: Path, rendezvous: Rendezvous
+) -> TrainResult | None:
+    """How one node's part of a job on several machines ended (see the module doc)."""
+    if returncode == 0 and not rendezvous.host:
+        return None  # the host's processes report the job
+    try:
+        return _outcome(returncode, run_dir)
+    except (TrainingDataError, InsufficientMemory, InvalidConfig) as exc:
+        raise exc from None
+    except (TrainingError, RuntimeError) as exc:
+        log = (run_dir / "torchrun.log").read_text(errors="replace")
+        if "RendezvousTimeoutError" in log:
+            raise RendezvousTimeout(
+                f"the rendezvous at {rendezvous.endpoint} did not gather its {rendezvous.nodes} "
+                f"nodes within {rendezvous.timeout_s:g} s"
+            ) from None
+        raise NodeLost(
+            "the training ended on this node without finishing, as it does when another node's "
+            f"processes go away (killed, out of memory, machine or network gone): {exc}"
+        ) from None
 
 
 def describe_exit(returncode: int, *, oom_killed: bool = False) -> str:
@@ -447,7 +537,7 @@ def main(run_dir: Path) -> None:
         job = json.loads((run_dir / "job.json").read_text())
         config = FinetuneConfig.from_dict(job["config"])
         device, _ = resolve_device(config)
-        init_process_group(device.type)
+        ranks = init_process_group(device.type, host=job.get("host"))
         events = (run_dir / "events.jsonl").open("a", encoding="utf-8") if ranks.main else None
 
         def emit(event: Event) -> None:

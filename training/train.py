@@ -13,8 +13,9 @@ optimizer step, so a cancel takes effect within one step.
 
 Run by torchrun on several processes (training/launch.py, config.devices > 1), each step's rows
 are shared out among them and the model is wrapped in DDP or FSDP (training/distributed.py); the
-update is the one a single process makes from the same rows. Rank 0 alone emits events, answers
-`should_stop` for all of them, and writes checkpoints and the final model.
+update is the one a single process makes from the same rows. Rank 0 alone emits events and
+writes checkpoints and the final model; every process asks its own `should_stop`, and all stop at
+the step where any of them says yes.
 
 Outputs under config.output_dir: checkpoints/step-N/, final/ and, for LoRA, adapter/ (see
 training/checkpoint.py).
@@ -147,14 +148,16 @@ def train(
     against `available_memory` bytes (None: what the device has free now); InsufficientMemory
     when it cannot fit."""
     ranks = distributed.current_ranks()
-    if ranks.world_size != config.devices:
+    if ranks.world_size != config.devices * config.nodes:
         raise InvalidConfig(
-            f"devices={config.devices} but this is {ranks.world_size} process(es): a job on "
-            "several devices runs through training.launch.run, which starts torchrun."
+            f"devices={config.devices} on nodes={config.nodes} but this is {ranks.world_size} "
+            "process(es): a job on several devices or nodes runs through training.launch.run, "
+            "which starts torchrun."
         )
-    # rank 0 speaks for the job; the others train in silence and ask it whether to stop
+    # rank 0 speaks for the job; the others train in silence. Every process is asked whether
+    # to stop (each has its own caller), and all stop at the step where any says yes.
     emit = (on_event if ranks.main else None) or (lambda event: None)
-    ask_stop = should_stop if ranks.main else None
+    ask_stop = should_stop
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     device, amp = resolve_device(config, ranks)

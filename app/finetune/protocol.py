@@ -59,6 +59,7 @@ class JobConfig(BaseModel):
     seed: int = 0
     checkpoint_interval: int = 100
     devices: int = 1
+    nodes: int = Field(1, description="Machines; a remote worker is only given jobs on one.")
     parallelism: Literal["ddp", "fsdp"] = "ddp"
     max_steps: int | None = Field(None, description="Absent: train every epoch.")
     lora_r: int | None = Field(None, description="LoRA only, as are the other lora_ fields.")

@@ -6,16 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from app.errors import Conflict, InvalidInput
 from app.finetune.protocol import Continue, JobSpec, Outcome, Succeeded, WorkerEvent
 from app.finetune.service import get_job
+from app.finetune.spec import job_spec
 from app.finetune.worker import (
     begin_attempt,
     complete_job,
     held_lease,
-    job_spec,
     record_event,
     still_mine,
 )
@@ -27,7 +27,8 @@ from app.settings import Settings
 
 def claim_job(*, engine: Engine, settings: Settings, worker_id: str) -> JobSpec | None:
     """The oldest queued job (or one whose lease expired), claimed for `worker_id`; None when
-    none is waiting."""
+    none is waiting. Jobs on several nodes are left to database workers: a rendezvous is
+    published and joined through the database."""
     mark_present(settings.data_dir, "finetune", worker_id)  # a worker polls: it is there
     lease = claim(
         engine,
@@ -35,6 +36,7 @@ def claim_job(*, engine: Engine, settings: Settings, worker_id: str) -> JobSpec 
         worker_id=worker_id,
         lease_seconds=settings.worker_lease_seconds,
         attempts=settings.finetune_attempts,
+        where=[col(FineTuningJobRow.nodes) == 1],
     )
     if lease is None or not begin_attempt(engine, str(lease.row_id)):
         return None

@@ -10,9 +10,12 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.finetune.protocol import Failed, JobErrorReport, JobSpec, Outcome, Succeeded
+
+if TYPE_CHECKING:
+    from training.launch import Rendezvous
 
 log = logging.getLogger("selfinstruct.finetune")
 
@@ -26,6 +29,7 @@ def run_training(
     device: str,
     on_event: Callable[[dict[str, Any]], None],
     should_stop: Callable[[], bool],
+    rendezvous: Rendezvous | None = None,
 ) -> Outcome | None:
     """Train, resuming from the newest checkpoint in `output_dir`; returns how the job ends,
     or None when it was cancelled or taken over.
@@ -34,9 +38,19 @@ def run_training(
     the protocol's models). The job trains in a child process that exits when it ends, or in
     torchrun's processes for several devices (training/launch.py): the worker gets its memory
     back, and an out-of-memory kill takes the trainer, which fails the job saying so, not the
-    worker. Their rank 0's events come to `on_event` here, and a stop reaches them all."""
+    worker. Their rank 0's events come to `on_event` here, and a stop reaches them all.
+
+    With a `rendezvous` this is one node of a job on several machines (app/finetune/nodes.py):
+    a node that is not the host returns None when its part ended well; a rendezvous that timed
+    out fails as `rendezvous_timeout`, a node gone from under the training as `node_lost`."""
     from training.config import FinetuneConfig, bundled_base_model
-    from training.errors import InsufficientMemory, TrainingDataError, TrainingError
+    from training.errors import (
+        InsufficientMemory,
+        NodeLost,
+        RendezvousTimeout,
+        TrainingDataError,
+        TrainingError,
+    )
     from training.launch import run
 
     checkpoints = complete_checkpoints(output_dir)
@@ -55,9 +69,14 @@ def run_training(
             should_stop=should_stop,
             resume_from=checkpoints[-1] if checkpoints else None,
             isolated=True,
+            rendezvous=rendezvous,
         )
     except Exception as exc:
-        if isinstance(exc, TrainingDataError):
+        if isinstance(exc, RendezvousTimeout):
+            code, message = "rendezvous_timeout", str(exc)
+        elif isinstance(exc, NodeLost):
+            code, message = "node_lost", str(exc)
+        elif isinstance(exc, TrainingDataError):
             code, message = "invalid_training_file", str(exc)
         elif isinstance(exc, InsufficientMemory):
             code, message = "insufficient_memory", str(exc)

@@ -140,6 +140,16 @@ class FineTuningJobCreate(BaseModel):
         "SELFINSTRUCT_FINETUNE_MAX_DEVICES; a worker with fewer fails the job saying so. "
         "Each step's examples are shared out: batch_size and losses mean what they mean on one.",
     )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Machines that train the job together, each a fine-tune worker training "
+        "with `devices` devices; they meet at a torchrun rendezvous that the worker claiming "
+        "the job serves and other workers join. At most SELFINSTRUCT_FINETUNE_MAX_NODES; the "
+        "job fails when not every node joined within SELFINSTRUCT_RENDEZVOUS_TIMEOUT_S. Losses "
+        "and the model are those of one device training the same batches.",
+    )
     parallelism: Literal["ddp", "fsdp"] = Field(
         "ddp",
         description="With devices > 1: ddp keeps a whole model on each device; fsdp shards "
@@ -212,6 +222,7 @@ class FineTuningJob(BaseModel):
     suffix: str | None
     # --- extensions ---
     dataset: str | None = None
+    nodes: int = Field(1, description="Machines that train the job together.")
     progress: Progress
     training_data: TrainingData
 

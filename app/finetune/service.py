@@ -120,6 +120,14 @@ def _check_request(session: Session, settings: Settings, body: FineTuningJobCrea
                 )
             ],
         )
+    if body.nodes > settings.finetune_max_nodes:
+        raise InvalidInput(
+            f"nodes={body.nodes} is more than a job may ask for here "
+            f"({settings.finetune_max_nodes}, SELFINSTRUCT_FINETUNE_MAX_NODES).",
+            errors=[
+                ErrorItem(field="nodes", reason=f"above the limit {settings.finetune_max_nodes}")
+            ],
+        )
     if body.parallelism == "fsdp" and body.lora is not None:
         raise InvalidInput(
             "parallelism='fsdp' trains full models only; LoRA's trained state is small, so use "
@@ -193,6 +201,7 @@ def create_job(
             "parallelism": body.parallelism,
         },
         hyperparameters=hyper,
+        nodes=body.nodes,
         status=JobStatus.validating_files,
     )
     session.add(job)
@@ -365,6 +374,7 @@ def job_public(*, session: Session, job: FineTuningJobRow) -> FineTuningJob:
         seed=job.seed or 0,
         suffix=job.suffix,
         dataset=dataset.name if dataset else None,
+        nodes=job.nodes,
         progress=Progress(
             **{k: v for k, v in (job.progress or {}).items() if k in Progress.model_fields}
         ),

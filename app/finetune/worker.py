@@ -8,7 +8,8 @@ out-of-memory killer's SIGKILL) fails the job saying so, and the worker takes th
 job whose worker died is claimed again (at once when a supervisor saw the death, else after its
 lease expires) and resumes from its last checkpoint, up to the attempt cap of app/leases.py
 (`finetune_attempts`, 2: a job that killed its worker twice would kill the next one too). A
-worker that is stopped on purpose hands its job back without using up an attempt."""
+worker that is stopped on purpose hands its job back without using up an attempt. A job on
+several machines is hosted here and joined by other workers (app/finetune/nodes.py)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from app import faults
+from app.finetune import nodes
 from app.finetune.protocol import (
     CheckpointEvent,
     EvalEvent,
-    JobConfig,
-    JobSpec,
     Outcome,
     StartEvent,
     StepEvent,
@@ -34,12 +34,12 @@ from app.finetune.protocol import (
     parse_event,
 )
 from app.finetune.runner import Heartbeat, complete_checkpoints, run_training
-from app.finetune.service import add_event, artifacts_dir, tuned_model_dir
+from app.finetune.service import add_event, artifacts_dir
+from app.finetune.spec import job_spec
 from app.leases import Lease, LeaseHolder, lose, release, renew
 from app.models import FineTuningJobCheckpointRow, FineTuningJobRow, JobStatus, utcnow
-from app.services.base_models import find_base_model
 from app.services.files import file_path
-from app.settings import BUNDLED_MODEL_ID, Settings
+from app.settings import Settings
 from training.launch import describe_exit as describe_exit  # how a process ended, in words
 
 log = logging.getLogger("selfinstruct.finetune")
@@ -47,60 +47,6 @@ log = logging.getLogger("selfinstruct.finetune")
 
 def fine_tuned_model_id(job: FineTuningJobRow) -> str:
     return f"ft:{job.model}:{job.suffix or 'selfinstruct'}:{job.id}"
-
-
-def model_dir_for(settings: Settings, engine: Engine, model: str) -> str | None:
-    """The Hugging Face directory of a base model folder's id (SELFINSTRUCT_BASE_MODELS_DIR) or
-    of a fine-tuned model id (the merged model for LoRA)."""
-    own = find_base_model(settings, model)
-    if own is not None:
-        return str(own.path)
-    with Session(engine) as session:
-        job = session.exec(
-            select(FineTuningJobRow).where(
-                FineTuningJobRow.fine_tuned_model == model,
-                FineTuningJobRow.status == JobStatus.succeeded.value,
-            )
-        ).first()
-    if job is None:
-        return None
-    return tuned_model_dir(settings, job)
-
-
-def job_spec(settings: Settings, engine: Engine, job: FineTuningJobRow) -> JobSpec:
-    """What a worker needs to train a job (a remote worker gets it as JSON).
-
-    `base_model` is None for the bundled model, which every worker finds in its own install.
-    """
-    hyper, method = job.hyperparameters, job.method
-    lora = method.get("lora") or {}
-    assert job.training_file is not None  # a job without one fails validation, never queues
-    return JobSpec(
-        job_id=job.id,
-        base_model=None
-        if job.model == BUNDLED_MODEL_ID
-        else model_dir_for(settings, engine, job.model),
-        training_file=job.training_file,
-        validation_file=job.validation_file,
-        config=JobConfig(
-            method="lora" if lora else "full",
-            n_epochs=hyper["n_epochs"],
-            batch_size=hyper["batch_size"],
-            learning_rate_multiplier=hyper["learning_rate_multiplier"],
-            max_seq_len=method.get("max_seq_len", 1024),
-            long_examples=method.get("long_examples", "truncate"),
-            seed=job.seed or 0,
-            checkpoint_interval=method.get("checkpoint_interval", 100),
-            devices=method.get("devices", 1),
-            parallelism=method.get("parallelism", "ddp"),
-            max_steps=method.get("max_steps") or None,
-            lora_r=lora.get("r"),
-            lora_alpha=lora.get("alpha"),
-            lora_dropout=lora.get("dropout"),
-            lora_target_modules=lora.get("target_modules"),
-        ),
-        lease_seconds=settings.worker_lease_seconds,
-    )
 
 
 def begin_attempt(engine: Engine, job_id: str, output_dir: Path | None = None) -> bool:
@@ -294,6 +240,11 @@ def execute_job(
 
     job = _job(engine, job_id)
     spec = job_spec(settings, engine, job)
+    rendezvous = None
+    if job.nodes > 1:  # this worker hosts the rendezvous the job's other nodes join
+        rendezvous = nodes.host_rendezvous(engine=engine, settings=settings, lease=held, job=job)
+        if rendezvous is None:
+            return
     with Heartbeat(renew_once, lease) as heartbeat:
         outcome = run_training(
             spec,
@@ -307,6 +258,11 @@ def execute_job(
                 or heartbeat.lost
                 or not still_mine(engine, job_id, worker.worker_id)
             ),
+            rendezvous=rendezvous,
+        )
+    if rendezvous is not None:
+        outcome = nodes.settle(
+            engine=engine, settings=settings, lease=held, outcome=outcome, stopping=worker.stopping
         )
     if outcome is not None:
         complete_job(engine, job_id, worker.worker_id, outcome)

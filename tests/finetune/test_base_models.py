@@ -103,6 +103,8 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"devices": -2}, "devices", "greater than or equal to 1"),
     ({"devices": 5}, "devices", "SELFINSTRUCT_FINETUNE_MAX_DEVICES"),
     ({"devices": "two"}, "devices", "integer"),
+    ({"nodes": 0}, "nodes", "greater than or equal to 1"),
+    ({"nodes": 9}, "nodes", "SELFINSTRUCT_FINETUNE_MAX_NODES"),
     ({"parallelism": "fsdp", "lora": {"r": 4}}, "parallelism", "full models only"),
     ({"parallelism": "zero3"}, "parallelism", "'ddp' or 'fsdp'"),
 ]
@@ -124,12 +126,14 @@ def test_jobs_no_worker_could_train_are_refused_naming_the_field(client: TestCli
         ({"model": TINY, "max_seq_len": 512}, 512),
         ({"model": TINY}, 512),
         ({"devices": 4, "parallelism": "fsdp"}, 1024),
+        ({"nodes": 8}, 1024),
     ):
         request = {"model": "SmolLM2-135M-Instruct", "training_file": file_id} | body
         response = client.post("/v1/fine_tuning/jobs", json=request)
         assert response.status_code == 200, response.text
         job = response.json()
         assert job["status"] == "queued" and job["method"]["max_seq_len"] == max_seq_len, job
+        assert job["nodes"] == body.get("nodes", 1)
 
 
 @pytest.mark.real

@@ -281,3 +281,24 @@ def test_truncated_and_dropped_counts_reach_the_job_and_its_events(
     [notice] = [e for e in events if "truncated" in e["message"]]
     assert notice["message"].startswith("2 training examples longer than max_seq_len")
     assert notice["data"] == {"truncated_examples": 2, "dropped_examples": 1}
+
+
+def test_a_remote_worker_is_not_given_a_job_on_several_nodes(
+    client: TestClient, settings: Settings
+) -> None:
+    """Its nodes meet through the database, which a worker over HTTP does not reach."""
+    from app.finetune.relay import claim_job
+
+    file_id = upload(client, chat_jsonl(4))["id"]
+    job = client.post(
+        "/v1/fine_tuning/jobs",
+        json={"model": "SmolLM2-135M-Instruct", "training_file": file_id, "nodes": 2},
+    ).json()
+    assert (job["status"], job["nodes"]) == ("queued", 2)
+    engine = make_engine(settings)
+    assert claim_job(engine=engine, settings=settings, worker_id="remote-gpu") is None
+    single = client.post(
+        "/v1/fine_tuning/jobs", json={"model": "SmolLM2-135M-Instruct", "training_file": file_id}
+    ).json()
+    spec = claim_job(engine=engine, settings=settings, worker_id="remote-gpu")
+    assert spec is not None and spec.job_id == single["id"] and spec.config.nodes == 1
