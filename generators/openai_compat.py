@@ -405,6 +405,8 @@ class OpenAIBackend(Backend):
             except GeneratorError as exc:
                 return exc
 
+        if len(prompts) == 1:  # a run's usual call: no task to create for it
+            return [await one(prompts[0])]
         return list(await asyncio.gather(*(one(p) for p in prompts)))
 
     async def _generate_prompt(
