@@ -668,6 +668,7 @@ class RecentItems:
         _check_k(k)
         ids = self._ids(text, grow=False)
         end = len(self.keys)
+        positions: Sequence[int]
         if skip:
             positions = [i for i in range(since, end) if self.keys[i] not in skip]
             choices = [self._encoded[i] for i in positions]
