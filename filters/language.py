@@ -47,6 +47,10 @@ def _detector() -> Any:
     return LanguageDetectorBuilder.from_iso_codes_639_1(*codes).build()
 
 
+# Models repeat themselves (a prompt's own examples, the same line in several answers): the same
+# text is detected once while it is among the last few thousand. The answer is a function of
+# the exact text, whatever its script.
+@lru_cache(maxsize=4096)
 def detect_language(text: str) -> str:
     """An ISO 639-1 code (`en`, `zh`, `ja`, `ko`, ...) or `UNKNOWN`."""
     cjk = count_cjk(text)

@@ -71,7 +71,7 @@ from filters._postings import (
     skippable,
 )
 from filters.errors import DuplicateKey, InvalidFilterConfig, UnknownKey
-from filters.rouge import exceeds, lcs_from_f1, rouge_l_f1, rouge_l_f1_many
+from filters.rouge import exceeds, lcs_from_f1, rouge_l_f1_many
 from filters.tokenize import tokenize
 
 DEFAULT_THRESHOLD = 0.7
@@ -667,30 +667,36 @@ class RecentItems:
         _check_threshold(threshold)
         _check_k(k)
         ids = self._ids(text, grow=False)
-        positions = [i for i in range(since, len(self.keys)) if self.keys[i] not in skip]
-        if not ids or not positions:
+        end = len(self.keys)
+        positions: Sequence[int]
+        if skip:
+            positions = [i for i in range(since, end) if self.keys[i] not in skip]
+            choices = [self._encoded[i] for i in positions]
+            lengths = np.array([self._lengths[i] for i in positions], np.int64)
+        else:  # the usual case: nothing was taken out, the items since are one slice
+            positions = range(since, end)
+            choices = self._encoded[since:end]
+            lengths = np.array(self._lengths[since:end], np.int64)
+        if not ids or not choices:
             return NoveltyVerdict(True, 0.0, threshold, ())
         encoded = _encode(ids)
-        choices = [self._encoded[i] for i in positions]
         if len(choices) < _CDIST_MIN:
-            lcs = [int(LCSseq.similarity(encoded, c)) for c in choices]
+            lcs = np.array([LCSseq.similarity(encoded, c) for c in choices], np.int64)
         else:
-            lcs = process.cdist([encoded], choices, scorer=LCSseq.similarity, dtype=np.int64)[
-                0
-            ].tolist()
-        scored = []
-        novel = True
-        for order, (pos, common) in enumerate(zip(positions, lcs, strict=True)):
-            if common == 0:
-                continue
-            length = self._lengths[pos]
-            scored.append((rouge_l_f1(common, len(ids), length), order, self.keys[pos]))
-            if novel and exceeds(common, len(ids), length, threshold):
-                novel = False
-        scored.sort(key=lambda s: (-s[0], s[1]))
+            lcs = process.cdist([encoded], choices, scorer=LCSseq.similarity, dtype=np.int64)[0]
+        # Scored in one numpy pass, element for element the floats `rouge_l_f1` gives; only
+        # scores within float error of the threshold or above get the exact test.
+        scores = rouge_l_f1_many(lcs, len(ids), lengths)
+        novel = not any(
+            exceeds(int(lcs[i]), len(ids), int(lengths[i]), threshold)
+            for i in np.flatnonzero((lcs > 0) & (scores > threshold - _SLACK)).tolist()
+        )
+        shared = np.flatnonzero(lcs > 0)
+        ranked = shared[np.lexsort((shared, -scores[shared]))]  # ties: the earlier item first
+        best = ranked[:k].tolist()
         return NoveltyVerdict(
             novel=novel,
-            max_score=scored[0][0] if scored else 0.0,
+            max_score=float(scores[ranked[0]]) if len(ranked) else 0.0,
             threshold=threshold,
-            nearest=tuple(Neighbour(key, score) for score, _, key in scored[:k]),
+            nearest=tuple(Neighbour(self.keys[positions[i]], float(scores[i])) for i in best),
         )

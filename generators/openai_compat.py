@@ -55,6 +55,7 @@ from generators.errors import (
     RequestRejected,
     RetryBudgetExhausted,
 )
+from generators.http1 import Answer, Http1Client, direct
 from generators.pool import Outcome, Replica, ReplicaPool, shared_replica
 from generators.pool import capacity as pool_capacity
 from generators.ratelimit import RateLimiter, shared_rate_limiter
@@ -286,6 +287,7 @@ class OpenAIBackend(Backend):
         ]
         # httpx clients and pools' wake-ups belong to one event loop; keep one set per loop.
         self._clients: list[httpx.AsyncClient] = []
+        self._lean: Http1Client | None = None  # whole JSON answers, when no proxy applies
         self._turn = 0
         self._pool: ReplicaPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -325,6 +327,13 @@ class OpenAIBackend(Backend):
                 )
                 for _ in range(shards)
             ]
+            if all(direct(r.base_url) for r in self.replicas):
+                self._lean = Http1Client(
+                    headers=headers,
+                    timeout_s=opts.timeout_s,
+                    connect_timeout_s=opts.connect_timeout_s,
+                    tls=tls,
+                )
             self._pool = ReplicaPool(self.replicas)
             self._loop = loop
         self._turn += 1
@@ -334,7 +343,10 @@ class OpenAIBackend(Backend):
         if self._clients and self._loop is asyncio.get_running_loop():
             for client in self._clients:
                 await client.aclose()
+            if self._lean is not None:
+                await self._lean.aclose()
         self._clients = []
+        self._lean = None
         self._pool = self._loop = None
 
     async def check(self) -> bool:
@@ -393,6 +405,8 @@ class OpenAIBackend(Backend):
             except GeneratorError as exc:
                 return exc
 
+        if len(prompts) == 1:  # a run's usual call: no task to create for it
+            return [await one(prompts[0])]
         return list(await asyncio.gather(*(one(p) for p in prompts)))
 
     async def _generate_prompt(
@@ -588,7 +602,7 @@ class OpenAIBackend(Backend):
             failure = "cancelled"
             try:
                 await self.rate_limiter.acquire(estimated_tokens)
-                response = await _send(client, method, url, body, stream=stream)
+                response = await _send(client, method, url, body, stream=stream, lean=self._lean)
             except httpx.TimeoutException as exc:
                 status, failure = None, f"timed out ({type(exc).__name__})"
             except (httpx.TransportError, httpx.DecodingError) as exc:
@@ -599,6 +613,7 @@ class OpenAIBackend(Backend):
             else:
                 status = response.status_code
                 if stream and response.is_success and not response.is_stream_consumed:
+                    assert isinstance(response, httpx.Response)  # streams stay on httpx
                     # An event stream `_send` left open: its reader releases the slot.
                     return _Reply(
                         data={},
@@ -678,11 +693,21 @@ class OpenAIBackend(Backend):
 
 
 async def _send(
-    client: httpx.AsyncClient, method: str, url: str, body: dict[str, Any] | None, *, stream: bool
-) -> httpx.Response:
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    body: dict[str, Any] | None,
+    *,
+    stream: bool,
+    lean: Http1Client | None = None,
+) -> httpx.Response | Answer:
     """One attempt. With `stream`, a 2xx event stream comes back unread (its reader closes it);
-    any other answer, an error or a server that ignored `stream`, is read whole."""
+    any other answer, an error or a server that ignored `stream`, is read whole. Answers read
+    whole go through the lean client when there is one (generators/http1.py: a quarter of the
+    service's CPU went into httpx here)."""
     if not stream:
+        if lean is not None:
+            return await lean.request(method, url, body)
         return await client.request(method, url, json=body)
     response = await client.send(client.build_request(method, url, json=body), stream=True)
     content_type = response.headers.get("content-type", "")
@@ -730,7 +755,7 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-def _parse_json_object(response: httpx.Response, endpoint: str) -> dict[str, Any]:
+def _parse_json_object(response: httpx.Response | Answer, endpoint: str) -> dict[str, Any]:
     try:
         data = json.loads(response.content)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -782,7 +807,7 @@ def _usage_total(data: dict[str, Any]) -> int | None:
     return None
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(response: httpx.Response | Answer) -> str:
     """The server's own explanation: OpenAI's error.message, FastAPI's detail, or raw text."""
     try:
         data = response.json()
