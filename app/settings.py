@@ -212,8 +212,8 @@ class Settings(BaseSettings):
         ge=0,
         description="Memory a generation worker may keep datasets' pools in between runs (MiB), "
         "so the next run on a large pool starts at once instead of loading it again; the least "
-        "recently used dataset's pool goes first. A pool of 1M tasks takes about 540 MiB. 0: "
-        "none kept.",
+        "recently used dataset's pool goes first. A pool of 1M short tasks holds about 680 MiB. "
+        "0: none kept.",
     )
 
     # --- fine-tuning ---
