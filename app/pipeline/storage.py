@@ -70,6 +70,15 @@ class Committed:
 LateNeighbours = tuple[int, float, list[dict[str, Any]]]
 
 
+class Seen(Protocol):
+    """Where a reader of a dataset's pool last looked: a run (RunContext), or a worker's warm
+    pool between runs (app/pipeline/pool_cache.py)."""
+
+    dataset_id: int
+    watermark: int  # the highest task id seen
+    clock: datetime  # the dataset's change clock when it last looked
+
+
 def commit_group(
     ctx: RunContext,
     verdicts: list[Verdict],
@@ -228,15 +237,6 @@ def _commit_once(
                 if v.query is not None
             },
         )
-
-
-class Seen(Protocol):
-    """Where a reader of a dataset's pool last looked: a run (RunContext), or a worker's warm
-    pool between runs (app/pipeline/pool_cache.py)."""
-
-    dataset_id: int
-    watermark: int  # the highest task id seen
-    clock: datetime  # the dataset's change clock when it last looked
 
 
 def others_since(
