@@ -213,6 +213,14 @@ class Settings(BaseSettings):
         description="Pools at least this large compute each stored task's 10 nearest neighbours "
         "in a process of their own, off the decision path (0: always; a large value: never).",
     )
+    pool_cache_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="Memory a generation worker may keep datasets' pools in between runs (MiB), "
+        "so the next run on a large pool starts at once instead of loading it again; the least "
+        "recently used dataset's pool goes first. A pool of 1M short tasks holds about 680 MiB. "
+        "0: none kept.",
+    )
 
     # --- fine-tuning ---
     max_training_examples: int = Field(

@@ -55,6 +55,10 @@ class Worker:
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._marked = -PRESENCE_INTERVAL_S  # when the presence file was last refreshed
         self.lease: Lease | None = None  # what it executes now
+        from app.pipeline.pool_cache import PoolCache
+
+        # Datasets' pools kept in memory between runs, so the next run starts at once.
+        self.pools = PoolCache(max_bytes=settings.pool_cache_mb << 20)
 
     def stop(self) -> None:
         self._stop.set()

@@ -89,11 +89,11 @@ def stats(urls: list[str]) -> tuple[int, int]:
     return answered, peak
 
 
-def grow_pool(engine: Any, size: int) -> None:
+def grow_pool(engine: Any, size: int, seed: int = 5) -> None:
     """`size` accepted generated tasks in `default`: made-up sentences like the server's."""
     from bench.scripted_server import VERBS, VOCAB
 
-    rng = random.Random(5)
+    rng = random.Random(seed)
     with Session(engine) as session:
         dataset = get_dataset(session=session, name="default")
         dataset_id = dataset.id

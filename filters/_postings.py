@@ -89,6 +89,15 @@ class LengthShard:
         # copies it into a buffer of its own.
         self._buffers[list_id] = self._lists[list_id] = slots
 
+    def copy(self) -> LengthShard:
+        """A shard that shares the filled part of every list (never written again: the filled
+        part of a buffer is only ever appended past) and owns no spare capacity, so its first
+        `push` to a list copies that list (NoveltyIndex.copy)."""
+        twin = LengthShard(self.number)
+        twin._lists = dict(self._lists)
+        twin._buffers = dict(self._lists)
+        return twin
+
     def lists(self, list_ids: Sequence[int]) -> list[SlotList]:
         """The lists of the ids present in this shard, shortest first."""
         get = self._lists.get

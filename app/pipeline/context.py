@@ -307,17 +307,14 @@ class RunContext:
         `foreign`, so verdicts decided before are checked against them at the next commit."""
         if changed or withdrawn:
             owned = {task_id: key for key, task_id in self.stored_ids.items()}
-            gone: set[str] = set()
-            for task_id in [*withdrawn, *(row.id for row in changed)]:
-                for key in {owned.get(task_id, task_id), task_id}:
-                    if key in self.pool.index:
-                        self.pool.index.remove(key)
-                        if self.neighbours is not None:
-                            self.neighbours.remove(key)
-                    gone.add(str(key))
-                    if key != task_id:  # a task of this run, pooled under its pending key
-                        self.strategy.renamed(key, str(task_id))
-            self.pool.forget(gone)
+            ids = [*withdrawn, *(row.id for row in changed)]
+            keys = [key for task_id in ids for key in (owned.get(task_id, task_id), task_id)]
+            for key in self.pool.withdraw(keys):
+                if self.neighbours is not None:
+                    self.neighbours.remove(key)
+            for task_id in ids:
+                if task_id in owned:  # a task of this run, pooled under its pending key
+                    self.strategy.renamed(owned[task_id], str(task_id))
         for row in [*added, *changed]:
             example = example_of(row.id, row.instruction, row.instances, row.language)
             seed = row.origin == TaskOrigin.seed.value

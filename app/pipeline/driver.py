@@ -36,6 +36,7 @@ from app.llm import find_model
 from app.models import Dataset, JobPart, Run, RunEvent, RunStatus, TaskStatus, utcnow
 from app.pipeline.context import CapReached, RunContext, Share, Tally, Totals, Verdict
 from app.pipeline.loading import load_pool
+from app.pipeline.pool_cache import warm
 from app.pipeline.stages import (
     classify,
     decide,
@@ -155,10 +156,11 @@ async def _execute(
         dataset = session.exec(select(Dataset).where(Dataset.id == run.dataset_id)).one()
     try:
         model = find_model(settings, run.model, engine)
-        # A pool of 1M tasks takes half a minute to load; the lease is renewed meanwhile.
+        # A pool of 1M tasks takes half a minute to load; the lease is renewed meanwhile. A
+        # worker keeps the pools of its recent runs warm (app/pipeline/pool_cache.py).
         loaded = await _unless_lost(
             asyncio.to_thread(
-                load_pool,
+                warm(worker, load_pool),
                 engine,
                 dataset_id=dataset.id,  # type: ignore[arg-type]
                 held_out_share=dataset.held_out_share,

@@ -20,7 +20,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -80,6 +80,15 @@ class Committed:
 LateNeighbours = tuple[int, float, list[dict[str, Any]]]
 
 
+class Seen(Protocol):
+    """Where a reader of a dataset's pool last looked: a run (RunContext), or a worker's warm
+    pool between runs (app/pipeline/pool_cache.py)."""
+
+    dataset_id: int
+    watermark: int  # the highest task id seen
+    clock: datetime  # the dataset's change clock when it last looked
+
+
 def commit_group(
     ctx: RunContext,
     verdicts: list[Verdict],
@@ -128,7 +137,7 @@ def _commit_once(
         if run.status != RunStatus.running or lost:
             session.rollback()
             return Committed(running=False, run=run)
-        foreign, changed, withdrawn = _others(session, ctx, clock)
+        foreign, changed, withdrawn = others_since(session, ctx, clock)
         known = [*foreign_seen, *((row.id, row.instruction) for row in [*foreign, *changed])]
         demoted = _demote_near_copies(ctx, verdicts, known)
         accepted = [v for v in verdicts if v.status == TaskStatus.accepted]
@@ -297,12 +306,13 @@ def _live_of_shards(session: Session, run: Run, part: JobPart) -> dict[str, Any]
     return {name: round(value, 3) for name, value in live.items()}
 
 
-def _others(
-    session: Session, ctx: RunContext, clock: datetime
+def others_since(
+    session: Session, ctx: Seen, clock: datetime
 ) -> tuple[list[PoolRow], list[PoolRow], list[int]]:
-    """What other writers did since this run last looked, read under the dataset's lock: the
-    tasks they accepted (above the highest id seen), and, only when the dataset's change clock
-    moved, the tasks they changed, split into accepted now and no longer accepted."""
+    """What other writers did since this reader last looked: the tasks they accepted (above
+    the highest id seen), and, only when the dataset's change clock moved (to `clock`), the
+    tasks they changed, split into accepted now and no longer accepted. A run reads it under
+    the dataset's lock; a warm pool without it, as load_pool does (the clock read first)."""
     columns = (Task.id, Task.instruction, Task.instances, Task.origin, Task.language)
     added = session.exec(
         select(*columns, Task.holdout_key)  # type: ignore[call-overload]

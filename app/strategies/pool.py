@@ -3,7 +3,7 @@ parents) from, by language and, with a `topic`, nearest to it. The stream fills 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from app.models import holdout_key
@@ -56,6 +56,31 @@ class Pool:
         by_language = [kind for pair in self.by_language.values() for kind in pair]
         for examples in [self.seeds, self.machine, *by_language]:
             examples[:] = [e for e in examples if e.id not in example_ids]
+
+    def withdraw(self, keys: Iterable[Hashable]) -> list[Hashable]:
+        """Take tasks out of the novelty index and the examples (another writer changed or
+        withdrew them); returns the index keys that were in the index."""
+        keys = set(keys)
+        removed = [key for key in keys if key in self.index]
+        for key in removed:
+            self.index.remove(key)
+        self.forget({str(key) for key in keys})
+        return removed
+
+    def copy(self) -> Pool:
+        """A pool a run may change without touching this one (a worker's warm pool,
+        app/pipeline/pool_cache.py): new lists of the same (immutable) examples, a copy of
+        the index."""
+        return Pool(
+            seeds=list(self.seeds),
+            machine=list(self.machine),
+            index=self.index.copy(),
+            by_language={
+                language: (list(seeds), list(machine))
+                for language, (seeds, machine) in self.by_language.items()
+            },
+            held_out_share=self.held_out_share,
+        )
 
     def drop_machine(self, example_id: str) -> None:
         """Take a generated example out again (rare: a demotion)."""

@@ -472,3 +472,31 @@ def test_check_against_a_few_items_equals_an_index_of_them(real_candidates: list
     for text in real_candidates[40:100]:
         direct = novelty.check_against(text, items, threshold=THRESHOLD, k=5)
         assert direct == index.check(text, threshold=THRESHOLD, k=5)
+
+
+def test_a_copy_and_its_original_grow_apart_without_touching_each_other(
+    real_pool: list[tuple[int, str]], real_candidates: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both sides add to lists they share (bulk-built ones and ones with spare room after
+    single additions) and remove items: each answers as an index built from its own items."""
+    monkeypatch.setattr(novelty, "_SCAN_MAX_TOP_K", 0)  # read the inverted lists
+    base, extra = real_pool[:300], real_pool[300:340]
+    original = NoveltyIndex(base)
+    for key, text in extra[:10]:  # single additions leave spare room in the lists' buffers
+        original.add(key, text)
+    twin = original.copy()
+    mine, theirs = extra[10:25], extra[25:40]
+    for key, text in mine:
+        original.add(key, text)
+    for key, text in theirs:
+        twin.add(key, text)
+    original.remove(base[0][0])
+    twin.remove(base[1][0])
+    kept = [*base, *extra[:10]]
+    expected_original = NoveltyIndex([item for item in [*kept, *mine] if item != base[0]])
+    expected_twin = NoveltyIndex([item for item in [*kept, *theirs] if item != base[1]])
+    probes = [*real_candidates[::7], *(text for _, text in [*mine, *theirs, *base[:2]])]
+    for text in probes:
+        assert original.nearest(text, k=10) == expected_original.nearest(text, k=10)
+        assert twin.nearest(text, k=10) == expected_twin.nearest(text, k=10)
+    assert len(original) == len(twin) == len(kept) + 14
