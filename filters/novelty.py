@@ -623,22 +623,6 @@ def _check_k(k: int) -> None:
         )
 
 
-def check_against(
-    text: str,
-    items: Sequence[tuple[Hashable, str]],
-    *,
-    threshold: float = DEFAULT_THRESHOLD,
-    k: int = DEFAULT_NEIGHBOURS,
-    tokenizer: Callable[[str], Sequence[str]] = tokenize,
-) -> NoveltyVerdict:
-    """`NoveltyIndex.check` against a few items, scored directly: what joined a pool after a
-    query of its index, so that query plus this one equal a query of the pool as it is now."""
-    recent = RecentItems(tokenizer)
-    for key, other in items:
-        recent.append(key, other)
-    return recent.check(text, since=0, threshold=threshold, k=k)
-
-
 def merge_verdicts(earlier: NoveltyVerdict, later: NoveltyVerdict, k: int) -> NoveltyVerdict:
     """One verdict for a pool checked in two parts; ties keep the earlier part's items first,
     as a single query orders them by insertion."""

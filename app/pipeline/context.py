@@ -235,7 +235,9 @@ class RunContext:
         self.dropped: set[Any] = set()
         # Tasks other writers (runs in other processes, reviewers) accepted in this dataset,
         # in the order this execution learnt of them.
-        self.foreign: list[tuple[int, str]] = []
+        # Kept tokenized: each commit checks the verdicts decided before against the part of
+        # it they did not see, in one C++ call each.
+        self.foreign = RecentItems()
         self.stored_ids: dict[Any, int] = {}  # pending key -> task id, once committed
         self._pending = 0
         self.last_error: str | None = None  # the latest failed request, for the run's error
@@ -320,7 +322,7 @@ class RunContext:
             seed = row.origin == TaskOrigin.seed.value
             self.pool.add_example(example, seed=seed, key=row.holdout_key)
             self.pool_add(row.id, row.instruction)
-            self.foreign.append((row.id, row.instruction))
+            self.foreign.append(row.id, row.instruction)
 
     def new_key(self) -> str:
         self._pending += 1

@@ -428,9 +428,7 @@ class Stream:
         late, self.late = self.late, []
         tally = ctx.committing = ctx.tally.take()
         self.committing = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(
-                commit_group, ctx, verdicts, tally, list(ctx.foreign), self._live(), late
-            )
+            asyncio.to_thread(commit_group, ctx, verdicts, tally, ctx.foreign, self._live(), late)
         )
         self.committing.add_done_callback(lambda _: self.wake.set())
         self.last_commit = time.monotonic()

@@ -55,7 +55,7 @@ from app.services.dataset_lock import changed_since, lock
 from app.services.decontamination import mark_accepted, refresh_dependents_of
 from app.services.runs import counters
 from filters.language import UNKNOWN
-from filters.novelty import Neighbour, NoveltyVerdict, check_against, merge_verdicts
+from filters.novelty import Neighbour, NoveltyVerdict, RecentItems, merge_verdicts
 
 log = logging.getLogger("selfinstruct.pipeline")
 
@@ -93,7 +93,7 @@ def commit_group(
     ctx: RunContext,
     verdicts: list[Verdict],
     tally: Tally,
-    foreign_seen: list[tuple[int, str]],
+    foreign_seen: RecentItems,
     live: dict[str, Any],
     late: list[LateNeighbours] | None = None,
 ) -> Committed:
@@ -123,7 +123,7 @@ def _commit_once(
     ctx: RunContext,
     verdicts: list[Verdict],
     tally: Tally,
-    foreign_seen: list[tuple[int, str]],
+    foreign_seen: RecentItems,
     live: dict[str, Any],
     late: list[LateNeighbours] | None,
 ) -> Committed:
@@ -138,8 +138,10 @@ def _commit_once(
             session.rollback()
             return Committed(running=False, run=run)
         foreign, changed, withdrawn = others_since(session, ctx, clock)
-        known = [*foreign_seen, *((row.id, row.instruction) for row in [*foreign, *changed])]
-        demoted = _demote_near_copies(ctx, verdicts, known)
+        fresh = RecentItems()  # what this commit learnt: after `foreign_seen`, in that order
+        for row in [*foreign, *changed]:
+            fresh.append(row.id, row.instruction)
+        demoted = _demote_near_copies(ctx, verdicts, foreign_seen, fresh)
         accepted = [v for v in verdicts if v.status == TaskStatus.accepted]
         task_ids = _new_task_ids(session, len(verdicts))
         judged = [v for v in verdicts if v.judgement is not None]
@@ -363,20 +365,23 @@ def absorb(ctx: RunContext, done: Committed) -> None:
 
 
 def _demote_near_copies(
-    ctx: RunContext, verdicts: list[Verdict], known: list[tuple[int, str]]
+    ctx: RunContext, verdicts: list[Verdict], seen: RecentItems, fresh: RecentItems
 ) -> list[Verdict]:
     """Accepted verdicts that score above the threshold against a task another writer accepted
-    after the verdict was decided become `too_similar` rejections."""
+    after the verdict was decided (in `seen` from the verdict's mark on, or `fresh`) become
+    `too_similar` rejections."""
     demoted = []
+    threshold = ctx.params.filters.rouge_threshold
     for v in verdicts:
-        if v.status != TaskStatus.accepted or v.foreign_mark >= len(known):
+        if v.status != TaskStatus.accepted or v.foreign_mark >= len(seen) + len(fresh):
             continue
-        check = check_against(
-            v.candidate.instruction,
-            known[v.foreign_mark :],
-            threshold=ctx.params.filters.rouge_threshold,
-            k=NEIGHBOURS,
+        text = v.candidate.instruction
+        check = seen.check(
+            text, since=min(v.foreign_mark, len(seen)), threshold=threshold, k=NEIGHBOURS
         )
+        if len(fresh):
+            later = fresh.check(text, since=0, threshold=threshold, k=NEIGHBOURS)
+            check = merge_verdicts(check, later, NEIGHBOURS)
         if check.novel:
             continue
         earlier = NoveltyVerdict(

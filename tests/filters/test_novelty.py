@@ -465,12 +465,15 @@ def test_a_check_brought_up_to_date_equals_a_check_of_the_whole_pool(
         assert [n.key for n in merged.nearest] == [n.key for n in expected.nearest]
 
 
-def test_check_against_a_few_items_equals_an_index_of_them(real_candidates: list[str]) -> None:
+def test_recent_items_checked_whole_equal_an_index_of_them(real_candidates: list[str]) -> None:
     items = [(i, real_candidates[i]) for i in range(40)]
     index = NoveltyIndex()
     index.add_many(items)
+    recent = novelty.RecentItems()
+    for key, text in items:
+        recent.append(key, text)
     for text in real_candidates[40:100]:
-        direct = novelty.check_against(text, items, threshold=THRESHOLD, k=5)
+        direct = recent.check(text, since=0, threshold=THRESHOLD, k=5)
         assert direct == index.check(text, threshold=THRESHOLD, k=5)
 
 

@@ -103,7 +103,7 @@ class HandRun:
 
     def commit(self, verdicts: list[Verdict]) -> Committed:
         """One commit group and the driver's bookkeeping after it."""
-        done = commit_group(self.ctx, verdicts, Tally(), list(self.ctx.foreign), {})
+        done = commit_group(self.ctx, verdicts, Tally(), self.ctx.foreign, {})
         assert done.running
         absorb(self.ctx, done)
         return done
