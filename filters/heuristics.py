@@ -96,7 +96,9 @@ class HeuristicReason(StrEnum):
 
 
 class HeuristicConfig(BaseModel):
-    """Per-run settings; the defaults are the paper's rules. Every rule can be switched off."""
+    """Per-run settings; the defaults are the paper's rules. Every rule can be switched off.
+    Rule between fields: max_words must not be below min_words when both length rules are on
+    (every instruction would be rejected)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -177,8 +179,8 @@ class HeuristicConfig(BaseModel):
         both = self.reject_too_short and self.reject_too_long
         if both and low is not None and high is not None and high < low:
             raise ValueError(
-                f"max_words ({high}) is below min_words ({low}), so every "
-                "instruction would be rejected; raise max_words or lower min_words"
+                "max_words must not be below min_words when both length rules are on "
+                f"(max_words {high}, min_words {low}: every instruction would be rejected)"
             )
         return self
 

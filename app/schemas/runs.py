@@ -141,7 +141,8 @@ class RunCommon(Strict):
         "one machine or several sharing PostgreSQL). Each shard holds its own lease and its "
         "share of the target, the caps and the model's concurrency; novelty stays exact across "
         "the dataset, and a shard whose worker dies is taken over by another. PostgreSQL only; "
-        "at most SELFINSTRUCT_MAX_RUN_SHARDS and at most `target`.",
+        "at most SELFINSTRUCT_MAX_RUN_SHARDS; at most `target`; not for a strategy that uses "
+        "each of its sources once (backtranslate).",
     )
 
     @field_validator("language")

@@ -37,20 +37,23 @@ def check_shards(*, session: Session, settings: Settings, body: RunCreate) -> No
     if n > settings.max_run_shards:
         problem = (
             f"at most {settings.max_run_shards} (SELFINSTRUCT_MAX_RUN_SHARDS)",
-            f"above {settings.max_run_shards}",
+            f"at most SELFINSTRUCT_MAX_RUN_SHARDS ({settings.max_run_shards})",
         )
     elif session.get_bind().dialect.name != "postgresql":
         problem = (
             "several workers share a run on PostgreSQL only; on SQLite a run is one process "
             "(set DATABASE_URL to a PostgreSQL database, or send shards: 1)",
-            "needs PostgreSQL",
+            "PostgreSQL only (this service runs on SQLite)",
         )
     elif n > body.target:
-        problem = (f"each shard needs a share of the target ({body.target})", "above target")
+        problem = (
+            f"each shard needs a share of the target ({body.target})",
+            f"at most `target` ({body.target})",
+        )
     elif not get_strategy(body.strategy).shardable:
         problem = (
             f"strategy {body.strategy} uses each of its sources once, from one queue",
-            f"not supported by strategy {body.strategy}",
+            f"not for a strategy that uses each of its sources once ({body.strategy})",
         )
     if problem is not None:
         raise InvalidInput(
