@@ -11,7 +11,8 @@ interleaved. Prints p50 and p95 over loopback and the server process's CPU per r
 
 With `--against DIR`, a checkout of another commit (`git archive <commit> | tar -x -C DIR`;
 its migrations must end at the same revision), the same databases are served by that tree too:
-the baseline each figure is printed against, measured in the same invocation on the same machine.
+the baseline each figure is printed against. Both servers run at once and get each request in
+turn, so a machine shared with other work loads both alike.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,32 +124,45 @@ def server(tree: Path, db: Path, log: Path) -> Iterator[tuple[str, int]]:
         proc.wait(timeout=30)
 
 
-def measure(tree: Path, db: Path, requests: int, seed: int = 0) -> Figures:
+def measure(trees: list[Path], db: Path, requests: int, seed: int = 0) -> list[Figures]:
+    """The same requests to one server per tree, each on its own copy of `db`, interleaved one
+    request at a time so that every tree sees the same machine load."""
     ids = [r[0] for r in sqlite3.connect(db).execute("SELECT id FROM task ORDER BY id")]
     rng = random.Random(seed)
     plan = [("task", rng.choice(ids)) for _ in range(requests)]
     plan += [("page", rng.choice(ids[: max(1, len(ids) - PAGE)]) - 1) for _ in range(requests)]
     rng.shuffle(plan)
-    wall: dict[str, list[float]] = {k: [] for k in KINDS}
-    with server(tree, db, db.parent / "server.log") as (base, pid), httpx.Client(base_url=base) as c:
+    walls: list[dict[str, list[float]]] = [{k: [] for k in KINDS} for _ in trees]
+    with ExitStack() as stack:
+        servers = []
+        for n, tree in enumerate(trees):
+            copy = db.with_name(f"tree{n}.sqlite")
+            shutil.copy(db, copy)
+            base, pid = stack.enter_context(server(tree, copy, db.parent / f"server{n}.log"))
+            servers.append((stack.enter_context(httpx.Client(base_url=base)), pid))
 
-        def get(kind: str, key: int) -> float:
+        def get(client: httpx.Client, kind: str, key: int) -> float:
             started = time.perf_counter()
             if kind == "task":
-                response = c.get(f"/v1/tasks/{key}")
+                response = client.get(f"/v1/tasks/{key}")
             else:
-                response = c.get("/v1/datasets/default/tasks", params={"limit": PAGE, "after": key})
+                params = {"limit": PAGE, "after": key}
+                response = client.get("/v1/datasets/default/tasks", params=params)
             elapsed = time.perf_counter() - started
             response.raise_for_status()
             return elapsed
 
-        for kind, key in plan[:50]:  # warm-up: imports, caches, the connection pool
-            get(kind, key)
-        cpu_before = cpu_seconds(pid)
+        for kind, key in plan[:50]:  # warm-up: imports, caches, the connection pools
+            for client, _ in servers:
+                get(client, kind, key)
+        cpu_before = [cpu_seconds(pid) for _, pid in servers]
+        order = list(range(len(servers)))
         for kind, key in plan:
-            wall[kind].append(get(kind, key))
-        cpu = cpu_seconds(pid) - cpu_before
-    return Figures(wall=wall, cpu_per_request=cpu / len(plan))
+            rng.shuffle(order)
+            for n in order:
+                walls[n][kind].append(get(servers[n][0], kind, key))
+        cpu = [cpu_seconds(pid) - before for (_, pid), before in zip(servers, cpu_before)]
+    return [Figures(wall=w, cpu_per_request=c / len(plan)) for w, c in zip(walls, cpu)]
 
 
 def report(label: str, ours: Figures, base: Figures | None) -> None:
@@ -186,13 +200,11 @@ def main() -> None:
         small = sqlite3.connect(starter).execute("SELECT count(*) FROM task").fetchone()[0]
         print(f"one client, {args.requests} requests of each kind per database, server from:")
         for db, what in ((starter, f"starter pool ({small} tasks)"), (large, f"{size:,} tasks")):
-            baseline = None
-            if args.against is not None:
-                copy = db.parent / "baseline.sqlite"
-                shutil.copy(db, copy)
-                baseline = measure(args.against.resolve(), copy, args.requests)
-            ours = measure(HERE, db, args.requests)
-            report(what, ours, baseline)
+            if args.against is None:
+                report(what, measure([HERE], db, args.requests)[0], None)
+            else:
+                baseline, ours = measure([args.against.resolve(), HERE], db, args.requests)
+                report(what, ours, baseline)
 
 
 if __name__ == "__main__":
