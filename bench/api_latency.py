@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,7 +63,8 @@ def build_starter(path: Path, generated: int) -> None:
     try:
         with serving(f"sqlite:///{path}", path.parent, stub.base_url, "stub-model") as base:
             run = httpx.post(
-                f"{base}/v1/datasets/default/runs", json={"target": generated, "model": "stub-model"}
+                f"{base}/v1/datasets/default/runs",
+                json={"target": generated, "model": "stub-model"},
             ).json()["id"]
             while httpx.get(f"{base}/v1/runs/{run}").json()["status"] in ("queued", "running"):
                 time.sleep(0.2)
@@ -82,7 +82,7 @@ def grow(path: Path, size: int) -> int:
     with conn:
         while (count := conn.execute("SELECT count(*) FROM task").fetchone()[0]) < size:
             conn.execute(
-                f"INSERT INTO task ({names}) SELECT {names} FROM task "  # noqa: S608
+                f"INSERT INTO task ({names}) SELECT {names} FROM task "
                 "WHERE origin = 'generated' ORDER BY id LIMIT ?",
                 (size - count,),
             )
@@ -161,8 +161,10 @@ def measure(trees: list[Path], db: Path, requests: int, seed: int = 0) -> list[F
             rng.shuffle(order)
             for n in order:
                 walls[n][kind].append(get(servers[n][0], kind, key))
-        cpu = [cpu_seconds(pid) - before for (_, pid), before in zip(servers, cpu_before)]
-    return [Figures(wall=w, cpu_per_request=c / len(plan)) for w, c in zip(walls, cpu)]
+        cpu = [
+            cpu_seconds(pid) - before for (_, pid), before in zip(servers, cpu_before, strict=True)
+        ]
+    return [Figures(wall=w, cpu_per_request=c / len(plan)) for w, c in zip(walls, cpu, strict=True)]
 
 
 def report(label: str, ours: Figures, base: Figures | None) -> None:
