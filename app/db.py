@@ -67,10 +67,13 @@ def json_loads(data: str | bytes | memoryview) -> Any:
     the page's CPU. What orjson reads differently goes to `json.loads`, so every stored value
     reads as before: text it refuses (NaN, Infinity, lone surrogates) and any run of 19 digits
     (orjson silently reads an integer past 64 bits as a float)."""
-    try:
-        raw = data.encode() if isinstance(data, str) else bytes(data)
-    except UnicodeEncodeError:  # a lone surrogate, which only `json.loads` takes
-        return json.loads(data)
+    if isinstance(data, str):
+        try:
+            raw = data.encode()
+        except UnicodeEncodeError:  # a lone surrogate, which only `json.loads` takes
+            return json.loads(data)
+    else:
+        raw = bytes(data)
     if _LONG_NUMBER not in raw.translate(_DIGITS_ONLY):
         try:
             return orjson.loads(raw)

@@ -56,20 +56,20 @@ def list_tasks(
 ) -> TasksPublic:
     dataset = get_dataset(session=session, name=dataset_name)
     query = sa.select(*_COLUMNS).where(
-        Task.dataset_id == dataset.id, col(Task.id) > _decode_cursor(after)
+        col(Task.dataset_id) == dataset.id, col(Task.id) > _decode_cursor(after)
     )
     if filters.split is not None:
         query = query.where(split_clause(filters.split, dataset.held_out_share))
     if filters.contaminated is not None:
-        query = query.where(Task.contaminated == filters.contaminated)
+        query = query.where(col(Task.contaminated) == filters.contaminated)
     if filters.origin is not None:
-        query = query.where(Task.origin == filters.origin)
+        query = query.where(col(Task.origin) == filters.origin)
     if filters.status is not None:
-        query = query.where(Task.status == filters.status)
+        query = query.where(col(Task.status) == filters.status)
     if filters.run_id is not None:
-        query = query.where(Task.run_id == filters.run_id)
+        query = query.where(col(Task.run_id) == filters.run_id)
     if filters.is_classification is not None:
-        query = query.where(Task.is_classification == filters.is_classification)
+        query = query.where(col(Task.is_classification) == filters.is_classification)
     if filters.contains:
         query = query.where(col(Task.instruction).icontains(filters.contains, autoescape=True))
     query = query.where(*rating_clause(ratings=filters.ratings, judged=filters.judged))
@@ -93,9 +93,9 @@ def read_task(*, session: Session, task_id: int) -> TaskPublic:
     """One task as clients see it, with its latest judgement, or a 404."""
     rows = _rows(
         session,
-        sa.select(*_COLUMNS, col(Dataset.name).label("_dataset"), Dataset.held_out_share)
+        sa.select(*_COLUMNS, col(Dataset.name).label("_dataset"), col(Dataset.held_out_share))
         .join(Dataset, col(Dataset.id) == Task.dataset_id)
-        .where(Task.id == task_id),
+        .where(col(Task.id) == task_id),
     )
     if not rows:
         raise NotFound(f"Task {task_id} does not exist.")
