@@ -22,8 +22,6 @@ import os
 import random
 import shutil
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,7 +32,7 @@ from pathlib import Path
 import httpx
 
 from generators.llama_server import free_port
-from testbed.live import wait_ready
+from testbed.live import serve_api, wait_ready
 
 HERE = Path(__file__).resolve().parent.parent
 PAGE = 50
@@ -100,21 +98,8 @@ def cpu_seconds(pid: int) -> float:
 def server(tree: Path, db: Path, log: Path) -> Iterator[tuple[str, int]]:
     """`selfinstruct serve` from `tree` on `db`; yields its base URL and pid."""
     port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(tree),
-        "DATABASE_URL": f"sqlite:///{db}",
-        "SELFINSTRUCT_DATA_DIR": str(db.parent),
-        "SELFINSTRUCT_FINETUNE_WORKERS": "0",
-    }
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-            cwd=tree,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db}", "SELFINSTRUCT_DATA_DIR": str(db.parent)}
+    proc = serve_api(env, port, log, tree=tree)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base)

@@ -1,6 +1,7 @@
 """Read latency under load, with a run writing: the real server against an idle baseline.
 
     python -m bench.load [--clients 50] [--seconds 15] [--db sqlite,postgres] [--api-processes N]
+                         [--against DIR]
 
 For each database, starts `selfinstruct serve` in a subprocess (embedded worker on) with a
 scripted model endpoint on loopback, and lets `--clients` concurrent HTTP clients list tasks
@@ -10,7 +11,9 @@ writes batches into the same dataset. Prints p50/p99 per request kind, their rat
 idle baseline, requests/s and every error (a 5xx, a connection error, an export that does not
 parse). PostgreSQL comes from Debian's packages, as in the tests. With `--api-processes N`
 the same is measured again on a fresh database with `selfinstruct serve --workers N`, and the
-requests/s of N processes are printed as a ratio against one (the baseline).
+requests/s of N processes are printed as a ratio against one (the baseline). With `--against
+DIR`, a checkout of another commit (`git archive <commit> | tar -x -C DIR`), every measurement
+is made first with that tree's server, and this tree's requests/s are printed against it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,12 @@ from testbed.load import KINDS, LoadResult, hammer, serving, start_writing_run
 
 
 def measure(
-    db_url: str, data_dir: Path, clients: int, seconds: float, processes: int = 1
+    db_url: str,
+    data_dir: Path,
+    clients: int,
+    seconds: float,
+    processes: int = 1,
+    tree: Path | None = None,
 ) -> dict[str, object]:
     from testbed.scripted_llm import StubLLM
 
@@ -39,7 +47,7 @@ def measure(
     stub.delay_s = 0.01
     stub.start()
     try:
-        with serving(db_url, data_dir, stub.base_url, "stub-model", processes) as base:
+        with serving(db_url, data_dir, stub.base_url, "stub-model", processes, tree) as base:
             # The baseline reads a finished run, so every kind has an idle figure.
             done = httpx.post(
                 f"{base}/v1/datasets/default/runs", json={"target": 2, "model": "stub-model"}
@@ -110,27 +118,47 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--db", default="sqlite,postgres")
     parser.add_argument("--api-processes", type=int, default=1)
+    parser.add_argument("--against", type=Path, help="A checkout to compare with (the baseline).")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    trees: dict[str, Path | None] = {"this tree": None}
+    if args.against is not None:
+        trees = {f"baseline {args.against}": args.against.resolve(), **trees}
     for kind in args.db.split(","):
-        rates: dict[int, tuple[float, float]] = {}
+        rates: dict[tuple[str, int], tuple[float, float]] = {}
         for processes in sorted({1, args.api_processes}):
-            with (
-                tempfile.TemporaryDirectory(prefix="selfinstruct-load-") as tmp,
-                database(kind, Path(tmp)) as url,
-            ):
-                figures = measure(url, Path(tmp), args.clients, args.seconds, processes)
-                report(f"{kind}, {processes} API process(es)", figures, args.clients, args.seconds)
-                idle, busy = figures["idle"], figures["busy"]
-                assert isinstance(idle, LoadResult) and isinstance(busy, LoadResult)
-                rates[processes] = (idle.requests / idle.seconds, busy.requests / busy.seconds)
-        if args.api_processes > 1:
-            (i1, b1), (i_n, b_n) = rates[1], rates[args.api_processes]
-            print(
-                f"\n{kind}: requests/s with {args.api_processes} API processes against one "
-                f"(the baseline): idle {i_n:,.0f} vs {i1:,.0f} ({i_n / i1:.2f}x), "
-                f"while a run writes {b_n:,.0f} vs {b1:,.0f} ({b_n / b1:.2f}x)"
-            )
+            for label, tree in trees.items():
+                with (
+                    tempfile.TemporaryDirectory(prefix="selfinstruct-load-") as tmp,
+                    database(kind, Path(tmp)) as url,
+                ):
+                    figures = measure(url, Path(tmp), args.clients, args.seconds, processes, tree)
+                    what = f"{kind}, {label}, {processes} API process(es)"
+                    report(what, figures, args.clients, args.seconds)
+                    idle, busy = figures["idle"], figures["busy"]
+                    assert isinstance(idle, LoadResult) and isinstance(busy, LoadResult)
+                    rates[label, processes] = (
+                        idle.requests / idle.seconds,
+                        busy.requests / busy.seconds,
+                    )
+        print()
+        for label in trees:
+            if args.api_processes > 1:
+                (i1, b1), (i_n, b_n) = rates[label, 1], rates[label, args.api_processes]
+                print(
+                    f"{kind}, {label}: requests/s with {args.api_processes} API processes "
+                    f"against one: idle {i_n:,.0f} vs {i1:,.0f} ({i_n / i1:.2f}x), "
+                    f"while a run writes {b_n:,.0f} vs {b1:,.0f} ({b_n / b1:.2f}x)"
+                )
+        if args.against is not None:
+            base = next(iter(trees))
+            for processes in sorted({1, args.api_processes}):
+                (bi, bb), (oi, ob) = rates[base, processes], rates["this tree", processes]
+                print(
+                    f"{kind}, {processes} API process(es): this tree against the baseline: "
+                    f"idle {oi:,.0f} vs {bi:,.0f} requests/s ({oi / bi:.2f}x), "
+                    f"while a run writes {ob:,.0f} vs {bb:,.0f} ({ob / bb:.2f}x)"
+                )
 
 
 if __name__ == "__main__":

@@ -143,10 +143,15 @@ async def hammer(
 
 @contextmanager
 def serving(
-    db_url: str, data_dir: Path, model_base_url: str, model: str, processes: int = 1
+    db_url: str,
+    data_dir: Path,
+    model_base_url: str,
+    model: str,
+    processes: int = 1,
+    tree: Path | None = None,
 ) -> Iterator[str]:
-    """A migrated database and `selfinstruct serve` on it (`--workers processes`); yields the
-    base URL."""
+    """A migrated database and `selfinstruct serve` on it (`--workers processes`, the code of
+    `tree` when given); yields the base URL."""
     migrate(Settings(database_url=db_url, data_dir=data_dir))
     env = {
         **os.environ,
@@ -158,7 +163,7 @@ def serving(
         "SELFINSTRUCT_WORKER_POLL_SECONDS": "0.1",
     }
     args = ["--workers", str(processes)] if processes > 1 else []
-    with running_api(env, data_dir / "server.log", args) as base:
+    with running_api(env, data_dir / "server.log", args, tree) as base:
         yield base
 
 
