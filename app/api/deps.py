@@ -49,13 +49,18 @@ LocalQueueDep = Annotated[LocalQueue, Depends(get_local_queue)]
 
 
 async def get_db(engine: EngineDep) -> AsyncIterator[Session]:
-    """A session per request. Opening one does no I/O (it connects at its first query), so
-    only the close, which gives the connection back with a rollback, goes to a worker thread."""
+    """A session per request. Opening one does no I/O (it connects at its first query). The
+    close gives the connection back with a rollback: on PostgreSQL a round trip, so in a worker
+    thread; on SQLite a local call of microseconds with no transaction open (a read never
+    opens one), cheaper than the hop, so on the event loop."""
     session = Session(engine, expire_on_commit=False)
     try:
         yield session
     finally:
-        await run_in_threadpool(session.close)
+        if engine.dialect.name == "sqlite":
+            session.close()
+        else:
+            await run_in_threadpool(session.close)
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
