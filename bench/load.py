@@ -106,7 +106,9 @@ def report(kind: str, figures: dict[str, object], clients: int, seconds: float) 
     rows = statistics.median(busy.export_lines) if busy.export_lines else 0
     print(
         f"requests/s idle {idle.requests / idle.seconds:,.0f}, "
-        f"busy {busy.requests / busy.seconds:,.0f}; median rows per export (busy) {rows:.0f}"
+        f"busy {busy.requests / busy.seconds:,.0f}; median rows per export (busy) {rows:.0f}; "
+        f"the clients' CPU per request {idle.client_cpu_s / max(1, idle.requests) * 1000:.2f} ms "
+        f"idle, {busy.client_cpu_s / max(1, busy.requests) * 1000:.2f} ms busy"
     )
     errors = idle.errors + busy.errors
     print(f"errors: {len(errors)}" + "".join(f"\n  {e}" for e in errors[:10]))

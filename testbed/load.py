@@ -36,6 +36,7 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     export_lines: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    client_cpu_s: float = 0.0  # the clients' own process, which shares the machine
 
     @property
     def requests(self) -> int:
@@ -122,7 +123,7 @@ async def hammer(
         max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=2.0
     )
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         until = started + seconds
         await asyncio.gather(
             *(
@@ -138,6 +139,7 @@ async def hammer(
             )
         )
         result.seconds = time.monotonic() - started
+        result.client_cpu_s = time.process_time() - cpu
     return result
 
 
