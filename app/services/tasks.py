@@ -47,17 +47,29 @@ def _decode_cursor(after: str | None) -> int:
 
 # What a client sees of a task, read as plain rows: building ORM objects only to dump them again
 # took a quarter of the CPU of a page of 50. `holdout_key` gives the split, `judgement_id` the
-# judgement; the dataset's columns come from the caller or the join.
+# judgement; the dataset's columns come from the caller or the join. The statements are built
+# once, with bound parameters: building a select of 24 columns and its cache key cost a read
+# about as much as running it.
 _COLUMNS = tuple(c for c in Task.__table__.columns if c.name != "dataset_id")  # type: ignore[attr-defined]
+_PAGE = (
+    sa.select(*_COLUMNS)
+    .where(col(Task.dataset_id) == sa.bindparam("dataset_id"))
+    .where(col(Task.id) > sa.bindparam("after"))
+    .order_by(col(Task.id))
+    .limit(sa.bindparam("rows", type_=sa.Integer))
+)
+_ONE = (
+    sa.select(*_COLUMNS, col(Dataset.name).label("_dataset"), col(Dataset.held_out_share))
+    .join(Dataset, col(Dataset.id) == Task.dataset_id)
+    .where(col(Task.id) == sa.bindparam("task_id"))
+)
 
 
 def list_tasks(
     *, session: Session, dataset_name: str, filters: TaskFilters, after: str | None, limit: int
 ) -> TasksPublic:
     dataset = get_dataset(session=session, name=dataset_name)
-    query = sa.select(*_COLUMNS).where(
-        col(Task.dataset_id) == dataset.id, col(Task.id) > _decode_cursor(after)
-    )
+    query = _PAGE
     if filters.split is not None:
         query = query.where(split_clause(filters.split, dataset.held_out_share))
     if filters.contaminated is not None:
@@ -72,8 +84,10 @@ def list_tasks(
         query = query.where(col(Task.is_classification) == filters.is_classification)
     if filters.contains:
         query = query.where(col(Task.instruction).icontains(filters.contains, autoescape=True))
-    query = query.where(*rating_clause(ratings=filters.ratings, judged=filters.judged))
-    rows = _rows(session, query.order_by(col(Task.id)).limit(limit + 1))
+    if rated := rating_clause(ratings=filters.ratings, judged=filters.judged):
+        query = query.where(*rated)  # only then: a new statement computes its cache key again
+    params = {"dataset_id": dataset.id, "after": _decode_cursor(after), "rows": limit + 1}
+    rows = _rows(session, query, params)
     has_more = len(rows) > limit
     page = rows[:limit]
     judgements = judgements_of(session, [row["judgement_id"] for row in page])
@@ -91,12 +105,7 @@ def list_tasks(
 
 def read_task(*, session: Session, task_id: int) -> TaskPublic:
     """One task as clients see it, with its latest judgement, or a 404."""
-    rows = _rows(
-        session,
-        sa.select(*_COLUMNS, col(Dataset.name).label("_dataset"), col(Dataset.held_out_share))
-        .join(Dataset, col(Dataset.id) == Task.dataset_id)
-        .where(col(Task.id) == task_id),
-    )
+    rows = _rows(session, _ONE, {"task_id": task_id})
     if not rows:
         raise NotFound(f"Task {task_id} does not exist.")
     row = rows[0]
@@ -104,10 +113,10 @@ def read_task(*, session: Session, task_id: int) -> TaskPublic:
     return _public(row, row["_dataset"], row["held_out_share"], judgement)
 
 
-def _rows(session: Session, query: sa.Select[Any]) -> list[dict[str, Any]]:
+def _rows(session: Session, query: sa.Select[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
     """Plain dicts through the session's connection: the ORM's execution path and its row
     mappings cost a page of 50 about 0.25 ms more for the same values."""
-    result = session.connection().execute(query)
+    result = session.connection().execute(query, params)
     keys = list(result.keys())
     return [dict(zip(keys, row, strict=True)) for row in result]
 

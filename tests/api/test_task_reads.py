@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pydantic import TypeAdapter
@@ -90,6 +91,7 @@ def _as_before(settings: Settings, task_id: int) -> TaskPublic:
     return public
 
 
+@pytest.mark.both_databases  # JSON columns: SQLite's text, PostgreSQL's JSONB through psycopg
 def test_task_and_page_reads_are_byte_for_byte_the_model_of_the_stored_row(
     client: TestClient, settings: Settings
 ) -> None:
