@@ -112,7 +112,12 @@ def test_task_and_page_reads_are_byte_for_byte_the_model_of_the_stored_row(
     second: dict[str, Any] = {"data": expected[1:], "has_more": False, "next_cursor": None}
     assert page.content == TypeAdapter(TasksPublic).dump_json(TasksPublic(**first))
     assert rest.content == TypeAdapter(TasksPublic).dump_json(TasksPublic(**second))
-    assert page.json()["data"][0]["lineage"]["seed"] == 2**70 + 1  # not read as a float
+    stored = page.json()["data"][0]
+    assert stored["lineage"]["seed"] == 2**70 + 1  # not read as a float
+    assert (stored["created_at"], stored["updated_at"]) == (
+        "2026-01-02T03:04:05.123456Z",
+        "2026-01-02T03:04:06Z",
+    )
 
 
 def test_missing_task_and_dataset_are_404s_naming_them(client: TestClient) -> None:
