@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from testbed.load import KINDS, LoadResult, hammer, serving, start_writing_run
+from testbed.load import KINDS, LoadResult, hammer, serve_cpu_seconds, serving, start_writing_run
 
 
 def measure(
@@ -54,20 +54,25 @@ def measure(
             ).json()["id"]
             while httpx.get(f"{base}/v1/runs/{done}").json()["status"] in ("queued", "running"):
                 time.sleep(0.1)
+            cpu = serve_cpu_seconds(base)
             idle = asyncio.run(
                 hammer(base, dataset="default", run_id=done, clients=clients, seconds=seconds)
             )
+            idle_cpu = serve_cpu_seconds(base) - cpu
             run_id = start_writing_run(base, "stub-model")
             before = httpx.get(f"{base}/v1/runs/{run_id}").json()["counters"]
+            cpu = serve_cpu_seconds(base)
             busy = asyncio.run(
                 hammer(base, dataset="default", run_id=run_id, clients=clients, seconds=seconds)
             )
+            busy_cpu = serve_cpu_seconds(base) - cpu
             after = httpx.post(f"{base}/v1/runs/{run_id}/cancel").json()["counters"]
     finally:
         stub.stop()
     return {
         "idle": idle,
         "busy": busy,
+        "server_cpu": (idle_cpu, busy_cpu),
         "written": after["candidates"] - before["candidates"],
         "accepted": after["accepted"] - before["accepted"],
     }
@@ -110,6 +115,11 @@ def report(kind: str, figures: dict[str, object], clients: int, seconds: float) 
         f"the clients' CPU per request {idle.client_cpu_s / max(1, idle.requests) * 1000:.2f} ms "
         f"idle, {busy.client_cpu_s / max(1, busy.requests) * 1000:.2f} ms busy"
     )
+    idle_cpu, busy_cpu = figures["server_cpu"]  # type: ignore[misc]
+    print(
+        f"the server's CPU per request {idle_cpu / max(1, idle.requests) * 1000:.2f} ms idle, "
+        f"{busy_cpu / max(1, busy.requests) * 1000:.2f} ms while the run writes (its own included)"
+    )
     errors = idle.errors + busy.errors
     print(f"errors: {len(errors)}" + "".join(f"\n  {e}" for e in errors[:10]))
 
@@ -128,6 +138,7 @@ def main() -> None:
         trees = {f"baseline {args.against}": args.against.resolve(), **trees}
     for kind in args.db.split(","):
         rates: dict[tuple[str, int], tuple[float, float]] = {}
+        cpu_per_request: dict[tuple[str, int], float] = {}
         for processes in sorted({1, args.api_processes}):
             for label, tree in trees.items():
                 with (
@@ -143,6 +154,8 @@ def main() -> None:
                         idle.requests / idle.seconds,
                         busy.requests / busy.seconds,
                     )
+                    idle_cpu, _ = figures["server_cpu"]  # type: ignore[misc]
+                    cpu_per_request[label, processes] = idle_cpu / max(1, idle.requests)
         print()
         for label in trees:
             if args.api_processes > 1:
@@ -156,10 +169,13 @@ def main() -> None:
             base = next(iter(trees))
             for processes in sorted({1, args.api_processes}):
                 (bi, bb), (oi, ob) = rates[base, processes], rates["this tree", processes]
+                bc, oc = cpu_per_request[base, processes], cpu_per_request["this tree", processes]
                 print(
                     f"{kind}, {processes} API process(es): this tree against the baseline: "
                     f"idle {oi:,.0f} vs {bi:,.0f} requests/s ({oi / bi:.2f}x), "
-                    f"while a run writes {ob:,.0f} vs {bb:,.0f} ({ob / bb:.2f}x)"
+                    f"while a run writes {ob:,.0f} vs {bb:,.0f} ({ob / bb:.2f}x); "
+                    f"the server's CPU per request idle {oc * 1000:.2f} vs {bc * 1000:.2f} ms "
+                    f"({bc / oc:.2f}x less)"
                 )
 
 
