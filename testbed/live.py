@@ -17,16 +17,23 @@ from generators.llama_server import free_port
 
 
 def serve_api(
-    env: dict[str, str], port: int, log: Path | None = None, args: Sequence[str] = ()
+    env: dict[str, str],
+    port: int,
+    log: Path | None = None,
+    args: Sequence[str] = (),
+    tree: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`selfinstruct serve` with `env`; call `wait_ready` before using it.
+    """`selfinstruct serve` with `env`; call `wait_ready` before using it. `tree`: the code of
+    another checkout (a benchmark's baseline) instead of this one.
 
     It starts no fine-tune worker of its own unless `env` sets SELFINSTRUCT_FINETUNE_WORKERS:
     tests that create jobs run the workers they mean to."""
     out = log.open("ab") if log else subprocess.DEVNULL
+    code = {"PYTHONPATH": str(tree.resolve())} if tree else {}
     return subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port), *args],
-        env={"SELFINSTRUCT_FINETUNE_WORKERS": "0", **env},
+        env={"SELFINSTRUCT_FINETUNE_WORKERS": "0", **env, **code},
+        cwd=tree,
         stdout=out,
         stderr=subprocess.STDOUT,
     )
@@ -45,11 +52,13 @@ def wait_ready(base: str, timeout_s: float = 60.0) -> None:
 
 
 @contextmanager
-def running_api(env: dict[str, str], log: Path, args: Sequence[str] = ()) -> Iterator[str]:
+def running_api(
+    env: dict[str, str], log: Path, args: Sequence[str] = (), tree: Path | None = None
+) -> Iterator[str]:
     """`selfinstruct serve` with `env` on a free port, ready; yields its base URL and stops it
     with SIGTERM (SIGKILL after 30 s) when the block ends."""
     port = free_port()
-    server = serve_api(env, port, log, args)
+    server = serve_api(env, port, log, args, tree)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base)

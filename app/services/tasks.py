@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import Dataset, Task, TaskJudgement, TaskOrigin, TaskStatus, utcnow
 from app.schemas.datasets import ExportSplit, TaskEdit, TaskPublic, TaskReview, TasksPublic
 from app.services.dataset_lock import lock, stamp_dataset
+from app.services.datasets import get_dataset
 from app.services.decontamination import commit_with_marks
 from app.services.heldout import split_clause, split_of
 from app.services.ratings import judgement_public, judgements_of, rating_clause
@@ -42,48 +45,91 @@ def _decode_cursor(after: str | None) -> int:
     return int(after)
 
 
+# What a client sees of a task, read as plain rows: building ORM objects only to dump them again
+# took a quarter of the CPU of a page of 50. `holdout_key` gives the split, `judgement_id` the
+# judgement; the dataset's columns come from the caller or the join. The statements are built
+# once, with bound parameters: building a select of 24 columns and its cache key cost a read
+# about as much as running it.
+_COLUMNS = tuple(c for c in Task.__table__.columns if c.name != "dataset_id")  # type: ignore[attr-defined]
+_PAGE = (
+    sa.select(*_COLUMNS)
+    .where(col(Task.dataset_id) == sa.bindparam("dataset_id"))
+    .where(col(Task.id) > sa.bindparam("after"))
+    .order_by(col(Task.id))
+    .limit(sa.bindparam("rows", type_=sa.Integer))
+)
+_ONE = (
+    sa.select(*_COLUMNS, col(Dataset.name).label("_dataset"), col(Dataset.held_out_share))
+    .join(Dataset, col(Dataset.id) == Task.dataset_id)
+    .where(col(Task.id) == sa.bindparam("task_id"))
+)
+
+
 def list_tasks(
-    *, session: Session, dataset: Dataset, filters: TaskFilters, after: str | None, limit: int
+    *, session: Session, dataset_name: str, filters: TaskFilters, after: str | None, limit: int
 ) -> TasksPublic:
-    query = select(Task).where(Task.dataset_id == dataset.id, col(Task.id) > _decode_cursor(after))
+    dataset = get_dataset(session=session, name=dataset_name)
+    query = _PAGE
     if filters.split is not None:
         query = query.where(split_clause(filters.split, dataset.held_out_share))
     if filters.contaminated is not None:
-        query = query.where(Task.contaminated == filters.contaminated)
+        query = query.where(col(Task.contaminated) == filters.contaminated)
     if filters.origin is not None:
-        query = query.where(Task.origin == filters.origin)
+        query = query.where(col(Task.origin) == filters.origin)
     if filters.status is not None:
-        query = query.where(Task.status == filters.status)
+        query = query.where(col(Task.status) == filters.status)
     if filters.run_id is not None:
-        query = query.where(Task.run_id == filters.run_id)
+        query = query.where(col(Task.run_id) == filters.run_id)
     if filters.is_classification is not None:
-        query = query.where(Task.is_classification == filters.is_classification)
+        query = query.where(col(Task.is_classification) == filters.is_classification)
     if filters.contains:
         query = query.where(col(Task.instruction).icontains(filters.contains, autoescape=True))
-    query = query.where(*rating_clause(ratings=filters.ratings, judged=filters.judged))
-    rows = session.exec(query.order_by(col(Task.id)).limit(limit + 1)).all()
+    if rated := rating_clause(ratings=filters.ratings, judged=filters.judged):
+        query = query.where(*rated)  # only then: a new statement computes its cache key again
+    params = {"dataset_id": dataset.id, "after": _decode_cursor(after), "rows": limit + 1}
+    rows = _rows(session, query, params)
     has_more = len(rows) > limit
     page = rows[:limit]
-    judgements = judgements_of(session, [t.judgement_id for t in page])
+    judgements = judgements_of(session, [row["judgement_id"] for row in page])
     return TasksPublic(
         data=[
-            task_public(task=t, dataset=dataset, judgement=judgements.get(t.judgement_id or 0))
-            for t in page
+            _public(
+                row, dataset.name, dataset.held_out_share, judgements.get(row["judgement_id"] or 0)
+            )
+            for row in page
         ],
         has_more=has_more,
-        next_cursor=str(page[-1].id) if has_more and page else None,
+        next_cursor=str(page[-1]["id"]) if has_more and page else None,
     )
 
 
-def get_task(*, session: Session, task_id: int) -> tuple[Task, Dataset]:
-    row = session.exec(
-        select(Task, Dataset)
-        .join(Dataset, col(Dataset.id) == Task.dataset_id)
-        .where(Task.id == task_id)
-    ).first()
-    if row is None:
+def read_task(*, session: Session, task_id: int) -> TaskPublic:
+    """One task as clients see it, with its latest judgement, or a 404."""
+    rows = _rows(session, _ONE, {"task_id": task_id})
+    if not rows:
         raise NotFound(f"Task {task_id} does not exist.")
-    return row[0], row[1]
+    row = rows[0]
+    judgement = judgements_of(session, [row["judgement_id"]]).get(row["judgement_id"] or 0)
+    return _public(row, row["_dataset"], row["held_out_share"], judgement)
+
+
+def _rows(session: Session, query: sa.Select[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Plain dicts through the session's connection: the ORM's execution path and its row
+    mappings cost a page of 50 about 0.25 ms more for the same values."""
+    result = session.connection().execute(query, params)
+    keys = list(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result]
+
+
+def _public(
+    row: dict[str, Any], dataset: str, share: float, judgement: TaskJudgement | None
+) -> TaskPublic:
+    """The same model `task_public` builds, from a row of `_COLUMNS` (the model ignores the
+    keys it has no field for)."""
+    row["dataset"] = dataset
+    row["judgement"] = judgement_public(judgement)
+    row["split"] = split_of(row["holdout_key"], share)
+    return TaskPublic.model_validate(row)
 
 
 def task_public(
@@ -142,14 +188,12 @@ def _record(task: Task, entry: dict[str, object]) -> None:
     task.lineage = {**task.lineage, "reviews": history}
 
 
-def _public(session: Session, task: Task) -> TaskPublic:
+def _written(session: Session, task: Task) -> TaskPublic:
+    """A task just changed, from its ORM object, as clients see it."""
     dataset = session.get(Dataset, task.dataset_id)
     assert dataset is not None  # a task's dataset is deleted with it
-    return task_public(task=task, dataset=dataset, judgement=latest_judgement(session, task))
-
-
-def latest_judgement(session: Session, task: Task) -> TaskJudgement | None:
-    return None if task.judgement_id is None else session.get(TaskJudgement, task.judgement_id)
+    judgement = None if task.judgement_id is None else session.get(TaskJudgement, task.judgement_id)
+    return task_public(task=task, dataset=dataset, judgement=judgement)
 
 
 def review_task(*, session: Session, task_id: int, review: TaskReview) -> TaskPublic:
@@ -170,7 +214,7 @@ def review_task(*, session: Session, task_id: int, review: TaskReview) -> TaskPu
     session.add(task)
     commit_with_marks(session, dataset)
     session.refresh(task)
-    return _public(session, task)
+    return _written(session, task)
 
 
 def edit_task(*, session: Session, task_id: int, edit: TaskEdit) -> TaskPublic:
@@ -224,4 +268,4 @@ def edit_task(*, session: Session, task_id: int, edit: TaskEdit) -> TaskPublic:
         session.add(original)
     commit_with_marks(session, dataset)
     session.refresh(edited)
-    return _public(session, edited)
+    return _written(session, edited)

@@ -5,10 +5,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import MAX_ID, DatasetDep, EngineDep, SessionDep, SettingsDep, TaskId, release
+from app.api.deps import (
+    MAX_ID,
+    DatasetDep,
+    EngineDep,
+    SessionDep,
+    SettingsDep,
+    TaskId,
+    in_session,
+    release,
+)
 from app.errors import InvalidInput
 from app.models import TaskOrigin, TaskStatus
 from app.schemas.common import ErrorResponse
@@ -37,10 +46,10 @@ router = APIRouter(tags=["tasks"])
 
 
 @router.get("/datasets/{name}/tasks", responses={404: {"model": ErrorResponse}})
-def list_tasks(
-    session: SessionDep,
+async def list_tasks(
+    engine: EngineDep,
     settings: SettingsDep,
-    dataset: DatasetDep,
+    name: Annotated[str, Path(description="Dataset name.")],
     origin: TaskOrigin | None = None,
     status: TaskStatus | None = None,
     run_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
@@ -85,17 +94,15 @@ def list_tasks(
         ratings=tuple(rating) if rating else None,
         judged=judged,
     )
-    return svc.list_tasks(
-        session=session, dataset=dataset, filters=filters, after=after, limit=limit
+    return await in_session(
+        engine, svc.list_tasks, dataset_name=name, filters=filters, after=after, limit=limit
     )
 
 
 @router.get("/tasks/{task_id}", responses={404: {"model": ErrorResponse}})
-def read_task(session: SessionDep, task_id: TaskId) -> TaskPublic:
+async def read_task(engine: EngineDep, task_id: TaskId) -> TaskPublic:
     """Read one task with its verdict, nearest neighbours and lineage."""
-    task, dataset = svc.get_task(session=session, task_id=task_id)
-    judgement = svc.latest_judgement(session, task)
-    return svc.task_public(task=task, dataset=dataset, judgement=judgement)
+    return await in_session(engine, svc.read_task, task_id=task_id)
 
 
 @router.patch(
