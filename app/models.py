@@ -146,6 +146,10 @@ class Task(SQLModel, table=True):
         sa.Index("ix_task_run", "run_id", "id"),
         # The task browser, stats and exports filter by rating (app/services/ratings.py).
         sa.Index("ix_task_dataset_rating", "dataset_id", "rating", "id"),
+        # A page of one dataset's tasks in id order, whatever the other datasets hold.
+        sa.Index("ix_task_dataset_id", "dataset_id", "id"),
+        # What changed since a clock (app/services/dataset_lock.py): runs' commits, warm pools.
+        sa.Index("ix_task_dataset_updated", "dataset_id", "updated_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -1,4 +1,5 @@
-"""runs across several workers (shards) and fine-tunes across several nodes
+"""runs across several workers (shards) and fine-tunes across several nodes; task indexes for
+a dataset's pages and for what changed since a clock
 
 Revision ID: 0009
 Revises: 0008
@@ -28,9 +29,15 @@ def upgrade() -> None:
         batch.add_column(sa.Column("nodes", sa.Integer(), server_default="1", nullable=False))
     with op.batch_alter_table("job_part") as batch:
         batch.add_column(sa.Column("state", _json(), server_default="{}", nullable=False))
+    with op.batch_alter_table("task") as batch:
+        batch.create_index("ix_task_dataset_id", ["dataset_id", "id"], unique=False)
+        batch.create_index("ix_task_dataset_updated", ["dataset_id", "updated_at"], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("task") as batch:
+        batch.drop_index("ix_task_dataset_updated")
+        batch.drop_index("ix_task_dataset_id")
     with op.batch_alter_table("job_part") as batch:
         batch.drop_column("state")
     with op.batch_alter_table("finetune_job") as batch:
