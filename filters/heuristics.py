@@ -180,7 +180,7 @@ class HeuristicConfig(BaseModel):
         if both and low is not None and high is not None and high < low:
             raise ValueError(
                 "max_words must not be below min_words when both length rules are on "
-                f"(max_words {high}, min_words {low}: every instruction would be rejected)"
+                f"(max_words {high}, min_words {low}: raise max_words or lower min_words)"
             )
         return self
 
