@@ -1,5 +1,5 @@
 """Commit groups: the verdicts of about half a second of work, the spend behind them and the
-run's counters, in one transaction; and the end of a run.
+run's counters (and a shard's), in one transaction. The end of a run is app/pipeline/ending.py.
 
 Novelty across processes. Runs of one dataset may execute in several workers, each with its own
 copy of the pool, while users import seeds and review or edit tasks. Every commit group takes
@@ -23,12 +23,11 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from app import faults
 from app.db import retry_transient
-from app.leases import FINAL, Lease, part_of, parts_outcome
+from app.leases import part_of
 from app.models import (
     JobPart,
     JSONType,
@@ -46,11 +45,9 @@ from app.pipeline.context import (
     PoolRow,
     RunContext,
     Tally,
-    Totals,
     Verdict,
 )
 from app.pipeline.stages import drop, neighbours
-from app.schemas.runs import Caps
 from app.services.dataset_lock import changed_since, lock
 from app.services.decontamination import mark_accepted, refresh_dependents_of
 from app.services.runs import counters
@@ -518,113 +515,3 @@ def _add_counters(
 def counter_data(run: Run) -> dict[str, Any]:
     """The counters as the API shows them, so stream and GET never disagree."""
     return counters(run).model_dump()
-
-
-def finish(
-    engine: Engine,
-    *,
-    run_id: int,
-    status: RunStatus,
-    stop_reason: str,
-    error: str | None = None,
-    lease: Lease | None = None,
-) -> bool:
-    """End a running run once; False when it had ended already or, given the `lease` that
-    executed it, when that lease is no longer the run's (another worker took the run over after
-    this one lost it: only the holder's finish lands, and the refusal is logged). A shard's
-    lease ends its shard, and the run with its last one."""
-    with Session(engine, expire_on_commit=False) as session:
-        run = session.exec(select(Run).where(Run.id == run_id).with_for_update()).one()
-        if run.status != RunStatus.running:
-            return False
-        if lease is not None and lease.model is JobPart:
-            if not _end_shard(session, run, lease, status, stop_reason, error):
-                return False
-            outcome = parts_outcome(session.connection(), Run, run_id)
-            if outcome is None:  # the run goes on in its other shards
-                faults.point("run:finishing")
-                session.commit()
-                return True
-            status, error = RunStatus(outcome.status), outcome.error
-            stop_reason = outcome.stop_reason or outcome.status
-            if run.accepted >= run.target:
-                stop_reason = "target_reached"
-        elif lease is not None and lease.refuses(run, f"finish ({status.value})"):
-            return False
-        run.status = status
-        run.error = error
-        run.finished_at = utcnow()
-        run.updated_at = run.finished_at
-        run.lease_expires_at = None
-        run.state = {**run.state, "stop_reason": stop_reason, "in_flight": 0}
-        session.add(run)
-        session.add(
-            RunEvent(
-                run_id=run_id,
-                kind="end",
-                data={
-                    "status": status.value,
-                    "stop_reason": stop_reason,
-                    "error": error,
-                    **counter_data(run),
-                },
-            )
-        )
-        faults.point("run:finishing")
-        session.commit()
-    return True
-
-
-def _end_shard(
-    session: Session,
-    run: Run,
-    lease: Lease,
-    status: RunStatus,
-    stop_reason: str,
-    error: str | None,
-) -> bool:
-    """End the shard `lease` holds (in the run's transaction, its row locked after the run's);
-    False when it is not the lease's any more."""
-    part = session.exec(select(JobPart).where(JobPart.id == lease.row_id).with_for_update()).one()
-    if part.status in FINAL or lease.refuses(part, f"finish ({status.value})"):
-        return False
-    now = utcnow()
-    part.status = status.value
-    part.error = error
-    part.finished_at = part.updated_at = now
-    part.lease_expires_at = None
-    part.state = {**part.state, "stop_reason": stop_reason, "in_flight": 0}
-    session.add(part)
-    data = {"shard": part.part, "status": status.value, "stop_reason": stop_reason, "error": error}
-    session.add(RunEvent(run_id=int(part.job_id), kind="shard", data=data))
-    session.flush()
-    return True
-
-
-def fail_on_error(
-    engine: Engine,
-    *,
-    run_id: int,
-    exc: Exception,
-    lease: Lease | None = None,
-) -> None:
-    """End a run whose loop raised, naming the error."""
-    finish(
-        engine,
-        run_id=run_id,
-        status=RunStatus.failed,
-        stop_reason="error",
-        error=f"{type(exc).__name__}: {exc}",
-        lease=lease,
-    )
-
-
-def cap_reached(done: Totals, caps: Caps) -> str | None:
-    """The cap the committed figures (a run's, or a shard's against its share) reached."""
-    if caps.max_requests is not None and done.requests >= caps.max_requests:
-        return "max_requests"
-    if caps.max_tokens is not None and done.tokens >= caps.max_tokens:
-        return "max_tokens"
-    if caps.max_cost is not None and done.cost >= caps.max_cost:
-        return "max_cost"
-    return None

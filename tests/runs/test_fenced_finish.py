@@ -15,7 +15,7 @@ from app.db import make_engine
 from app.leases import claim_run
 from app.main import create_app
 from app.models import Run, RunEvent, RunStatus
-from app.pipeline.storage import finish
+from app.pipeline.ending import finish
 from app.settings import Settings
 from tests.conftest import _wipe
 
