@@ -124,7 +124,8 @@ class FineTuningJobCreate(BaseModel):
         le=2**31 - 1,
         description="With `dataset`: train on this version of it (its tasks outside the "
         "held-out share). Left out: a version of the dataset's seeds and accepted tasks as they "
-        "are now is made (or an identical one reused) and recorded on the job.",
+        "are now is made (or an identical one reused) and recorded on the job. A version "
+        "with only held-out tasks is refused (422: `no train-side tasks`).",
     )
     suffix: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,40}$")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Training seed.")

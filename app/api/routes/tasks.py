@@ -42,7 +42,9 @@ VersionQuery = Annotated[
         ge=1,
         le=MAX_ID,
         description="A version id (GET /v1/datasets/{name}/versions): its frozen tasks instead "
-        "of the pool as it is now.",
+        "of the pool as it is now. A version keeps the selection it was made with, so "
+        "include_seeds, include_contaminated and min_rating are refused beside it (422: `not "
+        "with version`).",
     ),
 ]
 

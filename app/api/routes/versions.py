@@ -23,7 +23,10 @@ VersionId = Annotated[int, Path(ge=1, le=MAX_ID, description="Version id.")]
     responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
 )
 def create_version(session: SessionDep, dataset: DatasetDep, body: VersionCreate) -> VersionPublic:
-    """Freeze the selected tasks, as they are now, as a version; 422 if it selects none."""
+    """Freeze the selected tasks, as they are now, as a version.
+
+    A selection that holds no task is refused (422: each selection field `selects no task`).
+    """
     selection = Selection(**body.model_dump(exclude={"tag"}))
     version = svc.create_version(
         session=session, dataset=dataset, selection=selection, tag=body.tag
