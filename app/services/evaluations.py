@@ -124,6 +124,13 @@ def create_evaluation(
     split = body.split or default_evaluation_split(dataset)
     version = _reference_version(session, dataset, body, split)
     samples = _references(session, version, body, split)
+    if not samples and body.version is not None:
+        raise InvalidInput(
+            f"Version {body.version} of dataset '{dataset.name}' has no task with a reference "
+            f"output in split '{split.value}' (as frozen) to evaluate on; choose another split, "
+            "task_ids, origin or version.",
+            errors=[ErrorItem(field="version", reason=f"no references in split {split.value}")],
+        )
     if not samples:
         raise InvalidInput(
             f"Dataset '{dataset.name}' has no accepted tasks with a reference output in split "

@@ -3,6 +3,8 @@ since; fine-tunes and evaluations say which version they used."""
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,7 +157,10 @@ def test_versions_count_by_origin_strategy_language_and_rating(
     mixed = api.get("/v1/datasets/props/export", params={"version": rated["id"], "min_rating": "A"})
     assert mixed.status_code == 422 and mixed.json()["errors"][0]["field"] == "min_rating"
     bundle = api.get("/v1/datasets/props/bundle", params={"version": rated["id"]})
-    assert bundle.status_code == 200 and bundle.content[:2] == b"PK"
+    assert bundle.status_code == 200, bundle.text
+    with zipfile.ZipFile(io.BytesIO(bundle.content)) as archive:
+        card = archive.read("props/README.md").decode()
+    assert f"Version: {rated['id']}, " in card and rated["content_sha256"] in card
 
 
 def test_fine_tunes_and_evaluations_record_their_version_and_hold_the_dataset(
@@ -197,13 +202,20 @@ def test_fine_tunes_and_evaluations_record_their_version_and_hold_the_dataset(
     reference = api.get(f"/v1/datasets/tune/versions/{evaluation['version']}").json()
     assert reference["selection"]["split"] == "held_out"
     assert set(reference["counts"]["split"]) == {"held_out"}
+    named_eval = api.post(
+        "/v1/evaluations",
+        json={"models": [STUB_MODEL], "dataset": "tune", "version": everything.json()["id"]},
+    ).json()
+    assert named_eval["version"] == everything.json()["id"]
+    assert named_eval["tasks"] == everything.json()["counts"]["split"]["held_out"]
 
     deleted = api.delete("/v1/datasets/tune")
     assert deleted.status_code == 409
     assert made_for_it["id"] in deleted.json()["detail"]
     for job in api.get("/v1/fine_tuning/jobs").json()["data"]:
         api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
-    api.post(f"/v1/evaluations/{evaluation['id']}/cancel")
+    for evaluation_id in (evaluation["id"], named_eval["id"]):
+        api.post(f"/v1/evaluations/{evaluation_id}/cancel")
     assert api.delete("/v1/datasets/tune").status_code == 204
 
 
