@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 from sqlmodel import Session
 
 from app.db import NotMigratedError, check_migrated, make_engine, migrate
 from app.errors import ServiceError
 from app.models import Dataset
 from app.schemas.datasets import HUB_LICENSE_PATTERN, BundleFileFormat, ExportFormat, ExportSplit
-from app.services.bundle import BundleOptions, write_bundle
+from app.schemas.versions import VersionCreate
+from app.services import versions
+from app.services.bundle import bundle_options, write_bundle
 from app.services.bundle import push_to_hub as hub_upload
 from app.services.datasets import get_dataset
 from app.services.export import Selection, export_chunks
@@ -34,6 +37,11 @@ if TYPE_CHECKING:
 cli = typer.Typer(help="Grow instruction-tuning data with Self-Instruct.", no_args_is_help=True)
 seeds_cli = typer.Typer(help="Manage seed tasks.", no_args_is_help=True)
 cli.add_typer(seeds_cli, name="seeds")
+version_cli = typer.Typer(
+    help="Freeze and list dataset versions (the same data, byte for byte, later).",
+    no_args_is_help=True,
+)
+cli.add_typer(version_cli, name="version")
 
 
 def _fail(exc: ServiceError) -> None:
@@ -181,6 +189,77 @@ def seeds_import(
     typer.echo(f"{result.created} created, {result.updated} updated in '{result.dataset}'")
 
 
+@version_cli.command("create")
+def version_create(
+    dataset: Annotated[str, typer.Option(help="Dataset to freeze.")] = "default",
+    tag: Annotated[str | None, typer.Option(help="A name of your choosing.")] = None,
+    include_seeds: Annotated[bool, typer.Option(help="Add the seed tasks.")] = False,
+    split: Annotated[
+        ExportSplit, typer.Option(help="train, held_out or all, as for export.")
+    ] = ExportSplit.train,
+    min_rating: Annotated[
+        str | None, typer.Option(help="Only tasks rated this or better (A-D).")
+    ] = None,
+    include_contaminated: Annotated[
+        bool, typer.Option(help="Also tasks marked contaminated.")
+    ] = False,
+) -> None:
+    """Freeze the selected tasks as a version; prints its id and content hash."""
+    try:
+        body = VersionCreate(
+            tag=tag,
+            include_seeds=include_seeds,
+            split=split,
+            min_rating=min_rating,  # type: ignore[arg-type]
+            include_contaminated=include_contaminated,
+        )
+    except ValidationError as exc:
+        typer.echo(f"error: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", err=True)
+        raise typer.Exit(code=2) from None
+    engine = _migrated_engine()
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            target = get_dataset(session=session, name=dataset)
+            version = versions.create_version(
+                session=session,
+                dataset=target,
+                selection=Selection(**body.model_dump(exclude={"tag"})),
+                tag=body.tag,
+            )
+    except ServiceError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"version {version.id}: {version.tasks:,} tasks, sha256 {version.content_sha256}")
+
+
+@version_cli.command("list")
+def version_list(
+    dataset: Annotated[str, typer.Option(help="Dataset whose versions to list.")] = "default",
+) -> None:
+    """List a dataset's versions, newest first: id, tag, tasks, split, hash, when made."""
+    engine = _migrated_engine()
+    try:
+        with Session(engine) as session:
+            target = get_dataset(session=session, name=dataset)
+            rows = versions.list_versions(session=session, dataset=target)
+    except ServiceError as exc:
+        _fail(exc)
+        return
+    typer.echo("id\ttag\ttasks\tsplit\tsha256\tcreated")
+    for v in rows:
+        typer.echo(
+            f"{v.id}\t{v.tag or '-'}\t{v.tasks}\t{v.selection.get('split')}\t"
+            f"{v.content_sha256[:16]}\t{v.created_at:%Y-%m-%d %H:%M}"
+        )
+
+
+def _migrated_engine() -> Engine:
+    settings = get_settings()
+    engine = make_engine(settings)
+    check_migrated(settings, engine)
+    return engine
+
+
 def _hub_token() -> str:
     """The Hugging Face token `huggingface_hub` finds (HF_TOKEN, else `hf auth login`'s file)."""
     from huggingface_hub import get_token
@@ -216,12 +295,17 @@ def export(
     ] = ExportFormat.self_instruct,
     include_seeds: Annotated[bool, typer.Option(help="Add the seed tasks.")] = False,
     split: Annotated[
-        ExportSplit,
+        ExportSplit | None,
         typer.Option(
-            help="train: outside the dataset's held-out share (as the API's default); "
-            "held_out: only that share; all: both. Not used by --bundle, which splits itself."
+            help="train: outside the dataset's held-out share (the default); held_out: only "
+            "that share; all: both. With --version, the side each task had when it was frozen "
+            "(default all). Not used by --bundle, which splits itself."
         ),
-    ] = ExportSplit.train,
+    ] = None,
+    version: Annotated[
+        int | None,
+        typer.Option(help="Export this version's frozen tasks (`selfinstruct version list`)."),
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="File; stdout if absent.")
     ] = None,
@@ -264,25 +348,35 @@ def export(
     try:
         with Session(engine, expire_on_commit=False) as session:
             target = get_dataset(session=session, name=dataset)
+            source = versions.export_source(
+                session=session,
+                dataset=target,
+                version_id=version,
+                selection=Selection(include_seeds=include_seeds),
+                split=split,
+            )
+            options = bundle_options(
+                session=session,
+                dataset=target,
+                version_id=version,
+                file_format=bundle_format,
+                license=license,
+                include_seeds=include_seeds,
+            )
     except ServiceError as exc:
         _fail(exc)
         return
     assert target.id is not None
     if bundle is None and push_to_hub is None:
-        selection = Selection(include_seeds=include_seeds, split=split)
-        chunks = export_chunks(engine=engine, dataset_id=target.id, fmt=format, selection=selection)
+        chunks = export_chunks(engine=engine, dataset_id=target.id, fmt=format, selection=source)
         _write_stream(chunks, output)
         return
-    options = BundleOptions(file_format=bundle_format, license=license, include_seeds=include_seeds)
     with tempfile.TemporaryDirectory(prefix="selfinstruct-bundle-") as tmp:
         directory = bundle or Path(tmp)
         summary = write_bundle(engine=engine, dataset=target, directory=directory, options=options)
-        rows = summary.counts.rows
-        typer.echo(
-            f"wrote {', '.join(summary.files)} to {directory} "
-            f"(train {rows['train']:,} rows, validation {rows['validation']:,})",
-            err=True,
-        )
+        # The second split is `test` (the held-out share) or `validation`.
+        rows = ", ".join(f"{split} {n:,} rows" for split, n in summary.counts.rows.items())
+        typer.echo(f"wrote {', '.join(summary.files)} to {directory} ({rows})", err=True)
         if push_to_hub and token:
             url = hub_upload(directory=directory, repo_id=push_to_hub, token=token, private=private)
             typer.echo(f"uploaded to {url}", err=True)

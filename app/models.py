@@ -293,6 +293,13 @@ class FineTuningJobRow(SQLModel, table=True):
     )
     model: str = Field(max_length=200)
     training_file: str | None = Field(default=None, max_length=64)
+    # The dataset version it trained on (a job from a dataset; a file upload has none).
+    dataset_version_id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("dataset_version.id", ondelete="SET NULL"), nullable=True
+        ),
+    )
     validation_file: str | None = Field(default=None, max_length=64)
     suffix: str | None = Field(default=None, max_length=64)
     seed: int | None = Field(default=None)
@@ -548,6 +555,13 @@ class Evaluation(SQLModel, table=True):
             sa.Integer, sa.ForeignKey("dataset.id", ondelete="CASCADE"), nullable=False
         )
     )
+    # The dataset version its reference tasks were drawn from.
+    dataset_version_id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("dataset_version.id", ondelete="SET NULL"), nullable=True
+        ),
+    )
     models: list[str] = Field(default_factory=list, sa_type=JSONType)
     judge: str | None = Field(default=None, max_length=200)
     params: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
@@ -608,3 +622,48 @@ class EvaluationEvent(SQLModel, table=True):
     kind: str = Field(max_length=32)
     data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
     created_at: datetime = _ts()
+
+
+class DatasetVersion(SQLModel, table=True):
+    """A frozen selection of a dataset's tasks: which tasks, in which state, on which side of the
+    held-out split. The content lives in its chunks, so edits to the pool never reach it."""
+
+    __tablename__ = "dataset_version"
+    __table_args__ = (sa.Index("ix_dataset_version_dataset", "dataset_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    dataset_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("dataset.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    tag: str | None = Field(default=None, max_length=64)
+    # The export selection it was made with (include_seeds, split, min_rating, ...).
+    selection: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    held_out_share: float = Field(default=0.0)  # the dataset's, when the version was made
+    tasks: int = Field(default=0)
+    instances: int = Field(default=0)
+    content_sha256: str = Field(max_length=64)
+    # Tasks by origin, strategy, language, rating and split side.
+    counts: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    stored_bytes: int = Field(default=0)  # compressed, as stored
+    created_at: datetime = _ts()
+
+
+class DatasetVersionChunk(SQLModel, table=True):
+    """A run of consecutive frozen task records of a version: canonical JSON lines, compressed
+    with zstd (app/services/versions.py says why and measures it)."""
+
+    __tablename__ = "dataset_version_chunk"
+
+    version_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer,
+            sa.ForeignKey("dataset_version.id", ondelete="CASCADE"),
+            primary_key=True,
+        )
+    )
+    position: int = Field(primary_key=True)
+    tasks: int
+    raw_bytes: int  # the records' size uncompressed; zstd needs it to decompress
+    data: bytes = Field(sa_type=sa.LargeBinary)

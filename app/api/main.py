@@ -22,6 +22,7 @@ from app.api.routes import (
     runs,
     strategies,
     tasks,
+    versions,
     workers,
 )
 from app.schemas.datasets import DocumentsCreate, SeedTask
@@ -35,6 +36,7 @@ api_router = APIRouter(
 api_router.include_router(datasets.router)
 api_router.include_router(documents.router)
 api_router.include_router(tasks.router)
+api_router.include_router(versions.router)
 api_router.include_router(runs.router)
 api_router.include_router(strategies.router)
 api_router.include_router(models.router)

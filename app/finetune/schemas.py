@@ -95,7 +95,11 @@ _ONE_SOURCE: dict[str, Any] = {
     "oneOf": [
         {
             "required": ["training_file"],
-            "properties": {"training_file": {"type": "string"}, "dataset": {"type": "null"}},
+            "properties": {
+                "training_file": {"type": "string"},
+                "dataset": {"type": "null"},
+                "version": {"type": "null"},
+            },
         },
         {
             "required": ["dataset"],
@@ -113,6 +117,15 @@ class FineTuningJobCreate(BaseModel):
     validation_file: str | None = None
     dataset: str | None = Field(
         None, description="Instead of a file: freeze this dataset's accepted tasks (and seeds)."
+    )
+    version: int | None = Field(
+        None,
+        ge=1,
+        le=2**31 - 1,
+        description="With `dataset`: train on this version of it (its tasks outside the "
+        "held-out share). Left out: a version of the dataset's seeds and accepted tasks as they "
+        "are now is made (or an identical one reused) and recorded on the job. A version "
+        "with only held-out tasks is refused (422: `no train-side tasks`).",
     )
     suffix: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]{1,40}$")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Training seed.")
@@ -161,6 +174,8 @@ class FineTuningJobCreate(BaseModel):
     def _one_source(self) -> FineTuningJobCreate:
         if (self.training_file is None) == (self.dataset is None):
             raise ValueError("give exactly one of training_file and dataset")
+        if self.version is not None and self.dataset is None:
+            raise ValueError("version names a version of `dataset`; give dataset with it")
         if self.method is not None and self.hyperparameters is not None:
             raise ValueError("give hyperparameters inside method, or at the top level, not both")
         return self
@@ -222,6 +237,9 @@ class FineTuningJob(BaseModel):
     suffix: str | None
     # --- extensions ---
     dataset: str | None = None
+    version: int | None = Field(
+        None, description="The dataset version it trained on (GET /v1/datasets/{name}/versions)."
+    )
     nodes: int = Field(1, description="Machines that train the job together.")
     progress: Progress
     training_data: TrainingData

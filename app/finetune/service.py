@@ -23,6 +23,7 @@ from app.finetune.schemas import (
 )
 from app.models import (
     Dataset,
+    DatasetVersion,
     FineTuningJobCheckpointRow,
     FineTuningJobEventRow,
     FineTuningJobRow,
@@ -32,9 +33,9 @@ from app.models import (
 )
 from app.schemas.common import ErrorItem
 from app.schemas.datasets import ExportFormat, ExportSplit
-from app.services import base_models
+from app.services import base_models, versions
 from app.services.datasets import get_dataset
-from app.services.export import Selection, export_chunks
+from app.services.export import VersionPart, export_chunks
 from app.services.files import file_path, get_file, store_file
 from app.settings import BUNDLED_MODEL_ID, Settings
 from training.data import read_chat_jsonl
@@ -154,8 +155,10 @@ def create_job(
     """Record the job, freeze its data, validate it; a bad file fails the job, not the request."""
     max_seq_len = _check_request(session, settings, body)
     dataset: Dataset | None = None
+    version: DatasetVersion | None = None
     if body.dataset is not None:
         dataset = get_dataset(session=session, name=body.dataset)
+        version = _training_version(session, dataset, body.version)
         assert dataset.id is not None
         frozen = (
             store_file(
@@ -163,16 +166,16 @@ def create_job(
                 settings=settings,
                 purpose="fine-tune",
                 dataset_id=dataset.id,
-                filename=f"{dataset.name}-openai_messages.jsonl",
+                filename=f"{dataset.name}-v{version.id}-openai_messages.jsonl",
                 chunks=export_chunks(
                     engine=session.get_bind().engine,
                     dataset_id=dataset.id,
                     fmt=ExportFormat.openai_messages,
-                    # The held-out share stays out of training.
-                    selection=Selection(include_seeds=True, split=ExportSplit.train),
+                    # The held-out side stays out of training, as it was when frozen.
+                    selection=VersionPart(version_id=version.id, split=ExportSplit.train),
                 ),
             )
-            if _has_tasks(session, dataset)
+            if version is not None and version.id is not None
             else None
         )
         training_file = frozen.id if frozen else None
@@ -184,6 +187,7 @@ def create_job(
     job = FineTuningJobRow(
         id=f"ftjob-{secrets.token_hex(12)}",
         dataset_id=dataset.id if dataset else None,
+        dataset_version_id=version.id if version else None,
         model=body.model,
         training_file=training_file,
         validation_file=body.validation_file,
@@ -213,15 +217,21 @@ def create_job(
     return job
 
 
-def _has_tasks(session: Session, dataset: Dataset) -> bool:
-    from app.models import Task, TaskStatus
-
-    return (
-        session.exec(
-            select(Task.id).where(Task.dataset_id == dataset.id, Task.status == TaskStatus.accepted)
-        ).first()
-        is not None
-    )
+def _training_version(
+    session: Session, dataset: Dataset, version_id: int | None
+) -> DatasetVersion | None:
+    """The version a job trains on: the one named (it must hold train-side tasks), else one
+    made for it (None when the dataset has nothing to train on: the job fails saying so)."""
+    if version_id is None:
+        return versions.version_for_training(session=session, dataset=dataset)
+    version = versions.get_version(session=session, dataset=dataset, version_id=version_id)
+    if not version.counts.get("split", {}).get("train"):
+        raise InvalidInput(
+            f"Version {version_id} holds no tasks outside the held-out share, so there is "
+            "nothing to train on; name a version made with split=train or all.",
+            errors=[ErrorItem(field="version", reason="no train-side tasks")],
+        )
+    return version
 
 
 def _validate(session: Session, settings: Settings, job: FineTuningJobRow) -> None:
@@ -374,6 +384,7 @@ def job_public(*, session: Session, job: FineTuningJobRow) -> FineTuningJob:
         seed=job.seed or 0,
         suffix=job.suffix,
         dataset=dataset.name if dataset else None,
+        version=job.dataset_version_id,
         nodes=job.nodes,
         progress=Progress(
             **{k: v for k, v in (job.progress or {}).items() if k in Progress.model_fields}

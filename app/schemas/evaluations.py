@@ -31,6 +31,14 @@ class EvaluationCreate(BaseModel):
         description="Which tasks: default `held_out` when the dataset keeps a held-out share, "
         "else `all`.",
     )
+    version: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_ID,
+        description="Draw the references from this version of the dataset (its tasks on the "
+        "`split` side as frozen). Left out: a version of the split's accepted tasks as they are "
+        "now is made (or an identical one reused) and recorded on the evaluation.",
+    )
     judge: str | None = Field(
         None,
         description="A model from GET /v1/models that rates every answer A-D and, with two or "
@@ -126,6 +134,9 @@ class EvaluationPublic(BaseModel):
     models: list[str]
     judge: str | None
     split: ExportSplit
+    version: int | None = Field(
+        None, description="The dataset version its reference tasks were drawn from."
+    )
     tasks: int
     progress: EvaluationProgress
     results: list[ModelScore]

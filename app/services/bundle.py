@@ -26,7 +26,9 @@ import pyarrow.parquet as pq
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from app.models import Dataset, holdout_key
+from app.errors import InvalidInput
+from app.models import Dataset, DatasetVersion, holdout_key
+from app.schemas.common import ErrorItem
 from app.schemas.datasets import BundleFileFormat
 from app.services.dataset_card import SplitFacts, card_facts, card_text, service_version
 from app.services.export import (
@@ -36,8 +38,10 @@ from app.services.export import (
     ExportRow,
     FlatColumns,
     Selection,
+    VersionPart,
     task_batches,
 )
+from app.services.versions import get_version
 from filters.language import UNKNOWN, base_language
 
 Split = Literal["train", "validation", "test"]
@@ -56,9 +60,10 @@ class SplitRule:
     share: float
 
     @classmethod
-    def of(cls, dataset: Dataset) -> SplitRule:
-        if dataset.held_out_share > 0:
-            return cls("test", dataset.held_out_share)
+    def of(cls, held_out_share: float) -> SplitRule:
+        """The rule of a dataset (or of a version: its share when it was made)."""
+        if held_out_share > 0:
+            return cls("test", held_out_share)
         return cls("validation", VALIDATION_SHARE)
 
     @property
@@ -157,6 +162,39 @@ class BundleOptions:
     file_format: BundleFileFormat = BundleFileFormat.parquet
     license: str = "other"  # we cannot know the seeds' or the model's terms; the user can
     include_seeds: bool = False  # like the JSONL export: the generated data only
+    # A version's frozen tasks instead of the pool as it is now; it fixes include_seeds.
+    version: DatasetVersion | None = None
+
+    @property
+    def with_seeds(self) -> bool:
+        if self.version is not None:
+            return bool(self.version.selection.get("include_seeds"))
+        return self.include_seeds
+
+
+def bundle_options(
+    *,
+    session: Session,
+    dataset: Dataset,
+    version_id: int | None,
+    file_format: BundleFileFormat,
+    license: str,
+    include_seeds: bool,
+) -> BundleOptions:
+    """The options of a bundle request; a version fixes the selection, so include_seeds with
+    one is refused, naming the field."""
+    version = None
+    if version_id is not None:
+        version = get_version(session=session, dataset=dataset, version_id=version_id)
+        if include_seeds:
+            raise InvalidInput(
+                f"include_seeds cannot be combined with version={version_id}: the version "
+                "keeps the selection it was made with.",
+                errors=[ErrorItem(field="include_seeds", reason="not with version")],
+            )
+    return BundleOptions(
+        file_format=file_format, license=license, include_seeds=include_seeds, version=version
+    )
 
 
 @dataclass
@@ -215,7 +253,9 @@ def _write_splits(
     }
     counts, edge = SplitCounts(splits=rule.splits), _Edge(rule)
     try:
-        selection = Selection(include_seeds=options.include_seeds)
+        selection: Selection | VersionPart = Selection(include_seeds=options.include_seeds)
+        if options.version is not None and options.version.id is not None:
+            selection = VersionPart(version_id=options.version.id)
         for tasks in task_batches(engine=engine, dataset_id=dataset_id, selection=selection):
             for task in tasks:
                 if not task.instances:
@@ -275,7 +315,8 @@ def write_bundle(
 ) -> BundleSummary:
     """Write the splits, then the card (it states their counts), into `directory`."""
     assert dataset.id is not None
-    rule = SplitRule.of(dataset)
+    share = options.version.held_out_share if options.version else dataset.held_out_share
+    rule = SplitRule.of(share)
     counts = write_splits(
         engine=engine, dataset_id=dataset.id, directory=directory, options=options, rule=rule
     )
@@ -289,7 +330,11 @@ def write_bundle(
     with Session(engine) as session:
         facts = card_facts(session=session, dataset=dataset)
     card = card_text(
-        facts=facts, splits=splits, license=options.license, include_seeds=options.include_seeds
+        facts=facts,
+        splits=splits,
+        license=options.license,
+        include_seeds=options.with_seeds,
+        version=options.version,
     )
     (directory / "README.md").write_text(card, encoding="utf-8")
     files = ["README.md", *(split_path(s, options.file_format) for s in rule.splits)]

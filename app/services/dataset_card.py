@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 from app.models import (
     MACHINE_ORIGINS,
     Dataset,
+    DatasetVersion,
     Run,
     Task,
     TaskJudgement,
@@ -225,7 +226,24 @@ def _card_metadata(*, facts: CardFacts, splits: SplitFacts, license: str) -> Dat
     )
 
 
-def _body(*, facts: CardFacts, splits: SplitFacts, include_seeds: bool) -> str:
+def version_line(version: DatasetVersion | None, dataset_name: str) -> str:
+    """Which data the splits hold: a named version, or the pool as it was at export time."""
+    if version is None:
+        return (
+            "Version: none; the splits hold the pool as it stood at export time. Make a version "
+            f"(POST /v1/datasets/{dataset_name}/versions) and export it to get the same data "
+            "again."
+        )
+    tag = f" ({version.tag})" if version.tag else ""
+    return (
+        f"Version: {version.id}{tag}, made {version.created_at:%Y-%m-%d %H:%M} UTC, "
+        f"{version.tasks:,} tasks, content SHA-256 `{version.content_sha256}`."
+    )
+
+
+def _body(
+    *, facts: CardFacts, splits: SplitFacts, include_seeds: bool, version: DatasetVersion | None
+) -> str:
     lines = [f"# {facts.name}", ""]
     if facts.description:
         lines += [facts.description, ""]
@@ -234,6 +252,8 @@ def _body(*, facts: CardFacts, splits: SplitFacts, include_seeds: bool) -> str:
         "Instruction-tuning data grown from a seed pool with the Self-Instruct method "
         "(Wang et al., 2022, arXiv:2212.10560) by the `selfinstruct` service, version "
         f"{service_version()}, exported {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        "",
+        version_line(version, facts.name),
         "",
         "## Data",
         "",
@@ -291,8 +311,15 @@ def _body(*, facts: CardFacts, splits: SplitFacts, include_seeds: bool) -> str:
     return "\n".join(lines)
 
 
-def card_text(*, facts: CardFacts, splits: SplitFacts, license: str, include_seeds: bool) -> str:
+def card_text(
+    *,
+    facts: CardFacts,
+    splits: SplitFacts,
+    license: str,
+    include_seeds: bool,
+    version: DatasetVersion | None = None,
+) -> str:
     """The README.md: the Hub's YAML header between `---` lines, then the body."""
     metadata = _card_metadata(facts=facts, splits=splits, license=license)
-    body = _body(facts=facts, splits=splits, include_seeds=include_seeds)
+    body = _body(facts=facts, splits=splits, include_seeds=include_seeds, version=version)
     return f"---\n{metadata.to_yaml()}\n---\n\n{body}"

@@ -18,6 +18,7 @@ from app.services.decontamination import (
     refresh_locked,
 )
 from app.services.heldout import split_clause
+from app.services.versions import refuse_if_in_use
 from filters.language import UNKNOWN
 
 DEFAULT_DATASET = "default"
@@ -85,6 +86,7 @@ def delete_dataset(*, session: Session, dataset: Dataset) -> None:
         raise Conflict(
             "The 'default' dataset cannot be deleted; create and use another dataset instead."
         )
+    refuse_if_in_use(session=session, dataset=dataset)
     name = dataset.name
     session.delete(dataset)  # the dataset's row first, then its tasks (the cascade)
     session.commit()

@@ -19,12 +19,11 @@ from app.errors import InvalidInput, NotFound
 from app.llm import find_model
 from app.models import (
     Dataset,
+    DatasetVersion,
     Evaluation,
     EvaluationEvent,
     EvaluationSample,
     EvaluationStatus,
-    Task,
-    TaskStatus,
 )
 from app.schemas.common import ErrorItem
 from app.schemas.datasets import ExportSplit
@@ -40,43 +39,59 @@ from app.schemas.evaluations import (
     SamplesPublic,
 )
 from app.services.evaluation_metrics import evaluation_progress, evaluation_results
-from app.services.heldout import default_evaluation_split, split_clause
+from app.services.export import Selection, VersionPart, version_batches
+from app.services.heldout import default_evaluation_split
+from app.services.versions import EmptySelection, create_version, get_version
 from app.settings import Settings
 
 # --- creating ---
 
 
-def _references(
+def _reference_version(
     session: Session, dataset: Dataset, body: EvaluationCreate, split: ExportSplit
+) -> DatasetVersion | None:
+    """The version the references come from: the one named, else the split's accepted tasks
+    (seeds and contaminated ones too: a reference set is read whole) frozen now."""
+    if body.version is not None:
+        return get_version(session=session, dataset=dataset, version_id=body.version)
+    selection = Selection(include_seeds=True, split=split, include_contaminated=True)
+    try:
+        return create_version(session=session, dataset=dataset, selection=selection, reuse=True)
+    except EmptySelection:
+        return None
+
+
+def _references(
+    session: Session, version: DatasetVersion | None, body: EvaluationCreate, split: ExportSplit
 ) -> list[EvaluationSample]:
-    """The first `limit` accepted tasks (oldest first) of the split with an output to compare
+    """The first `limit` tasks (oldest first) of the version's split with an output to compare
     against; each contributes its first instance that has one."""
-    query = select(Task).where(
-        Task.dataset_id == dataset.id,
-        Task.status == TaskStatus.accepted.value,
-        split_clause(split, dataset.held_out_share),
-    )
-    if body.task_ids is not None:
-        query = query.where(col(Task.id).in_(body.task_ids))
-    if body.origin is not None:
-        query = query.where(Task.origin == body.origin)
+    if version is None or version.id is None:
+        return []
+    wanted = set(body.task_ids) if body.task_ids is not None else None
     samples: list[EvaluationSample] = []
-    for task in session.exec(query.order_by(col(Task.id)).execution_options(yield_per=500)):
-        instance = next((i for i in task.instances if i.get("output", "").strip()), None)
-        if instance is None:
-            continue
-        samples.append(
-            EvaluationSample(
-                evaluation_id=0,
-                position=len(samples),
-                task_id=task.id,
-                instruction=task.instruction,
-                input=instance.get("input", ""),
-                reference=instance["output"],
+    part = VersionPart(version_id=version.id, split=split)
+    for tasks in version_batches(engine=session.get_bind().engine, part=part):
+        for task in tasks:
+            if wanted is not None and task.task_id not in wanted:
+                continue
+            if body.origin is not None and task.origin != body.origin:
+                continue
+            instance = next((i for i in task.instances if i.get("output", "").strip()), None)
+            if instance is None:
+                continue
+            samples.append(
+                EvaluationSample(
+                    evaluation_id=0,
+                    position=len(samples),
+                    task_id=task.task_id,
+                    instruction=task.instruction,
+                    input=instance.get("input", ""),
+                    reference=instance["output"],
+                )
             )
-        )
-        if len(samples) >= body.limit:
-            break
+            if len(samples) >= body.limit:
+                return samples
     return samples
 
 
@@ -107,7 +122,15 @@ def create_evaluation(
             errors=[ErrorItem(field="dataset", reason="no dataset of this name")],
         )
     split = body.split or default_evaluation_split(dataset)
-    samples = _references(session, dataset, body, split)
+    version = _reference_version(session, dataset, body, split)
+    samples = _references(session, version, body, split)
+    if not samples and body.version is not None:
+        raise InvalidInput(
+            f"Version {body.version} of dataset '{dataset.name}' has no task with a reference "
+            f"output in split '{split.value}' (as frozen) to evaluate on; choose another split, "
+            "task_ids, origin or version.",
+            errors=[ErrorItem(field="version", reason=f"no references in split {split.value}")],
+        )
     if not samples:
         raise InvalidInput(
             f"Dataset '{dataset.name}' has no accepted tasks with a reference output in split "
@@ -118,6 +141,7 @@ def create_evaluation(
     assert dataset.id is not None
     evaluation = Evaluation(
         dataset_id=dataset.id,
+        dataset_version_id=version.id if version else None,
         models=[e.id for e in entries],
         judge=judge.id if judge else None,
         params={**body.model_dump(mode="json", exclude={"models", "judge"}), "split": split},
@@ -165,6 +189,7 @@ def evaluation_public(*, session: Session, evaluation: Evaluation) -> Evaluation
         models=list(evaluation.models),
         judge=evaluation.judge,
         split=ExportSplit(evaluation.params.get("split", ExportSplit.all.value)),
+        version=evaluation.dataset_version_id,
         tasks=evaluation.tasks,
         progress=EvaluationProgress(**evaluation.progress),
         results=[ModelScore(**r) for r in results.get("models", [])],

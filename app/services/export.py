@@ -14,8 +14,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
-from app.models import MACHINE_ORIGINS, Dataset, Task, TaskOrigin, TaskStatus
+from app.models import (
+    MACHINE_ORIGINS,
+    Dataset,
+    DatasetVersionChunk,
+    Task,
+    TaskOrigin,
+    TaskStatus,
+)
 from app.schemas.datasets import ExportFormat, ExportSplit
+from app.services.frozen import decode_chunk
 from app.services.heldout import split_clause
 from app.services.ratings import min_rating_clause
 from training.data import task_to_messages
@@ -104,15 +112,48 @@ class Selection:
     include_contaminated: bool = False
     min_rating: str | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        """As a version records it (app/services/versions.py)."""
+        return {
+            "include_seeds": self.include_seeds,
+            "split": self.split.value,
+            "include_contaminated": self.include_contaminated,
+            "min_rating": self.min_rating,
+        }
+
+
+@dataclass(frozen=True)
+class VersionPart:
+    """Instead of a selection from the live pool: a dataset version's frozen tasks, all of them
+    or one side of the held-out split as it stood when the version was made."""
+
+    version_id: int
+    split: ExportSplit = ExportSplit.all
+
+
+def selection_clauses(
+    *, dataset_id: int, selection: Selection, held_out_share: float
+) -> list[sa.ColumnElement[bool]]:
+    """The SQL of a selection: what exports, versions and fine-tunes mean by it."""
+    # Plain strings: the raw DBAPI cursor below binds them without SQLAlchemy's type handling.
+    origins = list(MACHINE_ORIGINS)
+    if selection.include_seeds:
+        origins.append(TaskOrigin.seed.value)
+    return [
+        col(Task.dataset_id) == dataset_id,
+        col(Task.status) == TaskStatus.accepted.value,
+        col(Task.origin).in_(origins),
+        split_clause(selection.split, held_out_share),
+        sa.true() if selection.include_contaminated else sa.not_(col(Task.contaminated)),
+        # Only tasks rated this or better by their latest judgement.
+        *min_rating_clause(selection.min_rating),
+    ]
+
 
 def export_query(
     *, dataset_id: int, selection: Selection, held_out_share: float = 0.0
 ) -> sa.Select:  # type: ignore[type-arg]
     """The selected tasks of a dataset, oldest first."""
-    # Plain strings: the raw DBAPI cursor below binds them without SQLAlchemy's type handling.
-    origins = list(MACHINE_ORIGINS)
-    if selection.include_seeds:
-        origins.append(TaskOrigin.seed.value)
     return (
         sa.select(
             col(Task.id),
@@ -127,19 +168,15 @@ def export_query(
             col(Task.holdout_key),
         )
         .where(
-            col(Task.dataset_id) == dataset_id,
-            col(Task.status) == TaskStatus.accepted.value,
-            col(Task.origin).in_(origins),
-            split_clause(selection.split, held_out_share),
-            sa.true() if selection.include_contaminated else sa.not_(col(Task.contaminated)),
-            # Only tasks rated this or better by their latest judgement.
-            *min_rating_clause(selection.min_rating),
+            *selection_clauses(
+                dataset_id=dataset_id, selection=selection, held_out_share=held_out_share
+            )
         )
         .order_by(col(Task.id))
     )
 
 
-def _row_batches(conn: Connection, query: sa.Select) -> Iterator[list[Any]]:  # type: ignore[type-arg]
+def row_batches(conn: Connection, query: sa.Select) -> Iterator[list[Any]]:  # type: ignore[type-arg]
     """Plain DBAPI tuples in batches: SQLAlchemy's per-row result processing halves throughput.
 
     PostgreSQL gets a named (server-side) cursor so the server, not this process, holds the rows.
@@ -160,19 +197,45 @@ def _row_batches(conn: Connection, query: sa.Select) -> Iterator[list[Any]]:  # 
         cursor.close()
 
 
-def task_batches(
-    *, engine: Engine, dataset_id: int, selection: Selection
-) -> Iterator[list[ExportRow]]:
-    """Exported tasks in batches; owns its connection because it outlives the request's session.
-    The writes keep contamination marks current (decontamination.py); nothing is written here."""
+def held_out_share_of(engine: Engine, dataset_id: int) -> float:
     with engine.connect() as conn:
         share = conn.execute(
             sa.select(col(Dataset.held_out_share)).where(col(Dataset.id) == dataset_id)
         ).scalar()
-    query = export_query(dataset_id=dataset_id, selection=selection, held_out_share=share or 0.0)
+    return float(share or 0.0)
+
+
+def version_batches(*, engine: Engine, part: VersionPart) -> Iterator[list[ExportRow]]:
+    """A version's frozen tasks, one stored chunk at a time, exactly as they were frozen."""
+    query = (
+        sa.select(col(DatasetVersionChunk.data), col(DatasetVersionChunk.raw_bytes))
+        .where(col(DatasetVersionChunk.version_id) == part.version_id)
+        .order_by(col(DatasetVersionChunk.position))
+    )
+    with engine.connect() as conn:
+        for data, raw_bytes in conn.execute(query).yield_per(8):
+            rows = [
+                ExportRow(*(record[key] for key in ExportRow._fields))
+                for record in decode_chunk(bytes(data), raw_bytes)
+                if part.split == ExportSplit.all or record["split"] == part.split.value
+            ]
+            if rows:
+                yield rows
+
+
+def task_batches(
+    *, engine: Engine, dataset_id: int, selection: Selection | VersionPart
+) -> Iterator[list[ExportRow]]:
+    """Exported tasks in batches; owns its connection because it outlives the request's session.
+    The writes keep contamination marks current (decontamination.py); nothing is written here."""
+    if isinstance(selection, VersionPart):
+        yield from version_batches(engine=engine, part=selection)
+        return
+    share = held_out_share_of(engine, dataset_id)
+    query = export_query(dataset_id=dataset_id, selection=selection, held_out_share=share)
     loads = orjson.loads
     with engine.connect() as conn:
-        for rows in _row_batches(conn, query):
+        for rows in row_batches(conn, query):
             yield [
                 ExportRow(task_id, seed_id, name, instruction, loads(raw) if raw else [], *rest)
                 for task_id, seed_id, name, instruction, raw, *rest in rows
@@ -191,7 +254,7 @@ def export_file(*, dataset_name: str, fmt: ExportFormat) -> tuple[str, str]:
 
 
 def export_chunks(
-    *, engine: Engine, dataset_id: int, fmt: ExportFormat, selection: Selection
+    *, engine: Engine, dataset_id: int, fmt: ExportFormat, selection: Selection | VersionPart
 ) -> Iterator[bytes]:
     """Yield the export in chunks: JSONL lines in the chosen shape, or a Parquet file."""
     if fmt == ExportFormat.parquet:
@@ -296,7 +359,9 @@ class ByteSink:
         return data
 
 
-def parquet_chunks(*, engine: Engine, dataset_id: int, selection: Selection) -> Iterator[bytes]:
+def parquet_chunks(
+    *, engine: Engine, dataset_id: int, selection: Selection | VersionPart
+) -> Iterator[bytes]:
     """Yield a Parquet file of flat rows, one row group per ROWS_PER_GROUP rows as they are read.
 
     An empty dataset gives a valid file with the schema and no rows.

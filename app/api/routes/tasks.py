@@ -32,7 +32,7 @@ from app.schemas.datasets import (
     TasksPublic,
 )
 from app.services import tasks as svc
-from app.services.bundle import BundleOptions, bundle_archive
+from app.services.bundle import bundle_archive, bundle_options
 from app.services.export import (
     JSONL_MEDIA_TYPE,
     PARQUET_MEDIA_TYPE,
@@ -40,9 +40,22 @@ from app.services.export import (
     export_chunks,
     export_file,
 )
+from app.services.versions import export_source
 from generators.judge_prompts import Rating
 
 router = APIRouter(tags=["tasks"])
+
+VersionQuery = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=MAX_ID,
+        description="A version id (GET /v1/datasets/{name}/versions): its frozen tasks instead "
+        "of the pool as it is now. A version keeps the selection it was made with, so "
+        "include_seeds, include_contaminated and min_rating are refused beside it (422: `not "
+        "with version`).",
+    ),
+]
 
 
 @router.get("/datasets/{name}/tasks", responses={404: {"model": ErrorResponse}})
@@ -147,12 +160,13 @@ def export_dataset(
     ] = ExportFormat.self_instruct,
     include_seeds: bool = False,
     split: Annotated[
-        ExportSplit,
+        ExportSplit | None,
         Query(
             description="`train` (default): the tasks outside the dataset's held-out share, the "
-            "ones to train on; `held_out`: only the held-out share; `all`: both."
+            "ones to train on; `held_out`: only the held-out share; `all`: both. With "
+            "`version`: the side each task was on when the version was made (default `all`)."
         ),
-    ] = ExportSplit.train,
+    ] = None,
     include_contaminated: Annotated[
         bool, Query(description="Also export tasks marked contaminated (left out by default).")
     ] = False,
@@ -160,22 +174,26 @@ def export_dataset(
         Rating | None,
         Query(description="Only tasks whose latest judge rating is this or better (A best)."),
     ] = None,
+    version: VersionQuery = None,
 ) -> StreamingResponse:
-    """Stream accepted tasks as JSONL in the chosen shape, or as Parquet."""
+    """Stream accepted tasks as JSONL in the chosen shape, or as Parquet; with `version`, the
+    version's frozen tasks, the same bytes every time."""
     assert dataset.id is not None
-    release(session)
-    chunks = export_chunks(
-        engine=engine,
-        dataset_id=dataset.id,
-        fmt=format,
+    source = export_source(
+        session=session,
+        dataset=dataset,
+        version_id=version,
         selection=Selection(
             include_seeds=include_seeds,
-            split=split,
             include_contaminated=include_contaminated,
             min_rating=min_rating,
         ),
+        split=split,
     )
-    media_type, filename = export_file(dataset_name=dataset.name, fmt=format)
+    release(session)
+    chunks = export_chunks(engine=engine, dataset_id=dataset.id, fmt=format, selection=source)
+    name = dataset.name if version is None else f"{dataset.name}-v{version}"
+    media_type, filename = export_file(dataset_name=name, fmt=format)
     return StreamingResponse(
         chunks,
         media_type=media_type,
@@ -210,10 +228,18 @@ def download_bundle(
         ),
     ] = "other",
     include_seeds: bool = False,
+    version: VersionQuery = None,
 ) -> StreamingResponse:
     """Download a Hub-ready bundle: train and validation splits and a dataset card, zipped."""
+    options = bundle_options(
+        session=session,
+        dataset=dataset,
+        version_id=version,
+        file_format=file_format,
+        license=license,
+        include_seeds=include_seeds,
+    )
     release(session)
-    options = BundleOptions(file_format=file_format, license=license, include_seeds=include_seeds)
     chunks = bundle_archive(engine=engine, dataset=dataset, options=options)
     return StreamingResponse(
         chunks,
