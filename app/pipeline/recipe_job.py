@@ -26,7 +26,7 @@ from sqlmodel import Session, col
 
 from app import faults
 from app.errors import ServiceError
-from app.leases import Keeper, Lease, LeaseHolder, claim, kept, release
+from app.leases import Keeper, Lease, Leased, LeaseHolder, claim, kept, release
 from app.models import Dataset, Evaluation, JudgementJob, Recipe, RecipeEvent, Run, utcnow
 from app.schemas.recipes import StopRules
 from app.services.recipe_rounds import round_row, stop_reason, tuned_model_of
@@ -44,7 +44,7 @@ from app.settings import Settings
 log = logging.getLogger("selfinstruct.recipes")
 
 POLL_SECONDS = 0.2  # how often a waited-for child's status is read
-INLINE = {"run": Run, "judgement": JudgementJob, "evaluation": Evaluation}
+INLINE: dict[str, Leased] = {"run": Run, "judgement": JudgementJob, "evaluation": Evaluation}
 
 
 class Stopped(Exception):

@@ -56,7 +56,7 @@ def round_row(
             if runs
             else []
         )
-        spend = [
+        spend: list[Run | JudgementJob] = [
             *session.exec(select(Run).where(col(Run.id).in_(runs))).all(),
             *session.exec(select(JudgementJob).where(col(JudgementJob.id).in_(judgements))).all(),
         ]
