@@ -77,3 +77,37 @@ def test_a_recipe_resumes_at_its_step_after_kill_9_with_no_child_made_twice(
         assert made == 3
     engine.dispose()
     _wipe(settings.db_url)
+
+
+def test_recipe_run_sends_a_yaml_file_and_prints_the_round_table(
+    settings_factory: Callable[..., Settings], recipe_stub: JudgeStub, tmp_path: Path
+) -> None:
+    import yaml
+
+    endpoints = judge_endpoints(recipe_stub)
+    settings = settings_factory(endpoints=endpoints, embedded_worker=False)
+    _wipe(settings.db_url)
+    with TestClient(create_app(settings)) as client:
+        make_pool(client)
+    recipe = tmp_path / "grow.yaml"
+    recipe.write_text(yaml.safe_dump(SMALL))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "DATABASE_URL": settings.db_url,
+        "SELFINSTRUCT_DATA_DIR": str(settings.data_dir),
+        "SELFINSTRUCT_ENDPOINTS": json.dumps(endpoints),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "recipe", "run", str(recipe)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "round 1 freeze: version" in done.stdout
+    assert lines[-3].startswith("round\tnew_tasks") and lines[-2].startswith("1\t")
+    assert lines[-1] == "recipe 1 succeeded (rounds_done)"
+    _wipe(settings.db_url)
