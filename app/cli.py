@@ -44,6 +44,15 @@ version_cli = typer.Typer(
 cli.add_typer(version_cli, name="version")
 
 
+def _add_recipe_cli() -> None:
+    from app.recipe_cli import recipe_cli
+
+    cli.add_typer(recipe_cli, name="recipe")
+
+
+_add_recipe_cli()
+
+
 def _fail(exc: ServiceError) -> None:
     typer.echo(f"error: {exc.detail}", err=True)
     for item in exc.errors:

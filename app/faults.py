@@ -3,8 +3,8 @@ with SIGKILL, to prove that a death at that moment loses nothing and repeats not
 
 `SELFINSTRUCT_TEST_FAULT=run:committing` kills the process the first time a run reaches the moment
 its commit is written but not yet committed; `run:committing@3` the third time. Points are
-`<kind>:<phase>`, kind one of run, judgement, evaluation, finetune, phase one of claimed (the
-claim is committed, nothing executed yet), running (work was done, nothing of it stored),
+`<kind>:<phase>`, kind one of run, judgement, evaluation, finetune, recipe, phase one of claimed
+(the claim is committed, nothing executed yet), running (work was done, nothing of it stored),
 committing (inside the transaction that stores progress) and finishing (inside the transaction
 that ends the job). Unset, a point costs one dictionary lookup.
 """
@@ -15,7 +15,7 @@ import os
 import signal
 from collections import Counter
 
-KINDS = ("run", "judgement", "evaluation", "finetune")
+KINDS = ("run", "judgement", "evaluation", "finetune", "recipe")
 PHASES = ("claimed", "running", "committing", "finishing")
 ENV = "SELFINSTRUCT_TEST_FAULT"
 

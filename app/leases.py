@@ -48,6 +48,8 @@ from app.models import (
     JobPart,
     JudgementEvent,
     JudgementJob,
+    Recipe,
+    RecipeEvent,
     Run,
     RunEvent,
     utcnow,
@@ -55,7 +57,14 @@ from app.models import (
 
 log = logging.getLogger("selfinstruct.leases")
 
-Leased = type[Run] | type[FineTuningJobRow] | type[Evaluation] | type[JudgementJob] | type[JobPart]
+Leased = (
+    type[Run]
+    | type[FineTuningJobRow]
+    | type[Evaluation]
+    | type[JudgementJob]
+    | type[JobPart]
+    | type[Recipe]
+)
 RUNNING = "running"
 
 
@@ -128,6 +137,7 @@ KINDS: dict[Leased, Kind] = {
     Evaluation: Kind("evaluation", "evaluation"),
     FineTuningJobRow: Kind("fine-tune job", "finetune"),
     JobPart: Kind("part of a job", "part"),
+    Recipe: Kind("recipe", "recipe"),
 }
 
 
@@ -273,7 +283,7 @@ def _fail_lost(
     if model is Run:
         state = conn.execute(sa.select(col(Run.state)).where(col(Run.id) == row_id)).scalar()
         values["state"] = {**(state or {}), "stop_reason": "worker_lost", "in_flight": 0}
-    elif model is JudgementJob:
+    elif model in (JudgementJob, Recipe):
         values["stop_reason"] = "worker_lost"
     if conn.execute(sa.update(model).where(same).values(values)).rowcount != 1:
         return False
@@ -359,6 +369,8 @@ def job_event(model: Leased, row_id: Any, kind: str, data: dict[str, Any]) -> SQ
         return JudgementEvent(judgement_job_id=row_id, kind=kind, data=data)
     if model is Evaluation:
         return EvaluationEvent(evaluation_id=row_id, kind=kind, data=data)
+    if model is Recipe:
+        return RecipeEvent(recipe_id=row_id, kind=kind, data=data)
     level = "error" if data.get("status") == "failed" else "info"
     return FineTuningJobEventRow(job_id=row_id, level=level, message=kind, data=data)
 
@@ -369,6 +381,7 @@ CANCEL_EVENT: dict[Leased, str] = {
     JudgementJob: "status",
     Evaluation: "end",
     FineTuningJobRow: "Job cancelled",
+    Recipe: "end",
 }
 
 
@@ -388,7 +401,7 @@ def cancel(session: Session, row: Any) -> Any:
         row.updated_at = now
     if model is Run:
         row.state = {**row.state, "stop_reason": "cancelled"}
-    elif model is JudgementJob:
+    elif model in (JudgementJob, Recipe):
         row.stop_reason = "cancelled"
     session.add(row)
     if model is not JobPart:  # its parts end with it: their holders stop at their next renewal

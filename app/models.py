@@ -667,3 +667,55 @@ class DatasetVersionChunk(SQLModel, table=True):
     tasks: int
     raw_bytes: int  # the records' size uncompressed; zstd needs it to decompress
     data: bytes = Field(sa_type=sa.LargeBinary)
+
+
+class Recipe(SQLModel, table=True):
+    """A recipe: named steps (generate, judge, version, finetune, evaluate) run in order for
+    `rounds` rounds, each step a child job of its own kind (app/pipeline/recipe_job.py). The
+    recipe itself is claimed with a lease like every job kind; `state` records where it is and
+    each child's id, written in the transaction that creates the child."""
+
+    __tablename__ = "recipe"
+    __table_args__ = (sa.Index("ix_recipe_status", "status", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100)
+    dataset_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("dataset.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    # The recipe as posted, validated (app/schemas/recipes.py RecipeCreate), with defaults.
+    document: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    status: str = Field(default=RunStatus.queued, max_length=16)
+    stop_reason: str | None = Field(default=None, max_length=32)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    # Where it is: `round`, `step` (index), `children` ({"<round>:<step>": {kind, id}}), the
+    # finished rounds' table (`rounds`), the models tuned so far.
+    state: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    worker_id: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    lease_epoch: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    lost_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    progressed: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    created_at: datetime = _ts()
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = _ts()
+
+
+class RecipeEvent(SQLModel, table=True):
+    """What a recipe did, in order: a step's child created, a child's end, a round's row."""
+
+    __tablename__ = "recipe_event"
+    __table_args__ = (sa.Index("ix_recipe_event_recipe", "recipe_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    recipe_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("recipe.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    kind: str = Field(max_length=32)
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)
+    created_at: datetime = _ts()

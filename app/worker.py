@@ -1,5 +1,6 @@
 """The worker loop: claim a job (app/leases.py) and execute it. A generation worker executes
-runs, judgement jobs and evaluations, the oldest waiting first; a fine-tune worker fine-tunes."""
+runs, judgement jobs, evaluations and recipes, the oldest waiting first; a fine-tune worker
+fine-tunes."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from app.leases import (
     mark_present,
     part_of,
 )
-from app.models import Evaluation, FineTuningJobRow, JobPart, JudgementJob, Run
+from app.models import Evaluation, FineTuningJobRow, JobPart, JudgementJob, Recipe, Run
 from app.settings import Settings
 from app.worker_ids import new_worker_id
 
@@ -84,7 +85,7 @@ class Worker:
     def kinds(self) -> tuple[Leased, ...]:
         if self.kind == "finetune":
             return (FineTuningJobRow,)
-        return (Run, JobPart, JudgementJob, Evaluation)
+        return (Run, JobPart, JudgementJob, Evaluation, Recipe)
 
     @property
     def narrowed(self) -> dict[Leased, list[sa.ColumnElement[bool]]]:
@@ -167,6 +168,7 @@ class Worker:
         from app.finetune.worker import execute_job
         from app.pipeline import execute_run, execute_shard
         from app.pipeline.judgement_job import execute_judgement_job
+        from app.pipeline.recipe_job import execute_recipe
         from app.services.evaluation_runner import execute_evaluation
 
         if lease.model is Run:
@@ -182,6 +184,10 @@ class Worker:
         elif lease.model is Evaluation:
             await execute_evaluation(
                 engine=self.engine, settings=self.settings, evaluation_id=lease.row_id, worker=self
+            )
+        elif lease.model is Recipe:
+            await execute_recipe(
+                engine=self.engine, settings=self.settings, recipe_id=lease.row_id, worker=self
             )
         elif lease.model is JobPart:  # a node of a job on several machines
             await asyncio.to_thread(

@@ -25,6 +25,8 @@ ORIGINAL_SEEDS = SHARED / "data" / "selfinstruct_seed_tasks.jsonl"
 # the service serves in-process, so a test's endpoint never shadows it.
 LLAMA_ALIAS = "smollm2-llamacpp"
 TABLES = [
+    "recipe_event",
+    "recipe",
     "job_part",
     "finetune_checkpoint",
     "finetune_event",

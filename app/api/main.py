@@ -19,6 +19,7 @@ from app.api.routes import (
     health,
     judgements,
     models,
+    recipes,
     runs,
     strategies,
     tasks,
@@ -26,6 +27,7 @@ from app.api.routes import (
     workers,
 )
 from app.schemas.datasets import DocumentsCreate, SeedTask
+from app.schemas.recipes import RecipeCreate
 from app.settings import Settings
 
 api_router = APIRouter(
@@ -44,10 +46,11 @@ api_router.include_router(fine_tuning.router)
 api_router.include_router(chat.router)
 api_router.include_router(evaluations.router)
 api_router.include_router(judgements.router)
+api_router.include_router(recipes.router)
 
 # Bodies the routes read by hand (they take several content types), so FastAPI does not see
 # their models; the routes' `openapi_extra` refers to these by name.
-HAND_READ_BODIES: tuple[type[BaseModel], ...] = (SeedTask, DocumentsCreate)
+HAND_READ_BODIES: tuple[type[BaseModel], ...] = (SeedTask, DocumentsCreate, RecipeCreate)
 
 
 def openapi_builder(app: FastAPI) -> Any:

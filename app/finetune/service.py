@@ -97,7 +97,7 @@ def base_model_context(session: Session, settings: Settings, model: str) -> int 
     return base_models.context_length(config) if isinstance(config, dict) else None
 
 
-def _check_request(session: Session, settings: Settings, body: FineTuningJobCreate) -> int:
+def check_request(session: Session, settings: Settings, body: FineTuningJobCreate) -> int:
     """Refuse, naming the field, what no worker could train; before anything is stored.
     Returns the job's max_seq_len: the default shrinks to a shorter model context, a value the
     request gives must fit in it."""
@@ -153,7 +153,7 @@ def create_job(
     *, session: Session, settings: Settings, body: FineTuningJobCreate
 ) -> FineTuningJobRow:
     """Record the job, freeze its data, validate it; a bad file fails the job, not the request."""
-    max_seq_len = _check_request(session, settings, body)
+    max_seq_len = check_request(session, settings, body)
     dataset: Dataset | None = None
     version: DatasetVersion | None = None
     if body.dataset is not None:
