@@ -207,7 +207,7 @@ class RecipeExecution:
         )
 
     async def _execute_inline(self, lease: Lease) -> None:
-        from app.pipeline.driver import execute_run
+        from app.pipeline.execution import execute_run
         from app.pipeline.judgement_job import execute_judgement_job
         from app.services.evaluation_runner import execute_evaluation
 
