@@ -74,7 +74,7 @@ PYTEST := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest \
 	$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 test: $(VENV)/.test-deps
 	bash scripts/ensure-test-services.sh
-	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.test-deps
 	$(PYTEST) -m "not slow and not real" --sqlite-only $(PYTEST_ARGS)
