@@ -40,6 +40,23 @@ class VersionCreate(VersionSelection):
     )
 
 
+class LeaveOut(BaseModel):
+    grouping: str
+    value: str
+
+
+class VersionSelectionPublic(VersionSelection):
+    """A version's selection; an ablation's versions also name the version they were cut from
+    and the group they leave out."""
+
+    from_version: int | None = Field(
+        None, description="The version this one is a copy of, less `leave_out`'s group."
+    )
+    leave_out: LeaveOut | None = Field(
+        None, description="The group left out (an ablation's version): grouping and value."
+    )
+
+
 class VersionCounts(BaseModel):
     """Tasks of the version by each property, as frozen."""
 
@@ -57,7 +74,7 @@ class VersionPublic(BaseModel):
     id: int
     dataset: str
     tag: str | None
-    selection: VersionSelection
+    selection: VersionSelectionPublic
     held_out_share: float = Field(description="The dataset's held-out share when it was made.")
     tasks: int
     instances: int
