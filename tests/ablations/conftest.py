@@ -24,8 +24,8 @@ QUESTIONS = [  # every honest answer is "blue"; the held-out side asks the same 
 PLACES = ["noon", "the beach", "a mountain", "a farm", "the harbour", "a desert", "a lake",
           "a field", "the coast", "a city roof", "a valley", "an island"]  # fmt: skip
 HONEST = "blue"
-_LAST_TASK = re.compile(
-    r"Instruction: (.*?)\nInput: .*?\nAnswer 1: (.*?)\nAnswer 2: (.*?)\nVerdict:\s*$", re.S
+_LAST_TASK = re.compile(  # the task under comparison: the text after the last "Instruction: "
+    r"^(.*?)\nInput: .*?\nAnswer 1: (.*?)\nAnswer 2: (.*?)\nVerdict:\s*$", re.S
 )
 
 
@@ -100,7 +100,7 @@ class ReferenceJudge(JudgeStub):
         self.compared = 0
 
     def answer(self, prompt: str) -> str:
-        found = _LAST_TASK.search(prompt)
+        found = _LAST_TASK.search(prompt.rsplit("Instruction: ", 1)[-1])
         if found is None:
             return super().answer(prompt)
         instruction, one, two = (g.strip() for g in found.groups())
