@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from app.schemas.datasets import ExportSplit
 from generators.judge_prompts import Rating
@@ -55,6 +56,15 @@ class VersionSelectionPublic(VersionSelection):
     leave_out: LeaveOut | None = Field(
         None, description="The group left out (an ablation's version): grouping and value."
     )
+
+    @model_serializer(mode="wrap")
+    def _shown(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A version cut from no other shows the selection fields only."""
+        data: dict[str, Any] = handler(self)
+        if self.from_version is None:
+            data.pop("from_version", None)
+            data.pop("leave_out", None)
+        return data
 
 
 class VersionCounts(BaseModel):

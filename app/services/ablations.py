@@ -85,6 +85,35 @@ def ablation_cost(
     )
 
 
+def check_parts(
+    session: Session, settings: Settings, body: AblationCreate, version_id: int | None = None
+) -> None:
+    """The fine-tune settings, the base model and the judge, as their own requests would be
+    checked (also what a recipe's ablation step is checked for before its version exists)."""
+    for name in ABLATION_FILLED:
+        if name in body.finetune:
+            raise _refuse(
+                f"finetune.{name}",
+                "filled in by the ablation",
+                f"finetune.{name} is filled in by the ablation; drop it.",
+            )
+    engine = session.get_bind()
+    try:
+        tune = FineTuningJobCreate.model_validate(
+            {**body.finetune, "model": body.model, "dataset": body.dataset, "version": version_id}
+        )
+        check_request(session, settings, tune)
+    except ServiceError as exc:
+        prefix = "" if [e.field for e in exc.errors] == ["model"] else "finetune."
+        raise _as_field(prefix, exc) from exc
+    except ValueError as exc:  # pydantic's ValidationError
+        raise _refuse("finetune", "not fine-tune settings", f"finetune: {exc}") from exc
+    try:
+        find_model(settings, body.judge, engine, field="judge")  # type: ignore[arg-type]
+    except ServiceError as exc:
+        raise _as_field("", exc) from exc
+
+
 def _checked(
     session: Session, settings: Settings, body: AblationCreate
 ) -> tuple[Dataset, DatasetVersion, list[tuple[str, int]], AblationCost]:
@@ -98,28 +127,7 @@ def _checked(
         version = versions.get_version(session=session, dataset=dataset, version_id=body.version)
     except NotFound as exc:
         raise _refuse("version", "no version of this dataset with this id", exc.detail) from exc
-    for name in ABLATION_FILLED:
-        if name in body.finetune:
-            raise _refuse(
-                f"finetune.{name}",
-                "filled in by the ablation",
-                f"finetune.{name} is filled in by the ablation; drop it.",
-            )
-    engine = session.get_bind()
-    try:
-        tune = FineTuningJobCreate.model_validate(
-            {**body.finetune, "model": body.model, "dataset": dataset.name, "version": version.id}
-        )
-        check_request(session, settings, tune)
-    except ServiceError as exc:
-        prefix = "" if [e.field for e in exc.errors] == ["model"] else "finetune."
-        raise _as_field(prefix, exc) from exc
-    except ValueError as exc:  # pydantic's ValidationError
-        raise _refuse("finetune", "not fine-tune settings", f"finetune: {exc}") from exc
-    try:
-        find_model(settings, body.judge, engine, field="judge")  # type: ignore[arg-type]
-    except ServiceError as exc:
-        raise _as_field("", exc) from exc
+    check_parts(session, settings, body, version.id)
     held_out = int(version.counts.get("split", {}).get("held_out", 0))
     if held_out == 0:
         raise _refuse(
@@ -196,8 +204,9 @@ def create_ablation(*, session: Session, settings: Settings, body: AblationCreat
     """Check the request and its cost, then queue the ablation as a recipe."""
     dataset, _, groups, cost = _checked(session, settings, body)
     assert dataset.id is not None
-    document = {
-        "name": f"ablation-{body.grouping}",
+    name = f"ablation-{body.grouping}"
+    document: dict[str, Any] = {
+        "name": name,
         "dataset": dataset.name,
         "rounds": 1,
         "stop": {"min_win_rate": 0.0, "collapse_margin": 10.0, "budget": {}},
@@ -209,7 +218,7 @@ def create_ablation(*, session: Session, settings: Settings, body: AblationCreat
         },
     }
     recipe = Recipe(
-        name=document["name"],
+        name=name,
         dataset_id=dataset.id,
         document=document,
         status=RunStatus.queued,

@@ -12,6 +12,7 @@ from app.errors import InvalidInput
 from app.finetune import service as finetune
 from app.finetune.schemas import FineTuningJobCreate
 from app.models import Dataset, FineTuningJobRow
+from app.schemas.ablations import AblationCreate
 from app.schemas.evaluations import EvaluationCreate
 from app.schemas.judging import JudgementJobCreate
 from app.schemas.runs import RunCreate
@@ -74,6 +75,13 @@ def make_child(
             selection=Selection(**body.model_dump(exclude={"tag"})),
             tag=body.tag or f"{step['name']}-round-{round_no}",
         )
+    if kind == "ablation":
+        from app.services import ablations
+
+        body_ab = AblationCreate(
+            **params, dataset=dataset.name, version=_child_id(state, round_no, step["uses"])
+        )
+        return ablations.create_ablation(session=session, settings=settings, body=body_ab)
     if kind == "finetune":
         if step.get("uses"):
             params["version"] = _child_id(state, round_no, step["uses"])

@@ -22,7 +22,7 @@ from tests.judge.conftest import JUDGE_MODEL, judge_endpoints
 TUNE = {  # the same for every model: enough steps for the tiny model to learn a short answer
     "lora": {"r": 8, "alpha": 16},
     "max_seq_len": 64,
-    "max_steps": 40,
+    "max_steps": 20,
     "seed": 1,
     "method": {
         "type": "supervised",
