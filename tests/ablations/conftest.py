@@ -75,14 +75,20 @@ def add_tasks(engine: Engine, dataset_id: int, *, honest: int, junk: int, held_o
         session.commit()
 
 
-def make_version(
-    client: TestClient, engine: Engine, *, honest: int, junk: int, held_out: int
-) -> int:
+def make_pool(client: TestClient, engine: Engine, *, honest: int, junk: int, held_out: int) -> None:
+    """The dataset `pool` with a held-out share and the tasks of `add_tasks`."""
     made = client.post("/v1/datasets", json={"name": "pool", "held_out_share": HELD_OUT_SHARE})
     assert made.status_code == 201, made.text
     with Session(engine) as session:
         dataset_id = session.exec(select(Dataset.id).where(Dataset.name == "pool")).one()
     add_tasks(engine, dataset_id, honest=honest, junk=junk, held_out=held_out)
+
+
+def make_version(
+    client: TestClient, engine: Engine, *, honest: int, junk: int, held_out: int
+) -> int:
+    """`make_pool`, then a version of all of it (both sides of the held-out split)."""
+    make_pool(client, engine, honest=honest, junk=junk, held_out=held_out)
     version = client.post("/v1/datasets/pool/versions", json={"split": "all"})
     assert version.status_code == 201, version.text
     counts = version.json()["counts"]
