@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.datasets import ExportSplit
 from generators.judge_prompts import Rating
@@ -46,27 +45,6 @@ class LeaveOut(BaseModel):
     value: str
 
 
-class VersionSelectionPublic(VersionSelection):
-    """A version's selection; an ablation's versions also name the version they were cut from
-    and the group they leave out."""
-
-    from_version: int | None = Field(
-        None, description="The version this one is a copy of, less `leave_out`'s group."
-    )
-    leave_out: LeaveOut | None = Field(
-        None, description="The group left out (an ablation's version): grouping and value."
-    )
-
-    @model_serializer(mode="wrap")
-    def _shown(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """A version cut from no other shows the selection fields only."""
-        data: dict[str, Any] = handler(self)
-        if self.from_version is None:
-            data.pop("from_version", None)
-            data.pop("leave_out", None)
-        return data
-
-
 class VersionCounts(BaseModel):
     """Tasks of the version by each property, as frozen."""
 
@@ -84,7 +62,15 @@ class VersionPublic(BaseModel):
     id: int
     dataset: str
     tag: str | None
-    selection: VersionSelectionPublic
+    selection: VersionSelection
+    from_version: int | None = Field(
+        None,
+        description="An ablation's version: the version it is a copy of, less `leave_out`'s "
+        "group (its selection is that version's).",
+    )
+    leave_out: LeaveOut | None = Field(
+        None, description="An ablation's version: the group left out (grouping and value)."
+    )
     held_out_share: float = Field(description="The dataset's held-out share when it was made.")
     tasks: int
     instances: int

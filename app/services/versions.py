@@ -34,13 +34,14 @@ from app.models import (
 )
 from app.schemas.common import ErrorItem
 from app.schemas.datasets import ExportSplit
-from app.schemas.versions import VersionCounts, VersionPublic, VersionSelectionPublic
+from app.schemas.versions import LeaveOut, VersionCounts, VersionPublic, VersionSelection
 from app.services.export import Selection, VersionPart, row_batches, selection_clauses
 from app.services.frozen import TASKS_PER_CHUNK, canonical_line, compress, decode_chunk
 from app.services.heldout import split_of
 from filters.language import UNKNOWN
 
 SELECTION_FIELDS = ("include_seeds", "split", "min_rating", "include_contaminated")
+DERIVED = ("from_version", "leave_out")  # what a version cut from another records beside
 # What an ablation groups a version's tasks by, read from each frozen record.
 GROUPINGS: dict[str, Any] = {
     "strategy": lambda r: r["strategy"] or "none",
@@ -303,7 +304,15 @@ def version_public(*, version: DatasetVersion, dataset: Dataset) -> VersionPubli
         id=version.id,
         dataset=dataset.name,
         tag=version.tag,
-        selection=VersionSelectionPublic(**version.selection),
+        selection=VersionSelection(
+            **{k: v for k, v in version.selection.items() if k not in DERIVED}
+        ),
+        from_version=version.selection.get("from_version"),
+        leave_out=(
+            LeaveOut(**version.selection["leave_out"])
+            if version.selection.get("leave_out")
+            else None
+        ),
         held_out_share=version.held_out_share,
         tasks=version.tasks,
         instances=version.instances,

@@ -4,16 +4,19 @@ without `confirm`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
+from typer.testing import CliRunner
 
+from app.cli import cli
 from app.db import make_engine
 from app.main import create_app
 from app.models import FineTuningJobRow, Recipe
-from app.settings import BUNDLED_MODEL_ID, Settings
+from app.settings import BUNDLED_MODEL_ID, Settings, get_settings
 from tests.ablations.conftest import ReferenceJudge, make_version
 from tests.conftest import _wipe
 from tests.judge.conftest import JUDGE_MODEL, judge_settings
@@ -90,4 +93,50 @@ def test_above_the_limit_it_needs_confirm_and_states_its_cost(
     assert sorted(g["group"] for g in body["groups"]) == ["alpaca", "self_instruct"]
     assert client.get(f"/v1/ablations/{body['id']}").json()["id"] == body["id"]
     assert [a["id"] for a in client.get("/v1/ablations").json()["data"]] == [body["id"]]
-    client.post(f"/v1/recipes/{body['id']}/cancel")
+    cancelled = client.post(f"/v1/ablations/{body['id']}/cancel")
+    assert cancelled.json()["status"] == "cancelled"
+
+
+def test_the_cli_states_the_cost_and_needs_confirm(
+    api: tuple[TestClient, Settings, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, settings, version = api
+    monkeypatch.setenv("DATABASE_URL", settings.db_url)
+    monkeypatch.setenv("SELFINSTRUCT_DATA_DIR", str(settings.data_dir))
+    endpoints = [e.model_dump(mode="json") for e in settings.endpoints]
+    monkeypatch.setenv("SELFINSTRUCT_ENDPOINTS", json.dumps(endpoints))
+    monkeypatch.setenv("SELFINSTRUCT_ABLATION_CONFIRM_ABOVE", "2")
+    get_settings.cache_clear()
+    try:
+        args = ["ablate", "--dataset", "pool", "--version", str(version)]
+        args += ["--model", BUNDLED_MODEL_ID, "--judge", JUDGE_MODEL]
+        refused = CliRunner().invoke(cli, [*args, "--grouping", "strategy"])
+        assert refused.exit_code == 2, refused.output
+        assert "3 fine-tunes" in refused.output and "confirm: needed" in refused.output
+        unknown = CliRunner().invoke(cli, [*args, "--grouping", "colour"])
+        assert unknown.exit_code == 2 and "grouping" in unknown.output
+    finally:
+        get_settings.cache_clear()
+    _nothing_started(settings)
+
+
+def test_a_recipe_ablation_step_needs_an_earlier_version_step(
+    api: tuple[TestClient, Settings, int],
+) -> None:
+    client, settings, _ = api
+    step = {"grouping": "strategy", "model": BUNDLED_MODEL_ID, "judge": JUDGE_MODEL}
+    recipe = {
+        "name": "which",
+        "dataset": "pool",
+        "steps": [{"name": "ablate", "kind": "ablation", "params": step}],
+    }
+    alone = client.post("/v1/recipes", json=recipe)
+    assert alone.status_code == 422 and alone.json()["errors"][0]["field"] == "steps.0.kind"
+    recipe["steps"] = [  # type: ignore[index]
+        {"name": "freeze", "kind": "version", "params": {"split": "all"}},
+        {"name": "ablate", "kind": "ablation", "params": step | {"judge": "nope"}},
+    ]
+    bad_judge = client.post("/v1/recipes", json=recipe)
+    assert bad_judge.status_code == 422, bad_judge.text
+    assert bad_judge.json()["errors"][0]["field"] == "steps.1.params.judge"
+    _nothing_started(settings)

@@ -11,6 +11,7 @@ from app.api.deps import MAX_ID, SessionDep, SettingsDep
 from app.schemas.ablations import AblationCreate, AblationPublic, AblationsPublic
 from app.schemas.common import ErrorResponse
 from app.services import ablations as svc
+from app.services import recipes
 
 router = APIRouter(prefix="/ablations", tags=["ablations"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse}}
@@ -41,7 +42,18 @@ def read_ablation(
     ablation_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Ablation id.")],
 ) -> AblationPublic:
     """Read an ablation: its cost and, per group, the change in win rate of the model tuned
-    without it against the model tuned on everything, most helpful removal first. Cancel it
-    with POST /v1/recipes/{id}/cancel; its steps are at GET /v1/recipes/{id}."""
+    without it against the model tuned on everything, most helpful removal first. Its steps
+    and their jobs are at GET /v1/recipes/{id}."""
     recipe = svc.get_ablation(session=session, ablation_id=ablation_id)
+    return svc.ablation_public(session=session, recipe=recipe)
+
+
+@router.post("/{ablation_id}/cancel", responses=ERRORS)
+def cancel_ablation(
+    session: SessionDep,
+    ablation_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Ablation id.")],
+) -> AblationPublic:
+    """Cancel the ablation and the job it waits for (as its recipe's cancel does)."""
+    recipe = svc.get_ablation(session=session, ablation_id=ablation_id)
+    recipe = recipes.cancel_recipe(session=session, recipe=recipe)
     return svc.ablation_public(session=session, recipe=recipe)
