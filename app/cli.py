@@ -53,6 +53,15 @@ def _add_recipe_cli() -> None:
 _add_recipe_cli()
 
 
+def _add_ablation_cli() -> None:
+    from app.ablation_cli import ablate
+
+    cli.command("ablate")(ablate)
+
+
+_add_ablation_cli()
+
+
 def _fail(exc: ServiceError) -> None:
     typer.echo(f"error: {exc.detail}", err=True)
     for item in exc.errors:

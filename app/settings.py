@@ -229,6 +229,12 @@ class Settings(BaseSettings):
     finetune_device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where fine-tune workers train by default."
     )
+    ablation_confirm_above: int = Field(
+        default=3,
+        ge=0,
+        description="An ablation that trains more models than this (groups + 1) needs "
+        "`confirm: true`; the refusal states its cost.",
+    )
     finetune_max_devices: int = Field(
         default=8,
         ge=1,

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from app.api.deps import require_token
 from app.api.errors import COMMON_ERRORS
 from app.api.routes import (
+    ablations,
     chat,
     datasets,
     documents,
@@ -47,6 +48,7 @@ api_router.include_router(chat.router)
 api_router.include_router(evaluations.router)
 api_router.include_router(judgements.router)
 api_router.include_router(recipes.router)
+api_router.include_router(ablations.router)
 
 # Bodies the routes read by hand (they take several content types), so FastAPI does not see
 # their models; the routes' `openapi_extra` refers to these by name.

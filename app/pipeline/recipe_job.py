@@ -44,7 +44,12 @@ from app.settings import Settings
 log = logging.getLogger("selfinstruct.recipes")
 
 POLL_SECONDS = 0.2  # how often a waited-for child's status is read
-INLINE: dict[str, Leased] = {"run": Run, "judgement": JudgementJob, "evaluation": Evaluation}
+INLINE: dict[str, Leased] = {
+    "run": Run,
+    "judgement": JudgementJob,
+    "evaluation": Evaluation,
+    "ablation": Recipe,  # an ablation step's own recipe, walked in place
+}
 
 
 class Stopped(Exception):
@@ -217,6 +222,8 @@ class RecipeExecution:
             await execute_run(**common, run_id=lease.row_id, worker=holder)
         elif lease.model is JudgementJob:
             await execute_judgement_job(**common, job_id=lease.row_id, worker=holder)
+        elif lease.model is Recipe:
+            await execute_recipe(**common, recipe_id=lease.row_id, worker=holder)
         else:
             await execute_evaluation(**common, evaluation_id=lease.row_id, worker=holder)
 

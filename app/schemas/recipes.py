@@ -16,8 +16,8 @@ from pydantic import BaseModel, Field
 from app.models import RunStatus
 from app.schemas.common import DATASET_NAME_PATTERN, Strict
 
-StepKind = Literal["generate", "judge", "version", "finetune", "evaluate"]
-STEP_KINDS: tuple[str, ...] = ("generate", "judge", "version", "finetune", "evaluate")
+StepKind = Literal["generate", "judge", "version", "finetune", "evaluate", "ablation"]
+STEP_KINDS: tuple[str, ...] = ("generate", "judge", "version", "finetune", "evaluate", "ablation")
 STEP_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_\-]{0,39}$"
 
 
@@ -54,13 +54,13 @@ class StopRules(Strict):
 
 class RecipeStep(Strict):
     name: str = Field(pattern=STEP_NAME_PATTERN, description="Unique in the recipe.")
-    kind: str = Field(description="One of generate, judge, version, finetune, evaluate.")
+    kind: str = Field(description="One of generate, judge, version, finetune, evaluate, ablation.")
     uses: str | None = Field(
         None,
         description="An earlier step whose result this one takes: a `version` step for a "
         "`finetune` (it trains on that round's version), a `finetune` step for an `evaluate` "
-        "(it evaluates that round's tuned model). Left out: the nearest earlier step of that "
-        "kind, if any.",
+        "(it evaluates that round's tuned model), a `version` step for an `ablation` (it takes "
+        "that round's version apart). Left out: the nearest earlier step of that kind, if any.",
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
@@ -68,7 +68,8 @@ class RecipeStep(Strict):
         "...; from round 2 `model` is the previous round's tuned model); judge: a judgement "
         "job's; version: tag and selection fields; finetune: a fine-tune job's, without "
         "dataset and version; evaluate: an evaluation's, without models and dataset (judge "
-        "needed for the win rate).",
+        "needed for the win rate); ablation: an ablation's (POST /v1/ablations), without dataset "
+        "and version.",
     )
 
 
@@ -89,7 +90,7 @@ class RecipeCreate(Strict):
 
 
 class ChildJob(BaseModel):
-    kind: Literal["run", "judgement", "version", "finetune", "evaluation"]
+    kind: Literal["run", "judgement", "version", "finetune", "evaluation", "ablation"]
     id: int | str
     status: str = Field(description="The child's own status (a version is `succeeded`).")
     error: str | None = None

@@ -40,6 +40,11 @@ class VersionCreate(VersionSelection):
     )
 
 
+class LeaveOut(BaseModel):
+    grouping: str
+    value: str
+
+
 class VersionCounts(BaseModel):
     """Tasks of the version by each property, as frozen."""
 
@@ -58,6 +63,14 @@ class VersionPublic(BaseModel):
     dataset: str
     tag: str | None
     selection: VersionSelection
+    from_version: int | None = Field(
+        None,
+        description="An ablation's version: the version it is a copy of, less `leave_out`'s "
+        "group (its selection is that version's).",
+    )
+    leave_out: LeaveOut | None = Field(
+        None, description="An ablation's version: the group left out (grouping and value)."
+    )
     held_out_share: float = Field(description="The dataset's held-out share when it was made.")
     tasks: int
     instances: int

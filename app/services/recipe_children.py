@@ -12,6 +12,7 @@ from app.errors import InvalidInput
 from app.finetune import service as finetune
 from app.finetune.schemas import FineTuningJobCreate
 from app.models import Dataset, FineTuningJobRow
+from app.schemas.ablations import AblationCreate
 from app.schemas.evaluations import EvaluationCreate
 from app.schemas.judging import JudgementJobCreate
 from app.schemas.runs import RunCreate
@@ -53,6 +54,19 @@ def make_child(
         return judgement_jobs.create_job(
             session=session, settings=settings, dataset=dataset, body=JudgementJobCreate(**params)
         )
+    if kind == "version" and "leave_out" in params:  # an ablation's version less one group
+        source = versions.get_version(
+            session=session, dataset=dataset, version_id=params["from_version"]
+        )
+        leave = params["leave_out"]
+        return versions.create_version(
+            session=session,
+            dataset=dataset,
+            selection=Selection(),
+            tag=f"{step['name']}-round-{round_no}",
+            source=source,
+            leave_out=(leave["grouping"], leave["value"]),
+        )
     if kind == "version":
         body = VersionCreate(**params)
         return versions.create_version(
@@ -61,6 +75,13 @@ def make_child(
             selection=Selection(**body.model_dump(exclude={"tag"})),
             tag=body.tag or f"{step['name']}-round-{round_no}",
         )
+    if kind == "ablation":
+        from app.services import ablations
+
+        body_ab = AblationCreate(
+            **params, dataset=dataset.name, version=_child_id(state, round_no, step["uses"])
+        )
+        return ablations.create_ablation(session=session, settings=settings, body=body_ab)
     if kind == "finetune":
         if step.get("uses"):
             params["version"] = _child_id(state, round_no, step["uses"])
@@ -71,6 +92,11 @@ def make_child(
     tuned_job = session.get(FineTuningJobRow, job_id)
     model = tuned_job.fine_tuned_model if tuned_job else None
     tune_step = next(s for s in steps if s["name"] == step["uses"])
-    previous = tuned.get(str(round_no - 1)) or tune_step["params"]["model"]
+    against = params.pop("against", None)  # an ablation's: the model of a named step
+    if against is not None:
+        other = session.get(FineTuningJobRow, _child_id(state, round_no, against))
+        previous = (other.fine_tuned_model if other else None) or ""
+    else:
+        previous = tuned.get(str(round_no - 1)) or tune_step["params"]["model"]
     body_ev = EvaluationCreate(**params, models=[model or "", previous], dataset=dataset.name)
     return evaluations.create_evaluation(session=session, settings=settings, body=body_ev)

@@ -40,6 +40,7 @@ CHILD_MODELS: dict[str, type[SQLModel]] = {
     "version": DatasetVersion,
     "finetune": FineTuningJobRow,
     "evaluation": Evaluation,
+    "ablation": Recipe,  # an ablation runs as a recipe of its own
 }
 STEP_CHILD = {
     "generate": "run",
@@ -47,6 +48,7 @@ STEP_CHILD = {
     "version": "version",
     "finetune": "finetune",
     "evaluate": "evaluation",
+    "ablation": "ablation",
 }
 
 

@@ -20,6 +20,7 @@ from app.finetune.schemas import FineTuningJobCreate
 from app.finetune.service import check_request
 from app.llm import find_model
 from app.models import Dataset, Recipe, RecipeEvent, RunStatus
+from app.schemas.ablations import AblationCreate
 from app.schemas.common import ErrorItem
 from app.schemas.evaluations import EvaluationCreate
 from app.schemas.judging import JudgementJobCreate
@@ -45,8 +46,13 @@ FILLED = {
     "version": (),
     "finetune": ("dataset", "version", "training_file", "validation_file"),
     "evaluate": ("models", "dataset", "version"),
+    "ablation": ("dataset", "version"),
 }
-USES = {"finetune": "version", "evaluate": "finetune"}  # what a step's `uses` must name
+USES = {
+    "finetune": "version",
+    "evaluate": "finetune",
+    "ablation": "version",
+}  # what a step's `uses` must name
 M = TypeVar("M", bound=BaseModel)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 
@@ -156,6 +162,15 @@ def _check_references(body: RecipeCreate) -> dict[str, str | None]:
                     "an evaluate step compares a round's tuned model with the one before it: "
                     "put a finetune step before it.",
                 )
+            if step.kind == "ablation" and not earlier:
+                raise _refuse(
+                    i,
+                    step,
+                    "kind",
+                    "no earlier version step",
+                    "an ablation step takes a round's version apart: put a version step (with "
+                    "split: all, so it holds held-out tasks) before it.",
+                )
             resolved[step.name] = earlier[-1] if earlier else None
         seen[step.name] = step.kind
     if body.rounds > 1 and "finetune" not in seen.values():
@@ -211,6 +226,11 @@ def _check_step(
                     "(SELFINSTRUCT_FINETUNE_DEVICE=cpu); drop it or run a GPU worker.",
                 )
             check_request(session, settings, tune)
+        elif step.kind == "ablation":
+            from app.services.ablations import check_parts
+
+            check = {**step.params, "dataset": body.dataset, "version": 1}
+            check_parts(session, settings, _validated(AblationCreate, check, prefix, step.name))
         else:
             check = {**step.params, "models": ["-"], "dataset": body.dataset}
             evaluation = _validated(EvaluationCreate, check, prefix, step.name)

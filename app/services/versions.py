@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,13 +34,22 @@ from app.models import (
 )
 from app.schemas.common import ErrorItem
 from app.schemas.datasets import ExportSplit
-from app.schemas.versions import VersionCounts, VersionPublic, VersionSelection
+from app.schemas.versions import LeaveOut, VersionCounts, VersionPublic, VersionSelection
 from app.services.export import Selection, VersionPart, row_batches, selection_clauses
-from app.services.frozen import TASKS_PER_CHUNK, canonical_line, compress
+from app.services.frozen import TASKS_PER_CHUNK, canonical_line, compress, decode_chunk
 from app.services.heldout import split_of
 from filters.language import UNKNOWN
 
 SELECTION_FIELDS = ("include_seeds", "split", "min_rating", "include_contaminated")
+DERIVED = ("from_version", "leave_out")  # what a version cut from another records beside
+# What an ablation groups a version's tasks by, read from each frozen record.
+GROUPINGS: dict[str, Any] = {
+    "strategy": lambda r: r["strategy"] or "none",
+    "origin": lambda r: r["origin"],
+    "run": lambda r: "none" if r["run_id"] is None else str(r["run_id"]),
+    "language": lambda r: r["language"] or UNKNOWN,
+    "rating": lambda r: r["rating"] or "not_rated",
+}
 
 
 class EmptySelection(InvalidInput):
@@ -158,6 +168,34 @@ def _freeze(session: Session, dataset: Dataset, selection: Selection) -> _Frozen
     return frozen
 
 
+def version_records(session: Session, version: DatasetVersion) -> Iterator[dict[str, Any]]:
+    """A version's frozen records, in order."""
+    query = (
+        sa.select(col(DatasetVersionChunk.data), col(DatasetVersionChunk.raw_bytes))
+        .where(col(DatasetVersionChunk.version_id) == version.id)
+        .order_by(col(DatasetVersionChunk.position))
+    )
+    for data, raw_bytes in session.execute(query).all():
+        yield from decode_chunk(bytes(data), raw_bytes)
+
+
+def version_groups(session: Session, version: DatasetVersion, grouping: str) -> Counter[str]:
+    """Train-side tasks of the version per group of `grouping` (what a fine-tune trains on)."""
+    key = GROUPINGS[grouping]
+    return Counter(key(r) for r in version_records(session, version) if r["split"] == "train")
+
+
+def _refreeze(session: Session, source: DatasetVersion, leave_out: tuple[str, str]) -> _Frozen:
+    """The source version's records less those of one group, frozen again as they were."""
+    frozen, (grouping, value) = _Frozen(), leave_out
+    key = GROUPINGS[grouping]
+    for record in version_records(session, source):
+        if key(record) != value:
+            frozen.add(record)
+    frozen.seal()
+    return frozen
+
+
 def _empty(dataset: Dataset, selection: Selection) -> EmptySelection:
     chosen = ", ".join(f"{k}={v}" for k, v in selection.as_dict().items())
     return EmptySelection(
@@ -175,17 +213,33 @@ def create_version(
     selection: Selection,
     tag: str | None = None,
     reuse: bool = False,
+    source: DatasetVersion | None = None,
+    leave_out: tuple[str, str] | None = None,
 ) -> DatasetVersion:
     """Freeze the selection as a new version and commit it. With `reuse`, an existing version of
     the same selection and content (equal hash) is returned instead of a copy: what fine-tunes
     and evaluations do, so jobs on an unchanged pool share one version. EmptySelection (422)
-    when nothing is selected."""
+    when nothing is selected.
+
+    With `source` and `leave_out` (grouping, value), the version is the source version's
+    records less one group (what an ablation trains on), not a read of the live pool: the
+    comparison then differs by that group only, whatever the pool did since; its selection
+    records the source's, `from_version` and `leave_out`."""
     assert dataset.id is not None
-    frozen = _freeze(session, dataset, selection)
+    if source is not None and leave_out is not None:
+        frozen = _refreeze(session, source, leave_out)
+        chosen = {
+            **source.selection,
+            "from_version": source.id,
+            "leave_out": {"grouping": leave_out[0], "value": leave_out[1]},
+        }
+        share = source.held_out_share
+    else:
+        frozen = _freeze(session, dataset, selection)
+        chosen, share = selection.as_dict(), dataset.held_out_share
     if frozen.tasks == 0:
         raise _empty(dataset, selection)
     content_sha256 = frozen.sha256.hexdigest()
-    chosen = selection.as_dict()
     if reuse:
         same = session.exec(
             select(DatasetVersion)
@@ -196,13 +250,13 @@ def create_version(
             .order_by(col(DatasetVersion.id).desc())
         ).all()
         for version in same:
-            if version.selection == chosen and version.held_out_share == dataset.held_out_share:
+            if version.selection == chosen and version.held_out_share == share:
                 return version
     version = DatasetVersion(
         dataset_id=dataset.id,
         tag=tag,
         selection=chosen,
-        held_out_share=dataset.held_out_share,
+        held_out_share=share,
         tasks=frozen.tasks,
         instances=frozen.instances,
         content_sha256=content_sha256,
@@ -250,7 +304,15 @@ def version_public(*, version: DatasetVersion, dataset: Dataset) -> VersionPubli
         id=version.id,
         dataset=dataset.name,
         tag=version.tag,
-        selection=VersionSelection(**version.selection),
+        selection=VersionSelection(
+            **{k: v for k, v in version.selection.items() if k not in DERIVED}
+        ),
+        from_version=version.selection.get("from_version"),
+        leave_out=(
+            LeaveOut(**version.selection["leave_out"])
+            if version.selection.get("leave_out")
+            else None
+        ),
         held_out_share=version.held_out_share,
         tasks=version.tasks,
         instances=version.instances,
