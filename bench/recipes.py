@@ -1,0 +1,187 @@
+"""What a recipe costs over the same jobs run by hand: generate -> judge -> version.
+
+    python -m bench.recipes [--repeats 3] [--target 40] [--latency 0.02]
+
+Against the scripted server (`bench.scripted_server`, its own process: every answer after exactly
+`--latency` seconds; it rates judged tasks A-D), in this one process, each repetition on a fresh
+data directory with the starter pool and the API's embedded worker (in-process TestClient):
+
+- baseline, "the same jobs by hand": POST a run, poll GET /v1/runs/{id} until it ends, POST a
+  judgement job over the dataset, poll it, POST a version; what a user's script does;
+- the floor, "the same jobs direct": the same service functions called here, each job executed
+  in this thread at once (no worker, no HTTP, no polling);
+- the recipe of the same three steps: POST /v1/recipes, poll GET /v1/recipes/{id}.
+
+Both poll every 0.05 s and the worker looks for work every 0.05 s. Printed: wall and process
+CPU time of each (medians over the repetitions, the two alternating so load drifts hit both),
+requests sent, and the recipe's wall and CPU time as ratios of each baseline's (goal: <= 1.05
+against the jobs by hand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from app.bootstrap import ensure_default_dataset
+from app.db import make_engine, migrate
+from app.main import create_app
+from app.pipeline.execution import execute_run
+from app.pipeline.judgement_job import execute_judgement_job
+from app.schemas.judging import JudgementJobCreate
+from app.schemas.runs import RunCreate
+from app.services.datasets import get_dataset
+from app.services.export import Selection
+from app.services.judgement_jobs import create_job
+from app.services.runs import create_run
+from app.services.versions import create_version
+from app.settings import EndpointConfig, Settings
+from bench.throughput import MODEL, scripted_servers, stats
+
+POLL_S = 0.05
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+def _wait(client: TestClient, path: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = client.get(path).json()
+        if body["status"] in FINAL:
+            assert body["status"] == "succeeded", body
+            return body
+        time.sleep(POLL_S)
+    raise RuntimeError(f"{path} did not end")
+
+
+def by_hand(client: TestClient, target: int) -> None:
+    run = client.post("/v1/datasets/default/runs", json={"model": MODEL, "target": target})
+    assert run.status_code == 201, run.text
+    _wait(client, f"/v1/runs/{run.json()['id']}")
+    job = client.post("/v1/datasets/default/judgements", json={"model": MODEL})
+    assert job.status_code == 202, job.text
+    _wait(client, f"/v1/judgements/{job.json()['id']}")
+    version = client.post("/v1/datasets/default/versions", json={"tag": "by-hand"})
+    assert version.status_code == 201, version.text
+
+
+def direct(settings: Settings, target: int) -> None:
+    """The floor: the same service functions, each job executed here at once (no worker, no
+    polling), as bench.judge does."""
+    engine = make_engine(settings)
+    with Session(engine, expire_on_commit=False) as session:
+        dataset = get_dataset(session=session, name="default")
+        run = create_run(
+            session=session,
+            settings=settings,
+            dataset=dataset,
+            body=RunCreate(model=MODEL, target=target),
+        )
+        run.status = "running"
+        session.add(run)
+        session.commit()
+    asyncio.run(execute_run(engine=engine, settings=settings, run_id=run.id))
+    with Session(engine, expire_on_commit=False) as session:
+        dataset = get_dataset(session=session, name="default")
+        job = create_job(
+            session=session,
+            settings=settings,
+            dataset=dataset,
+            body=JudgementJobCreate(model=MODEL),
+        )
+        job.status = "running"
+        session.add(job)
+        session.commit()
+    asyncio.run(execute_judgement_job(engine=engine, settings=settings, job_id=job.id))
+    with Session(engine, expire_on_commit=False) as session:
+        dataset = get_dataset(session=session, name="default")
+        create_version(session=session, dataset=dataset, selection=Selection(), tag="direct")
+    engine.dispose()
+
+
+def as_recipe(client: TestClient, target: int) -> None:
+    recipe = {
+        "name": "bench",
+        "dataset": "default",
+        "steps": [
+            {"name": "gen", "kind": "generate", "params": {"model": MODEL, "target": target}},
+            {"name": "rate", "kind": "judge", "params": {"model": MODEL}},
+            {"name": "freeze", "kind": "version", "params": {"tag": "recipe"}},
+        ],
+    }
+    posted = client.post("/v1/recipes", json=recipe)
+    assert posted.status_code == 202, posted.text
+    _wait(client, f"/v1/recipes/{posted.json()['id']}")
+
+
+def measure(url: str, how: Callable[[Any, int], None], target: int) -> tuple[float, float, int]:
+    """Wall s, process CPU s and requests of one pass on a fresh data directory."""
+    endpoint = EndpointConfig(
+        name="bench", base_url=url, models=[MODEL], structured_output="json_schema"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(
+            data_dir=Path(tmp),
+            endpoints=[endpoint],
+            worker_poll_seconds=POLL_S,
+            finetune_workers=0,
+        )
+        migrate(settings)
+        if how is direct:
+            ensure_default_dataset(engine=make_engine(settings), settings=settings)
+            return _timed(url, lambda: direct(settings, target))
+        with TestClient(create_app(settings)) as client:
+            return _timed(url, lambda: how(client, target))
+
+
+def _timed(url: str, work: Callable[[], None]) -> tuple[float, float, int]:
+    before = stats([url])[0]
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return wall, cpu, stats([url])[0] - before
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--target", type=int, default=40)
+    parser.add_argument("--latency", type=float, default=0.02)
+    args = parser.parse_args()
+    ways: dict[str, Callable[[Any, int], None]] = {
+        "by hand": by_hand,
+        "direct": direct,
+        "recipe": as_recipe,
+    }
+    results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in ways}
+    with scripted_servers(1, args.latency) as urls:
+        measure(urls[0], by_hand, args.target)  # warm-up: imports, first connections
+        for _ in range(args.repeats):
+            for name, how in ways.items():
+                results[name].append(measure(urls[0], how, args.target))
+    medians = {
+        name: tuple(statistics.median(r[i] for r in rows) for i in range(3))
+        for name, rows in results.items()
+    }
+    print(f"generate (target {args.target}) -> judge -> version, latency {args.latency}s")
+    print(f"{'':10} {'wall s':>8} {'CPU s':>8} {'requests':>9}")
+    for name, (wall, cpu, requests) in medians.items():
+        print(f"{name:10} {wall:8.2f} {cpu:8.2f} {requests:9.0f}")
+    for name, rows in results.items():
+        print(f"  {name} walls: " + ", ".join(f"{r[0]:.2f}" for r in rows))
+    for base in ("by hand", "direct"):
+        ratio = medians["recipe"][0] / medians[base][0]
+        cpu_ratio = medians["recipe"][1] / medians[base][1]
+        print(f"recipe / the same jobs {base}: wall {ratio:.3f}x, CPU {cpu_ratio:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
