@@ -1,6 +1,7 @@
 """What a recipe costs over the same jobs run by hand: generate -> judge -> version.
 
     python -m bench.recipes [--repeats 3] [--target 40] [--latency 0.02]
+    python -m bench.recipes --bundled --target 5
 
 Against the scripted server (`bench.scripted_server`, its own process: every answer after exactly
 `--latency` seconds; it rates judged tasks A-D), in this one process, each repetition on a fresh
@@ -16,6 +17,9 @@ Both poll every 0.05 s and the worker looks for work every 0.05 s. Printed: wall
 CPU time of each (medians over the repetitions, the two alternating so load drifts hit both),
 requests sent, and the recipe's wall and CPU time as ratios of each baseline's (goal: <= 1.05
 against the jobs by hand).
+
+With --bundled: one round of generate -> judge -> version -> finetune (LoRA, 10 steps, CPU) ->
+evaluate on the bundled model, printing its requests, tokens and the fine-tune's time.
 """
 
 from __future__ import annotations
@@ -150,12 +154,64 @@ def _timed(url: str, work: Callable[[], None]) -> tuple[float, float, int]:
     return wall, cpu, stats([url])[0] - before
 
 
+def bundled_round(target: int) -> None:
+    """One round of all five steps on the bundled model (in-process llama.cpp, CPU fine-tune):
+    what it costs in requests, tokens and time, step by step."""
+    from app.settings import BUNDLED_MODEL_ID as MODEL_ID
+
+    recipe = {
+        "name": "bundled",
+        "dataset": "default",
+        "steps": [
+            {"name": "gen", "kind": "generate", "params": {"model": MODEL_ID, "target": target}},
+            {"name": "rate", "kind": "judge", "params": {"model": MODEL_ID}},
+            {"name": "freeze", "kind": "version", "params": {"include_seeds": True}},
+            {
+                "name": "tune",
+                "kind": "finetune",
+                "params": {"model": MODEL_ID, "lora": {"r": 8, "alpha": 16}, "max_steps": 10},
+            },
+            {"name": "eval", "kind": "evaluate", "params": {"judge": MODEL_ID, "limit": 5}},
+        ],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp), finetune_device="cpu", worker_poll_seconds=0.2)
+        migrate(settings)
+        with TestClient(create_app(settings)) as client:
+            wall, cpu = time.perf_counter(), time.process_time()
+            posted = client.post("/v1/recipes", json=recipe)
+            assert posted.status_code == 202, posted.text
+            done = _wait(client, f"/v1/recipes/{posted.json()['id']}")
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            steps = {s["name"]: s["job"] for s in done["steps"]}
+            job = client.get(f"/v1/fine_tuning/jobs/{steps['tune']['id']}").json()
+            run = client.get(f"/v1/runs/{steps['gen']['id']}").json()
+            judged = client.get(f"/v1/judgements/{steps['rate']['id']}").json()
+            evaluation = client.get(f"/v1/evaluations/{steps['eval']['id']}").json()
+    (row,) = done["table"]
+    print(f"one round on {MODEL_ID} (generate target {target}), this machine's CPU only")
+    print(f"  round: {wall:.0f} s wall, {cpu:.0f} s CPU of this process")
+    print(f"  requests {row['requests']}, tokens {row['tokens']}, new tasks {row['new_tasks']}")
+    print(f"  run: {run['counters']['requests']} requests; judge: {judged['progress']}")
+    print(
+        f"  fine-tune: {job['finished_at'] - job['created_at']} s from queued to done, "
+        f"{job['trained_tokens']} trained tokens"
+    )
+    print(f"  evaluation: {evaluation['progress']}, win rate {row['win_rate']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--target", type=int, default=40)
     parser.add_argument("--latency", type=float, default=0.02)
+    parser.add_argument(
+        "--bundled", action="store_true", help="one round of five steps on the bundled model"
+    )
     args = parser.parse_args()
+    if args.bundled:
+        bundled_round(args.target)
+        return
     ways: dict[str, Callable[[Any, int], None]] = {
         "by hand": by_hand,
         "direct": direct,
