@@ -56,12 +56,7 @@ def test_a_running_recipe_shows_its_steps_jobs_versions_and_rounds_live(
     assert posted.status_code == 202, posted.text
     recipe_id = posted.json()["id"]
 
-    open_view(page, "#/recipes")
-    row = page.locator(f'[data-recipe="{recipe_id}"]')
-    expect(row).to_contain_text("watched")
-    row.get_by_role("link", name=f"#{recipe_id}").click()
-    expect(page.locator("#view")).to_have_attribute("data-ready", f"#/recipes/{recipe_id}")
-
+    open_view(page, f"#/recipes/{recipe_id}")  # at once: the scripted server's latency
     status = page.locator("#recipe-status")
     expect(status).to_have_text("running", timeout=20_000)
     expect(status).to_have_text("succeeded", timeout=60_000)  # no reload: the events move it
@@ -94,3 +89,12 @@ def test_a_running_recipe_shows_its_steps_jobs_versions_and_rounds_live(
     expect(page.locator("#cancel-recipe")).to_be_disabled()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-recipe.png"), full_page=True)
+
+    # the list of recipes leads back to it
+    open_view(page, "#/recipes")
+    row = page.locator(f'[data-recipe="{recipe_id}"]')
+    expect(row).to_contain_text("watched")
+    expect(row.locator(".badge")).to_have_text("succeeded")
+    row.get_by_role("link", name=f"#{recipe_id}").click()
+    expect(page.locator("#view")).to_have_attribute("data-ready", f"#/recipes/{recipe_id}")
+    expect(page.locator("#recipe-steps tr")).to_have_count(3)
