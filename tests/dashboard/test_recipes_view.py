@@ -4,12 +4,15 @@ the round table appear while it runs, and the page never needs a reload."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from app.db import migrate
+from app.settings import Settings
 from tests.dashboard.conftest import ARTIFACTS, TOKEN
 from tests.dashboard.test_dashboard import open_view
 from tests.judge.conftest import JUDGE_MODEL, JudgeStub, judge_endpoints
@@ -42,9 +45,20 @@ def stub() -> Iterator[JudgeStub]:
 
 
 @pytest.fixture(scope="module")
-def live_env(live_env: dict[str, str], stub: JudgeStub) -> dict[str, str]:
-    """This module's server generates and judges on the scripted server, not the bundled model."""
-    return {**live_env, "SELFINSTRUCT_ENDPOINTS": json.dumps(judge_endpoints(stub))}
+def live_env(tmp_path_factory: pytest.TempPathFactory, stub: JudgeStub) -> dict[str, str]:
+    """This module's server generates and judges on the scripted server, not the bundled model,
+    and needs no base model to fine-tune."""
+    data = tmp_path_factory.mktemp("dashboard-recipes")
+    url = f"sqlite:///{data / 'dashboard.db'}"
+    migrate(Settings(database_url=url, data_dir=data))
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "SELFINSTRUCT_DATA_DIR": str(data),
+        "SELFINSTRUCT_API_TOKEN": TOKEN,
+        "SELFINSTRUCT_WORKER_POLL_SECONDS": "0.2",
+        "SELFINSTRUCT_ENDPOINTS": json.dumps(judge_endpoints(stub)),
+    }
 
 
 def test_a_running_recipe_shows_its_steps_jobs_versions_and_rounds_live(
