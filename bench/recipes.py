@@ -18,7 +18,7 @@ CPU time of each (medians over the repetitions, the two alternating so load drif
 requests sent, and the recipe's wall and CPU time as ratios of each baseline's (goal: <= 1.05
 against the jobs by hand).
 
-With --bundled: one round of generate -> judge -> version -> finetune (LoRA, 10 steps, CPU) ->
+With --bundled: one round of generate -> judge -> version -> finetune (LoRA, 2 steps, CPU) ->
 evaluate on the bundled model, printing its requests, tokens and the fine-tune's time.
 """
 
@@ -169,7 +169,12 @@ def bundled_round(target: int) -> None:
             {
                 "name": "tune",
                 "kind": "finetune",
-                "params": {"model": MODEL_ID, "lora": {"r": 8, "alpha": 16}, "max_steps": 10},
+                "params": {
+                    "model": MODEL_ID,
+                    "lora": {"r": 8, "alpha": 16},
+                    "max_steps": 2,
+                    "max_seq_len": 256,
+                },
             },
             {"name": "eval", "kind": "evaluate", "params": {"judge": MODEL_ID, "limit": 5}},
         ],
@@ -177,6 +182,10 @@ def bundled_round(target: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp), finetune_device="cpu", worker_poll_seconds=0.2)
         migrate(settings)
+        from app.worker import Worker
+
+        tuner = Worker(engine=make_engine(settings), settings=settings, kind="finetune")
+        thread = tuner.start_thread()  # the API starts none in-process; `serve` would
         with TestClient(create_app(settings)) as client:
             wall, cpu = time.perf_counter(), time.process_time()
             posted = client.post("/v1/recipes", json=recipe)
@@ -188,6 +197,8 @@ def bundled_round(target: int) -> None:
             run = client.get(f"/v1/runs/{steps['gen']['id']}").json()
             judged = client.get(f"/v1/judgements/{steps['rate']['id']}").json()
             evaluation = client.get(f"/v1/evaluations/{steps['eval']['id']}").json()
+        tuner.stop()
+        thread.join(timeout=60)
     (row,) = done["table"]
     print(f"one round on {MODEL_ID} (generate target {target}), this machine's CPU only")
     print(f"  round: {wall:.0f} s wall, {cpu:.0f} s CPU of this process")
