@@ -1,6 +1,6 @@
 """What a recipe costs over the same jobs run by hand: generate -> judge -> version.
 
-    python -m bench.recipes [--repeats 3] [--target 40] [--latency 0.02]
+    python -m bench.recipes [--repeats 5] [--target 1000] [--latency 0.02]
     python -m bench.recipes --bundled --target 5
 
 Against the scripted server (`bench.scripted_server`, its own process: every answer after exactly
@@ -13,8 +13,9 @@ data directory with the starter pool and the API's embedded worker (in-process T
   in this thread at once (no worker, no HTTP, no polling);
 - the recipe of the same three steps: POST /v1/recipes, poll GET /v1/recipes/{id}.
 
-Both poll every 0.05 s and the worker looks for work every 0.05 s. Printed: wall and process
-CPU time of each (medians over the repetitions, the two alternating so load drifts hit both),
+The client polls every 0.05 s and the worker looks for work every 0.05 s. Printed: wall and
+process CPU time of each (medians over the repetitions, the three taking turns so load drifts hit
+each),
 requests sent, and the recipe's wall and CPU time as ratios of each baseline's (goal: <= 1.05
 against the jobs by hand).
 
@@ -213,8 +214,8 @@ def bundled_round(target: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--target", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--target", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.02)
     parser.add_argument(
         "--bundled", action="store_true", help="one round of five steps on the bundled model"
