@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, func, select
 
@@ -32,6 +33,10 @@ def _worker(env: dict[str, str], log: Path, fault: str | None) -> subprocess.Pop
     )
 
 
+# Fencing and the child's id written in its own commit are the database's locking: both, with
+# the PostgreSQL case (8 s) in `make test-all`.
+@pytest.mark.both_databases
+@pytest.mark.postgres_slow
 def test_a_recipe_resumes_at_its_step_after_kill_9_with_no_child_made_twice(
     settings_factory: Callable[..., Settings], recipe_stub: JudgeStub, tmp_path: Path
 ) -> None:

@@ -935,6 +935,111 @@ async function evaluationView(id) {
   ];
 }
 
+// --- recipes -----------------------------------------------------------------------------------
+
+/** Where the dashboard has a page for a child's kind; judgements and versions have none. */
+const CHILD_PAGE = { run: (id) => `#/runs/${id}`, finetune: (id) => `#/jobs/${enc(id)}`, evaluation: (id) => `#/evaluations/${id}` };
+
+function childCell(job) {
+  if (!job) return h("td", { class: "muted" }, "not started");
+  const label = `${job.kind} ${job.kind === "finetune" ? job.id : `#${job.id}`}`;
+  const page = CHILD_PAGE[job.kind];
+  return h("td", {}, page ? h("a", { href: page(job.id) }, label) : label);
+}
+
+async function recipesView() {
+  const list = await api("GET", "/v1/recipes");
+  const rows = list.data.map((r) =>
+    h("tr", { "data-recipe": r.id },
+      h("td", {}, h("a", { href: `#/recipes/${r.id}` }, `#${r.id}`)),
+      h("td", {}, r.name),
+      h("td", {}, badge(r.status)),
+      h("td", {}, h("a", { href: `#/d/${enc(r.dataset)}` }, r.dataset)),
+      h("td", {}, `${Math.min(r.round, r.rounds)} / ${r.rounds}`),
+      h("td", {}, r.step || r.stop_reason || "–"),
+      h("td", {}, when(r.created_at))));
+  return [
+    h("h1", {}, "Recipes"),
+    h("p", { class: "muted" }, "Post a recipe (JSON or YAML) to /v1/recipes or run `selfinstruct recipe run FILE`; it shows here."),
+    rows.length
+      ? h("table", { id: "recipes" }, h("thead", {}, h("tr", {}, ["Recipe", "Name", "Status", "Dataset", "Round", "Step", "Created"].map((c) => h("th", {}, c)))), h("tbody", {}, rows))
+      : h("p", { class: "muted" }, "No recipes yet."),
+  ];
+}
+
+async function recipeView(id) {
+  let recipe = await api("GET", `/v1/recipes/${enc(id)}`);
+  const status = h("span", { id: "recipe-status" }, badge(recipe.status));
+  const where = h("p", { class: "muted", id: "recipe-where" });
+  const message = h("p", { class: "form-error", id: "recipe-error" });
+  const steps = h("tbody", { id: "recipe-steps" });
+  const versions = h("p", { id: "recipe-versions" });
+  const table = h("tbody", { id: "recipe-rounds" });
+  const cancel = h("button", { type: "button", class: "danger", id: "cancel-recipe", onclick: async () => {
+    try { recipe = await api("POST", `/v1/recipes/${enc(id)}/cancel`); render(); }
+    catch (error) { message.textContent = error.message; }
+  } }, "Cancel recipe");
+  const fixed = (x, digits = 2) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
+  const pct = (x) => (x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)}%`);
+  const render = () => {
+    status.replaceChildren(badge(recipe.status));
+    cancel.disabled = FINAL_RUN.has(recipe.status);
+    where.textContent = [
+      `round ${Math.min(recipe.round, recipe.rounds)} of ${recipe.rounds}`,
+      recipe.step && `at step ${recipe.step}`,
+      recipe.stop_reason && `stopped: ${recipe.stop_reason}`,
+    ].filter(Boolean).join(" · ");
+    message.textContent = recipe.error || "";
+    steps.replaceChildren(...recipe.steps.map((st) =>
+      h("tr", { "data-step": `${st.round}:${st.name}` },
+        h("td", {}, st.round), h("td", {}, st.name), h("td", {}, st.kind),
+        childCell(st.job),
+        h("td", {}, st.job ? badge(st.job.status) : "–"),
+        h("td", {}, st.job?.error || ""))));
+    versions.replaceChildren(recipe.versions.length
+      ? `Versions made: ${recipe.versions.map((v) => `#${v}`).join(", ")} (GET /v1/datasets/${recipe.dataset}/versions/{id})`
+      : "No versions made yet.");
+    table.replaceChildren(...recipe.table.map((r) =>
+      h("tr", { "data-round": r.round },
+        h("td", {}, r.round), h("td", {}, num(r.new_tasks)), h("td", {}, r.version ? `#${r.version}` : "–"),
+        h("td", {}, r.tuned_model || "–"), h("td", {}, r.against || "–"),
+        h("td", {}, r.win_rate === null ? "–" : `${pct(r.win_rate)} (${pct(r.ci_low)}–${pct(r.ci_high)}, n=${r.compared})`),
+        h("td", {}, fixed(r.mean_rouge_l_to_pool)), h("td", {}, fixed(r.distinct_leading_words)),
+        h("td", {}, num(r.requests)), h("td", {}, num(r.tokens)), h("td", {}, money(r.cost)),
+        h("td", {}, r.stop || "–"))));
+  };
+  // Events say when the recipe moves; the GET holds the whole picture, so each event rereads it.
+  // A running child's own status changes send no recipe event: a slow reread covers those.
+  let reading = null;
+  const reread = () => {
+    reading ??= api("GET", `/v1/recipes/${enc(id)}`)
+      .then((fresh) => { recipe = fresh; render(); })
+      .finally(() => { reading = null; });
+    return reading;
+  };
+  render();
+  const timer = setInterval(() => { if (!FINAL_RUN.has(recipe.status)) reread(); }, 2000);
+  cleanups.push(() => clearInterval(timer));
+  follow(`/v1/recipes/${enc(id)}/events`, {
+    status: reread, child_created: reread, step_done: reread, round: reread,
+    end: async () => { await reading; await reread(); },
+    done: () => FINAL_RUN.has(recipe.status),
+    ended: async () => { await reread(); return FINAL_RUN.has(recipe.status); },
+  });
+  const head = (cols) => h("thead", {}, h("tr", {}, cols.map((c) => h("th", {}, c))));
+  return [
+    h("h1", { class: "row" }, `Recipe #${recipe.id} ${recipe.name} `, status, h("span", { class: "spacer" }), cancel),
+    h("p", { class: "muted" }, "dataset ", h("a", { href: `#/d/${enc(recipe.dataset)}` }, recipe.dataset)),
+    where,
+    message,
+    h("div", { class: "card" }, h("h2", {}, "Steps"),
+      h("table", {}, head(["Round", "Step", "Kind", "Job", "Status", "Error"]), steps)),
+    h("div", { class: "card" }, h("h2", {}, "Versions"), versions),
+    h("div", { class: "card" }, h("h2", {}, "Rounds"),
+      h("table", {}, head(["Round", "New tasks", "Version", "Tuned model", "Against", "Win rate (95% CI)", "ROUGE-L to pool", "Distinct leading words", "Requests", "Tokens", "Cost", "Stopped by"]), table)),
+  ];
+}
+
 // --- routing ---------------------------------------------------------------------------------
 
 const routes = [
@@ -948,6 +1053,8 @@ const routes = [
   [/^#\/evaluations$/, evaluationsView],
   [/^#\/evaluations\/(\d+)$/, (m) => evaluationView(m[1])],
   [/^#\/jobs\/([^/?]+)$/, (m) => jobView(decodeURIComponent(m[1]))],
+  [/^#\/recipes$/, recipesView],
+  [/^#\/recipes\/(\d+)$/, (m) => recipeView(m[1])],
 ];
 
 async function route() {
