@@ -77,13 +77,18 @@ class RecipeCreate(Strict):
     """A recipe as posted, in JSON or YAML (`content-type: application/yaml`)."""
 
     name: str = Field(pattern=STEP_NAME_PATTERN, description="For you; need not be unique.")
-    dataset: str = Field(pattern=DATASET_NAME_PATTERN, description="The dataset every step uses.")
+    dataset: str = Field(
+        pattern=DATASET_NAME_PATTERN,
+        description="The dataset every step uses; a name no dataset has is refused (422: no "
+        "dataset of this name).",
+    )
     rounds: int = Field(
         1,
         ge=1,
         le=20,
         description="Times the steps run, in order. From round 2 each `generate` step uses the "
-        "previous round's tuned model.",
+        "previous round's tuned model; more than one round needs a finetune step (422: no "
+        "finetune step).",
     )
     stop: StopRules = Field(default_factory=StopRules)
     steps: list[RecipeStep] = Field(min_length=1, max_length=20)
