@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Annotated
@@ -11,7 +10,9 @@ from typing import Annotated
 import typer
 from sqlmodel import Session
 
+from app.cli_errors import fail
 from app.errors import ServiceError
+from app.leases import FINAL
 from app.schemas.ablations import AblationCreate, AblationPublic
 
 COLUMNS = ("group", "tasks", "change", "ci_low", "ci_high", "samples", "model")
@@ -52,12 +53,9 @@ def ablate(
     """Train a model per group left out and one on everything; report each group's change in
     win rate against the full model (95% interval), most helpful removal first."""
     from app.db import check_migrated, make_engine
-    from app.leases import claim
-    from app.models import Recipe
-    from app.pipeline.recipe_job import ChildHolder, execute_recipe
+    from app.recipe_cli import execute_here
     from app.services import ablations
     from app.settings import get_settings
-    from app.worker_ids import new_worker_id
 
     settings = get_settings()
     engine = make_engine(settings)
@@ -79,10 +77,7 @@ def ablate(
             recipe = ablations.create_ablation(session=session, settings=settings, body=body)
             cost = ablations.ablation_public(session=session, recipe=recipe).cost
     except ServiceError as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        for item in exc.errors:
-            typer.echo(f"  {item.field or 'body'}: {item.reason}", err=True)
-        raise typer.Exit(code=2) from None
+        fail(exc)
     except ValueError as exc:  # bad JSON or a field out of range
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
@@ -92,24 +87,12 @@ def ablate(
         f"requests, estimated {cost.estimated_seconds or 'unknown'} s on {cost.device}"
     )
     if execute:
-        lease = claim(
-            engine,
-            Recipe,
-            worker_id=new_worker_id(),
-            lease_seconds=settings.worker_lease_seconds,
-            attempts=settings.job_attempts,
-            row_id=recipe.id,
-        )
-        if lease is not None:
-            holder = ChildHolder(None, lease, lease.owner)
-            asyncio.run(
-                execute_recipe(engine=engine, settings=settings, recipe_id=recipe.id, worker=holder)
-            )
+        execute_here(engine, settings, recipe.id)
     while True:
         with Session(engine) as session:
             found = ablations.get_ablation(session=session, ablation_id=recipe.id)
             now = ablations.ablation_public(session=session, recipe=found)
-        if now.status in ("succeeded", "failed", "cancelled"):
+        if now.status in FINAL:
             break
         time.sleep(1.0)
     for line in report_lines(now):

@@ -15,6 +15,7 @@ import typer
 from pydantic import ValidationError
 from sqlmodel import Session
 
+from app.cli_errors import fail
 from app.db import NotMigratedError, check_migrated, make_engine, migrate
 from app.errors import ServiceError
 from app.models import Dataset
@@ -60,14 +61,6 @@ def _add_ablation_cli() -> None:
 
 
 _add_ablation_cli()
-
-
-def _fail(exc: ServiceError) -> None:
-    typer.echo(f"error: {exc.detail}", err=True)
-    for item in exc.errors:
-        where = f"line {item.line}" if item.line is not None else "body"
-        typer.echo(f"  {where}: {item.field + ': ' if item.field else ''}{item.reason}", err=True)
-    raise typer.Exit(code=2)
 
 
 MAX_API_PROCESSES = 64  # `serve --workers`: more is a mistake, not a bigger machine
@@ -202,7 +195,7 @@ def seeds_import(
             target = get_dataset(session=session, name=dataset)
             result = import_seeds(session=session, dataset=target, seeds=seeds)
     except ServiceError as exc:
-        _fail(exc)
+        fail(exc)
         return
     typer.echo(f"{result.created} created, {result.updated} updated in '{result.dataset}'")
 
@@ -245,7 +238,7 @@ def version_create(
                 tag=body.tag,
             )
     except ServiceError as exc:
-        _fail(exc)
+        fail(exc)
         return
     typer.echo(f"version {version.id}: {version.tasks:,} tasks, sha256 {version.content_sha256}")
 
@@ -261,7 +254,7 @@ def version_list(
             target = get_dataset(session=session, name=dataset)
             rows = versions.list_versions(session=session, dataset=target)
     except ServiceError as exc:
-        _fail(exc)
+        fail(exc)
         return
     typer.echo("id\ttag\ttasks\tsplit\tsha256\tcreated")
     for v in rows:
@@ -382,7 +375,7 @@ def export(
                 include_seeds=include_seeds,
             )
     except ServiceError as exc:
-        _fail(exc)
+        fail(exc)
         return
     assert target.id is not None
     if bundle is None and push_to_hub is None:
@@ -553,7 +546,7 @@ def generate(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     except ServiceError as exc:
-        _fail(exc)
+        fail(exc)
         return
     assert run.id is not None
     runner = Worker(engine=engine, settings=settings)

@@ -9,10 +9,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from app.cli_errors import fail
 from app.errors import ServiceError
+from app.leases import FINAL
 from app.schemas.recipes import RecipePublic
+from app.settings import Settings
 
 recipe_cli = typer.Typer(help="Run recipes: rounds of generate, judge, version, tune, evaluate.")
 
@@ -44,6 +48,29 @@ def round_table(recipe: RecipePublic) -> list[str]:
     return lines
 
 
+def execute_here(engine: Engine, settings: Settings, recipe_id: int) -> None:
+    """Claim the recipe (or ablation) just queued and execute it in this process, as a worker
+    would; a worker that took it first executes it instead."""
+    from app.leases import claim
+    from app.models import Recipe
+    from app.pipeline.recipe_job import ChildHolder, execute_recipe
+    from app.worker_ids import new_worker_id
+
+    lease = claim(
+        engine,
+        Recipe,
+        worker_id=new_worker_id(),
+        lease_seconds=settings.worker_lease_seconds,
+        attempts=settings.job_attempts,
+        row_id=recipe_id,
+    )
+    if lease is not None:
+        holder = ChildHolder(None, lease, lease.owner)
+        asyncio.run(
+            execute_recipe(engine=engine, settings=settings, recipe_id=recipe_id, worker=holder)
+        )
+
+
 @recipe_cli.command("run")
 def run(
     file: Annotated[Path, typer.Argument(help="The recipe, YAML or JSON.", exists=True)],
@@ -57,12 +84,8 @@ def run(
 ) -> None:
     """Queue a recipe and follow it to the end, printing each step and the round table."""
     from app.db import check_migrated, make_engine
-    from app.leases import claim
-    from app.models import Recipe
-    from app.pipeline.recipe_job import ChildHolder, execute_recipe
     from app.services import recipes
     from app.settings import get_settings
-    from app.worker_ids import new_worker_id
 
     settings = get_settings()
     engine = make_engine(settings)
@@ -73,26 +96,11 @@ def run(
         with Session(engine, expire_on_commit=False) as session:
             recipe = recipes.create_recipe(session=session, settings=settings, body=body)
     except ServiceError as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        for item in exc.errors:
-            typer.echo(f"  {item.field or 'body'}: {item.reason}", err=True)
-        raise typer.Exit(code=2) from None
+        fail(exc)
     assert recipe.id is not None
     typer.echo(f"recipe {recipe.id} queued: {len(body.steps)} steps x {body.rounds} rounds")
     if execute:
-        lease = claim(
-            engine,
-            Recipe,
-            worker_id=new_worker_id(),
-            lease_seconds=settings.worker_lease_seconds,
-            attempts=settings.job_attempts,
-            row_id=recipe.id,
-        )
-        if lease is not None:
-            holder = ChildHolder(None, lease, lease.owner)
-            asyncio.run(
-                execute_recipe(engine=engine, settings=settings, recipe_id=recipe.id, worker=holder)
-            )
+        execute_here(engine, settings, recipe.id)
     shown: set[tuple[int, str, str]] = set()
     while True:
         with Session(engine) as session:
@@ -106,7 +114,7 @@ def run(
                     f"round {step.round} {step.name}: {step.job.kind} {step.job.id} "
                     f"{step.job.status}"
                 )
-        if now.status in ("succeeded", "failed", "cancelled"):
+        if now.status in FINAL:
             break
         time.sleep(1.0)
     for line in round_table(now):
