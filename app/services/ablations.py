@@ -25,7 +25,6 @@ from app.models import (
     FineTuningJobRow,
     JobStatus,
     Recipe,
-    RecipeEvent,
     RunStatus,
 )
 from app.schemas.ablations import (
@@ -36,7 +35,7 @@ from app.schemas.ablations import (
     GroupResult,
 )
 from app.schemas.common import ErrorItem
-from app.services import versions
+from app.services import recipe_steps, versions
 from app.settings import Settings
 
 PAIRWISE_ORDERS = 2  # each pair of answers is compared in both orders
@@ -217,20 +216,7 @@ def create_ablation(*, session: Session, settings: Settings, body: AblationCreat
             "cost": cost.model_dump(mode="json"),
         },
     }
-    recipe = Recipe(
-        name=name,
-        dataset_id=dataset.id,
-        document=document,
-        status=RunStatus.queued,
-        state={"round": 1, "step": 0, "children": {}, "rounds": []},
-    )
-    session.add(recipe)
-    session.flush()
-    assert recipe.id is not None
-    session.add(RecipeEvent(recipe_id=recipe.id, kind="status", data={"status": "queued"}))
-    session.commit()
-    session.refresh(recipe)
-    return recipe
+    return recipe_steps.queue(session, name=name, dataset_id=dataset.id, document=document)
 
 
 def is_ablation(recipe: Recipe) -> bool:

@@ -33,6 +33,26 @@ from app.models import (
     utcnow,
 )
 
+
+def queue(session: Session, *, name: str, dataset_id: int, document: dict[str, Any]) -> Recipe:
+    """A checked recipe (or an ablation written as one) queued: its row, at round 1 step 0, and
+    its `queued` event."""
+    recipe = Recipe(
+        name=name,
+        dataset_id=dataset_id,
+        document=document,
+        status="queued",
+        state={"round": 1, "step": 0, "children": {}, "rounds": []},
+    )
+    session.add(recipe)
+    session.flush()
+    assert recipe.id is not None
+    session.add(RecipeEvent(recipe_id=recipe.id, kind="status", data={"status": "queued"}))
+    session.commit()
+    session.refresh(recipe)
+    return recipe
+
+
 # A child's kind (as the recipe's state and API name it) and its table.
 CHILD_MODELS: dict[str, type[SQLModel]] = {
     "run": Run,

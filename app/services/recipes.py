@@ -36,6 +36,7 @@ from app.schemas.recipes import (
 )
 from app.schemas.runs import RunCreate
 from app.schemas.versions import VersionCreate
+from app.services import recipe_steps
 from app.services.recipe_steps import STEP_CHILD, child_state, step_key
 from app.settings import Settings
 
@@ -259,20 +260,7 @@ def create_recipe(*, session: Session, settings: Settings, body: RecipeCreate) -
     document = body.model_dump(mode="json")
     for step in document["steps"]:
         step["uses"] = uses.get(step["name"])
-    recipe = Recipe(
-        name=body.name,
-        dataset_id=dataset.id,
-        document=document,
-        status=RunStatus.queued,
-        state={"round": 1, "step": 0, "children": {}, "rounds": []},
-    )
-    session.add(recipe)
-    session.flush()
-    assert recipe.id is not None
-    session.add(RecipeEvent(recipe_id=recipe.id, kind="status", data={"status": "queued"}))
-    session.commit()
-    session.refresh(recipe)
-    return recipe
+    return recipe_steps.queue(session, name=body.name, dataset_id=dataset.id, document=document)
 
 
 def get_recipe(*, session: Session, recipe_id: int) -> Recipe:
