@@ -196,7 +196,6 @@ def seeds_import(
             result = import_seeds(session=session, dataset=target, seeds=seeds)
     except ServiceError as exc:
         fail(exc)
-        return
     typer.echo(f"{result.created} created, {result.updated} updated in '{result.dataset}'")
 
 
@@ -239,7 +238,6 @@ def version_create(
             )
     except ServiceError as exc:
         fail(exc)
-        return
     typer.echo(f"version {version.id}: {version.tasks:,} tasks, sha256 {version.content_sha256}")
 
 
@@ -255,7 +253,6 @@ def version_list(
             rows = versions.list_versions(session=session, dataset=target)
     except ServiceError as exc:
         fail(exc)
-        return
     typer.echo("id\ttag\ttasks\tsplit\tsha256\tcreated")
     for v in rows:
         typer.echo(
@@ -376,7 +373,6 @@ def export(
             )
     except ServiceError as exc:
         fail(exc)
-        return
     assert target.id is not None
     if bundle is None and push_to_hub is None:
         chunks = export_chunks(engine=engine, dataset_id=target.id, fmt=format, selection=source)
@@ -547,7 +543,6 @@ def generate(
         raise typer.Exit(code=2) from exc
     except ServiceError as exc:
         fail(exc)
-        return
     assert run.id is not None
     runner = Worker(engine=engine, settings=settings)
     runner.lease = claim_run(
